@@ -1,1 +1,158 @@
-//! placeholder
+//! Storage for callsign: capability-split traits and the embedded SQLite implementation.
+//!
+//! The traits speak domain types only ([`callsign_core`]); no HTTP, no wire format. A backend is
+//! one type implementing all of them ([`Store`]); the server holds it as `Arc<dyn Store>` and
+//! never asks which backend it is.
+//!
+//! Invariants every backend keeps:
+//! * an acknowledged write is durable (SQLite: WAL with `synchronous=FULL`, group commit);
+//! * a custom id maps to at most one identity per resource, even under concurrent creates;
+//! * revoking increments the identity's revocation epoch atomically and returns the new value;
+//! * deleting removes everything stored for the identity, custom id included.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use callsign_core::token::Algorithm;
+use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId};
+use time::OffsetDateTime;
+
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in a store. No variant carries HTTP meaning; the server maps them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached right now (retry later).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not parse (a bug or a hand-edited database).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Any other backend failure.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// A new identity to store.
+#[derive(Debug, Clone)]
+pub struct NewIdentity {
+    /// The freshly generated id.
+    pub id: IdentityId,
+    /// The caller's key for it, if any.
+    pub custom_id: Option<CustomId>,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+}
+
+/// An identity as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// Its id.
+    pub id: IdentityId,
+    /// Its custom id, if created with one.
+    pub custom_id: Option<String>,
+    /// Creation time (millisecond precision).
+    pub created_at: OffsetDateTime,
+    /// Incremented by every revoke; see `callsign_core::token::token_in_force`.
+    pub revocation_epoch: u64,
+    /// When the last token was issued (millisecond precision; recorded lazily, may lag by a
+    /// second and is not kept across a crash).
+    pub last_token_issued_at: Option<OffsetDateTime>,
+}
+
+/// The result of a create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The identity: new, or the existing one for a repeated custom id.
+    pub identity: IdentityRecord,
+    /// False when a repeated custom id returned an existing identity.
+    pub created: bool,
+}
+
+/// A communication resource: its GUID and its two access keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRecord {
+    /// The GUID.
+    pub id: ResourceId,
+    /// Primary access key.
+    pub primary_key: AccessKey,
+    /// Secondary access key.
+    pub secondary_key: AccessKey,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+}
+
+/// A token signing key as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: Algorithm,
+    /// Private key, PKCS#8 DER.
+    pub pkcs8: Vec<u8>,
+    /// Creation time; the newest key signs.
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The identity directory.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    /// Stores `new`, or returns the identity that already has its custom id.
+    async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError>;
+
+    /// Looks an identity up.
+    async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError>;
+
+    /// Increments the revocation epoch; `None` when the identity does not exist.
+    async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError>;
+
+    /// Deletes the identity and everything stored for it; false when it did not exist.
+    async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError>;
+
+    /// Notes that a token was issued (best effort, not durable, never fails the caller).
+    fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime);
+}
+
+/// Resources and their access keys.
+#[async_trait]
+pub trait ResourceStore: Send + Sync {
+    /// The default resource, if bootstrapped.
+    async fn default_resource(&self) -> Result<Option<ResourceRecord>, StoreError>;
+
+    /// Makes `candidate` the default resource unless one exists; returns the one in force.
+    async fn bootstrap_default_resource(
+        &self,
+        candidate: ResourceRecord,
+    ) -> Result<ResourceRecord, StoreError>;
+}
+
+/// Token signing keys.
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    /// Every stored key, newest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError>;
+
+    /// Adds a key (it becomes the newest).
+    async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError>;
+}
+
+/// A complete backend.
+#[async_trait]
+pub trait Store: IdentityStore + ResourceStore + SigningKeyStore {
+    /// Whether the backend answers (for readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes lazily recorded data and stops background work. Idempotent.
+    async fn close(&self);
+}

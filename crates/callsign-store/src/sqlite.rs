@@ -1,0 +1,666 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! * **Writes** go to one writer thread that owns the only read-write connection. It drains
+//!   whatever requests are waiting into one transaction (group commit), commits with
+//!   `synchronous=FULL` (the WAL is fsync'd), and only then answers each request. Each request runs
+//!   inside its own savepoint so one failing request cannot undo another.
+//! * **Reads** use a small pool of read-only connections and run inline on the calling task:
+//!   they are primary-key lookups that WAL readers perform without waiting on the writer.
+//! * `last_token_issued_at` is kept in memory and written by the writer thread once a second, so
+//!   issuing a token costs no write.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use callsign_core::token::Algorithm;
+use callsign_core::{AccessKey, IdentityId, ResourceId};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+use crate::{
+    Created, IdentityRecord, IdentityStore, NewIdentity, ResourceRecord, ResourceStore,
+    SigningKeyStore, Store, StoreError, StoredSigningKey,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
+/// Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE resources (
+    id            TEXT PRIMARY KEY,
+    is_default    INTEGER NOT NULL DEFAULT 0,
+    primary_key   TEXT NOT NULL,
+    secondary_key TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX resources_one_default ON resources(is_default) WHERE is_default = 1;
+
+CREATE TABLE signing_keys (
+    kid           TEXT PRIMARY KEY,
+    alg           TEXT NOT NULL,
+    pkcs8         BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE identities (
+    id                      TEXT PRIMARY KEY,
+    resource_id             TEXT NOT NULL,
+    custom_id               TEXT,
+    created_at_ms           INTEGER NOT NULL,
+    revocation_epoch        INTEGER NOT NULL DEFAULT 0,
+    last_token_issued_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX identities_custom_id ON identities(resource_id, custom_id)
+    WHERE custom_id IS NOT NULL;
+"#];
+
+const READERS: usize = 4;
+const MAX_BATCH: usize = 512;
+const TOUCH_FLUSH: Duration = Duration::from_secs(1);
+
+/// The embedded SQLite store. Cheap to clone handles are not offered: share it in an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<std_mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    touched: Arc<Mutex<HashMap<IdentityId, i64>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Job {
+    Create(NewIdentity, Reply<Created>),
+    Revoke(IdentityId, Reply<Option<u64>>),
+    Delete(IdentityId, Reply<bool>),
+    Bootstrap(ResourceRecord, Reply<ResourceRecord>),
+    AddKey(StoredSigningKey, Reply<()>),
+    Flush(Reply<()>),
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {v} out of range")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies migrations and starts the
+    /// writer thread. Call from within a Tokio runtime or not; the store needs none to open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path).map_err(backend)?;
+        configure(&conn, false)?;
+        migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_reader(&path)?);
+        }
+        let touched = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, rx) = std_mpsc::channel();
+        let thread_touched = Arc::clone(&touched);
+        let thread = std::thread::Builder::new()
+            .name("callsign-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, thread_touched))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers: Mutex::new(readers),
+            touched,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let sender = guard
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+            sender
+                .send(make(tx))
+                .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
+    if !read_only {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "could not switch the database to WAL mode (got {mode})"
+            )));
+        }
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(backend)?;
+    configure(&conn, true)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database schema (version {applied}) is newer than this callsign (version {}); upgrade callsign",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        tracing::info!(version = i + 1, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+const IDENTITY_COLUMNS: &str =
+    "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
+
+fn identity_from_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, Option<String>, i64, i64, Option<i64>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn identity_record(
+    row: (String, Option<String>, i64, i64, Option<i64>),
+) -> Result<IdentityRecord, StoreError> {
+    let (id, custom_id, created, epoch, last) = row;
+    Ok(IdentityRecord {
+        id: IdentityId::parse(&id)
+            .map_err(|_| StoreError::Corrupt(format!("identity id {id:?}")))?,
+        custom_id,
+        created_at: from_ms(created)?,
+        revocation_epoch: u64::try_from(epoch)
+            .map_err(|_| StoreError::Corrupt(format!("negative revocation epoch for {id}")))?,
+        last_token_issued_at: last.map(from_ms).transpose()?,
+    })
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<Job>,
+    touched: Arc<Mutex<HashMap<IdentityId, i64>>>,
+) {
+    loop {
+        let first = match rx.recv_timeout(TOUCH_FLUSH) {
+            Ok(job) => Some(job),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                flush_touched(&mut conn, &touched);
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        if let Some(job) = first {
+            batch.push(job);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&mut conn, batch, &touched);
+    }
+}
+
+fn flush_touched(conn: &mut Connection, touched: &Mutex<HashMap<IdentityId, i64>>) {
+    let pending: Vec<(IdentityId, i64)> = touched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE identities SET last_token_issued_at_ms = max(coalesce(last_token_issued_at_ms, 0), ?2) WHERE id = ?1",
+            )?;
+            for (id, at) in &pending {
+                stmt.execute(params![id.to_string(), at])?;
+            }
+        }
+        tx.commit()
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not record last-token times");
+    }
+}
+
+/// One group commit: every job in its own savepoint, one fsync for all.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &Mutex<HashMap<IdentityId, i64>>) {
+    let has_touches = !touched.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+    if batch.is_empty() {
+        if has_touches {
+            flush_touched(conn, touched);
+        }
+        return;
+    }
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for job in batch {
+                fail(job, StoreError::Unavailable(msg.clone()));
+            }
+            return;
+        }
+    };
+    let mut done: Vec<Box<dyn FnOnce(Option<StoreError>)>> = Vec::with_capacity(batch.len());
+    for job in batch {
+        done.push(run_job(&tx, job, touched));
+    }
+    match tx.commit() {
+        Ok(()) => done.into_iter().for_each(|f| f(None)),
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            let msg = e.to_string();
+            done.into_iter()
+                .for_each(|f| f(Some(StoreError::Backend(msg.clone()))));
+        }
+    }
+    if has_touches {
+        flush_touched(conn, touched);
+    }
+}
+
+fn fail(job: Job, e: StoreError) {
+    match job {
+        Job::Create(_, r) => drop(r.send(Err(e))),
+        Job::Revoke(_, r) => drop(r.send(Err(e))),
+        Job::Delete(_, r) => drop(r.send(Err(e))),
+        Job::Bootstrap(_, r) => drop(r.send(Err(e))),
+        Job::AddKey(_, r) => drop(r.send(Err(e))),
+        Job::Flush(r) => drop(r.send(Err(e))),
+    }
+}
+
+/// Runs one job in a savepoint and returns the function that answers it once the batch's fate
+/// is known (a commit failure turns every success into that failure).
+fn run_job(
+    tx: &rusqlite::Transaction<'_>,
+    job: Job,
+    touched: &Mutex<HashMap<IdentityId, i64>>,
+) -> Box<dyn FnOnce(Option<StoreError>)> {
+    fn in_savepoint<T>(
+        tx: &rusqlite::Transaction<'_>,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        tx.execute_batch("SAVEPOINT job").map_err(backend)?;
+        match f(tx) {
+            Ok(v) => {
+                tx.execute_batch("RELEASE job").map_err(backend)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+                Err(e)
+            }
+        }
+    }
+    fn answer<T: Send + 'static>(
+        reply: Reply<T>,
+        result: Result<T, StoreError>,
+    ) -> Box<dyn FnOnce(Option<StoreError>)> {
+        Box::new(move |commit_error| {
+            let _ = reply.send(match commit_error {
+                Some(e) => Err(e),
+                None => result,
+            });
+        })
+    }
+    match job {
+        Job::Create(new, reply) => answer(reply, in_savepoint(tx, |tx| create(tx, &new))),
+        Job::Revoke(id, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| {
+                tx.prepare_cached(
+                    "UPDATE identities SET revocation_epoch = revocation_epoch + 1 WHERE id = ?1 RETURNING revocation_epoch",
+                )
+                .and_then(|mut s| s.query_row([id.to_string()], |r| r.get::<_, i64>(0)).optional())
+                .map_err(backend)?
+                .map(|e| u64::try_from(e).map_err(|_| StoreError::Corrupt("negative epoch".into())))
+                .transpose()
+            }),
+        ),
+        Job::Delete(id, reply) => {
+            touched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            answer(
+                reply,
+                in_savepoint(tx, |tx| {
+                    tx.prepare_cached("DELETE FROM identities WHERE id = ?1")
+                        .and_then(|mut s| s.execute([id.to_string()]))
+                        .map(|n| n > 0)
+                        .map_err(backend)
+                }),
+            )
+        }
+        Job::Bootstrap(candidate, reply) => {
+            answer(reply, in_savepoint(tx, |tx| bootstrap(tx, candidate)))
+        }
+        Job::AddKey(key, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| {
+                tx.execute(
+                    "INSERT INTO signing_keys (kid, alg, pkcs8, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![key.kid, key.alg.jose_name(), key.pkcs8, ms(key.created_at)],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            }),
+        ),
+        Job::Flush(reply) => answer(reply, Ok(())),
+    }
+}
+
+fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, StoreError> {
+    let resource = new.id.resource().to_string();
+    let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO identities (id, resource_id, custom_id, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![new.id.to_string(), resource, custom, ms(new.created_at)]))
+        .map_err(backend)?;
+    if inserted == 1 {
+        return Ok(Created {
+            identity: IdentityRecord {
+                id: new.id,
+                custom_id: custom,
+                created_at: from_ms(ms(new.created_at))?,
+                revocation_epoch: 0,
+                last_token_issued_at: None,
+            },
+            created: true,
+        });
+    }
+    let Some(custom) = custom else {
+        return Err(StoreError::Backend(format!(
+            "identity id {} already exists",
+            new.id
+        )));
+    };
+    let row = tx
+        .prepare_cached(&format!(
+            "SELECT {IDENTITY_COLUMNS} FROM identities WHERE resource_id = ?1 AND custom_id = ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![resource, custom], identity_from_row)
+                .optional()
+        })
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::Backend(format!("identity id {} already exists", new.id)))?;
+    Ok(Created {
+        identity: identity_record(row)?,
+        created: false,
+    })
+}
+
+fn bootstrap(
+    tx: &rusqlite::Transaction<'_>,
+    candidate: ResourceRecord,
+) -> Result<ResourceRecord, StoreError> {
+    if let Some(existing) = read_default_resource(tx)? {
+        return Ok(existing);
+    }
+    tx.execute(
+        "INSERT INTO resources (id, is_default, primary_key, secondary_key, created_at_ms) VALUES (?1, 1, ?2, ?3, ?4)",
+        params![
+            candidate.id.to_string(),
+            candidate.primary_key.expose(),
+            candidate.secondary_key.expose(),
+            ms(candidate.created_at)
+        ],
+    )
+    .map_err(backend)?;
+    read_default_resource(tx)?
+        .ok_or_else(|| StoreError::Backend("the default resource vanished".into()))
+}
+
+fn read_default_resource(conn: &Connection) -> Result<Option<ResourceRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT id, primary_key, secondary_key, created_at_ms FROM resources WHERE is_default = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?;
+    row.map(|(id, primary, secondary, created)| {
+        Ok(ResourceRecord {
+            id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
+            primary_key: AccessKey::parse(&primary)
+                .map_err(|_| StoreError::Corrupt("primary access key".into()))?,
+            secondary_key: AccessKey::parse(&secondary)
+                .map_err(|_| StoreError::Corrupt("secondary access key".into()))?,
+            created_at: from_ms(created)?,
+        })
+    })
+    .transpose()
+}
+
+#[async_trait]
+impl IdentityStore for SqliteStore {
+    async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError> {
+        self.submit(|r| Job::Create(new, r)).await
+    }
+
+    async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
+        let key = id.to_string();
+        let record = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {IDENTITY_COLUMNS} FROM identities WHERE id = ?1"
+            ))
+            .and_then(|mut s| s.query_row([&key], identity_from_row).optional())
+            .map_err(backend)?
+            .map(identity_record)
+            .transpose()
+        })?;
+        Ok(record.map(|mut r| {
+            if let Some(at) = self
+                .touched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+            {
+                let pending = from_ms(*at).ok();
+                if pending > r.last_token_issued_at {
+                    r.last_token_issued_at = pending;
+                }
+            }
+            r
+        }))
+    }
+
+    async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {
+        let id = *id;
+        self.submit(|r| Job::Revoke(id, r)).await
+    }
+
+    async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError> {
+        let id = *id;
+        self.submit(|r| Job::Delete(id, r)).await
+    }
+
+    fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
+        let mut map = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        let v = map.entry(*id).or_insert(0);
+        *v = (*v).max(ms(at));
+    }
+}
+
+#[async_trait]
+impl ResourceStore for SqliteStore {
+    async fn default_resource(&self) -> Result<Option<ResourceRecord>, StoreError> {
+        self.read(read_default_resource)
+    }
+
+    async fn bootstrap_default_resource(
+        &self,
+        candidate: ResourceRecord,
+    ) -> Result<ResourceRecord, StoreError> {
+        self.submit(|r| Job::Bootstrap(candidate, r)).await
+    }
+}
+
+#[async_trait]
+impl SigningKeyStore for SqliteStore {
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT kid, alg, pkcs8, created_at_ms FROM signing_keys ORDER BY created_at_ms DESC, rowid DESC",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut keys = Vec::new();
+            for row in rows {
+                let (kid, alg, pkcs8, created) = row.map_err(backend)?;
+                keys.push(StoredSigningKey {
+                    alg: Algorithm::from_jose_name(&alg)
+                        .ok_or_else(|| StoreError::Corrupt(format!("signing key algorithm {alg:?}")))?,
+                    kid,
+                    pkcs8,
+                    created_at: from_ms(created)?,
+                });
+            }
+            Ok(keys)
+        })
+    }
+
+    async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
+        self.submit(|r| Job::AddKey(key, r)).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+
+    async fn close(&self) {
+        if self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            let _ = self.submit(Job::Flush).await;
+        }
+        // Dropping the sender lets the writer drain, flush and exit.
+        drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
