@@ -1,1 +1,36 @@
-//! placeholder
+//! The callsign server: the ACS Identity API over HTTPS, HMAC request authentication, token
+//! issuance, the JWKS endpoint, configuration and startup.
+//!
+//! Entry point: [`Application::build`] binds a listener (port 0 allowed) and bootstraps the
+//! resource, keys and TLS material; [`Application::serve`] runs until its shutdown future fires.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use callsign_server::{Application, Settings};
+//!
+//! let mut settings = Settings::new("./callsign-data");
+//! settings.listen = "127.0.0.1:0".parse()?;
+//! let app = Application::build(settings).await?;
+//! println!("{}", app.connection_string());
+//! app.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod auth;
+mod error;
+mod http;
+mod identities;
+mod meta;
+mod startup;
+mod state;
+pub mod tls;
+mod version;
+
+pub use callsign_core::token::Algorithm;
+pub use error::ApiError;
+pub use startup::{
+    Application, Settings, connection_string, database_path, endpoint_for, ensure_default_resource,
+    open_embedded_store,
+};
+pub use tls::{LocalCaPaths, TlsMode};
+pub use version::ApiVersion;

@@ -1,1 +1,164 @@
-fn main() {}
+//! `callsign`: the self-hosted identity and access-token service.
+//!
+//! A thin binary over `callsign-server`: it parses flags, environment and an optional TOML file
+//! into `Settings`, sets up logging and signals, and runs one of the subcommands.
+
+mod config;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use config::{Cli, Command, ConnectionStringArgs, DataDirArgs, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::ConnectionString(args) => print_connection_string(args).await,
+            Command::CaCert(args) => print_ca_cert(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let resolved = config::resolve_serve(args)?;
+    init_logging(resolved.log_json);
+    let settings = resolved.settings;
+    let data_dir = settings.data_dir.clone();
+    let local_ca = matches!(settings.tls, callsign_server::TlsMode::LocalCa { .. });
+    let app = callsign_server::Application::build(settings).await?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "callsign: listening on {} (resource {})",
+        app.endpoint(),
+        app.resource_id()
+    )?;
+    if app.first_start() {
+        writeln!(
+            out,
+            "callsign: created a new resource. Its connection string (a secret):"
+        )?;
+        writeln!(out, "  {}", app.connection_string())?;
+    } else {
+        writeln!(
+            out,
+            "callsign: connection string: callsign connection-string --data-dir {}",
+            data_dir.display()
+        )?;
+    }
+    if local_ca {
+        let ca = callsign_server::LocalCaPaths::new(&data_dir).ca_cert();
+        let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
+        writeln!(
+            out,
+            "callsign: to trust its TLS certificate, point clients at the local CA:"
+        )?;
+        writeln!(
+            out,
+            "  export REQUESTS_CA_BUNDLE={0} SSL_CERT_FILE={0} NODE_EXTRA_CA_CERTS={0}",
+            ca.display()
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+
+    app.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
+    let resolved = config::resolve_connection_string(args)?;
+    let store = callsign_server::open_embedded_store(&resolved.data_dir)?;
+    let (resource, _) =
+        callsign_server::ensure_default_resource(&store, &callsign_core::SystemClock).await?;
+    let key = if resolved.secondary {
+        &resource.secondary_key
+    } else {
+        &resource.primary_key
+    };
+    println!(
+        "{}",
+        callsign_server::connection_string(&resolved.endpoint, key)
+    );
+    callsign_store::Store::close(&store).await;
+    Ok(())
+}
+
+fn print_ca_cert(args: DataDirArgs) -> anyhow::Result<()> {
+    let data_dir = config::resolve_data_dir(args)?;
+    let paths = callsign_server::LocalCaPaths::new(&data_dir);
+    if !paths.ca_cert().exists() {
+        callsign_server::tls::server_config(
+            &callsign_server::TlsMode::LocalCa {
+                extra_names: Vec::new(),
+            },
+            &data_dir,
+            time::OffsetDateTime::now_utc(),
+        )?;
+    }
+    let pem = std::fs::read_to_string(paths.ca_cert())
+        .with_context(|| format!("cannot read {}", paths.ca_cert().display()))?;
+    print!("{pem}");
+    Ok(())
+}

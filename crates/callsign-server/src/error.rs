@@ -1,0 +1,174 @@
+//! The one error type of the HTTP layer and its mapping to ACS error bodies.
+//!
+//! Every failure leaves as `{"error":{"code","message"[,"target"]}}` with the status documented on
+//! its variant. 5xx bodies are opaque; their cause is logged, never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use callsign_api::ErrorResponse;
+use callsign_store::StoreError;
+
+/// A request failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `ValidationError`: the body or a parameter breaks a rule.
+    #[error("{message}")]
+    Validation {
+        /// What is wrong.
+        message: String,
+        /// The field at fault.
+        target: Option<&'static str>,
+    },
+    /// 400 `MissingApiVersionParameter`.
+    #[error("the api-version query parameter is required")]
+    MissingApiVersion,
+    /// 400 `UnsupportedApiVersion`: not a version we serve, or the operation does not exist in it.
+    #[error("{0}")]
+    UnsupportedApiVersion(String),
+    /// 401 `Denied`: HMAC authentication failed (the reason is safe to show).
+    #[error("Denied by the resource provider: {0}")]
+    Denied(&'static str),
+    /// 401 `IdentityNotOwned`: the id belongs to another resource.
+    #[error("Provided identity doesn't belong to the resource.")]
+    IdentityNotOwned,
+    /// 401 `InvalidAccessToken`: Teams token exchange (no Entra ID here).
+    #[error("Provided access token is not valid.")]
+    InvalidAccessToken,
+    /// 404 `IdentityNotFound`: unknown or deleted identity of this resource.
+    #[error("Identity not found.")]
+    IdentityNotFound,
+    /// 404 `NotFound`: no such path.
+    #[error("The requested path does not exist.")]
+    NotFound,
+    /// 405 `MethodNotAllowed`.
+    #[error("The method is not allowed on this path.")]
+    MethodNotAllowed(&'static str),
+    /// 413 `RequestEntityTooLarge`.
+    #[error("The request body exceeds the limit of {0} bytes.")]
+    PayloadTooLarge(usize),
+    /// 415 `UnsupportedMediaType`.
+    #[error("The request body must be JSON (Content-Type: application/json).")]
+    UnsupportedMediaType,
+    /// 503 `ServiceUnavailable` with `Retry-After`: storage is unreachable for now.
+    #[error("The service is temporarily unavailable. Retry later.")]
+    Unavailable(String),
+    /// 500 `InternalError`: opaque to the client, cause logged.
+    #[error("An internal error occurred.")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A validation error naming its field.
+    pub fn validation(message: impl Into<String>, target: &'static str) -> Self {
+        ApiError::Validation {
+            message: message.into(),
+            target: Some(target),
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation { .. }
+            | ApiError::MissingApiVersion
+            | ApiError::UnsupportedApiVersion(_) => StatusCode::BAD_REQUEST,
+            ApiError::Denied(_) | ApiError::IdentityNotOwned | ApiError::InvalidAccessToken => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::IdentityNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The ACS error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation { .. } => "ValidationError",
+            ApiError::MissingApiVersion => "MissingApiVersionParameter",
+            ApiError::UnsupportedApiVersion(_) => "UnsupportedApiVersion",
+            ApiError::Denied(_) => "Denied",
+            ApiError::IdentityNotOwned => "IdentityNotOwned",
+            ApiError::InvalidAccessToken => "InvalidAccessToken",
+            ApiError::IdentityNotFound => "IdentityNotFound",
+            ApiError::NotFound => "NotFound",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::PayloadTooLarge(_) => "RequestEntityTooLarge",
+            ApiError::UnsupportedMediaType => "UnsupportedMediaType",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::Internal(_) => "InternalError",
+        }
+    }
+
+    /// The body sent to the client.
+    pub fn body(&self) -> ErrorResponse {
+        match self {
+            ApiError::Validation {
+                message,
+                target: Some(target),
+            } => ErrorResponse::with_target(self.code(), message.clone(), *target),
+            _ => ErrorResponse::new(self.code(), self.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
+            ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "storage unavailable"),
+            _ => {}
+        }
+        let status = self.status();
+        let mut response = crate::http::json(status, &self.body());
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Denied(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("HMAC-SHA256"),
+                );
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let e = ApiError::Internal("disk I/O error at /secret/path".into());
+        let body = serde_json::to_string(&e.body()).expect("json");
+        assert!(!body.contains("secret"));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn validation_errors_carry_their_target() {
+        let e = ApiError::validation("bad", "scopes");
+        assert_eq!(e.body().error.target.as_deref(), Some("scopes"));
+        assert_eq!(e.code(), "ValidationError");
+    }
+}

@@ -1,0 +1,369 @@
+//! The request pipeline: route, version, body, authentication, then one handler per operation.
+//!
+//! Routing is done by hand rather than with a path-template router because ACS paths put
+//! `:`-prefixed verbs after an id that arrives percent-encoded from some SDKs and raw from others
+//! (`/identities/8%3Aacs%3A…/:issueAccessToken` and `/identities/8:acs:…/:issueAccessToken`), and
+//! because every wrong method or path must still answer with the ACS error body.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::version::{ApiVersion, supported_list};
+use crate::{identities, meta};
+
+/// The whole HTTP surface.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal("handler panicked".into()).into_response()
+}
+
+/// A JSON response with the content type the real service sends.
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "response serialization failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// An operation, decided from method and path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    Health,
+    Jwks,
+    Create,
+    Get(String),
+    Delete(String),
+    LegacyRevoke(String),
+    LegacyIssue(String),
+    Issue(String),
+    Revoke(String),
+    TeamsExchange,
+    Introspect,
+}
+
+impl Route {
+    /// Maps method and path to an operation: 404 for an unknown path, 405 for a known path with
+    /// another method.
+    pub(crate) fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
+        let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+        let m = method.clone();
+        let only = |want: Method, route: Route, allow: &'static str| {
+            if m == want {
+                Ok(route)
+            } else {
+                Err(ApiError::MethodNotAllowed(allow))
+            }
+        };
+        match segments.as_slice() {
+            ["health"] => only(Method::GET, Route::Health, "GET"),
+            [".well-known", "jwks.json"] => only(Method::GET, Route::Jwks, "GET"),
+            ["identities"] => only(Method::POST, Route::Create, "POST"),
+            ["identities", id] if !id.is_empty() => {
+                let id = decode_segment(id)?;
+                match *method {
+                    Method::GET => Ok(Route::Get(id)),
+                    Method::DELETE => Ok(Route::Delete(id)),
+                    Method::PATCH => Ok(Route::LegacyRevoke(id)),
+                    _ => Err(ApiError::MethodNotAllowed("GET, DELETE, PATCH")),
+                }
+            }
+            ["identities", id, verb] if !id.is_empty() => {
+                let route = match *verb {
+                    ":issueAccessToken" => Route::Issue(decode_segment(id)?),
+                    ":revokeAccessTokens" => Route::Revoke(decode_segment(id)?),
+                    "token" => Route::LegacyIssue(decode_segment(id)?),
+                    _ => return Err(ApiError::NotFound),
+                };
+                only(Method::POST, route, "POST")
+            }
+            ["teamsUser", ":exchangeAccessToken"] => {
+                only(Method::POST, Route::TeamsExchange, "POST")
+            }
+            ["tokens", ":introspect"] => only(Method::POST, Route::Introspect, "POST"),
+            _ => Err(ApiError::NotFound),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Jwks => "jwks",
+            Route::Create => "create",
+            Route::Get(_) => "get",
+            Route::Delete(_) => "delete",
+            Route::LegacyRevoke(_) => "legacy_revoke",
+            Route::LegacyIssue(_) => "legacy_issue",
+            Route::Issue(_) => "issue",
+            Route::Revoke(_) => "revoke",
+            Route::TeamsExchange => "teams_exchange",
+            Route::Introspect => "introspect",
+        }
+    }
+
+    /// Whether the operation exists in `version`.
+    fn available_in(&self, version: ApiVersion) -> bool {
+        match self {
+            Route::Health | Route::Jwks | Route::Create | Route::Delete(_) | Route::Introspect => {
+                true
+            }
+            Route::LegacyRevoke(_) | Route::LegacyIssue(_) => version.is_legacy(),
+            Route::Issue(_) | Route::Revoke(_) => !version.is_legacy(),
+            Route::Get(_) => version.has_custom_id(),
+            Route::TeamsExchange => version.has_teams_exchange(),
+        }
+    }
+}
+
+fn decode_segment(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::validation("The identifier is not valid UTF-8.", "id"))
+}
+
+/// Every request passes here: a request id, the handler, common headers, one log line.
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4();
+    let client_request_id = req
+        .headers()
+        .get("x-ms-client-request-id")
+        .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned();
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let (route, result) = handle(&state, req).instrument(span.clone()).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let headers = response.headers_mut();
+    if let Some(v) = client_request_id {
+        headers.insert("x-ms-client-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        headers.insert("ms-cv", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&supported_list()) {
+        headers.insert("api-supported-versions", v);
+    }
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    span.in_scope(|| tracing::info!(route, status, micros, "request handled"));
+    response
+}
+
+async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Response, ApiError>) {
+    let (parts, body) = req.into_parts();
+    let route = match Route::parse(&parts.method, parts.uri.path()) {
+        Ok(r) => r,
+        Err(e) => return ("unmatched", Err(e)),
+    };
+    let name = route.name();
+    let result = async {
+        match route {
+            Route::Health => return meta::health(state).await,
+            Route::Jwks => return Ok(meta::jwks(state)),
+            _ => {}
+        }
+        let version = ApiVersion::from_query(parts.uri.query())?;
+        let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+        let now = state.clock.now();
+        let auth = state
+            .authenticator
+            .authenticate(&parts, &body, now.into())?;
+        if !route.available_in(version) {
+            return Err(ApiError::UnsupportedApiVersion(format!(
+                "This operation is not available in api-version {version}."
+            )));
+        }
+        check_content_type(&parts.headers, &body)?;
+        let dir = state.directory(&auth);
+        match route {
+            Route::Create => identities::create(&dir, version, &body).await,
+            Route::Get(id) => identities::get(&dir, &id).await,
+            Route::Delete(id) => identities::delete(&dir, &id).await,
+            Route::LegacyRevoke(id) => identities::legacy_revoke(&dir, &id, &body, now).await,
+            Route::LegacyIssue(id) => identities::legacy_issue(&dir, &id, &body).await,
+            Route::Issue(id) => identities::issue(&dir, version, &id, &body).await,
+            Route::Revoke(id) => identities::revoke(&dir, &id).await,
+            Route::TeamsExchange => Err(ApiError::InvalidAccessToken),
+            Route::Introspect => meta::introspect(state, &dir, &body).await,
+            Route::Health | Route::Jwks => Err(ApiError::NotFound),
+        }
+    }
+    .await;
+    (name, result)
+}
+
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Err(_) => Err(ApiError::validation(
+            "The request body could not be read.",
+            "body",
+        )),
+    }
+}
+
+/// A non-empty body must be declared JSON (`application/json` or `application/merge-patch+json`).
+fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| m == "application/json" || m == "application/merge-patch+json");
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Parses a JSON body; an empty body reads as `{}`. Messages never echo body content.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let kind = e.to_string();
+        let kind = kind.split(':').next().unwrap_or("invalid JSON");
+        let kind = kind.split(" at line").next().unwrap_or(kind);
+        let kind: String = kind
+            .chars()
+            .filter(|c| *c != '`' && *c != '"')
+            .take(80)
+            .collect();
+        ApiError::validation(
+            format!(
+                "The request body is not valid: {kind} (line {}, column {}).",
+                e.line(),
+                e.column()
+            ),
+            "body",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_both_id_encodings() {
+        let enc = "/identities/8%3Aacs%3Aa_b/:issueAccessToken";
+        let raw = "/identities/8:acs:a_b/:issueAccessToken";
+        assert_eq!(
+            Route::parse(&Method::POST, enc).ok(),
+            Some(Route::Issue("8:acs:a_b".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, raw).ok(),
+            Some(Route::Issue("8:acs:a_b".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/identities/").ok(),
+            Some(Route::Create)
+        );
+    }
+
+    #[test]
+    fn wrong_methods_and_paths_are_told_apart() {
+        assert!(matches!(
+            Route::parse(&Method::GET, "/identities"),
+            Err(ApiError::MethodNotAllowed("POST"))
+        ));
+        assert!(matches!(
+            Route::parse(&Method::PUT, "/identities/x"),
+            Err(ApiError::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            Route::parse(&Method::GET, "/nope"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            Route::parse(&Method::POST, "/identities/x/:nope"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            Route::parse(&Method::POST, "/identities//token"),
+            Err(ApiError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn json_errors_do_not_echo_the_body() {
+        #[derive(serde::Deserialize, Default, Debug)]
+        struct T {
+            #[allow(dead_code)]
+            n: Option<i64>,
+        }
+        let err = parse_json::<T>(br#"{"n": "secret-value"}"#).expect_err("wrong type");
+        let msg = err.to_string();
+        assert!(!msg.contains("secret"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+        assert!(parse_json::<T>(b"").is_ok());
+        assert!(parse_json::<T>(b"{").is_err());
+    }
+}

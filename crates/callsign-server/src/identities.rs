@@ -1,0 +1,188 @@
+//! The identity operations, one handler each. Every handler validates its whole input before it
+//! writes anything, so a refused request changes nothing.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use callsign_api::{
+    AccessToken, CreateIdentityRequest, CreateIdentityResponse, Identity, IssueTokenRequest,
+    LegacyAccessToken, LegacyIdentity, LegacyRevokeRequest,
+};
+use callsign_core::token::IssuedToken;
+use callsign_core::{CustomId, ExpiresIn, ScopeError, Scopes, format_expires_on};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::http::{json, parse_json};
+use crate::state::Directory;
+use crate::version::ApiVersion;
+
+fn scopes(list: Option<Vec<String>>, version: ApiVersion) -> Result<Scopes, ApiError> {
+    let list = list
+        .ok_or_else(|| ApiError::validation("Scopes: The Scopes field is required.", "Scopes"))?;
+    Scopes::parse(list.iter().map(String::as_str), version.has_join_scopes()).map_err(|e| match e {
+        ScopeError::Empty => ApiError::validation(e.to_string(), "scopes"),
+        ScopeError::Unknown(_) => ApiError::validation(e.to_string(), "scopes"),
+    })
+}
+
+fn expiry(minutes: Option<i64>, version: ApiVersion) -> Result<ExpiresIn, ApiError> {
+    if !version.has_expiry() {
+        // Older api-versions have no such field; the service ignores it there.
+        return Ok(ExpiresIn::DEFAULT);
+    }
+    ExpiresIn::from_optional_minutes(minutes)
+        .map_err(|e| ApiError::validation(e.to_string(), "ExpiresInMinutes"))
+}
+
+fn wire_token(t: IssuedToken) -> AccessToken {
+    AccessToken {
+        token: t.token,
+        expires_on: format_expires_on(t.expires_at),
+    }
+}
+
+/// `POST /identities`: 201 with the identity and, when scopes are given, a token (200 with just
+/// the id on 2020-07-20-preview2). A repeated `customId` returns the existing identity.
+pub(crate) async fn create(
+    dir: &Directory<'_>,
+    version: ApiVersion,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if version.is_legacy() {
+        let created = dir.create(None).await?;
+        return Ok(json(
+            StatusCode::OK,
+            &LegacyIdentity {
+                id: created.identity.id.to_string(),
+            },
+        ));
+    }
+    let req: CreateIdentityRequest = parse_json(body)?;
+    let custom_id = match req.custom_id {
+        Some(c) if version.has_custom_id() => {
+            Some(CustomId::parse(&c).map_err(|e| ApiError::validation(e.to_string(), "customId"))?)
+        }
+        _ => None,
+    };
+    let scopes = match req.create_token_with_scopes {
+        Some(list) if !list.is_empty() => Some(scopes(Some(list), version)?),
+        _ => None,
+    };
+    let expires_in = expiry(req.expires_in_minutes, version)?;
+
+    let created = dir.create(custom_id).await?;
+    let access_token = scopes
+        .map(|s| dir.issue(&created.identity, &s, expires_in))
+        .transpose()?
+        .map(wire_token);
+    Ok(json(
+        StatusCode::CREATED,
+        &CreateIdentityResponse {
+            identity: Identity {
+                id: created.identity.id.to_string(),
+                custom_id: created.identity.custom_id,
+                last_token_issued_at: None,
+            },
+            access_token,
+        },
+    ))
+}
+
+/// `GET /identities/{id}` (2025-03-02-preview): 200 with id, custom id and last issue time.
+pub(crate) async fn get(dir: &Directory<'_>, raw_id: &str) -> Result<Response, ApiError> {
+    let id = dir.resolve(raw_id)?;
+    let record = dir.get(&id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &Identity {
+            id: record.id.to_string(),
+            custom_id: record.custom_id,
+            last_token_issued_at: record.last_token_issued_at.map(format_expires_on),
+        },
+    ))
+}
+
+/// `POST /identities/{id}/:issueAccessToken`: 200 `{token, expiresOn}`.
+pub(crate) async fn issue(
+    dir: &Directory<'_>,
+    version: ApiVersion,
+    raw_id: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let id = dir.resolve(raw_id)?;
+    let req: IssueTokenRequest = parse_json(body)?;
+    let scopes = scopes(req.scopes, version)?;
+    let expires_in = expiry(req.expires_in_minutes, version)?;
+    let identity = dir.get(&id).await?;
+    let token = dir.issue(&identity, &scopes, expires_in)?;
+    Ok(json(StatusCode::OK, &wire_token(token)))
+}
+
+/// `POST /identities/{id}/token` (2020-07-20-preview2): 200 `{id, token, expiresOn}`.
+pub(crate) async fn legacy_issue(
+    dir: &Directory<'_>,
+    raw_id: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let id = dir.resolve(raw_id)?;
+    let req: IssueTokenRequest = parse_json(body)?;
+    let scopes = scopes(req.scopes, ApiVersion::V2020_07_20Preview2)?;
+    let identity = dir.get(&id).await?;
+    let token = dir.issue(&identity, &scopes, ExpiresIn::DEFAULT)?;
+    Ok(json(
+        StatusCode::OK,
+        &LegacyAccessToken {
+            id: id.to_string(),
+            token: token.token,
+            expires_on: format_expires_on(token.expires_at),
+        },
+    ))
+}
+
+/// `POST /identities/{id}/:revokeAccessTokens`: 204. Every token issued before this moment is
+/// out of force at once; tokens issued afterwards are not affected.
+pub(crate) async fn revoke(dir: &Directory<'_>, raw_id: &str) -> Result<Response, ApiError> {
+    let id = dir.resolve(raw_id)?;
+    dir.revoke(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PATCH /identities/{id}` with `tokensValidFrom` (2020-07-20-preview2): 204.
+///
+/// Revocation is by epoch, not by time: any `tokensValidFrom` up to now (or absent) revokes every
+/// token issued so far, which is at least what was asked. A time further than 15 minutes in the
+/// future cannot be honoured exactly and is refused.
+pub(crate) async fn legacy_revoke(
+    dir: &Directory<'_>,
+    raw_id: &str,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Result<Response, ApiError> {
+    let id = dir.resolve(raw_id)?;
+    let req: LegacyRevokeRequest = parse_json(body)?;
+    if let Some(from) = req.tokens_valid_from {
+        let from = OffsetDateTime::parse(&from, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| {
+                ApiError::validation(
+                    "tokensValidFrom must be an RFC 3339 date-time.",
+                    "tokensValidFrom",
+                )
+            })?;
+        if from > now + time::Duration::minutes(15) {
+            return Err(ApiError::validation(
+                "tokensValidFrom must not be in the future.",
+                "tokensValidFrom",
+            ));
+        }
+    }
+    dir.revoke(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /identities/{id}`: 204. Revokes every token, refuses every later one and removes what
+/// is stored for the identity.
+pub(crate) async fn delete(dir: &Directory<'_>, raw_id: &str) -> Result<Response, ApiError> {
+    let id = dir.resolve(raw_id)?;
+    dir.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

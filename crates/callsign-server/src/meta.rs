@@ -1,0 +1,142 @@
+//! Health, the public key set and token introspection.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use callsign_api::{IntrospectRequest, IntrospectResponse, Jwk, Jwks};
+use callsign_core::token::{PublicParts, VerifyError, VerifyingKey, token_in_force};
+use callsign_core::{IdentityId, Scopes, format_expires_on};
+
+use crate::error::ApiError;
+use crate::http::json;
+use crate::state::{AppState, Directory};
+
+/// `GET /health` (no authentication): 200 when the store answers, 503 otherwise.
+pub(crate) async fn health(state: &AppState) -> Result<Response, ApiError> {
+    state.store.ping().await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+}
+
+/// `GET /.well-known/jwks.json` (no authentication): every public key tokens may be signed with.
+pub(crate) fn jwks(state: &AppState) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            ),
+        ],
+        state.jwks.clone(),
+    )
+        .into_response()
+}
+
+/// The JWKS document for `keys` (newest first).
+pub(crate) fn jwks_document(keys: &[VerifyingKey]) -> Jwks {
+    Jwks {
+        keys: keys
+            .iter()
+            .map(|k| {
+                let mut jwk = Jwk {
+                    kty: String::new(),
+                    kid: k.kid().to_owned(),
+                    alg: k.algorithm().jose_name().to_owned(),
+                    use_: "sig".into(),
+                    crv: None,
+                    x: None,
+                    y: None,
+                    n: None,
+                    e: None,
+                };
+                match k.public_parts() {
+                    PublicParts::Ec { x, y } => {
+                        jwk.kty = "EC".into();
+                        jwk.crv = Some("P-256".into());
+                        jwk.x = Some(B64URL.encode(x));
+                        jwk.y = Some(B64URL.encode(y));
+                    }
+                    PublicParts::Okp { x } => {
+                        jwk.kty = "OKP".into();
+                        jwk.crv = Some("Ed25519".into());
+                        jwk.x = Some(B64URL.encode(x));
+                    }
+                    PublicParts::Rsa { n, e, .. } => {
+                        jwk.kty = "RSA".into();
+                        jwk.n = Some(B64URL.encode(n));
+                        jwk.e = Some(B64URL.encode(e));
+                    }
+                }
+                jwk
+            })
+            .collect(),
+    }
+}
+
+fn inactive(reason: &str) -> IntrospectResponse {
+    IntrospectResponse {
+        active: false,
+        reason: Some(reason.into()),
+        id: None,
+        scopes: None,
+        expires_on: None,
+    }
+}
+
+/// `POST /tokens/:introspect` (callsign extension, HMAC-authenticated): whether a token is in
+/// force right now. This is where revocation takes effect at once, which a JWKS check alone
+/// cannot see.
+pub(crate) async fn introspect(
+    state: &AppState,
+    dir: &Directory<'_>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let req: Option<IntrospectRequest> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(body).ok()
+    };
+    let req = req
+        .ok_or_else(|| ApiError::validation("The body must be {\"token\": \"<jwt>\"}.", "token"))?;
+    let now = state.clock.now();
+    let claims = match state.verifier.verify(&req.token, now) {
+        Ok(c) => c,
+        Err(VerifyError::Malformed) => return Ok(json(StatusCode::OK, &inactive("malformed"))),
+        Err(VerifyError::Signature) => return Ok(json(StatusCode::OK, &inactive("signature"))),
+        Err(VerifyError::Expired) => return Ok(json(StatusCode::OK, &inactive("expired"))),
+    };
+    let Ok(id) = IdentityId::parse(&claims.sub) else {
+        return Ok(json(StatusCode::OK, &inactive("malformed")));
+    };
+    let mut response = IntrospectResponse {
+        active: false,
+        reason: None,
+        id: Some(claims.sub.clone()),
+        scopes: Scopes::from_claim(&claims.acs_scope)
+            .ok()
+            .map(|s| s.iter().map(|x| x.as_str().to_owned()).collect()),
+        expires_on: time::OffsetDateTime::from_unix_timestamp(claims.exp)
+            .ok()
+            .map(format_expires_on),
+    };
+    let owned = dir.resolve(&claims.sub).is_ok();
+    let reason = if !owned {
+        Some("foreignResource")
+    } else {
+        match state.store.get_identity(&id).await? {
+            None => Some("identityNotFound"),
+            Some(identity) if !token_in_force(claims.epoch, identity.revocation_epoch) => {
+                Some("revoked")
+            }
+            Some(_) => None,
+        }
+    };
+    response.active = reason.is_none();
+    response.reason = reason.map(str::to_owned);
+    Ok(json(StatusCode::OK, &response))
+}

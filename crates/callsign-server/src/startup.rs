@@ -1,0 +1,352 @@
+//! Building and running one server instance.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use callsign_core::token::{Algorithm, SigningKey, TokenIssuer, TokenVerifier};
+use callsign_core::{AccessKey, Clock, ResourceId, SystemClock};
+use callsign_hmac::AccessKeyMac;
+use callsign_store::{ResourceRecord, SqliteStore, Store, StoredSigningKey};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::Authenticator;
+use crate::state::AppState;
+use crate::tls::{self, TlsMode};
+
+/// Everything `callsign serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the database and TLS material live.
+    pub data_dir: PathBuf,
+    /// TLS source.
+    pub tls: TlsMode,
+    /// Algorithm of new tokens.
+    pub signing_alg: Algorithm,
+    /// The `resourceLocation` claim.
+    pub location: String,
+    /// The `iss` claim; defaults to `urn:callsign:<resourceId>`.
+    pub issuer: Option<String>,
+    /// Extra `host[:port]` values clients may sign (a proxy's public name).
+    pub public_hosts: Vec<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// The defaults, with the data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
+            data_dir: data_dir.into(),
+            tls: TlsMode::LocalCa {
+                extra_names: Vec::new(),
+            },
+            signing_alg: Algorithm::Es256,
+            location: "local".into(),
+            issuer: None,
+            public_hosts: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the embedded database lives in a data dir.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("callsign.db")
+}
+
+/// A bound, ready-to-serve instance.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+    resource: ResourceRecord,
+    first_start: bool,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.listener.local_addr().ok())
+            .field("resource", &self.resource.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))
+}
+
+/// Opens the embedded store of a data dir (creating it if needed).
+pub fn open_embedded_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    create_private_dir(data_dir)?;
+    let path = database_path(data_dir);
+    SqliteStore::open(&path).with_context(|| format!("cannot open the database {}", path.display()))
+}
+
+/// The default resource, created on first use. Returns it and whether it was just created.
+pub async fn ensure_default_resource(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) -> anyhow::Result<(ResourceRecord, bool)> {
+    if let Some(r) = store.default_resource().await? {
+        return Ok((r, false));
+    }
+    let candidate = ResourceRecord {
+        id: ResourceId::new_random(),
+        primary_key: AccessKey::generate(),
+        secondary_key: AccessKey::generate(),
+        created_at: clock.now(),
+    };
+    let winner = store.bootstrap_default_resource(candidate.clone()).await?;
+    let created = winner.id == candidate.id;
+    Ok((winner, created))
+}
+
+/// The signing keys, newest first, with the one that signs new tokens: the newest of `alg`,
+/// generated and stored if there is none.
+async fn signing_keys(
+    store: &dyn Store,
+    alg: Algorithm,
+    clock: &dyn Clock,
+) -> anyhow::Result<(SigningKey, Vec<SigningKey>)> {
+    let mut keys = Vec::new();
+    for stored in store.signing_keys().await? {
+        let key = SigningKey::from_pkcs8(stored.alg, &stored.pkcs8)
+            .with_context(|| format!("stored signing key {} does not load", stored.kid))?;
+        keys.push(key);
+    }
+    if let Some(i) = keys.iter().position(|k| k.algorithm() == alg) {
+        let active = keys.remove(i);
+        return Ok((active, keys));
+    }
+    let key = SigningKey::generate(alg)?;
+    store
+        .add_signing_key(StoredSigningKey {
+            kid: key.kid().to_owned(),
+            alg,
+            pkcs8: key.pkcs8_der().to_vec(),
+            created_at: clock.now(),
+        })
+        .await?;
+    tracing::info!(kid = key.kid(), alg = %alg, "generated a token signing key");
+    Ok((key, keys))
+}
+
+/// The connection string for `resource` at `endpoint` (which should end with `/`).
+pub fn connection_string(endpoint: &str, key: &AccessKey) -> String {
+    format!("endpoint={endpoint};accesskey={}", key.expose())
+}
+
+/// The URL clients should use for a listener on `addr`.
+pub fn endpoint_for(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match host {
+        IpAddr::V4(ip) => format!("{scheme}://{ip}:{}/", addr.port()),
+        IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{}/", addr.port()),
+    }
+}
+
+impl Application {
+    /// Opens the embedded store in the data dir and builds the instance.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> = Arc::new(open_embedded_store(&settings.data_dir)?);
+        Self::build_with(settings, store, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the instance over `store` with `clock`: bootstraps the resource and keys, prepares
+    /// TLS and binds the listener.
+    pub async fn build_with(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        create_private_dir(&settings.data_dir)?;
+        let (resource, first_start) =
+            ensure_default_resource(store.as_ref(), clock.as_ref()).await?;
+        let (active, older) =
+            signing_keys(store.as_ref(), settings.signing_alg, clock.as_ref()).await?;
+        let mut verifying = vec![active.verifying_key()];
+        verifying.extend(older.iter().map(SigningKey::verifying_key));
+        let jwks = serde_json::to_vec(&crate::meta::jwks_document(&verifying))?;
+        let issuer_name = settings
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("urn:callsign:{}", resource.id));
+        let issuer = TokenIssuer::new(active, &issuer_name, &settings.location)?;
+
+        let tls_config = tls::server_config(&settings.tls, &settings.data_dir, clock.now())?;
+        let macs = [&resource.primary_key, &resource.secondary_key]
+            .into_iter()
+            .map(|k| AccessKeyMac::from_base64(k.expose()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let authenticator = Authenticator::new(
+            resource.id,
+            macs,
+            settings.public_hosts.clone(),
+            tls_config.is_some(),
+            Duration::from_secs(15 * 60),
+        );
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = Arc::new(AppState {
+            store,
+            authenticator,
+            issuer,
+            verifier: TokenVerifier::new(verifying),
+            jwks: jwks.into(),
+            clock,
+            max_body_bytes: settings.max_body_bytes,
+        });
+        Ok(Self {
+            listener,
+            state,
+            tls: tls_config.map(TlsAcceptor::from),
+            resource,
+            first_start,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The URL clients use.
+    pub fn endpoint(&self) -> String {
+        endpoint_for(self.local_addr(), self.is_tls())
+    }
+
+    /// The connection string with the primary key. A secret: print it, never log it.
+    pub fn connection_string(&self) -> String {
+        connection_string(&self.endpoint(), &self.resource.primary_key)
+    }
+
+    /// The connection string with the secondary key.
+    pub fn secondary_connection_string(&self) -> String {
+        connection_string(&self.endpoint(), &self.resource.secondary_key)
+    }
+
+    /// The default resource's id.
+    pub fn resource_id(&self) -> ResourceId {
+        self.resource.id
+    }
+
+    /// Whether this start created the resource.
+    pub fn first_start(&self) -> bool {
+        self.first_start
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (up to the grace period) and closes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            tls,
+            shutdown_grace,
+            ..
+        } = self;
+        let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = service.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                                .await;
+                        let Ok(Ok(stream)) = handshake else {
+                            tracing::debug!("TLS handshake failed or timed out");
+                            return;
+                        };
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    }
+                    None => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    }
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(shutdown_grace) => {
+                tracing::warn!("grace period over; closing remaining connections");
+            }
+        }
+        state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

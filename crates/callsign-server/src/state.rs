@@ -1,0 +1,108 @@
+//! Per-instance state: the store, the resource, the keys, the clock. No globals.
+
+use std::sync::Arc;
+
+use callsign_core::token::{IssuedToken, TokenIssuer, TokenVerifier};
+use callsign_core::{Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes};
+use callsign_store::{Created, IdentityRecord, NewIdentity, Store};
+
+use crate::auth::{Authenticated, Authenticator};
+use crate::error::ApiError;
+
+/// Everything a request handler needs, built once by `Application::build`.
+pub struct AppState {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) issuer: TokenIssuer,
+    pub(crate) verifier: TokenVerifier,
+    /// The serialized JWKS document.
+    pub(crate) jwks: bytes::Bytes,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) max_body_bytes: usize,
+}
+
+impl AppState {
+    /// The identities of the authenticated resource.
+    pub(crate) fn directory<'a>(&'a self, auth: &Authenticated) -> Directory<'a> {
+        Directory {
+            state: self,
+            resource: auth.resource(),
+        }
+    }
+}
+
+/// One resource's view of the identity directory, reachable only with an [`Authenticated`].
+pub(crate) struct Directory<'a> {
+    state: &'a AppState,
+    resource: ResourceId,
+}
+
+impl Directory<'_> {
+    /// Parses a raw id from a path and checks that it belongs to this resource.
+    pub(crate) fn resolve(&self, raw: &str) -> Result<IdentityId, ApiError> {
+        match IdentityId::parse(raw) {
+            Ok(id) if id.resource() == self.resource => Ok(id),
+            Ok(_) | Err(IdError::OtherCloud) => Err(ApiError::IdentityNotOwned),
+            Err(IdError::Malformed) => Err(ApiError::validation(
+                "The identifier is not a valid communication user id (8:acs:<resourceId>_<id>).",
+                "id",
+            )),
+        }
+    }
+
+    pub(crate) async fn create(&self, custom_id: Option<CustomId>) -> Result<Created, ApiError> {
+        let new = NewIdentity {
+            id: IdentityId::new_random(self.resource),
+            custom_id,
+            created_at: self.state.clock.now(),
+        };
+        Ok(self.state.store.create_identity(new).await?)
+    }
+
+    pub(crate) async fn get(&self, id: &IdentityId) -> Result<IdentityRecord, ApiError> {
+        self.state
+            .store
+            .get_identity(id)
+            .await?
+            .ok_or(ApiError::IdentityNotFound)
+    }
+
+    pub(crate) async fn revoke(&self, id: &IdentityId) -> Result<u64, ApiError> {
+        self.state
+            .store
+            .revoke_tokens(id)
+            .await?
+            .ok_or(ApiError::IdentityNotFound)
+    }
+
+    pub(crate) async fn delete(&self, id: &IdentityId) -> Result<(), ApiError> {
+        if self.state.store.delete_identity(id).await? {
+            Ok(())
+        } else {
+            Err(ApiError::IdentityNotFound)
+        }
+    }
+
+    /// Issues a token for a stored identity under its current revocation epoch.
+    pub(crate) fn issue(
+        &self,
+        identity: &IdentityRecord,
+        scopes: &Scopes,
+        expires_in: ExpiresIn,
+    ) -> Result<IssuedToken, ApiError> {
+        let now = self.state.clock.now();
+        let token = self
+            .state
+            .issuer
+            .issue(
+                &identity.id,
+                scopes,
+                expires_in,
+                identity.revocation_epoch,
+                now,
+            )
+            .map_err(|e| ApiError::Internal(format!("token signing failed: {e}")))?;
+        self.state.store.record_token_issued(&identity.id, now);
+        Ok(token)
+    }
+}

@@ -1,0 +1,295 @@
+//! TLS: the local certificate authority callsign creates on first start, or the operator's own
+//! certificate, turned into a rustls server configuration.
+//!
+//! Layout under `<data-dir>/tls/`: `ca.pem`, `ca-key.pem` (0600), `server.pem`, `server-key.pem`
+//! (0600) and `server.names` (the names the server certificate covers). The CA is made once and
+//! kept; the server certificate is re-issued from it when the requested names change or it is
+//! within 30 days of expiry.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// Names every generated server certificate covers.
+pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+const SERVER_VALIDITY: Duration = Duration::days(397);
+const RENEW_BEFORE: Duration = Duration::days(30);
+const CA_VALIDITY: Duration = Duration::days(3650);
+
+/// Where the certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The local CA in the data dir issues a certificate for the default names plus these.
+    LocalCa {
+        /// Extra DNS names or IP addresses.
+        extra_names: Vec<String>,
+    },
+    /// The operator's own PEM files.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// No TLS (behind a TLS-terminating proxy).
+    Plain,
+}
+
+/// Paths of the local CA material.
+#[derive(Debug, Clone)]
+pub struct LocalCaPaths {
+    dir: PathBuf,
+}
+
+impl LocalCaPaths {
+    /// The TLS folder inside `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("tls"),
+        }
+    }
+
+    /// The CA certificate (what clients trust).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
+    fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    fn server_key(&self) -> PathBuf {
+        self.dir.join("server-key.pem")
+    }
+    fn server_names(&self) -> PathBuf {
+        self.dir.join("server.names")
+    }
+}
+
+/// Builds the rustls configuration for `mode`; `None` for plain HTTP.
+pub fn server_config(
+    mode: &TlsMode,
+    data_dir: &Path,
+    now: OffsetDateTime,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let (certs, key) = match mode {
+        TlsMode::Plain => return Ok(None),
+        TlsMode::Files { cert, key } => (read_certs(cert)?, read_key(key)?),
+        TlsMode::LocalCa { extra_names } => {
+            let paths = LocalCaPaths::new(data_dir);
+            ensure_local_ca(&paths, extra_names, now)?;
+            (
+                read_certs(&paths.server_cert())?,
+                read_key(&paths.server_key())?,
+            )
+        }
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match or are unsupported")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read certificates from {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("cannot read a private key from {}", path.display()))
+}
+
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The CA's subject, derived from its key so that re-signing needs only the stored key.
+fn ca_params(key: &KeyPair, now: OffsetDateTime) -> CertificateParams {
+    let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key_raw());
+    let short: String = fingerprint.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "callsign");
+    dn.push(DnType::CommonName, format!("callsign local CA {short}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + CA_VALIDITY;
+    params
+}
+
+fn ensure_local_ca(
+    paths: &LocalCaPaths,
+    extra: &[String],
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&paths.dir)
+        .with_context(|| format!("cannot create {}", paths.dir.display()))?;
+    let ca_key = if paths.ca_key().exists() && paths.ca_cert().exists() {
+        let pem = std::fs::read_to_string(paths.ca_key())?;
+        KeyPair::from_pem(&pem).context("the local CA key does not parse")?
+    } else {
+        let key = KeyPair::generate().context("cannot generate the CA key")?;
+        let cert = ca_params(&key, now)
+            .self_signed(&key)
+            .context("cannot make the CA certificate")?;
+        write_secret(&paths.ca_key(), &key.serialize_pem())?;
+        write_public(&paths.ca_cert(), &cert.pem())?;
+        // A new CA invalidates any older server certificate.
+        let _ = std::fs::remove_file(paths.server_names());
+        tracing::info!(path = %paths.ca_cert().display(), "created a local certificate authority");
+        key
+    };
+
+    let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
+    for n in extra {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let wanted = names.join("\n");
+    let current = std::fs::read_to_string(paths.server_names()).ok();
+    let fresh = current.as_deref().and_then(|c| {
+        let (expiry, stored_names) = c.split_once('\n')?;
+        let expiry = OffsetDateTime::from_unix_timestamp(expiry.parse().ok()?).ok()?;
+        Some(stored_names == wanted && expiry - RENEW_BEFORE > now)
+    });
+    if fresh == Some(true) && paths.server_cert().exists() && paths.server_key().exists() {
+        return Ok(());
+    }
+
+    let issuer = Issuer::new(ca_params(&ca_key, now), ca_key);
+    let mut params = CertificateParams::new(names.clone()).context("invalid TLS name")?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "callsign");
+    dn.push(DnType::CommonName, names[0].clone());
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + SERVER_VALIDITY;
+    let key = KeyPair::generate().context("cannot generate the server key")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("cannot sign the server certificate")?;
+    write_secret(&paths.server_key(), &key.serialize_pem())?;
+    write_public(&paths.server_cert(), &cert.pem())?;
+    write_public(
+        &paths.server_names(),
+        &format!("{}\n{wanted}", params.not_after.unix_timestamp()),
+    )?;
+    tracing::info!(names = ?names, "issued a server certificate from the local CA");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_ca_is_created_once_and_reissues_for_new_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = OffsetDateTime::now_utc();
+        let mode = TlsMode::LocalCa {
+            extra_names: vec![],
+        };
+        assert!(
+            server_config(&mode, dir.path(), now)
+                .expect("config")
+                .is_some()
+        );
+        let paths = LocalCaPaths::new(dir.path());
+        let ca = std::fs::read_to_string(paths.ca_cert()).expect("ca");
+        let server = std::fs::read_to_string(paths.server_cert()).expect("server");
+        // Second start: nothing changes.
+        server_config(&mode, dir.path(), now).expect("config");
+        assert_eq!(
+            std::fs::read_to_string(paths.server_cert()).expect("server"),
+            server
+        );
+        // New name: same CA, new server certificate.
+        let mode = TlsMode::LocalCa {
+            extra_names: vec!["callsign.internal".into()],
+        };
+        server_config(&mode, dir.path(), now).expect("config");
+        assert_eq!(std::fs::read_to_string(paths.ca_cert()).expect("ca"), ca);
+        assert_ne!(
+            std::fs::read_to_string(paths.server_cert()).expect("server"),
+            server
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(paths.ca_key())
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn own_files_that_do_not_exist_are_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mode = TlsMode::Files {
+            cert: dir.path().join("nope.pem"),
+            key: dir.path().join("nope-key.pem"),
+        };
+        let err =
+            server_config(&mode, dir.path(), OffsetDateTime::now_utc()).expect_err("missing files");
+        assert!(format!("{err:#}").contains("nope.pem"), "{err:#}");
+    }
+}

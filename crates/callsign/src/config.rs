@@ -1,0 +1,311 @@
+//! Command-line flags, environment variables and the optional TOML file, resolved into settings.
+//!
+//! Precedence, highest first: flag, `CALLSIGN_*` environment variable, TOML file
+//! (`--config` / `CALLSIGN_CONFIG`), built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use callsign_server::{Algorithm, Settings, TlsMode};
+use serde::Deserialize;
+
+/// Self-hosted identity and access-token service, wire-compatible with Azure Communication
+/// Services Identity.
+#[derive(Debug, clap::Parser)]
+#[command(name = "callsign", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print the connection string of the default resource (one line).
+    ConnectionString(ConnectionStringArgs),
+    /// Print the local CA certificate (PEM), for REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS /
+    /// SSL_CERT_FILE.
+    CaCert(DataDirArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataDirArgs {
+    /// Data directory [default: ./callsign-data].
+    #[arg(long, env = "CALLSIGN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "CALLSIGN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: DataDirArgs,
+    /// Address to listen on [default: 127.0.0.1:8443].
+    #[arg(long, env = "CALLSIGN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Serve this certificate chain (PEM) instead of one from the local CA.
+    #[arg(long, env = "CALLSIGN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "CALLSIGN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP address for the local CA's server certificate (repeatable).
+    #[arg(long = "tls-name", env = "CALLSIGN_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+    /// Speak plain HTTP (only behind a TLS-terminating proxy: the Python SDK always uses HTTPS).
+    #[arg(long, env = "CALLSIGN_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub plain_http: bool,
+    /// Algorithm for new tokens: es256, eddsa or rs256 [default: es256].
+    #[arg(long, env = "CALLSIGN_SIGNING_ALG")]
+    pub signing_alg: Option<String>,
+    /// The resourceLocation claim [default: local].
+    #[arg(long, env = "CALLSIGN_LOCATION")]
+    pub location: Option<String>,
+    /// The iss claim [default: urn:callsign:<resourceId>].
+    #[arg(long, env = "CALLSIGN_ISSUER")]
+    pub issuer: Option<String>,
+    /// A host[:port] clients may sign besides the one they connect to, e.g. a proxy's public
+    /// name (repeatable).
+    #[arg(
+        long = "public-host",
+        env = "CALLSIGN_PUBLIC_HOSTS",
+        value_delimiter = ','
+    )]
+    pub public_hosts: Vec<String>,
+    /// Largest accepted request body in bytes [default: 65536].
+    #[arg(long, env = "CALLSIGN_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "CALLSIGN_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectionStringArgs {
+    #[command(flatten)]
+    pub common: DataDirArgs,
+    /// Endpoint URL to put in the string [default: from --listen and TLS settings].
+    #[arg(long, env = "CALLSIGN_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Use the secondary access key.
+    #[arg(long)]
+    pub secondary: bool,
+}
+
+/// The TOML file: every key optional, names as the long flags with `_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_names: Vec<String>,
+    #[serde(default)]
+    pub plain_http: bool,
+    pub signing_alg: Option<String>,
+    pub location: Option<String>,
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub public_hosts: Vec<String>,
+    pub max_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub log_json: bool,
+    pub endpoint: Option<String>,
+}
+
+fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+const DEFAULT_DATA_DIR: &str = "./callsign-data";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// Resolved `serve` settings.
+pub struct ResolvedServe {
+    pub settings: Settings,
+    pub log_json: bool,
+}
+
+pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
+    let file = load_file(args.common.config.as_deref())?;
+    let data_dir = args
+        .common
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let mut settings = Settings::new(data_dir);
+    settings.listen = match args.listen.or(file.listen) {
+        Some(l) => l,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    let cert = args.tls_cert.or(file.tls_cert);
+    let key = args.tls_key.or(file.tls_key);
+    let plain = args.plain_http || file.plain_http;
+    settings.tls = match (plain, cert, key) {
+        (true, None, None) => TlsMode::Plain,
+        (true, _, _) => bail!("--plain-http cannot be combined with --tls-cert/--tls-key"),
+        (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+        (false, None, None) => TlsMode::LocalCa {
+            extra_names: if args.tls_names.is_empty() {
+                file.tls_names
+            } else {
+                args.tls_names
+            },
+        },
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    if let Some(alg) = args.signing_alg.or(file.signing_alg) {
+        settings.signing_alg = Algorithm::from_jose_name(&alg).with_context(|| {
+            format!("unknown signing algorithm {alg:?}: use es256, eddsa or rs256")
+        })?;
+    }
+    if let Some(location) = args.location.or(file.location) {
+        settings.location = location;
+    }
+    settings.issuer = args.issuer.or(file.issuer);
+    settings.public_hosts = if args.public_hosts.is_empty() {
+        file.public_hosts
+    } else {
+        args.public_hosts
+    };
+    if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
+        if n < 1024 {
+            bail!("--max-body-bytes must be at least 1024");
+        }
+        settings.max_body_bytes = n;
+    }
+    Ok(ResolvedServe {
+        settings,
+        log_json: args.log_json || file.log_json,
+    })
+}
+
+pub fn resolve_data_dir(args: DataDirArgs) -> anyhow::Result<PathBuf> {
+    let file = load_file(args.config.as_deref())?;
+    Ok(args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)))
+}
+
+pub struct ResolvedConnectionString {
+    pub data_dir: PathBuf,
+    pub endpoint: String,
+    pub secondary: bool,
+}
+
+pub fn resolve_connection_string(
+    args: ConnectionStringArgs,
+) -> anyhow::Result<ResolvedConnectionString> {
+    let file = load_file(args.common.config.as_deref())?;
+    let endpoint = match args.endpoint.or(file.endpoint) {
+        Some(e) => {
+            let lower = e.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                bail!("--endpoint must be an http:// or https:// URL");
+            }
+            if e.ends_with('/') { e } else { format!("{e}/") }
+        }
+        None => {
+            let listen: SocketAddr = match std::env::var("CALLSIGN_LISTEN").ok() {
+                Some(l) => l.parse().context("CALLSIGN_LISTEN is not an address")?,
+                None => file.listen.unwrap_or(DEFAULT_LISTEN.parse()?),
+            };
+            let plain = file.plain_http
+                || std::env::var("CALLSIGN_PLAIN_HTTP").is_ok_and(|v| v == "true" || v == "1");
+            callsign_server::endpoint_for(listen, !plain)
+        }
+    };
+    Ok(ResolvedConnectionString {
+        data_dir: args
+            .common
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        endpoint,
+        secondary: args.secondary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn serve_args(argv: &[&str]) -> ServeArgs {
+        let mut full = vec!["callsign", "serve"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).expect("parses").command {
+            Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("callsign.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nlocation = \"westeurope\"\nsigning_alg = \"eddsa\"\ntls_names = [\"a.example\"]\n",
+        )
+        .expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        let r = resolve_serve(serve_args(&["--config", cfg, "--listen", "127.0.0.1:9001"]))
+            .expect("resolves");
+        assert_eq!(r.settings.listen.port(), 9001);
+        assert_eq!(r.settings.location, "westeurope");
+        assert_eq!(r.settings.signing_alg, Algorithm::EdDsa);
+        assert_eq!(
+            r.settings.tls,
+            TlsMode::LocalCa {
+                extra_names: vec!["a.example".into()]
+            }
+        );
+        let d = resolve_serve(serve_args(&[])).expect("resolves");
+        assert_eq!(
+            d.settings.listen,
+            DEFAULT_LISTEN.parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(d.settings.signing_alg, Algorithm::Es256);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        let err = resolve_serve(serve_args(&["--config", cfg]))
+            .err()
+            .expect("refused");
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = resolve_serve(serve_args(&["--signing-alg", "hs256"]))
+            .err()
+            .expect("refused");
+        assert!(format!("{err:#}").contains("hs256"));
+        assert!(
+            Cli::try_parse_from([
+                "callsign",
+                "serve",
+                "--plain-http",
+                "--tls-cert",
+                "a",
+                "--tls-key",
+                "b"
+            ])
+            .is_err()
+        );
+    }
+}
