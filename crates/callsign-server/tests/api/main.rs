@@ -1,0 +1,7 @@
+//! Black-box tests of the server: a real instance on port 0 with a temp data dir, driven over
+//! HTTPS with signed requests.
+
+mod bad_input;
+mod helpers;
+mod operations;
+mod tokens;
