@@ -174,3 +174,57 @@ class Server(object):
         assert info["active"] is False, info
         assert info.get("reason") == reason, info
         return info
+
+
+def error_of(exc):
+    """(status, code, message) of an azure-core HttpResponseError, read from the parsed error
+    model when the SDK made one and from the raw response body otherwise."""
+    status = exc.status_code
+    code = message = None
+    model = getattr(exc, "error", None)
+    if model is not None and getattr(model, "code", None):
+        code, message = model.code, model.message
+    else:
+        body = json.loads(exc.response.text())
+        code, message = body["error"]["code"], body["error"]["message"]
+    return status, code, message
+
+
+class ClientAdapter(object):
+    """Calls one SDK method either on a sync client or, in async mode, inside `asyncio.run` on a
+    fresh aio client (`async with client: await client.method(...)`), so that one test body covers
+    both. `make_async` must import the aio module lazily (see conftest.py)."""
+
+    def __init__(self, mode, make_sync, make_async):
+        assert mode in ("sync", "async")
+        self.mode = mode
+        self._make_sync = make_sync
+        self._make_async = make_async
+        self._sync = make_sync() if mode == "sync" else None
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self.mode == "sync":
+            return getattr(self._sync, name)
+
+        def call(*args, **kwargs):
+            import asyncio
+
+            async def run():
+                client = self._make_async()
+                async with client:
+                    return await getattr(client, name)(*args, **kwargs)
+
+            return asyncio.run(run())
+
+        return call
+
+
+def as_epoch_seconds(value):
+    """An SDK credential's expires_on (int seconds, or an aware datetime in the early previews)."""
+    if isinstance(value, dt.datetime):
+        assert value.tzinfo is not None
+        return int(value.timestamp())
+    assert isinstance(value, int), value
+    return value

@@ -234,15 +234,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 const IDENTITY_COLUMNS: &str =
     "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
 
-fn identity_from_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, Option<String>, i64, i64, Option<i64>)> {
+/// An identity row as read: id, custom id, created, epoch, last token.
+type IdentityRow = (String, Option<String>, i64, i64, Option<i64>);
+
+fn identity_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdentityRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn identity_record(
-    row: (String, Option<String>, i64, i64, Option<i64>),
-) -> Result<IdentityRecord, StoreError> {
+fn identity_record(row: IdentityRow) -> Result<IdentityRecord, StoreError> {
     let (id, custom_id, created, epoch, last) = row;
     Ok(IdentityRecord {
         id: IdentityId::parse(&id)

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test. Exits non-zero if anything fails.
+#
+#   bash scripts/test.sh
+#
+# Steps: PostgreSQL available and running (installed from Debian packages if missing),
+# formatting and lint checks, the Rust test suites (unit, black-box, store conformance on SQLite
+# and PostgreSQL, CLI and crash tests, doc tests), then the compatibility suites that drive the
+# released ACS SDKs (pinned, in venvs and node_modules) against the real server.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+failed=()
+
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name"
+    if ! "$@"; then
+        echo "!!! $name failed"
+        failed+=("$name")
+    fi
+}
+
+ensure_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+        echo "PostgreSQL is not installed; installing it from Debian packages"
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null || return 1
+    fi
+    if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+        echo "starting PostgreSQL"
+        local version
+        version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+        [ -n "$version" ] || { echo "no PostgreSQL cluster configured"; return 1; }
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start || return 1
+        for _ in $(seq 1 30); do
+            pg_isready -h 127.0.0.1 -p 5432 -q && break
+            sleep 1
+        done
+    fi
+    pg_isready -h 127.0.0.1 -p 5432
+}
+
+ensure_nextest() {
+    cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+}
+
+step "PostgreSQL" ensure_postgres
+export CALLSIGN_TEST_DATABASE_URL=${CALLSIGN_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo build" cargo build --workspace --locked
+step "cargo-nextest" ensure_nextest
+step "Rust tests" cargo nextest run --workspace --locked --no-fail-fast
+step "Rust doc tests" cargo test --workspace --doc --locked
+
+if [ -f compat/run.sh ]; then
+    step "SDK compatibility suites" env CALLSIGN_BIN="$ROOT/target/debug/callsign" bash compat/run.sh
+fi
+
+echo
+if [ ${#failed[@]} -ne 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "all test steps passed"
