@@ -3,7 +3,8 @@
 The server binary comes from CALLSIGN_BIN (default: target/debug/callsign in the repo root). The
 fixture reads the endpoint, connection string and CA path from the server's stdout, points
 REQUESTS_CA_BUNDLE (requests) and SSL_CERT_FILE (aiohttp) at the CA, and at the end sends SIGTERM
-to that one process and asserts it exits 0.
+to that one process and asserts it exits 0. The temp dir (data and server.log) is removed after a
+clean run unless CALLSIGN_KEEP_DATA is set.
 """
 
 import os
@@ -131,7 +132,7 @@ def server():
         log.close()
         if proc.stdout:
             proc.stdout.close()
-        if code == 0 and not failed:
+        if code == 0 and not failed and not os.environ.get("CALLSIGN_KEEP_DATA"):
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             sys.stderr.write("callsign server log kept at %s\n" % log_path)
