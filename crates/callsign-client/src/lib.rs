@@ -1,0 +1,1 @@
+//! Rust client for callsign (and ACS Identity). Work in progress.
