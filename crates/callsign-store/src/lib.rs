@@ -10,6 +10,7 @@
 //! * revoking increments the identity's revocation epoch atomically and returns the new value;
 //! * deleting removes everything stored for the identity, custom id included.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use callsign_core::token::Algorithm;
 use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId};
 use time::OffsetDateTime;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. No variant carries HTTP meaning; the server maps them.
@@ -122,6 +124,18 @@ pub trait IdentityStore: Send + Sync {
 
     /// Notes that a token was issued (best effort, not durable, never fails the caller).
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime);
+
+    /// Up to `limit` identities with ids greater than `after`, in id order (export, migration).
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRecord>, StoreError>;
+
+    /// Stores identities as they are (epoch, custom id and times included), skipping ids that
+    /// exist already; returns how many were inserted. For migration between backends and bulk
+    /// seeding, not for serving requests.
+    async fn import_identities(&self, records: Vec<IdentityRecord>) -> Result<usize, StoreError>;
 }
 
 /// Resources and their access keys.
@@ -145,6 +159,13 @@ pub trait SigningKeyStore: Send + Sync {
 
     /// Adds a key (it becomes the newest).
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError>;
+
+    /// Returns the newest stored key of `candidate.alg`, or stores `candidate` if there is none.
+    /// Atomic: nodes starting together on one database agree on one key.
+    async fn bootstrap_signing_key(
+        &self,
+        candidate: StoredSigningKey,
+    ) -> Result<StoredSigningKey, StoreError>;
 }
 
 /// A complete backend.

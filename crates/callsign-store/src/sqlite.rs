@@ -88,6 +88,8 @@ enum Job {
     Delete(IdentityId, Reply<bool>),
     Bootstrap(ResourceRecord, Reply<ResourceRecord>),
     AddKey(StoredSigningKey, Reply<()>),
+    BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
+    Import(Vec<IdentityRecord>, Reply<usize>),
     Flush(Reply<()>),
 }
 
@@ -352,6 +354,8 @@ fn fail(job: Job, e: StoreError) {
         Job::Delete(_, r) => drop(r.send(Err(e))),
         Job::Bootstrap(_, r) => drop(r.send(Err(e))),
         Job::AddKey(_, r) => drop(r.send(Err(e))),
+        Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
+        Job::Import(_, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
     }
 }
@@ -422,19 +426,85 @@ fn run_job(
         Job::Bootstrap(candidate, reply) => {
             answer(reply, in_savepoint(tx, |tx| bootstrap(tx, candidate)))
         }
-        Job::AddKey(key, reply) => answer(
+        Job::AddKey(key, reply) => answer(reply, in_savepoint(tx, |tx| insert_key(tx, &key))),
+        Job::BootstrapKey(candidate, reply) => answer(
             reply,
             in_savepoint(tx, |tx| {
-                tx.execute(
-                    "INSERT INTO signing_keys (kid, alg, pkcs8, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![key.kid, key.alg.jose_name(), key.pkcs8, ms(key.created_at)],
-                )
-                .map(|_| ())
-                .map_err(backend)
+                let existing = read_signing_keys(tx)?
+                    .into_iter()
+                    .find(|k| k.alg == candidate.alg);
+                match existing {
+                    Some(k) => Ok(k),
+                    None => insert_key(tx, &candidate).map(|()| candidate),
+                }
+            }),
+        ),
+        Job::Import(records, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO identities (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                    )
+                    .map_err(backend)?;
+                let mut n = 0;
+                for r in &records {
+                    n += stmt
+                        .execute(params![
+                            r.id.to_string(),
+                            r.id.resource().to_string(),
+                            r.custom_id,
+                            ms(r.created_at),
+                            i64::try_from(r.revocation_epoch).unwrap_or(i64::MAX),
+                            r.last_token_issued_at.map(ms),
+                        ])
+                        .map_err(backend)?;
+                }
+                Ok(n)
             }),
         ),
         Job::Flush(reply) => answer(reply, Ok(())),
     }
+}
+
+fn insert_key(tx: &rusqlite::Transaction<'_>, key: &StoredSigningKey) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![key.kid, key.alg.jose_name(), key.pkcs8, ms(key.created_at)],
+    )
+    .map(|_| ())
+    .map_err(backend)
+}
+
+fn read_signing_keys(c: &Connection) -> Result<Vec<StoredSigningKey>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT kid, alg, pkcs8, created_at_ms FROM signing_keys ORDER BY created_at_ms DESC, rowid DESC",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut keys = Vec::new();
+    for row in rows {
+        let (kid, alg, pkcs8, created) = row.map_err(backend)?;
+        keys.push(StoredSigningKey {
+            alg: Algorithm::from_jose_name(&alg)
+                .ok_or_else(|| StoreError::Corrupt(format!("signing key algorithm {alg:?}")))?,
+            kid,
+            pkcs8,
+            created_at: from_ms(created)?,
+        });
+    }
+    Ok(keys)
 }
 
 fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, StoreError> {
@@ -579,6 +649,34 @@ impl IdentityStore for SqliteStore {
         let v = map.entry(*id).or_insert(0);
         *v = (*v).max(ms(at));
     }
+
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRecord>, StoreError> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM identities WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![after, limit], identity_from_row)
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(identity_record(row.map_err(backend)?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn import_identities(&self, records: Vec<IdentityRecord>) -> Result<usize, StoreError> {
+        self.submit(|r| Job::Import(records, r)).await
+    }
 }
 
 #[async_trait]
@@ -598,35 +696,14 @@ impl ResourceStore for SqliteStore {
 #[async_trait]
 impl SigningKeyStore for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT kid, alg, pkcs8, created_at_ms FROM signing_keys ORDER BY created_at_ms DESC, rowid DESC",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .map_err(backend)?;
-            let mut keys = Vec::new();
-            for row in rows {
-                let (kid, alg, pkcs8, created) = row.map_err(backend)?;
-                keys.push(StoredSigningKey {
-                    alg: Algorithm::from_jose_name(&alg)
-                        .ok_or_else(|| StoreError::Corrupt(format!("signing key algorithm {alg:?}")))?,
-                    kid,
-                    pkcs8,
-                    created_at: from_ms(created)?,
-                });
-            }
-            Ok(keys)
-        })
+        self.read(|c| read_signing_keys(c))
+    }
+
+    async fn bootstrap_signing_key(
+        &self,
+        candidate: StoredSigningKey,
+    ) -> Result<StoredSigningKey, StoreError> {
+        self.submit(|r| Job::BootstrapKey(candidate, r)).await
     }
 
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {

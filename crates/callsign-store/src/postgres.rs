@@ -1,0 +1,672 @@
+//! The PostgreSQL backend, for several stateless callsign nodes over one database (PostgreSQL 13+
+//! and what speaks its protocol).
+//!
+//! * Every operation is one statement (or one short transaction), so there is never a
+//!   half-written identity, and nothing is cached between requests: a delete or revoke committed
+//!   through one node is what the next request on any other node reads.
+//! * Migrations are embedded, versioned and checksummed, applied at start under an advisory lock
+//!   so nodes starting together apply them once. A released migration is never edited: the
+//!   checksum check refuses to start against a database whose applied migration differs.
+//! * Connection trouble (refused, reset, shutting down, statement timeout, pool exhausted) is
+//!   [`StoreError::Unavailable`], which the server answers with 503 and `Retry-After`.
+//! * `last_token_issued_at` is buffered in memory and written once a second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use callsign_core::token::Algorithm;
+use callsign_core::{AccessKey, IdentityId, ResourceId};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+
+use crate::{
+    Created, IdentityRecord, IdentityStore, NewIdentity, ResourceRecord, ResourceStore,
+    SigningKeyStore, Store, StoreError, StoredSigningKey,
+};
+
+/// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "initial schema",
+    r#"
+CREATE TABLE callsign_resources (
+    id            TEXT PRIMARY KEY,
+    is_default    BOOLEAN NOT NULL DEFAULT FALSE,
+    primary_key   TEXT NOT NULL,
+    secondary_key TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX callsign_resources_one_default ON callsign_resources (is_default) WHERE is_default;
+
+CREATE TABLE callsign_signing_keys (
+    kid           TEXT PRIMARY KEY,
+    alg           TEXT NOT NULL,
+    pkcs8         BYTEA NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    seq           BIGSERIAL NOT NULL
+);
+
+CREATE TABLE callsign_identities (
+    id                      TEXT PRIMARY KEY,
+    resource_id             TEXT NOT NULL,
+    custom_id               TEXT,
+    created_at_ms           BIGINT NOT NULL,
+    revocation_epoch        BIGINT NOT NULL DEFAULT 0,
+    last_token_issued_at_ms BIGINT
+);
+CREATE UNIQUE INDEX callsign_identities_custom_id ON callsign_identities (resource_id, custom_id)
+    WHERE custom_id IS NOT NULL;
+"#,
+)];
+
+/// Advisory lock key for migrations and bootstrap ("callsign" in ASCII).
+const LOCK_KEY: i64 = 0x6361_6c6c_7369_676e;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Most connections this node holds.
+    pub pool_size: usize,
+    /// How long establishing a connection may take.
+    pub connect_timeout: Duration,
+    /// Server-side limit on any one statement.
+    pub statement_timeout: Duration,
+    /// How long a request waits for a free connection.
+    pub wait_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: Pool,
+    touched: Arc<Mutex<HashMap<IdentityId, i64>>>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Classifies a database error: connection-level trouble is worth a retry, the rest is not.
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let transient = code.starts_with("08") // connection exception
+            || code.starts_with("57") // operator intervention: shutdown, query canceled (timeout)
+            || code.starts_with("53") // insufficient resources
+            || code == "40001" // serialization failure
+            || code == "40P01"; // deadlock
+        let text = format!("{}: {}", code, db.message());
+        return if transient {
+            StoreError::Unavailable(text)
+        } else {
+            StoreError::Backend(text)
+        };
+    }
+    // No server error: the connection itself failed or was closed.
+    StoreError::Unavailable(e.to_string())
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Unavailable(format!("database connection pool: {other}")),
+    }
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {v} out of range")))
+}
+
+fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const IDENTITY_COLUMNS: &str =
+    "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
+
+fn identity(row: &tokio_postgres::Row) -> Result<IdentityRecord, StoreError> {
+    let id: String = row.try_get(0).map_err(pg)?;
+    let epoch: i64 = row.try_get(3).map_err(pg)?;
+    Ok(IdentityRecord {
+        id: IdentityId::parse(&id)
+            .map_err(|_| StoreError::Corrupt(format!("identity id {id:?}")))?,
+        custom_id: row.try_get(1).map_err(pg)?,
+        created_at: from_ms(row.try_get(2).map_err(pg)?)?,
+        revocation_epoch: u64::try_from(epoch)
+            .map_err(|_| StoreError::Corrupt(format!("negative revocation epoch for {id}")))?,
+        last_token_issued_at: row
+            .try_get::<_, Option<i64>>(4)
+            .map_err(pg)?
+            .map(from_ms)
+            .transpose()?,
+    })
+}
+
+fn resource(row: &tokio_postgres::Row) -> Result<ResourceRecord, StoreError> {
+    let id: String = row.try_get(0).map_err(pg)?;
+    let primary: String = row.try_get(1).map_err(pg)?;
+    let secondary: String = row.try_get(2).map_err(pg)?;
+    Ok(ResourceRecord {
+        id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
+        primary_key: AccessKey::parse(&primary)
+            .map_err(|_| StoreError::Corrupt("primary access key".into()))?,
+        secondary_key: AccessKey::parse(&secondary)
+            .map_err(|_| StoreError::Corrupt("secondary access key".into()))?,
+        created_at: from_ms(row.try_get(3).map_err(pg)?)?,
+    })
+}
+
+fn signing_key(row: &tokio_postgres::Row) -> Result<StoredSigningKey, StoreError> {
+    let alg: String = row.try_get(1).map_err(pg)?;
+    Ok(StoredSigningKey {
+        kid: row.try_get(0).map_err(pg)?,
+        alg: Algorithm::from_jose_name(&alg)
+            .ok_or_else(|| StoreError::Corrupt(format!("signing key algorithm {alg:?}")))?,
+        pkcs8: row.try_get(2).map_err(pg)?,
+        created_at: from_ms(row.try_get(3).map_err(pg)?)?,
+    })
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations (under an advisory lock) and starts the background
+    /// flusher. Needs a Tokio runtime.
+    pub async fn connect(url: &str, options: &PostgresOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
+        config.connect_timeout(options.connect_timeout);
+        let statement_ms = options.statement_timeout.as_millis().max(1);
+        config.options(format!("-c statement_timeout={statement_ms}"));
+        if config.get_application_name().is_none() {
+            config.application_name("callsign");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.wait_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+        let store = Self {
+            pool,
+            touched: Arc::default(),
+            flusher: Mutex::new(None),
+        };
+        store.migrate().await?;
+        let pool = store.pool.clone();
+        let touched = Arc::clone(&store.touched);
+        let flusher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                flush_touched(&pool, &touched).await;
+            }
+        });
+        *store.flusher.lock().unwrap_or_else(|e| e.into_inner()) = Some(flusher);
+        Ok(store)
+    }
+
+    /// Applies pending migrations. Safe to call from several nodes at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg)?;
+        let result = apply_migrations(&mut client).await;
+        let unlock = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+            .await;
+        result?;
+        unlock.map_err(pg)?;
+        Ok(())
+    }
+
+    /// The schema version this binary knows.
+    pub fn latest_migration() -> i32 {
+        MIGRATIONS.last().map_or(0, |m| m.0)
+    }
+}
+
+async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS callsign_schema_migrations (
+                version    INTEGER PRIMARY KEY,
+                name       TEXT NOT NULL,
+                checksum   TEXT NOT NULL,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(pg)?;
+    let applied = client
+        .query(
+            "SELECT version, checksum FROM callsign_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    let mut known = HashMap::new();
+    for row in &applied {
+        let version: i32 = row.try_get(0).map_err(pg)?;
+        let sum: String = row.try_get(1).map_err(pg)?;
+        known.insert(version, sum);
+    }
+    if let Some(newest) = known.keys().max()
+        && *newest > PostgresStore::latest_migration()
+    {
+        return Err(StoreError::Backend(format!(
+            "the database schema (version {newest}) is newer than this callsign (version {}); upgrade callsign",
+            PostgresStore::latest_migration()
+        )));
+    }
+    for (version, name, sql) in MIGRATIONS {
+        let sum = checksum(sql);
+        match known.get(version) {
+            Some(existing) if *existing == sum => continue,
+            Some(_) => {
+                return Err(StoreError::Backend(format!(
+                    "migration {version} ({name}) differs from the one applied to this database"
+                )));
+            }
+            None => {}
+        }
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO callsign_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[version, name, &sum],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        tracing::info!(version, name, "applied PostgreSQL migration");
+    }
+    Ok(())
+}
+
+async fn flush_touched(pool: &Pool, touched: &Mutex<HashMap<IdentityId, i64>>) {
+    let pending: Vec<(IdentityId, i64)> = touched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = pending.iter().map(|(id, _)| id.to_string()).collect();
+    let times: Vec<i64> = pending.iter().map(|(_, t)| *t).collect();
+    let result = async {
+        let client = pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "UPDATE callsign_identities AS i
+                 SET last_token_issued_at_ms = GREATEST(COALESCE(i.last_token_issued_at_ms, 0), t.at)
+                 FROM unnest($1::text[], $2::bigint[]) AS t(id, at)
+                 WHERE i.id = t.id",
+                &[&ids, &times],
+            )
+            .await
+            .map_err(pg)
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not record last-token times");
+    }
+}
+
+#[async_trait]
+impl IdentityStore for PostgresStore {
+    async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let id = new.id.to_string();
+        let resource = new.id.resource().to_string();
+        let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
+        let created_at = ms(new.created_at);
+        let stmt = client
+            .prepare_cached(&format!(
+                "INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING {IDENTITY_COLUMNS}"
+            ))
+            .await
+            .map_err(pg)?;
+        if let Some(row) = client
+            .query_opt(&stmt, &[&id, &resource, &custom, &created_at])
+            .await
+            .map_err(pg)?
+        {
+            return Ok(Created {
+                identity: identity(&row)?,
+                created: true,
+            });
+        }
+        // The insert yielded to an existing row; with a custom id that is the identity asked for.
+        let Some(custom) = custom else {
+            return Err(StoreError::Backend(format!(
+                "identity id {id} already exists"
+            )));
+        };
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE resource_id = $1 AND custom_id = $2"
+                ),
+                &[&resource, &custom],
+            )
+            .await
+            .map_err(pg)?
+            .ok_or_else(|| {
+                StoreError::Unavailable("the identity with this custom id was deleted concurrently".into())
+            })?;
+        Ok(Created {
+            identity: identity(&row)?,
+            created: false,
+        })
+    }
+
+    async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE id = $1"
+            ))
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&id.to_string()])
+            .await
+            .map_err(pg)?;
+        let Some(mut record) = row.as_ref().map(identity).transpose()? else {
+            return Ok(None);
+        };
+        if let Some(at) = self
+            .touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            let pending = from_ms(*at).ok();
+            if pending > record.last_token_issued_at {
+                record.last_token_issued_at = pending;
+            }
+        }
+        Ok(Some(record))
+    }
+
+    async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1 WHERE id = $1 RETURNING revocation_epoch",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&id.to_string()])
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            let epoch: i64 = r.try_get(0).map_err(pg)?;
+            u64::try_from(epoch).map_err(|_| StoreError::Corrupt("negative epoch".into()))
+        })
+        .transpose()
+    }
+
+    async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached("DELETE FROM callsign_identities WHERE id = $1")
+            .await
+            .map_err(pg)?;
+        let n = client
+            .execute(&stmt, &[&id.to_string()])
+            .await
+            .map_err(pg)?;
+        Ok(n > 0)
+    }
+
+    fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
+        let mut map = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        let v = map.entry(*id).or_insert(0);
+        *v = (*v).max(ms(at));
+    }
+
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE id > $1 ORDER BY id LIMIT $2"
+                ),
+                &[&after, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(identity).collect()
+    }
+
+    async fn import_identities(&self, records: Vec<IdentityRecord>) -> Result<usize, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
+        let resources: Vec<String> = records
+            .iter()
+            .map(|r| r.id.resource().to_string())
+            .collect();
+        let customs: Vec<Option<String>> = records.iter().map(|r| r.custom_id.clone()).collect();
+        let created: Vec<i64> = records.iter().map(|r| ms(r.created_at)).collect();
+        let epochs: Vec<i64> = records
+            .iter()
+            .map(|r| i64::try_from(r.revocation_epoch).unwrap_or(i64::MAX))
+            .collect();
+        let last: Vec<Option<i64>> = records
+            .iter()
+            .map(|r| r.last_token_issued_at.map(ms))
+            .collect();
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let n = client
+            .execute(
+                "INSERT INTO callsign_identities
+                   (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+                 ON CONFLICT DO NOTHING",
+                &[&ids, &resources, &customs, &created, &epochs, &last],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+#[async_trait]
+impl ResourceStore for PostgresStore {
+    async fn default_resource(&self) -> Result<Option<ResourceRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_opt(
+                "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources WHERE is_default",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        row.as_ref().map(resource).transpose()
+    }
+
+    async fn bootstrap_default_resource(
+        &self,
+        candidate: ResourceRecord,
+    ) -> Result<ResourceRecord, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO callsign_resources (id, is_default, primary_key, secondary_key, created_at_ms)
+                 VALUES ($1, TRUE, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    &candidate.id.to_string(),
+                    &candidate.primary_key.expose(),
+                    &candidate.secondary_key.expose(),
+                    &ms(candidate.created_at),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(
+                "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources WHERE is_default",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        resource(&row)
+    }
+}
+
+#[async_trait]
+impl SigningKeyStore for PostgresStore {
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT kid, alg, pkcs8, created_at_ms FROM callsign_signing_keys ORDER BY created_at_ms DESC, seq DESC",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(signing_key).collect()
+    }
+
+    async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)",
+                &[&key.kid, &key.alg.jose_name(), &key.pkcs8, &ms(key.created_at)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn bootstrap_signing_key(
+        &self,
+        candidate: StoredSigningKey,
+    ) -> Result<StoredSigningKey, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Serialize bootstraps of all nodes; released at commit.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg)?;
+        let existing = tx
+            .query_opt(
+                "SELECT kid, alg, pkcs8, created_at_ms FROM callsign_signing_keys WHERE alg = $1
+                 ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+                &[&candidate.alg.jose_name()],
+            )
+            .await
+            .map_err(pg)?;
+        let key = match existing {
+            Some(row) => signing_key(&row)?,
+            None => {
+                tx.execute(
+                    "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)",
+                    &[
+                        &candidate.kid,
+                        &candidate.alg.jose_name(),
+                        &candidate.pkcs8,
+                        &ms(candidate.created_at),
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+                candidate
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(key)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client.execute("SELECT 1", &[]).await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(f) = flusher {
+            f.abort();
+            let _ = f.await;
+        }
+        flush_touched(&self.pool, &self.touched).await;
+        self.pool.close();
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(f) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            f.abort();
+        }
+    }
+}
