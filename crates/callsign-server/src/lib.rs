@@ -20,6 +20,7 @@ mod auth;
 mod error;
 mod http;
 mod identities;
+mod keys;
 mod meta;
 mod startup;
 mod state;
@@ -27,10 +28,11 @@ pub mod tls;
 mod version;
 
 pub use callsign_core::token::Algorithm;
+pub use callsign_store::PostgresOptions;
 pub use error::ApiError;
 pub use startup::{
-    Application, Settings, connection_string, database_path, endpoint_for, ensure_default_resource,
-    open_embedded_store,
+    Application, Database, Settings, StoreLocation, connection_string, database_path, endpoint_for,
+    ensure_default_resource, open_embedded_store,
 };
 pub use tls::{LocalCaPaths, TlsMode};
 pub use version::ApiVersion;

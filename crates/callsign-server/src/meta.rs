@@ -32,7 +32,7 @@ pub(crate) fn jwks(state: &AppState) -> Response {
                 HeaderValue::from_static("public, max-age=300"),
             ),
         ],
-        state.jwks.clone(),
+        state.keys.get().jwks.clone(),
     )
         .into_response()
 }
@@ -78,6 +78,14 @@ pub(crate) fn jwks_document(keys: &[VerifyingKey]) -> Jwks {
     }
 }
 
+/// The `kid` of a JWS header, if it parses.
+fn token_kid(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = B64URL.decode(header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("kid")?.as_str().map(str::to_owned)
+}
+
 fn inactive(reason: &str) -> IntrospectResponse {
     IntrospectResponse {
         active: false,
@@ -104,7 +112,13 @@ pub(crate) async fn introspect(
     let req = req
         .ok_or_else(|| ApiError::validation("The body must be {\"token\": \"<jwt>\"}.", "token"))?;
     let now = state.clock.now();
-    let claims = match state.verifier.verify(&req.token, now) {
+    // A key another node added since our last refresh: reload once before judging.
+    if let Some(kid) = token_kid(&req.token)
+        && !state.keys.get().knows(&kid)
+    {
+        state.keys.refresh_if_stale(state.store.as_ref()).await?;
+    }
+    let claims = match state.keys.get().verifier.verify(&req.token, now) {
         Ok(c) => c,
         Err(VerifyError::Malformed) => return Ok(json(StatusCode::OK, &inactive("malformed"))),
         Err(VerifyError::Signature) => return Ok(json(StatusCode::OK, &inactive("signature"))),

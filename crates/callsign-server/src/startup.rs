@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use callsign_core::token::{Algorithm, SigningKey, TokenIssuer, TokenVerifier};
+use callsign_core::token::{Algorithm, TokenIssuer};
 use callsign_core::{AccessKey, Clock, ResourceId, SystemClock};
 use callsign_hmac::AccessKeyMac;
-use callsign_store::{ResourceRecord, SqliteStore, Store, StoredSigningKey};
+use callsign_store::{PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -22,13 +22,61 @@ use crate::auth::Authenticator;
 use crate::state::AppState;
 use crate::tls::{self, TlsMode};
 
+/// Where identities, resources and keys are kept.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// SQLite in the data dir (the default).
+    Embedded,
+    /// A PostgreSQL database shared by any number of nodes.
+    Postgres {
+        /// `postgres://user[:password]@host[:port]/database`
+        url: String,
+        /// Pool and timeouts.
+        options: PostgresOptions,
+    },
+}
+
+/// A store named on the command line: a data dir or a `postgres://` URL.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// The embedded store of this data dir.
+    DataDir(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// `postgres://…` or `postgresql://…` is a database; anything else a data dir.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres(s.to_owned())
+        } else {
+            StoreLocation::DataDir(PathBuf::from(s))
+        }
+    }
+
+    /// Opens (creating and migrating as needed) the store.
+    pub async fn open(&self, options: &PostgresOptions) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            StoreLocation::DataDir(dir) => Arc::new(open_embedded_store(dir)?),
+            StoreLocation::Postgres(url) => Arc::new(
+                PostgresStore::connect(url, options)
+                    .await
+                    .context("cannot open the PostgreSQL database")?,
+            ),
+        })
+    }
+}
+
 /// Everything `callsign serve` can be told.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Where the database and TLS material live.
+    /// Where the embedded database and TLS material live.
     pub data_dir: PathBuf,
+    /// The store.
+    pub database: Database,
     /// TLS source.
     pub tls: TlsMode,
     /// Algorithm of new tokens.
@@ -51,6 +99,7 @@ impl Settings {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
             data_dir: data_dir.into(),
+            database: Database::Embedded,
             tls: TlsMode::LocalCa {
                 extra_names: Vec::new(),
             },
@@ -124,36 +173,6 @@ pub async fn ensure_default_resource(
     Ok((winner, created))
 }
 
-/// The signing keys, newest first, with the one that signs new tokens: the newest of `alg`,
-/// generated and stored if there is none.
-async fn signing_keys(
-    store: &dyn Store,
-    alg: Algorithm,
-    clock: &dyn Clock,
-) -> anyhow::Result<(SigningKey, Vec<SigningKey>)> {
-    let mut keys = Vec::new();
-    for stored in store.signing_keys().await? {
-        let key = SigningKey::from_pkcs8(stored.alg, &stored.pkcs8)
-            .with_context(|| format!("stored signing key {} does not load", stored.kid))?;
-        keys.push(key);
-    }
-    if let Some(i) = keys.iter().position(|k| k.algorithm() == alg) {
-        let active = keys.remove(i);
-        return Ok((active, keys));
-    }
-    let key = SigningKey::generate(alg)?;
-    store
-        .add_signing_key(StoredSigningKey {
-            kid: key.kid().to_owned(),
-            alg,
-            pkcs8: key.pkcs8_der().to_vec(),
-            created_at: clock.now(),
-        })
-        .await?;
-    tracing::info!(kid = key.kid(), alg = %alg, "generated a token signing key");
-    Ok((key, keys))
-}
-
 /// The connection string for `resource` at `endpoint` (which should end with `/`).
 pub fn connection_string(endpoint: &str, key: &AccessKey) -> String {
     format!("endpoint={endpoint};accesskey={}", key.expose())
@@ -174,9 +193,17 @@ pub fn endpoint_for(addr: SocketAddr, tls: bool) -> String {
 }
 
 impl Application {
-    /// Opens the embedded store in the data dir and builds the instance.
+    /// Opens the configured store and builds the instance.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store: Arc<dyn Store> = Arc::new(open_embedded_store(&settings.data_dir)?);
+        let location = match &settings.database {
+            Database::Embedded => StoreLocation::DataDir(settings.data_dir.clone()),
+            Database::Postgres { url, .. } => StoreLocation::Postgres(url.clone()),
+        };
+        let options = match &settings.database {
+            Database::Postgres { options, .. } => options.clone(),
+            Database::Embedded => PostgresOptions::default(),
+        };
+        let store = location.open(&options).await?;
         Self::build_with(settings, store, Arc::new(SystemClock)).await
     }
 
@@ -190,11 +217,8 @@ impl Application {
         create_private_dir(&settings.data_dir)?;
         let (resource, first_start) =
             ensure_default_resource(store.as_ref(), clock.as_ref()).await?;
-        let (active, older) =
-            signing_keys(store.as_ref(), settings.signing_alg, clock.as_ref()).await?;
-        let mut verifying = vec![active.verifying_key()];
-        verifying.extend(older.iter().map(SigningKey::verifying_key));
-        let jwks = serde_json::to_vec(&crate::meta::jwks_document(&verifying))?;
+        let (active, keys) =
+            crate::keys::bootstrap(store.as_ref(), settings.signing_alg, clock.as_ref()).await?;
         let issuer_name = settings
             .issuer
             .clone()
@@ -220,8 +244,7 @@ impl Application {
             store,
             authenticator,
             issuer,
-            verifier: TokenVerifier::new(verifying),
-            jwks: jwks.into(),
+            keys,
             clock,
             max_body_bytes: settings.max_body_bytes,
         });
@@ -287,6 +310,19 @@ impl Application {
             shutdown_grace,
             ..
         } = self;
+        let refresher = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::keys::REFRESH_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
+                        tracing::warn!(error = %e, "could not reload the signing keys");
+                    }
+                }
+            })
+        };
         let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
@@ -345,6 +381,7 @@ impl Application {
                 tracing::warn!("grace period over; closing remaining connections");
             }
         }
+        refresher.abort();
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use callsign_core::token::{IssuedToken, TokenIssuer, TokenVerifier};
+use callsign_core::token::{IssuedToken, TokenIssuer};
 use callsign_core::{Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes};
 use callsign_store::{Created, IdentityRecord, NewIdentity, Store};
 
@@ -14,9 +14,7 @@ pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) authenticator: Authenticator,
     pub(crate) issuer: TokenIssuer,
-    pub(crate) verifier: TokenVerifier,
-    /// The serialized JWKS document.
-    pub(crate) jwks: bytes::Bytes,
+    pub(crate) keys: crate::keys::Keys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) max_body_bytes: usize,
 }

@@ -10,6 +10,7 @@
 //! * revoking increments the identity's revocation epoch atomically and returns the new value;
 //! * deleting removes everything stored for the identity, custom id included.
 
+mod copy;
 mod postgres;
 mod sqlite;
 
@@ -18,6 +19,7 @@ use callsign_core::token::Algorithm;
 use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId};
 use time::OffsetDateTime;
 
+pub use copy::{CopyError, CopyReport, copy_store};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 

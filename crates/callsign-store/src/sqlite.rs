@@ -696,7 +696,7 @@ impl ResourceStore for SqliteStore {
 #[async_trait]
 impl SigningKeyStore for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        self.read(|c| read_signing_keys(c))
+        self.read(read_signing_keys)
     }
 
     async fn bootstrap_signing_key(

@@ -478,3 +478,82 @@ async fn sqlite_data_survives_reopening() {
     assert_eq!(got.custom_id.as_deref(), Some("dave"));
     store.close().await;
 }
+
+#[tokio::test]
+async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
+    let (sqlite, dir) = make_sqlite().await;
+    let (pg, db) = make_postgres().await;
+    let resource = ResourceRecord {
+        id: ResourceId::new_random(),
+        primary_key: AccessKey::generate(),
+        secondary_key: AccessKey::generate(),
+        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+    };
+    sqlite
+        .bootstrap_default_resource(resource.clone())
+        .await
+        .expect("bootstrap");
+    sqlite
+        .add_signing_key(StoredSigningKey {
+            kid: "k1".into(),
+            alg: Algorithm::Es256,
+            pkcs8: vec![1, 2, 3],
+            created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+        })
+        .await
+        .expect("key");
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        let custom = (i % 3 == 0).then(|| format!("c{i}"));
+        let c = sqlite
+            .create_identity(new_identity(resource.id, custom.as_deref()))
+            .await
+            .expect("create");
+        ids.push(c.identity.id);
+    }
+    sqlite.revoke_tokens(&ids[7]).await.expect("revoke");
+    let report = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), 50)
+        .await
+        .expect("copy");
+    assert_eq!(report.identities_read, 120);
+    assert_eq!(report.identities_inserted, 120);
+    assert_eq!(report.signing_keys, 1);
+    assert_eq!(
+        pg.default_resource().await.expect("read"),
+        Some(resource.clone())
+    );
+    for id in &ids {
+        assert_eq!(
+            pg.get_identity(id).await.expect("get"),
+            sqlite.get_identity(id).await.expect("get")
+        );
+    }
+    // Running it again copies nothing new.
+    let again = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), 50)
+        .await
+        .expect("copy again");
+    assert_eq!(again.identities_inserted, 0);
+    assert_eq!(again.signing_keys, 0);
+    // A target of another resource is refused.
+    let (other, other_dir) = make_sqlite().await;
+    other
+        .bootstrap_default_resource(ResourceRecord {
+            id: ResourceId::new_random(),
+            ..resource.clone()
+        })
+        .await
+        .expect("bootstrap other");
+    let err = callsign_store::copy_store(sqlite.as_ref(), other.as_ref(), 50)
+        .await
+        .expect_err("mixing resources is refused");
+    assert!(matches!(
+        err,
+        callsign_store::CopyError::DifferentResource(_)
+    ));
+    for s in [sqlite, pg, other] {
+        s.close().await;
+    }
+    for g in [dir, db, other_dir] {
+        g.cleanup().await;
+    }
+}

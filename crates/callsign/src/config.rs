@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use callsign_server::{Algorithm, Settings, TlsMode};
+use callsign_server::{Algorithm, Database, PostgresOptions, Settings, StoreLocation, TlsMode};
 use serde::Deserialize;
 
 /// Self-hosted identity and access-token service, wire-compatible with Azure Communication
@@ -28,6 +28,49 @@ pub enum Command {
     /// Print the local CA certificate (PEM), for REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS /
     /// SSL_CERT_FILE.
     CaCert(DataDirArgs),
+    /// Apply pending schema migrations without serving.
+    Migrate(MigrateArgs),
+    /// Copy a deployment (resource, keys, identities) from one store to another, e.g. from the
+    /// embedded store to PostgreSQL. Idempotent.
+    MigrateStore(MigrateStoreArgs),
+}
+
+/// Store selection shared by several commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// Use PostgreSQL at this URL instead of the embedded store.
+    #[arg(long, env = "CALLSIGN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Most PostgreSQL connections per node [default: 16].
+    #[arg(long, env = "CALLSIGN_DB_POOL_SIZE")]
+    pub db_pool_size: Option<usize>,
+    /// PostgreSQL connect timeout in milliseconds [default: 5000].
+    #[arg(long, env = "CALLSIGN_DB_CONNECT_TIMEOUT_MS")]
+    pub db_connect_timeout_ms: Option<u64>,
+    /// PostgreSQL statement timeout in milliseconds [default: 5000].
+    #[arg(long, env = "CALLSIGN_DB_STATEMENT_TIMEOUT_MS")]
+    pub db_statement_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub common: DataDirArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateStoreArgs {
+    /// Source: a data dir or a postgres:// URL.
+    #[arg(long)]
+    pub from: String,
+    /// Target: a data dir or a postgres:// URL.
+    #[arg(long)]
+    pub to: String,
+    /// Identities per batch.
+    #[arg(long, default_value_t = 5000)]
+    pub batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +87,8 @@ pub struct DataDirArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub common: DataDirArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// Address to listen on [default: 127.0.0.1:8443].
     #[arg(long, env = "CALLSIGN_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -88,6 +133,8 @@ pub struct ServeArgs {
 pub struct ConnectionStringArgs {
     #[command(flatten)]
     pub common: DataDirArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// Endpoint URL to put in the string [default: from --listen and TLS settings].
     #[arg(long, env = "CALLSIGN_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -101,6 +148,10 @@ pub struct ConnectionStringArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub db_pool_size: Option<usize>,
+    pub db_connect_timeout_ms: Option<u64>,
+    pub db_statement_timeout_ms: Option<u64>,
     pub listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -142,9 +193,16 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     let data_dir = args
         .common
         .data_dir
-        .or(file.data_dir)
+        .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let mut settings = Settings::new(data_dir);
+    let mut settings = Settings::new(data_dir.clone());
+    let location = resolve_store(&args.db, &file, data_dir)?;
+    if let StoreLocation::Postgres(url) = location.location {
+        settings.database = Database::Postgres {
+            url,
+            options: location.options,
+        };
+    }
     settings.listen = match args.listen.or(file.listen) {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse()?,
@@ -191,6 +249,51 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     })
 }
 
+/// A store and its PostgreSQL options.
+pub struct ResolvedStore {
+    pub location: StoreLocation,
+    pub options: PostgresOptions,
+}
+
+fn resolve_store(
+    db: &DatabaseArgs,
+    file: &FileConfig,
+    data_dir: PathBuf,
+) -> anyhow::Result<ResolvedStore> {
+    let mut options = PostgresOptions::default();
+    if let Some(n) = db.db_pool_size.or(file.db_pool_size) {
+        if n == 0 {
+            bail!("--db-pool-size must be at least 1");
+        }
+        options.pool_size = n;
+    }
+    if let Some(ms) = db.db_connect_timeout_ms.or(file.db_connect_timeout_ms) {
+        options.connect_timeout = std::time::Duration::from_millis(ms.max(1));
+        options.wait_timeout = options.connect_timeout;
+    }
+    if let Some(ms) = db.db_statement_timeout_ms.or(file.db_statement_timeout_ms) {
+        options.statement_timeout = std::time::Duration::from_millis(ms.max(1));
+    }
+    let location = match db.database_url.clone().or(file.database_url.clone()) {
+        Some(url) => match StoreLocation::parse(&url) {
+            StoreLocation::Postgres(url) => StoreLocation::Postgres(url),
+            StoreLocation::DataDir(_) => bail!("--database-url must be a postgres:// URL"),
+        },
+        None => StoreLocation::DataDir(data_dir),
+    };
+    Ok(ResolvedStore { location, options })
+}
+
+pub fn resolve_migrate(args: MigrateArgs) -> anyhow::Result<ResolvedStore> {
+    let file = load_file(args.common.config.as_deref())?;
+    let data_dir = args
+        .common
+        .data_dir
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    resolve_store(&args.db, &file, data_dir)
+}
+
 pub fn resolve_data_dir(args: DataDirArgs) -> anyhow::Result<PathBuf> {
     let file = load_file(args.config.as_deref())?;
     Ok(args
@@ -200,7 +303,7 @@ pub fn resolve_data_dir(args: DataDirArgs) -> anyhow::Result<PathBuf> {
 }
 
 pub struct ResolvedConnectionString {
-    pub data_dir: PathBuf,
+    pub store: ResolvedStore,
     pub endpoint: String,
     pub secondary: bool,
 }
@@ -209,7 +312,7 @@ pub fn resolve_connection_string(
     args: ConnectionStringArgs,
 ) -> anyhow::Result<ResolvedConnectionString> {
     let file = load_file(args.common.config.as_deref())?;
-    let endpoint = match args.endpoint.or(file.endpoint) {
+    let endpoint = match args.endpoint.or(file.endpoint.clone()) {
         Some(e) => {
             let lower = e.to_ascii_lowercase();
             if !(lower.starts_with("https://") || lower.starts_with("http://")) {
@@ -227,12 +330,13 @@ pub fn resolve_connection_string(
             callsign_server::endpoint_for(listen, !plain)
         }
     };
+    let data_dir = args
+        .common
+        .data_dir
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     Ok(ResolvedConnectionString {
-        data_dir: args
-            .common
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        store: resolve_store(&args.db, &file, data_dir)?,
         endpoint,
         secondary: args.secondary,
     })

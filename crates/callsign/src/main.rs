@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use config::{Cli, Command, ConnectionStringArgs, DataDirArgs, ServeArgs};
+use config::{
+    Cli, Command, ConnectionStringArgs, DataDirArgs, MigrateArgs, MigrateStoreArgs, ServeArgs,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,6 +31,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::ConnectionString(args) => print_connection_string(args).await,
             Command::CaCert(args) => print_ca_cert(args),
+            Command::Migrate(args) => migrate(args).await,
+            Command::MigrateStore(args) => migrate_store(args).await,
         }
     });
     match result {
@@ -129,9 +133,14 @@ async fn shutdown_signal() {
 
 async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
     let resolved = config::resolve_connection_string(args)?;
-    let store = callsign_server::open_embedded_store(&resolved.data_dir)?;
+    let store = resolved
+        .store
+        .location
+        .open(&resolved.store.options)
+        .await?;
     let (resource, _) =
-        callsign_server::ensure_default_resource(&store, &callsign_core::SystemClock).await?;
+        callsign_server::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
+            .await?;
     let key = if resolved.secondary {
         &resource.secondary_key
     } else {
@@ -141,7 +150,40 @@ async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<(
         "{}",
         callsign_server::connection_string(&resolved.endpoint, key)
     );
-    callsign_store::Store::close(&store).await;
+    store.close().await;
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let resolved = config::resolve_migrate(args)?;
+    // Opening a store applies its pending migrations (under an advisory lock for PostgreSQL).
+    let store = resolved.location.open(&resolved.options).await?;
+    store.close().await;
+    println!("callsign: the schema is up to date");
+    Ok(())
+}
+
+async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
+    let options = callsign_server::PostgresOptions::default();
+    let from = callsign_server::StoreLocation::parse(&args.from)
+        .open(&options)
+        .await
+        .context("cannot open the source store")?;
+    let to = callsign_server::StoreLocation::parse(&args.to)
+        .open(&options)
+        .await
+        .context("cannot open the target store")?;
+    let result = callsign_store::copy_store(from.as_ref(), to.as_ref(), args.batch).await;
+    from.close().await;
+    to.close().await;
+    let report = result?;
+    println!(
+        "callsign: copied {} signing key(s) and {} of {} identities ({} were already there)",
+        report.signing_keys,
+        report.identities_inserted,
+        report.identities_read,
+        report.identities_read - report.identities_inserted
+    );
     Ok(())
 }
 

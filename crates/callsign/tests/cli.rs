@@ -141,7 +141,10 @@ async fn signed(
     let sts = string_to_sign(method.as_str(), target, &[&date, host, &hash]);
     let sig = AccessKeyMac::from_base64(key).expect("key").sign(&sts);
     client
-        .request(method, format!("{}{}", server_endpoint.trim_end_matches('/'), target))
+        .request(
+            method,
+            format!("{}{}", server_endpoint.trim_end_matches('/'), target),
+        )
         .header("x-ms-date", date)
         .header("x-ms-content-sha256", hash)
         .header("content-type", "application/json")
@@ -174,7 +177,12 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
         .expect("connection string on first start")
         .trim()
         .to_owned();
-    assert!(server.stdout.iter().any(|l| l.contains("NODE_EXTRA_CA_CERTS=")));
+    assert!(
+        server
+            .stdout
+            .iter()
+            .any(|l| l.contains("NODE_EXTRA_CA_CERTS="))
+    );
 
     let (ok, cs, _) = run(&[
         "connection-string",
@@ -190,7 +198,10 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
     let (ok, pem, _) = run(&["ca-cert", "--data-dir", dir.path().to_str().expect("utf-8")]);
     assert!(ok);
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
-    assert_eq!(pem, std::fs::read_to_string(dir.path().join("tls/ca.pem")).expect("read"));
+    assert_eq!(
+        pem,
+        std::fs::read_to_string(dir.path().join("tls/ca.pem")).expect("read")
+    );
 
     let rt = runtime();
     let http = client(dir.path());
@@ -208,7 +219,10 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
 
     // Second start: no new resource, same keys, same signing key, same CA.
     let server = Server::start(dir.path(), &[]);
-    assert!(!server.stdout.iter().any(|l| l.contains("accesskey=")), "secret printed again");
+    assert!(
+        !server.stdout.iter().any(|l| l.contains("accesskey=")),
+        "secret printed again"
+    );
     let (_, cs2, _) = run(&[
         "connection-string",
         "--data-dir",
@@ -260,7 +274,13 @@ fn bad_flags_and_an_unusable_data_dir_fail_with_one_clear_line() {
     assert!(!ok);
     assert!(err.contains("data dir"), "{err}");
 
-    let (ok, _, err) = run(&["connection-string", "--endpoint", "ftp://x", "--data-dir", "/nonexistent/x"]);
+    let (ok, _, err) = run(&[
+        "connection-string",
+        "--endpoint",
+        "ftp://x",
+        "--data-dir",
+        "/nonexistent/x",
+    ]);
     assert!(!ok);
     assert!(err.contains("--endpoint"), "{err}");
 }
@@ -269,7 +289,11 @@ fn bad_flags_and_an_unusable_data_dir_fail_with_one_clear_line() {
 fn plain_http_mode_serves_without_tls() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), &["--plain-http"]);
-    assert!(server.endpoint.starts_with("http://127.0.0.1:"), "{}", server.endpoint);
+    assert!(
+        server.endpoint.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.endpoint
+    );
     let rt = runtime();
     let status = rt.block_on(async {
         reqwest::get(format!("{}health", server.endpoint))
@@ -302,8 +326,13 @@ fn acknowledged_creates_survive_kill_9() {
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let (http, host, endpoint, key, acked) =
-                (http.clone(), host.clone(), endpoint.clone(), key.clone(), Arc::clone(&acked));
+            let (http, host, endpoint, key, acked) = (
+                http.clone(),
+                host.clone(),
+                endpoint.clone(),
+                key.clone(),
+                Arc::clone(&acked),
+            );
             tasks.push(tokio::spawn(async move {
                 // Bounded: at most 2,000 creates per task; the kill ends it much sooner.
                 for _ in 0..2_000 {
@@ -321,7 +350,9 @@ fn acknowledged_creates_survive_kill_9() {
                     if r.status() != 201 {
                         break;
                     }
-                    let Ok(body) = r.json::<Value>().await else { break };
+                    let Ok(body) = r.json::<Value>().await else {
+                        break;
+                    };
                     let id = body["identity"]["id"].as_str().expect("id").to_owned();
                     acked.lock().expect("lock").push(id);
                 }
@@ -339,7 +370,11 @@ fn acknowledged_creates_survive_kill_9() {
     });
     let _ = server.child.wait();
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() >= 300, "only {} creates acknowledged", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "only {} creates acknowledged",
+        acked.len()
+    );
     drop(server);
 
     let server = Server::start(dir.path(), &[]);
@@ -352,15 +387,28 @@ fn acknowledged_creates_survive_kill_9() {
                 "/identities/{}?api-version=2025-03-02-preview",
                 id.replace(':', "%3A")
             );
-            let r = signed(&http, &server.endpoint, &host, &key, reqwest::Method::GET, &target, "")
-                .await
-                .expect("get");
+            let r = signed(
+                &http,
+                &server.endpoint,
+                &host,
+                &key,
+                reqwest::Method::GET,
+                &target,
+                "",
+            )
+            .await
+            .expect("get");
             if r.status() != 200 {
                 missing.push(id.clone());
             }
         }
-        assert!(missing.is_empty(), "{} of {} acknowledged identities lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged identities lost: {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
     });
     assert!(server.terminate().success());
 }
-
