@@ -1,5 +1,7 @@
 //! The `callsign` binary as scripts and operators use it: its CLI contract, restarts, SIGTERM,
-//! and durability under `kill -9`.
+//! durability under `kill -9`, and several nodes over one PostgreSQL database.
+
+mod nodes;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -13,14 +15,14 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_callsign");
 
 /// A `callsign serve` child process.
-struct Server {
-    child: Child,
-    endpoint: String,
-    stdout: Vec<String>,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) endpoint: String,
+    pub(crate) stdout: Vec<String>,
 }
 
 impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -63,7 +65,7 @@ impl Server {
         }
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.endpoint
             .split_once("://")
             .expect("scheme")
@@ -72,7 +74,7 @@ impl Server {
             .to_owned()
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -89,7 +91,7 @@ impl Drop for Server {
     }
 }
 
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -100,7 +102,7 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
     }
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().expect("run callsign");
     (
         out.status.success(),
@@ -109,7 +111,7 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn client(data_dir: &Path) -> reqwest::Client {
+pub(crate) fn client(data_dir: &Path) -> reqwest::Client {
     let ca = std::fs::read(data_dir.join("tls/ca.pem")).expect("ca.pem");
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
@@ -118,7 +120,7 @@ fn client(data_dir: &Path) -> reqwest::Client {
         .expect("client")
 }
 
-fn key_of(connection_string: &str) -> String {
+pub(crate) fn key_of(connection_string: &str) -> String {
     connection_string
         .trim()
         .split_once(";accesskey=")
@@ -127,7 +129,7 @@ fn key_of(connection_string: &str) -> String {
         .to_owned()
 }
 
-async fn signed(
+pub(crate) async fn signed(
     client: &reqwest::Client,
     server_endpoint: &str,
     host: &str,
@@ -157,7 +159,7 @@ async fn signed(
         .await
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

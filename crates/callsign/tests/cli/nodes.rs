@@ -1,0 +1,521 @@
+//! Several `callsign serve` nodes over one PostgreSQL database, and what they do when the
+//! database goes away.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::{Server, client, key_of, run, runtime, signed};
+
+/// A fresh database on the test server; dropped by [`TestDb::drop_db`].
+struct TestDb {
+    admin_url: String,
+    name: String,
+    config: tokio_postgres::Config,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let admin_url = std::env::var("CALLSIGN_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("callsign_nodes_{}", uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be running (see scripts/test.sh)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let config: tokio_postgres::Config = admin_url.parse().expect("url");
+        TestDb {
+            admin_url,
+            name,
+            config,
+        }
+    }
+
+    /// The URL of this database, reached through `host:port`.
+    fn url_via(&self, port: u16) -> String {
+        let user = self.config.get_user().unwrap_or("postgres");
+        match self.config.get_password() {
+            Some(p) => format!(
+                "postgres://{user}:{}@127.0.0.1:{port}/{}",
+                String::from_utf8_lossy(p),
+                self.name
+            ),
+            None => format!("postgres://{user}@127.0.0.1:{port}/{}", self.name),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    fn url(&self) -> String {
+        self.url_via(self.port())
+    }
+
+    async fn count_identities(&self) -> i64 {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .query_one("SELECT count(*) FROM callsign_identities", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    async fn drop_db(self) {
+        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
+/// A signed request helper bound to one node.
+struct Node<'a> {
+    server: &'a Server,
+    http: reqwest::Client,
+    key: String,
+}
+
+impl Node<'_> {
+    fn new<'a>(server: &'a Server, data_dir: &Path, key: &str) -> Node<'a> {
+        Node {
+            server,
+            http: client(data_dir),
+            key: key.to_owned(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        target: &str,
+        body: &str,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = signed(
+            &self.http,
+            &self.server.endpoint,
+            &self.server.host(),
+            &self.key,
+            method,
+            target,
+            body,
+        )
+        .await
+        .expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body, headers)
+    }
+
+    async fn create(&self, body: &str, version: &str) -> (u16, Value) {
+        let (s, b, _) = self
+            .call(
+                Method::POST,
+                &format!("/identities?api-version={version}"),
+                body,
+            )
+            .await;
+        (s, b)
+    }
+
+    async fn issue(&self, id: &str) -> (u16, Value) {
+        let (s, b, _) = self
+            .call(
+                Method::POST,
+                &format!(
+                    "/identities/{}/:issueAccessToken?api-version=2023-10-01",
+                    id.replace(':', "%3A")
+                ),
+                r#"{"scopes": ["chat"]}"#,
+            )
+            .await;
+        (s, b)
+    }
+
+    async fn active(&self, token: &str) -> Value {
+        let body = serde_json::json!({ "token": token }).to_string();
+        let (s, b, _) = self
+            .call(
+                Method::POST,
+                "/tokens/:introspect?api-version=2023-10-01",
+                &body,
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+}
+
+#[test]
+fn two_nodes_on_one_database_act_as_one_service() {
+    let rt = runtime();
+    let db = rt.block_on(TestDb::create());
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let url = db.url();
+    let a = Server::start(dir_a.path(), &["--database-url", &url]);
+    let b = Server::start(dir_b.path(), &["--database-url", &url]);
+
+    // Both nodes serve the one resource: the connection string printed by `callsign
+    // connection-string --database-url` works on either.
+    let (ok, cs, err) = run(&[
+        "connection-string",
+        "--database-url",
+        &url,
+        "--endpoint",
+        &a.endpoint,
+    ]);
+    assert!(ok, "{err}");
+    let key = key_of(&cs);
+    let na = Node::new(&a, dir_a.path(), &key);
+    let nb = Node::new(&b, dir_b.path(), &key);
+
+    rt.block_on(async {
+        // Create on A, token on B.
+        let (s, created) = na.create("", "2023-10-01").await;
+        assert_eq!(s, 201);
+        let id = created["identity"]["id"].as_str().expect("id").to_owned();
+        let (s, from_b) = nb.issue(&id).await;
+        assert_eq!(s, 200, "{from_b}");
+
+        // One JWKS: a token from B is active on A.
+        let jwks_a: Value = na
+            .http
+            .get(format!("{}.well-known/jwks.json", a.endpoint))
+            .send()
+            .await
+            .expect("jwks")
+            .json()
+            .await
+            .expect("json");
+        let jwks_b: Value = nb
+            .http
+            .get(format!("{}.well-known/jwks.json", b.endpoint))
+            .send()
+            .await
+            .expect("jwks")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(jwks_a, jwks_b);
+        let t_b = from_b["token"].as_str().expect("token").to_owned();
+        assert_eq!(na.active(&t_b).await["active"], true);
+
+        // Revoke on B takes A's tokens at once.
+        let (_, from_a) = na.issue(&id).await;
+        let t_a = from_a["token"].as_str().expect("token").to_owned();
+        let (s, _, _) = nb
+            .call(
+                Method::POST,
+                &format!(
+                    "/identities/{}/:revokeAccessTokens?api-version=2023-10-01",
+                    id.replace(':', "%3A")
+                ),
+                "",
+            )
+            .await;
+        assert_eq!(s, 204);
+        assert_eq!(na.active(&t_a).await["reason"], "revoked");
+        assert_eq!(nb.active(&t_a).await["reason"], "revoked");
+
+        // Delete on A: the very next token request on B is refused.
+        let (s, _, _) = na
+            .call(
+                Method::DELETE,
+                &format!(
+                    "/identities/{}?api-version=2023-10-01",
+                    id.replace(':', "%3A")
+                ),
+                "",
+            )
+            .await;
+        assert_eq!(s, 204);
+        let (s, body) = nb.issue(&id).await;
+        assert_eq!(s, 404, "{body}");
+        assert_eq!(body["error"]["code"], "IdentityNotFound");
+
+        // Concurrent creates with one customId across both nodes yield one identity.
+        let mut tasks = JoinSet::new();
+        for i in 0..40 {
+            let node_http = if i % 2 == 0 {
+                na.http.clone()
+            } else {
+                nb.http.clone()
+            };
+            let server = if i % 2 == 0 {
+                (a.endpoint.clone(), a.host())
+            } else {
+                (b.endpoint.clone(), b.host())
+            };
+            let key = key.clone();
+            tasks.spawn(async move {
+                let r = signed(
+                    &node_http,
+                    &server.0,
+                    &server.1,
+                    &key,
+                    Method::POST,
+                    "/identities?api-version=2025-03-02-preview",
+                    r#"{"customId": "shared@example.com"}"#,
+                )
+                .await
+                .expect("request");
+                assert_eq!(r.status(), 201);
+                r.json::<Value>().await.expect("json")["identity"]["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_owned()
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        while let Some(id) = tasks.join_next().await {
+            ids.insert(id.expect("task"));
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+    });
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    rt.block_on(db.drop_db());
+}
+
+/// A TCP relay between the node and PostgreSQL that the test can cut and restore.
+struct Relay {
+    port: u16,
+    target: u16,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut relay = Relay {
+            port,
+            target,
+            tasks: None,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let target = self.target;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
+                conns.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// Drops the listener and every relayed connection.
+    fn cut(&mut self) {
+        if let Some(mut t) = self.tasks.take() {
+            t.abort_all();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind the relay port: {e}"),
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+#[test]
+fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
+    let rt = runtime();
+    let db = rt.block_on(TestDb::create());
+    let mut relay = rt.block_on(Relay::start(db.port()));
+    let dir = tempfile::tempdir().expect("dir");
+    let url = db.url_via(relay.port);
+    let node = Server::start(
+        dir.path(),
+        &[
+            "--database-url",
+            &url,
+            "--db-connect-timeout-ms",
+            "500",
+            "--db-statement-timeout-ms",
+            "2000",
+        ],
+    );
+    let cs = node
+        .stdout
+        .iter()
+        .find(|l| l.trim_start().starts_with("endpoint="))
+        .expect("connection string")
+        .clone();
+    let n = Node::new(&node, dir.path(), &key_of(&cs));
+
+    rt.block_on(async {
+        let acked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let unavailable = Arc::new(AtomicUsize::new(0));
+        let other = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = JoinSet::new();
+        for _ in 0..4 {
+            let (http, endpoint, host, key) = (
+                n.http.clone(),
+                node.endpoint.clone(),
+                node.host(),
+                n.key.clone(),
+            );
+            let (acked, unavailable, other, stop) = (
+                acked.clone(),
+                unavailable.clone(),
+                other.clone(),
+                stop.clone(),
+            );
+            load.spawn(async move {
+                // Bounded: stops when told, and after 5,000 requests at most.
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = signed(
+                        &http,
+                        &endpoint,
+                        &host,
+                        &key,
+                        Method::POST,
+                        "/identities?api-version=2023-10-01",
+                        "",
+                    )
+                    .await
+                    .expect("the node itself stays reachable");
+                    let status = r.status().as_u16();
+                    let retry_after = r.headers().get("retry-after").is_some();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    match status {
+                        201 => acked
+                            .lock()
+                            .expect("lock")
+                            .push(body["identity"]["id"].as_str().expect("id").to_owned()),
+                        503 => {
+                            assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
+                            assert!(retry_after, "503 without Retry-After");
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        s => other.lock().expect("lock").push(format!("{s}: {body}")),
+                    }
+                }
+            });
+        }
+        let wait_for = |n: usize| {
+            let acked = acked.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while acked.lock().expect("lock").len() < n {
+                    assert!(Instant::now() < deadline, "no progress");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        wait_for(100).await;
+        relay.cut();
+        // While the database is away: 503s, and health says so.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while unavailable.load(Ordering::Relaxed) < 20 {
+            assert!(
+                Instant::now() < deadline,
+                "no 503 while the database was cut"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let health = n
+            .http
+            .get(format!("{}health", node.endpoint))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status(), 503);
+        let before_restore = acked.lock().expect("lock").len();
+        relay.restore().await;
+        // It recovers by itself.
+        wait_for(before_restore + 100).await;
+        stop.store(true, Ordering::Relaxed);
+        while load.join_next().await.is_some() {}
+        let health = n
+            .http
+            .get(format!("{}health", node.endpoint))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status(), 200);
+
+        let other = other.lock().expect("lock").clone();
+        assert!(
+            other.is_empty(),
+            "answers other than 201/503: {:?}",
+            &other[..other.len().min(5)]
+        );
+        let acked = acked.lock().expect("lock").clone();
+        // Nothing acknowledged is lost, and nothing half-written exists: every row is a whole
+        // identity (the schema has no partial state), and at least every acknowledged one is there.
+        let stored = db.count_identities().await;
+        assert!(
+            stored >= acked.len() as i64,
+            "{stored} stored < {} acknowledged",
+            acked.len()
+        );
+        for id in acked.iter().step_by(7) {
+            let (s, _, _) = n
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/identities/{}?api-version=2025-03-02-preview",
+                        id.replace(':', "%3A")
+                    ),
+                    "",
+                )
+                .await;
+            assert_eq!(s, 200, "acknowledged identity {id} lost");
+        }
+    });
+    assert!(node.terminate().success());
+    rt.block_on(db.drop_db());
+}
