@@ -106,7 +106,7 @@ class Server(object):
 
     def __init__(self, endpoint, connection_string, access_key, ca_path, resource_id, data_dir,
                  pid, log_path):
-        self.endpoint = endpoint  # https://127.0.0.1:PORT/
+        self.endpoint = endpoint  # https://127.0.0.1:PORT/ (http:// with --plain-http)
         self.connection_string = connection_string
         self.access_key = access_key
         self.ca_path = ca_path
@@ -115,6 +115,7 @@ class Server(object):
         self.pid = pid
         self.log_path = log_path
         parsed = urllib.parse.urlsplit(endpoint)
+        self.scheme = parsed.scheme
         self.host = parsed.netloc  # 127.0.0.1:PORT
         assert parsed.hostname == "127.0.0.1", endpoint
 
@@ -124,6 +125,8 @@ class Server(object):
         return "endpoint=%s;accesskey=%s" % (self.endpoint, bogus)
 
     def _ssl(self):
+        if self.scheme == "http":
+            return None
         return ssl.create_default_context(cafile=self.ca_path)
 
     def signed_request(self, method, path_and_query, body=b"", key=None):
@@ -146,7 +149,7 @@ class Server(object):
         }
         if body:
             headers["Content-Type"] = "application/json"
-        url = "https://%s%s" % (self.host, path_and_query)
+        url = "%s://%s%s" % (self.scheme, self.host, path_and_query)
         req = urllib.request.Request(url, data=body if method != "GET" else None,
                                      headers=headers, method=method)
         try:

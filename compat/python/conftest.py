@@ -7,6 +7,7 @@ to that one process and asserts it exits 0. The temp dir (data and server.log) i
 clean run unless CALLSIGN_KEEP_DATA is set.
 """
 
+import contextlib
 import os
 import queue
 import re
@@ -45,12 +46,12 @@ def _pump(stream, lines):
     lines.put(None)
 
 
-def _read_startup(proc, lines, log_path):
+def _read_startup(proc, lines, log_path, need_ca):
     """Reads stdout until the endpoint, the connection string and the CA path are known."""
     endpoint = resource = conn = ca = None
     seen = []
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not (endpoint and conn and ca):
+    while not (endpoint and conn and (ca or not need_ca)):
         left = deadline - time.monotonic()
         try:
             line = lines.get(timeout=max(left, 0.01)) if left > 0 else None
@@ -62,7 +63,7 @@ def _read_startup(proc, lines, log_path):
             raise RuntimeError("callsign did not report its endpoint (exit code %r).\nstdout:\n%s"
                                "\nstderr (tail):\n%s" % (proc.poll(), "".join(seen), log))
         seen.append(line)
-        m = re.search(r"listening on (https://\S+?) \(resource ([0-9a-f-]{36})\)", line)
+        m = re.search(r"listening on (https?://\S+?) \(resource ([0-9a-f-]{36})\)", line)
         if m:
             endpoint, resource = m.group(1), m.group(2)
         m = re.search(r"(endpoint=\S+;accesskey=\S+)", line)
@@ -74,33 +75,32 @@ def _read_startup(proc, lines, log_path):
     return endpoint, resource, conn, ca
 
 
-@pytest.fixture(scope="session")
-def server():
+@contextlib.contextmanager
+def running_server(*extra_args):
+    """Starts `callsign serve` on 127.0.0.1:0 with a fresh data dir; yields a Server; then sends
+    SIGTERM to that process (by its handle, nothing else) and requires exit code 0."""
     binary = _server_bin()
+    plain = "--plain-http" in extra_args
     data_dir = tempfile.mkdtemp(prefix="callsign-compat-")
     log_path = os.path.join(data_dir, "server.log")
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [binary, "serve", "--data-dir", os.path.join(data_dir, "data"), "--listen", "127.0.0.1:0"],
+        [binary, "serve", "--data-dir", os.path.join(data_dir, "data"), "--listen", "127.0.0.1:0"]
+        + list(extra_args),
         stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
     )
-    saved_env = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
     failed = True
+    lines = queue.Queue()
+    pump = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+    pump.start()
     try:
-        lines = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-        endpoint, resource, conn, ca = _read_startup(proc, lines, log_path)
-        assert ca == os.path.join(data_dir, "data", "tls", "ca.pem"), ca
-        assert os.path.isfile(ca), ca
+        endpoint, resource, conn, ca = _read_startup(proc, lines, log_path, need_ca=not plain)
+        assert endpoint.startswith("http://" if plain else "https://"), endpoint
+        if not plain:
+            assert ca == os.path.join(data_dir, "data", "tls", "ca.pem"), ca
+            assert os.path.isfile(ca), ca
         assert conn == "endpoint=%s;accesskey=%s" % (endpoint, conn.split(";accesskey=", 1)[1])
-        # aiohttp builds its default SSL context when it is imported: setting SSL_CERT_FILE
-        # afterwards would not be seen, so the async clients must be imported after this point.
-        if "aiohttp" in sys.modules:
-            raise RuntimeError("aiohttp was imported before the CA was known; import the aio "
-                               "clients lazily inside the tests")
-        os.environ["REQUESTS_CA_BUNDLE"] = ca
-        os.environ["SSL_CERT_FILE"] = ca
-        srv = Server(
+        yield Server(
             endpoint=endpoint,
             connection_string=conn,
             access_key=conn.split(";accesskey=", 1)[1],
@@ -110,14 +110,8 @@ def server():
             pid=proc.pid,
             log_path=log_path,
         )
-        yield srv
         failed = False
     finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         code = None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -130,10 +124,41 @@ def server():
         else:
             code = ("already exited", proc.returncode)
         log.close()
-        if proc.stdout:
+        pump.join(timeout=5)  # the pipe is at EOF once the process is gone
+        if proc.stdout and not pump.is_alive():
             proc.stdout.close()
         if code == 0 and not failed and not os.environ.get("CALLSIGN_KEEP_DATA"):
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             sys.stderr.write("callsign server log kept at %s\n" % log_path)
     assert code == 0, "callsign did not exit 0 after SIGTERM: %r" % (code,)
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The HTTPS server every suite uses; REQUESTS_CA_BUNDLE and SSL_CERT_FILE point at its CA
+    while it runs."""
+    saved_env = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    with running_server() as srv:
+        # aiohttp builds its default SSL context when it is imported: setting SSL_CERT_FILE
+        # afterwards would not be seen, so the async clients must be imported after this point.
+        if "aiohttp" in sys.modules:
+            raise RuntimeError("aiohttp was imported before the CA was known; import the aio "
+                               "clients lazily inside the tests")
+        os.environ["REQUESTS_CA_BUNDLE"] = srv.ca_path
+        os.environ["SSL_CERT_FILE"] = srv.ca_path
+        try:
+            yield srv
+        finally:
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def plain_http_server():
+    """A second server speaking plain HTTP (`--plain-http`), started only if a test asks."""
+    with running_server("--plain-http") as srv:
+        yield srv
