@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SDK compatibility suites: the released, pinned ACS Identity SDKs against a real callsign server.
 #
-#   bash compat/run.sh            # from the repo root (or anywhere)
+#   bash compat/run.sh                 # from the repo root (or anywhere)
+#   bash compat/run.sh --install-only  # only create the venvs and node_modules
 #
 # Needs a built server; this script never builds Rust. CALLSIGN_BIN names the binary (default
 # target/debug/callsign; a relative path is taken from the repo root). Needs python3 (3.11), node
@@ -19,14 +20,10 @@ root="$(cd "$here/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 export PYTHONDONTWRITEBYTECODE=1
 
-bin="${CALLSIGN_BIN:-target/debug/callsign}"
-case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
-if [ ! -x "$bin" ]; then
-  echo "compat: server binary not found or not executable: $bin" >&2
-  echo "compat: build it first (cargo build -p callsign) or set CALLSIGN_BIN" >&2
-  exit 2
+install_only=0
+if [ "${1:-}" = "--install-only" ]; then
+  install_only=1
 fi
-export CALLSIGN_BIN="$bin"
 
 # venv name : test directory under compat/python
 suites=(
@@ -99,6 +96,19 @@ fi
 if [ "$setup_failed" -ne 0 ]; then
   exit 1
 fi
+if [ "$install_only" -eq 1 ]; then
+  echo "compat: venvs and node_modules are ready"
+  exit 0
+fi
+
+bin="${CALLSIGN_BIN:-target/debug/callsign}"
+case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
+if [ ! -x "$bin" ]; then
+  echo "compat: server binary not found or not executable: $bin" >&2
+  echo "compat: build it first (cargo build -p callsign) or set CALLSIGN_BIN" >&2
+  exit 2
+fi
+export CALLSIGN_BIN="$bin"
 
 start=$SECONDS
 results=()

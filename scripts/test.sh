@@ -49,6 +49,10 @@ ensure_nextest() {
 }
 
 step "PostgreSQL" ensure_postgres
+# The pinned SDKs first: the Rust client's signing cross-check runs the released Python SDK.
+step "SDK installs (venvs, node_modules)" bash compat/run.sh --install-only
+export CALLSIGN_SDK_PYTHON="$ROOT/.venv/identity15/bin/python"
+export CALLSIGN_REQUIRE_SDK=1
 export CALLSIGN_TEST_DATABASE_URL=${CALLSIGN_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 step "cargo fmt --check" cargo fmt --all -- --check

@@ -150,8 +150,9 @@ pub(crate) async fn revoke(dir: &Directory<'_>, raw_id: &str) -> Result<Response
 /// `PATCH /identities/{id}` with `tokensValidFrom` (2020-07-20-preview2): 204.
 ///
 /// Revocation is by epoch, not by time: any `tokensValidFrom` up to now (or absent) revokes every
-/// token issued so far, which is at least what was asked. A time further than 15 minutes in the
-/// future cannot be honoured exactly and is refused.
+/// token issued so far, which is at least what was asked (tokens issued between that time and now
+/// are revoked too). A time more than a minute in the future (beyond clock skew) cannot be
+/// honoured exactly and is refused.
 pub(crate) async fn legacy_revoke(
     dir: &Directory<'_>,
     raw_id: &str,
@@ -168,7 +169,7 @@ pub(crate) async fn legacy_revoke(
                     "tokensValidFrom",
                 )
             })?;
-        if from > now + time::Duration::minutes(15) {
+        if from > now + time::Duration::minutes(1) {
             return Err(ApiError::validation(
                 "tokensValidFrom must not be in the future.",
                 "tokensValidFrom",

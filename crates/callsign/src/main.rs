@@ -44,23 +44,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
+/// Logs go to stderr through a background writer thread, so a request never waits on the
+/// terminal or pipe. The guard flushes what is buffered when `serve` returns.
+fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let resolved = config::resolve_serve(args)?;
-    init_logging(resolved.log_json);
+    let _log_guard = init_logging(resolved.log_json);
     let settings = resolved.settings;
     let data_dir = settings.data_dir.clone();
     let local_ca = matches!(settings.tls, callsign_server::TlsMode::LocalCa { .. });

@@ -82,6 +82,27 @@ async fn the_2020_preview_lifecycle_matches_the_seed_package() {
         )
         .await;
     assert_eq!(patch.status, StatusCode::NO_CONTENT);
+    // A time beyond clock skew in the future cannot be honoured exactly: refused, nothing revoked.
+    let fresh = app
+        .send(
+            Method::POST,
+            &format!("/identities/{}/token?{v}", enc(&id)),
+            Some(r#"{"scopes": ["chat"]}"#),
+        )
+        .await;
+    let fresh = fresh.body["token"].as_str().expect("token").to_owned();
+    let future = (time::OffsetDateTime::now_utc() + time::Duration::minutes(5))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let patch = app
+        .send(
+            Method::PATCH,
+            &format!("/identities/{}?{v}", enc(&id)),
+            Some(&format!(r#"{{"tokensValidFrom": "{future}"}}"#)),
+        )
+        .await;
+    patch.assert_error(400, "ValidationError");
+    assert_eq!(app.introspect(&fresh).await["active"], true);
 
     let deleted = app
         .send(
