@@ -324,7 +324,12 @@ impl Application {
             })
         };
         let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client that opens a connection and trickles its headers gets 30 s, not forever.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
