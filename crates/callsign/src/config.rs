@@ -30,6 +30,12 @@ pub enum Command {
     CaCert(DataDirArgs),
     /// Apply pending schema migrations without serving.
     Migrate(MigrateArgs),
+    /// Create, show and delete identities on a running server.
+    #[command(subcommand)]
+    User(crate::client_cmd::UserCommand),
+    /// Issue and revoke access tokens on a running server.
+    #[command(subcommand)]
+    Token(crate::client_cmd::TokenCommand),
     /// Copy a deployment (resource, keys, identities) from one store to another, e.g. from the
     /// embedded store to PostgreSQL. Idempotent.
     MigrateStore(MigrateStoreArgs),

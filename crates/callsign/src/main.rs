@@ -3,6 +3,7 @@
 //! A thin binary over `callsign-server`: it parses flags, environment and an optional TOML file
 //! into `Settings`, sets up logging and signals, and runs one of the subcommands.
 
+mod client_cmd;
 mod config;
 
 use std::io::Write as _;
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
             Command::ConnectionString(args) => print_connection_string(args).await,
             Command::CaCert(args) => print_ca_cert(args),
             Command::Migrate(args) => migrate(args).await,
+            Command::User(cmd) => client_cmd::user(cmd).await,
+            Command::Token(cmd) => client_cmd::token(cmd).await,
             Command::MigrateStore(args) => migrate_store(args).await,
         }
     });

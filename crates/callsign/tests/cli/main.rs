@@ -1,6 +1,7 @@
 //! The `callsign` binary as scripts and operators use it: its CLI contract, restarts, SIGTERM,
 //! durability under `kill -9`, and several nodes over one PostgreSQL database.
 
+mod client_commands;
 mod nodes;
 
 use std::io::{BufRead as _, BufReader};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_callsign");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_callsign");
 
 /// A `callsign serve` child process.
 pub(crate) struct Server {

@@ -1,0 +1,155 @@
+//! `callsign user …` / `callsign token …` against a live server, as a script would use them.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::{BIN, Server};
+
+struct Cli {
+    cs: String,
+    ca: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("COMMUNICATION_SERVICES_CONNECTION_STRING", &self.cs)
+            .env("SSL_CERT_FILE", &self.ca)
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[track_caller]
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.run(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+    }
+}
+
+#[test]
+fn identities_and_tokens_can_be_managed_from_a_shell() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &[]);
+    let cs = server
+        .stdout
+        .iter()
+        .find(|l| l.trim_start().starts_with("endpoint="))
+        .expect("connection string")
+        .trim()
+        .to_owned();
+    let cli = Cli {
+        cs,
+        ca: dir.path().join("tls/ca.pem").to_string_lossy().into_owned(),
+    };
+
+    let created = cli.json(&["user", "create"]);
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(id.starts_with("8:acs:"));
+
+    let with_custom = cli.json(&["user", "create", "--custom-id", "carol@example.com"]);
+    let again = cli.json(&["user", "create", "--custom-id", "carol@example.com"]);
+    assert_eq!(with_custom["id"], again["id"]);
+
+    let both = cli.json(&[
+        "user",
+        "create",
+        "--with-token",
+        "--scope",
+        "chat,voip",
+        "--expires-in",
+        "1h",
+    ]);
+    assert!(
+        both["accessToken"]["token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3)
+    );
+
+    let token = cli.json(&[
+        "token",
+        "issue",
+        &id,
+        "--scope",
+        "voip.join",
+        "--expires-in",
+        "90m",
+    ]);
+    let expires = time::OffsetDateTime::parse(
+        token["expiresOn"].as_str().expect("expiresOn"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    let lifetime = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        lifetime > time::Duration::minutes(88) && lifetime <= time::Duration::minutes(90),
+        "{lifetime}"
+    );
+
+    let got = cli.json(&["user", "get", &id]);
+    assert_eq!(got["id"], id.as_str());
+    assert!(got["lastTokenIssuedAt"].as_str().is_some());
+
+    assert_eq!(cli.json(&["token", "revoke", &id])["revoked"], true);
+    assert_eq!(cli.json(&["user", "delete", &id])["deleted"], true);
+
+    // Human output by default.
+    let (code, out, _) = cli.run(&["user", "create"]);
+    assert_eq!(code, 0);
+    assert!(out.trim().starts_with("8:acs:"));
+
+    // Failures: one line on stderr, non-zero exit.
+    for (args, needle) in [
+        (vec!["user", "delete", id.as_str()], "IdentityNotFound"),
+        (
+            vec!["token", "issue", id.as_str(), "--scope", "pstn"],
+            "unknown scope",
+        ),
+        (
+            vec![
+                "token",
+                "issue",
+                id.as_str(),
+                "--scope",
+                "chat",
+                "--expires-in",
+                "5m",
+            ],
+            "ValidationError",
+        ),
+        (vec!["user", "get", "not-an-id"], "ValidationError"),
+    ] {
+        let (code, out, err) = cli.run(&args);
+        assert_ne!(code, 0, "{args:?} succeeded: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    let bad = Cli {
+        cs: "nonsense".into(),
+        ca: cli.ca.clone(),
+    };
+    let (code, _, err) = bad.run(&["user", "create"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("connection string"), "{err}");
+    let unreachable = Cli {
+        cs: "endpoint=https://127.0.0.1:9/;accesskey=cHc=".into(),
+        ca: cli.ca.clone(),
+    };
+    let (code, _, err) = unreachable.run(&["user", "create"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(server.terminate().success());
+}
