@@ -1,0 +1,11 @@
+//! Tests of the client against the real server (spawned in-process on port 0 with a temp data
+//! dir), against tiny canned HTTP servers for retries and timeouts, and against the released
+//! Python SDK's request signing.
+
+mod credential;
+mod errors;
+mod helpers;
+mod operations;
+mod quickstart;
+mod retries;
+mod signing;
