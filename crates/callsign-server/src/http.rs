@@ -156,6 +156,11 @@ fn decode_segment(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::validation("The identifier is not valid UTF-8.", "id"))
 }
 
+/// The `api-supported-versions` header value, built once.
+static SUPPORTED_VERSIONS: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+    HeaderValue::from_str(&supported_list()).unwrap_or_else(|_| HeaderValue::from_static(""))
+});
+
 /// Every request passes here: a request id, the handler, common headers, one log line.
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
@@ -180,9 +185,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
         headers.insert("ms-cv", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&supported_list()) {
-        headers.insert("api-supported-versions", v);
-    }
+    headers.insert("api-supported-versions", SUPPORTED_VERSIONS.clone());
     let status = response.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
     span.in_scope(|| tracing::info!(route, status, micros, "request handled"));
