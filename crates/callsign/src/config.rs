@@ -39,6 +39,11 @@ pub enum Command {
     /// Copy a deployment (resource, keys, identities) from one store to another, e.g. from the
     /// embedded store to PostgreSQL. Idempotent.
     MigrateStore(MigrateStoreArgs),
+    /// Drive a running server with signed requests and report throughput, latency and, with
+    /// --server-pid, its CPU time per operation.
+    Bench(callsign_bench::BenchArgs),
+    /// Bulk-insert identities straight into a store (for scale benchmarks).
+    Seed(callsign_bench::SeedArgs),
 }
 
 /// Store selection shared by several commands.

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
             Command::User(cmd) => client_cmd::user(cmd).await,
             Command::Token(cmd) => client_cmd::token(cmd).await,
             Command::MigrateStore(args) => migrate_store(args).await,
+            Command::Bench(args) => callsign_bench::run_bench(args).await,
+            Command::Seed(args) => callsign_bench::run_seed(args).await,
         }
     });
     match result {

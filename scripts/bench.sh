@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Builds release, starts servers on temporary data (and fresh PostgreSQL databases), runs the
+# standard workloads and the scale runs, and writes the result table.
+#
+#   bash scripts/bench.sh                 # everything: both backends, 10 k and 10 M identities
+#   BENCH_SCALE="10000" bash scripts/bench.sh              # skip the 10 M run
+#   BENCH_BACKENDS=sqlite BENCH_DURATION=3 bash scripts/bench.sh
+#
+# Settings (environment):
+#   BENCH_DURATION     measured seconds per workload            (10)
+#   BENCH_WARMUP       warm-up seconds per workload             (2)
+#   BENCH_CONNECTIONS  concurrent connections                   (16)
+#   BENCH_BACKENDS     "sqlite postgres"
+#   BENCH_SCALE        directory sizes for the scale runs       ("10000 10000000")
+#   BENCH_SCALE_PG     directory sizes for PostgreSQL scale     ("10000 10000000")
+#   BENCH_ATTRIBUTION  1 to also run issue without request logs and without TLS (1)
+#   BENCH_PG           PostgreSQL server URL without database   (postgres://postgres@127.0.0.1:5432)
+#   BENCH_OUT          where results go                         (target/bench/<UTC time>)
+#
+# Every load goes to 127.0.0.1 only, every run is bounded in time and count, and every server
+# this script starts is stopped by its PID when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DURATION=${BENCH_DURATION:-10}
+WARMUP=${BENCH_WARMUP:-2}
+CONNECTIONS=${BENCH_CONNECTIONS:-16}
+BACKENDS=${BENCH_BACKENDS:-sqlite postgres}
+SCALE=${BENCH_SCALE:-10000 10000000}
+SCALE_PG=${BENCH_SCALE_PG:-10000 10000000}
+ATTRIBUTION=${BENCH_ATTRIBUTION:-1}
+PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/callsign-bench.XXXXXX")
+
+SERVER_PID=""
+PG_DBS=()
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    for db in "${PG_DBS[@]}"; do
+        psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "==> cargo build --release -p callsign"
+cargo build --release -p callsign
+# A private copy, so that a concurrent build cannot swap the binary mid-run.
+BIN="$OUT/callsign"
+cp "${CARGO_TARGET_DIR:-target}/release/callsign" "$BIN"
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
+    echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
+    echo "rustc: $(rustc --version)"
+    echo "postgres: $(psql --version 2>/dev/null || echo none)"
+    echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, ${CONNECTIONS} connections"
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$OUT/machine.txt"
+cat "$OUT/machine.txt"
+
+# start_server LABEL DATA_DIR [serve flags...]: starts `callsign serve` on a free port, waits for
+# its banner and sets SERVER_PID, ENDPOINT and CS (the connection string).
+start_server() {
+    local label=$1 dir=$2
+    shift 2
+    env ${SERVER_ENV:-} "$BIN" serve --listen 127.0.0.1:0 --data-dir "$dir" "$@" >"$OUT/$label.stdout" 2>"$OUT/$label.log" &
+    SERVER_PID=$!
+    for _ in $(seq 1 300); do
+        grep -q "listening on" "$OUT/$label.stdout" 2>/dev/null && break
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/$label.log"; echo "server failed"; exit 1; }
+        sleep 0.1
+    done
+    ENDPOINT=$(grep -m1 -o 'https\?://[^ ]*' "$OUT/$label.stdout")
+    local db=()
+    for a in "$@"; do
+        case "$a" in postgres://*) db=(--database-url "$a") ;; esac
+    done
+    CS=$("$BIN" connection-string --data-dir "$dir" --endpoint "$ENDPOINT" "${db[@]}")
+    echo "--> $label: server pid $SERVER_PID at $ENDPOINT"
+}
+
+stop_server() {
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || true
+    SERVER_PID=""
+}
+
+idle_rss() {
+    sleep 1
+    awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"
+}
+
+# run LABEL DATA_DIR [bench flags...]
+run() {
+    local label=$1 dir=$2
+    shift 2
+    echo "--> $label"
+    local warmup=(--warmup "$WARMUP") conns=(--connections "$CONNECTIONS") db=()
+    case " $* " in *" --warmup "*) warmup=() ;; esac
+    case " $* " in *" --connections "*) conns=() ;; esac
+    # PostgreSQL's own CPU is in its backend processes, counted separately.
+    if [ -n "${DB_PROCESS:-}" ]; then
+        db=(--database-process "$DB_PROCESS")
+    fi
+    "$BIN" bench --connection-string "$CS" --data-dir "$dir" --server-pid "$SERVER_PID" \
+        "${conns[@]}" --duration "$DURATION" "${warmup[@]}" "${db[@]}" --json "$@" \
+        >"$OUT/$label.json" 2>"$OUT/$label.progress"
+    python3 - "$OUT/$label.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r.get("server") or {}
+d = r.get("database") or {}
+print(f"    {r['ops_per_s']:>9.0f} ops/s  p50 {r['latency_us']['p50']} µs  p99 {r['latency_us']['p99']} µs"
+      f"  errors {r['error_total']}  server {s.get('cpu_us_per_op', 0):.1f} µs/op"
+      f"  ({(r.get('server_cpu_over_es256') or 0):.2f} x ES256 {r.get('es256_sign_us') or 0:.1f} µs)"
+      + (f"  database {d['cpu_us_per_op']:.1f} µs/op" if d else ""))
+PY
+}
+
+new_pg_db() {
+    local db="callsign_bench_$(date +%s%N | tail -c 10)"
+    psql "$PG/postgres" -qc "CREATE DATABASE $db" >/dev/null
+    PG_DBS+=("$db")
+    echo "$PG/$db"
+}
+
+# Start to ready: spawn the server and poll GET /health until it answers 200 (first start on an
+# empty data dir, then restarts on the same data).
+echo "==> start to ready"
+python3 - "$BIN" "$WORK/startup" >"$OUT/startup.json" <<'PY'
+import json, os, signal, socket, ssl, statistics, subprocess, sys, time
+binary, data = sys.argv[1], sys.argv[2]
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+
+def once():
+    port = free_port()
+    t0 = time.perf_counter()
+    p = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ready = None
+    while time.perf_counter() - t0 < 10:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        ready = (time.perf_counter() - t0) * 1000
+                        break
+        except OSError:
+            time.sleep(0.001)
+    time.sleep(1)
+    with open(f"/proc/{p.pid}/status") as f:
+        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    p.send_signal(signal.SIGTERM)
+    p.wait(30)
+    return ready, rss
+
+first, first_rss = once()
+restarts = [once() for _ in range(5)]
+print(json.dumps({
+    "first_start_ms": first,
+    "restart_ms": [r[0] for r in restarts],
+    "restart_median_ms": statistics.median(r[0] for r in restarts),
+    "idle_rss_kib": statistics.median(r[1] for r in restarts),
+}))
+PY
+cat "$OUT/startup.json"
+
+for backend in $BACKENDS; do
+    echo "==> standard workloads on $backend"
+    dir="$WORK/$backend"
+    flags=()
+    DB_PROCESS=""
+    if [ "$backend" = postgres ]; then
+        flags=(--database-url "$(new_pg_db)")
+        DB_PROCESS=postgres
+    fi
+    start_server "$backend" "$dir" "${flags[@]}"
+    echo "{\"idle_rss_kib\": $(idle_rss)}" >"$OUT/$backend-idle.json"
+    run "$backend-create" "$dir" --workload create
+    run "$backend-create-c64" "$dir" --workload create --connections 64
+    run "$backend-create-token" "$dir" --workload create-token
+    run "$backend-issue" "$dir" --workload issue
+    run "$backend-revoke" "$dir" --workload revoke
+    run "$backend-delete" "$dir" --workload delete --warmup 1 --requests 60000 --pool 90000
+    run "$backend-mix" "$dir" --workload mix
+    stop_server
+done
+DB_PROCESS=""
+
+if [ "$ATTRIBUTION" = 1 ]; then
+    # The same issue workload without the per-request log line, then also without TLS: the
+    # differences are what logging and TLS cost per token.
+    echo "==> issue on sqlite without request logs / without TLS"
+    SERVER_ENV="RUST_LOG=warn" start_server sqlite-nolog "$WORK/nolog"
+    run "sqlite-issue-nolog" "$WORK/nolog" --workload issue
+    stop_server
+    SERVER_ENV="RUST_LOG=warn" start_server sqlite-plain-nolog "$WORK/plain" --plain-http
+    run "sqlite-issue-plain-nolog" "$WORK/plain" --workload issue
+    stop_server
+fi
+
+scale_run() {
+    local backend=$1 n=$2
+    echo "==> issue with $n identities on $backend"
+    local dir="$WORK/$backend-scale-$n" flags=() seedflags=()
+    DB_PROCESS=""
+    if [ "$backend" = postgres ]; then
+        local url
+        url=$(new_pg_db)
+        flags=(--database-url "$url")
+        seedflags=(--database-url "$url")
+        DB_PROCESS=postgres
+    fi
+    "$BIN" seed --count "$n" --data-dir "$dir" "${seedflags[@]}" --json >"$OUT/$backend-seed-$n.json" 2>"$OUT/$backend-seed-$n.progress"
+    cat "$OUT/$backend-seed-$n.json"
+    start_server "$backend-scale-$n" "$dir" "${flags[@]}"
+    echo "{\"idle_rss_kib\": $(idle_rss)}" >"$OUT/$backend-scale-$n-idle.json"
+    run "$backend-scale-$n-issue" "$dir" --workload issue --seeded "$n"
+    stop_server
+    DB_PROCESS=""
+    rm -rf "$dir"
+}
+
+for n in $SCALE; do
+    case " $BACKENDS " in *" sqlite "*) scale_run sqlite "$n" ;; esac
+done
+for n in $SCALE_PG; do
+    case " $BACKENDS " in *" postgres "*) scale_run postgres "$n" ;; esac
+done
+
+python3 - "$OUT" >"$OUT/results.md" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+
+print("| backend | workload | conns | ops/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | server CPU µs/op | x ES256 | PostgreSQL CPU µs/op | client CPU µs/op | other load (cores) | server RSS MiB |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+rows = [(b, w) for b in ("sqlite", "postgres") for w in ("create", "create-c64", "create-token", "issue", "revoke", "delete", "mix")]
+rows += [("sqlite", "issue-nolog"), ("sqlite", "issue-plain-nolog")]
+for backend, w in rows:
+    r = load(f"{backend}-{w}.json")
+    if not r:
+        continue
+    l, s, d = r["latency_us"], r.get("server") or {}, r.get("database") or {}
+    errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
+    db = f"{d['cpu_us_per_op']:.1f}" if d else "–"
+    print(f"| {backend} | {w} | {r['connections']} | {r['ops_per_s']:,.0f} | {l['p50']:,} | {l['p90']:,} | {l['p99']:,} | {l['p999']:,} | {l['max']:,} | {errs} "
+          f"| {s.get('cpu_us_per_op', 0):.1f} | {(r.get('server_cpu_over_es256') or 0):.2f} | {db} | {r['client_cpu_us_per_op']:.1f} | {r['other_cores_busy']:.2f} | {s.get('rss_kib', 0)/1024:.1f} |")
+print()
+sign = [r["es256_sign_us"] for r in (load(f) for f in sorted(os.listdir(out)) if f.endswith(".json")) if isinstance(r, dict) and r.get("es256_sign_us")]
+if sign:
+    print(f"Bare ES256 signature, measured at the start of every run above: {min(sign):.1f} to {max(sign):.1f} µs.")
+    print()
+print("| backend | identities | seed time s | seed /s | issue ops/s | p50 µs | p99 µs | server CPU µs/op | PostgreSQL CPU µs/op | idle RSS MiB | RSS after run MiB | peak RSS MiB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for f in sorted(glob.glob(os.path.join(out, "*-scale-*-issue.json")), key=lambda p: (p.split("/")[-1].split("-")[0], int(p.split("-scale-")[1].split("-")[0]))):
+    name = os.path.basename(f)
+    backend, n = name.split("-scale-")[0], int(name.split("-scale-")[1].split("-")[0])
+    r, seed, idle = json.load(open(f)), load(f"{backend}-seed-{n}.json") or {}, load(f"{backend}-scale-{n}-idle.json") or {}
+    s, d = r.get("server") or {}, r.get("database") or {}
+    db = f"{d['cpu_us_per_op']:.1f}" if d else "–"
+    print(f"| {backend} | {n:,} | {seed.get('elapsed_s', 0):.1f} | {seed.get('per_s', 0):,.0f} | {r['ops_per_s']:,.0f} | {r['latency_us']['p50']:,} | {r['latency_us']['p99']:,} "
+          f"| {s.get('cpu_us_per_op', 0):.1f} | {db} | {idle.get('idle_rss_kib', 0)/1024:.1f} | {s.get('rss_kib', 0)/1024:.1f} | {s.get('rss_peak_kib', 0)/1024:.1f} |")
+print()
+st = load("startup.json")
+if st:
+    print(f"Start to ready (spawn to first 200 from GET /health over TLS): first start {st['first_start_ms']:.0f} ms, "
+          f"restart median {st['restart_median_ms']:.0f} ms; idle RSS {st['idle_rss_kib']/1024:.1f} MiB.")
+for backend in ("sqlite", "postgres"):
+    idle = load(f"{backend}-idle.json")
+    if idle:
+        print(f"Idle RSS of the {backend} server before its workloads: {idle['idle_rss_kib']/1024:.1f} MiB.")
+PY
+echo
+echo "==> results ($OUT/results.md)"
+cat "$OUT/results.md"
