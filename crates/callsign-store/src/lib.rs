@@ -14,6 +14,9 @@ mod copy;
 mod postgres;
 mod sqlite;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
 use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId};
@@ -35,6 +38,61 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("storage failure: {0}")]
     Backend(String),
+}
+
+/// Milliseconds since the epoch, the precision both backends store.
+pub(crate) fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The inverse of [`unix_ms`].
+pub(crate) fn from_unix_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {v} out of range")))
+}
+
+/// `last_token_issued_at` values not yet written: issuing a token records here, a background
+/// flush writes them, reads overlay them. Shared by the backends.
+#[derive(Debug, Default)]
+pub(crate) struct PendingTokenTimes(Mutex<HashMap<IdentityId, i64>>);
+
+impl PendingTokenTimes {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IdentityId, i64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the latest time per identity.
+    pub(crate) fn record(&self, id: &IdentityId, at: OffsetDateTime) {
+        let mut map = self.map();
+        let v = map.entry(*id).or_insert(0);
+        *v = (*v).max(unix_ms(at));
+    }
+
+    /// Forgets an identity (it was deleted).
+    pub(crate) fn forget(&self, id: &IdentityId) {
+        self.map().remove(id);
+    }
+
+    /// Whether anything waits to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
+    /// Everything waiting, emptying the buffer.
+    pub(crate) fn take(&self) -> Vec<(IdentityId, i64)> {
+        self.map().drain().collect()
+    }
+
+    /// Applies a pending time newer than the stored one.
+    pub(crate) fn overlay(&self, record: &mut IdentityRecord) {
+        let pending = self
+            .map()
+            .get(&record.id)
+            .and_then(|at| from_unix_ms(*at).ok());
+        if pending > record.last_token_issued_at {
+            record.last_token_issued_at = pending;
+        }
+    }
 }
 
 /// A new identity to store.

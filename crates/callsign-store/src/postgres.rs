@@ -24,8 +24,9 @@ use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 
 use crate::{
-    Created, IdentityRecord, IdentityStore, NewIdentity, ResourceRecord, ResourceStore,
-    SigningKeyStore, Store, StoreError, StoredSigningKey,
+    Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes, ResourceRecord,
+    ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey, from_unix_ms as from_ms,
+    unix_ms as ms,
 };
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
@@ -93,7 +94,7 @@ impl Default for PostgresOptions {
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: Pool,
-    touched: Arc<Mutex<HashMap<IdentityId, i64>>>,
+    touched: Arc<PendingTokenTimes>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -130,15 +131,6 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
         other => StoreError::Unavailable(format!("database connection pool: {other}")),
     }
-}
-
-fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|_| StoreError::Corrupt(format!("timestamp {v} out of range")))
 }
 
 fn checksum(sql: &str) -> String {
@@ -322,12 +314,8 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
     Ok(())
 }
 
-async fn flush_touched(pool: &Pool, touched: &Mutex<HashMap<IdentityId, i64>>) {
-    let pending: Vec<(IdentityId, i64)> = touched
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .collect();
+async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
+    let pending = touched.take();
     if pending.is_empty() {
         return;
     }
@@ -416,17 +404,7 @@ impl IdentityStore for PostgresStore {
         let Some(mut record) = row.as_ref().map(identity).transpose()? else {
             return Ok(None);
         };
-        if let Some(at) = self
-            .touched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            let pending = from_ms(*at).ok();
-            if pending > record.last_token_issued_at {
-                record.last_token_issued_at = pending;
-            }
-        }
+        self.touched.overlay(&mut record);
         Ok(Some(record))
     }
 
@@ -450,10 +428,7 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError> {
-        self.touched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.touched.forget(id);
         let client = self.pool.get().await.map_err(pool_error)?;
         let stmt = client
             .prepare_cached("DELETE FROM callsign_identities WHERE id = $1")
@@ -467,9 +442,7 @@ impl IdentityStore for PostgresStore {
     }
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
-        let mut map = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-        let v = map.entry(*id).or_insert(0);
-        *v = (*v).max(ms(at));
+        self.touched.record(id, at);
     }
 
     async fn list_identities(

@@ -9,7 +9,6 @@
 //! * `last_token_issued_at` is kept in memory and written by the writer thread once a second, so
 //!   issuing a token costs no write.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -24,8 +23,9 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::{
-    Created, IdentityRecord, IdentityStore, NewIdentity, ResourceRecord, ResourceStore,
-    SigningKeyStore, Store, StoreError, StoredSigningKey,
+    Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes, ResourceRecord,
+    ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey, from_unix_ms as from_ms,
+    unix_ms as ms,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -69,7 +69,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<std_mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
-    touched: Arc<Mutex<HashMap<IdentityId, i64>>>,
+    touched: Arc<PendingTokenTimes>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -107,15 +107,6 @@ fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|_| StoreError::Corrupt(format!("timestamp {v} out of range")))
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and starts the
     /// writer thread. Call from within a Tokio runtime or not; the store needs none to open.
@@ -128,7 +119,7 @@ impl SqliteStore {
         for _ in 0..READERS {
             readers.push(open_reader(&path)?);
         }
-        let touched = Arc::new(Mutex::new(HashMap::new()));
+        let touched = Arc::new(PendingTokenTimes::default());
         let (tx, rx) = std_mpsc::channel();
         let thread_touched = Arc::clone(&touched);
         let thread = std::thread::Builder::new()
@@ -256,11 +247,7 @@ fn identity_record(row: IdentityRow) -> Result<IdentityRecord, StoreError> {
     })
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: std_mpsc::Receiver<Job>,
-    touched: Arc<Mutex<HashMap<IdentityId, i64>>>,
-) {
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, touched: Arc<PendingTokenTimes>) {
     loop {
         let first = match rx.recv_timeout(TOUCH_FLUSH) {
             Ok(job) => Some(job),
@@ -284,12 +271,8 @@ fn writer_loop(
     }
 }
 
-fn flush_touched(conn: &mut Connection, touched: &Mutex<HashMap<IdentityId, i64>>) {
-    let pending: Vec<(IdentityId, i64)> = touched
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .collect();
+fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) {
+    let pending = touched.take();
     if pending.is_empty() {
         return;
     }
@@ -311,8 +294,8 @@ fn flush_touched(conn: &mut Connection, touched: &Mutex<HashMap<IdentityId, i64>
 }
 
 /// One group commit: every job in its own savepoint, one fsync for all.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &Mutex<HashMap<IdentityId, i64>>) {
-    let has_touches = !touched.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes) {
+    let has_touches = !touched.is_empty();
     if batch.is_empty() {
         if has_touches {
             flush_touched(conn, touched);
@@ -365,7 +348,7 @@ fn fail(job: Job, e: StoreError) {
 fn run_job(
     tx: &rusqlite::Transaction<'_>,
     job: Job,
-    touched: &Mutex<HashMap<IdentityId, i64>>,
+    touched: &PendingTokenTimes,
 ) -> Box<dyn FnOnce(Option<StoreError>)> {
     fn in_savepoint<T>(
         tx: &rusqlite::Transaction<'_>,
@@ -409,10 +392,7 @@ fn run_job(
             }),
         ),
         Job::Delete(id, reply) => {
-            touched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            touched.forget(&id);
             answer(
                 reply,
                 in_savepoint(tx, |tx| {
@@ -619,17 +599,7 @@ impl IdentityStore for SqliteStore {
             .transpose()
         })?;
         Ok(record.map(|mut r| {
-            if let Some(at) = self
-                .touched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-            {
-                let pending = from_ms(*at).ok();
-                if pending > r.last_token_issued_at {
-                    r.last_token_issued_at = pending;
-                }
-            }
+            self.touched.overlay(&mut r);
             r
         }))
     }
@@ -645,9 +615,7 @@ impl IdentityStore for SqliteStore {
     }
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
-        let mut map = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-        let v = map.entry(*id).or_insert(0);
-        *v = (*v).max(ms(at));
+        self.touched.record(id, at);
     }
 
     async fn list_identities(

@@ -305,6 +305,17 @@ pub fn resolve_migrate(args: MigrateArgs) -> anyhow::Result<ResolvedStore> {
     resolve_store(&args.db, &file, data_dir)
 }
 
+/// The file in which `serve` records the endpoint it listens on.
+pub fn endpoint_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("endpoint")
+}
+
+fn last_endpoint(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(endpoint_file(data_dir)).ok()?;
+    let e = text.trim();
+    (e.starts_with("https://") || e.starts_with("http://")).then(|| e.to_owned())
+}
+
 pub fn resolve_data_dir(args: DataDirArgs) -> anyhow::Result<PathBuf> {
     let file = load_file(args.config.as_deref())?;
     Ok(args
@@ -332,13 +343,26 @@ pub fn resolve_connection_string(
             if e.ends_with('/') { e } else { format!("{e}/") }
         }
         None => {
-            let listen: SocketAddr = match std::env::var("CALLSIGN_LISTEN").ok() {
-                Some(l) => l.parse().context("CALLSIGN_LISTEN is not an address")?,
-                None => file.listen.unwrap_or(DEFAULT_LISTEN.parse()?),
-            };
-            let plain = file.plain_http
-                || std::env::var("CALLSIGN_PLAIN_HTTP").is_ok_and(|v| v == "true" || v == "1");
-            callsign_server::endpoint_for(listen, !plain)
+            let data_dir = args
+                .common
+                .data_dir
+                .clone()
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            // The endpoint the last `serve` on this data dir announced, else the configured one.
+            match last_endpoint(&data_dir) {
+                Some(e) => e,
+                None => {
+                    let listen: SocketAddr = match std::env::var("CALLSIGN_LISTEN").ok() {
+                        Some(l) => l.parse().context("CALLSIGN_LISTEN is not an address")?,
+                        None => file.listen.unwrap_or(DEFAULT_LISTEN.parse()?),
+                    };
+                    let plain = file.plain_http
+                        || std::env::var("CALLSIGN_PLAIN_HTTP")
+                            .is_ok_and(|v| v == "true" || v == "1");
+                    callsign_server::endpoint_for(listen, !plain)
+                }
+            }
         }
     };
     let data_dir = args

@@ -75,6 +75,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local_ca = matches!(settings.tls, callsign_server::TlsMode::LocalCa { .. });
     let app = callsign_server::Application::build(settings).await?;
 
+    // Lets `callsign connection-string` print the endpoint actually in use.
+    if let Err(e) = std::fs::write(config::endpoint_file(&data_dir), app.endpoint()) {
+        tracing::warn!(error = %e, "cannot record the endpoint in the data dir");
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

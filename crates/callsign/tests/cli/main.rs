@@ -198,6 +198,14 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
     assert!(ok);
     assert_eq!(cs.lines().count(), 1);
     assert_eq!(cs.trim(), printed);
+    // Without --endpoint it names the endpoint the server announced.
+    let (ok, cs, _) = run(&[
+        "connection-string",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert!(ok);
+    assert_eq!(cs.trim(), printed);
 
     let (ok, pem, _) = run(&["ca-cert", "--data-dir", dir.path().to_str().expect("utf-8")]);
     assert!(ok);
