@@ -103,6 +103,14 @@ impl ApiError {
         }
     }
 
+    /// What is logged about the failure: the cause for 5xx (never sent), else the message.
+    pub fn cause(&self) -> &str {
+        match self {
+            ApiError::Internal(cause) | ApiError::Unavailable(cause) => cause,
+            _ => "",
+        }
+    }
+
     /// The body sent to the client.
     pub fn body(&self) -> ErrorResponse {
         match self {
@@ -126,11 +134,6 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self {
-            ApiError::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
-            ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "storage unavailable"),
-            _ => {}
-        }
         let status = self.status();
         let mut response = crate::http::json(status, &self.body());
         let headers = response.headers_mut();
