@@ -163,11 +163,12 @@ print(f"    {r['ops_per_s']:>9.0f} ops/s  p50 {r['latency_us']['p50']} µs  p99 
 PY
 }
 
+# Creates a fresh database and sets DB_URL (not echoed: a subshell would lose the cleanup list).
 new_pg_db() {
     local db="callsign_bench_$(date +%s%N | tail -c 10)"
     psql "$PG/postgres" -qc "CREATE DATABASE $db" >/dev/null
     PG_DBS+=("$db")
-    echo "$PG/$db"
+    DB_URL="$PG/$db"
 }
 
 # Start to ready: spawn the server and poll GET /health until it answers 200 (first start on an
@@ -231,7 +232,8 @@ for backend in $BACKENDS; do
     flags=()
     DB_PROCESS=""
     if [ "$backend" = postgres ]; then
-        flags=(--database-url "$(new_pg_db)")
+        new_pg_db
+        flags=(--database-url "$DB_URL")
         DB_PROCESS=postgres
     fi
     start_server "$backend" "$dir" "${flags[@]}"
@@ -277,10 +279,9 @@ scale_run() {
     local dir="$WORK/$backend-scale-$n" flags=() seedflags=()
     DB_PROCESS=""
     if [ "$backend" = postgres ]; then
-        local url
-        url=$(new_pg_db)
-        flags=(--database-url "$url")
-        seedflags=(--database-url "$url")
+        new_pg_db
+        flags=(--database-url "$DB_URL")
+        seedflags=(--database-url "$DB_URL")
         DB_PROCESS=postgres
     fi
     "$BIN" seed --count "$n" --data-dir "$dir" "${seedflags[@]}" --json >"$OUT/$backend-seed-$n.json" 2>"$OUT/$backend-seed-$n.progress"
