@@ -73,11 +73,6 @@ impl PendingTokenTimes {
         self.map().remove(id);
     }
 
-    /// Whether anything waits to be written.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.map().is_empty()
-    }
-
     /// Everything waiting, emptying the buffer.
     pub(crate) fn take(&self) -> Vec<(IdentityId, i64)> {
         self.map().drain().collect()
