@@ -138,16 +138,16 @@ pub(crate) async fn introspect(
             .ok()
             .map(format_expires_on),
     };
-    let owned = dir.resolve(&claims.sub).is_ok();
-    let reason = if !owned {
+    let reason = if !dir.owns(&id) {
         Some("foreignResource")
     } else {
-        match state.store.get_identity(&id).await? {
-            None => Some("identityNotFound"),
-            Some(identity) if !token_in_force(claims.epoch, identity.revocation_epoch) => {
+        match dir.get(&id).await {
+            Err(ApiError::IdentityNotFound) => Some("identityNotFound"),
+            Err(e) => return Err(e),
+            Ok(identity) if !token_in_force(claims.epoch, identity.revocation_epoch) => {
                 Some("revoked")
             }
-            Some(_) => None,
+            Ok(_) => None,
         }
     };
     response.active = reason.is_none();

@@ -195,13 +195,14 @@ pub fn endpoint_for(addr: SocketAddr, tls: bool) -> String {
 impl Application {
     /// Opens the configured store and builds the instance.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let location = match &settings.database {
-            Database::Embedded => StoreLocation::DataDir(settings.data_dir.clone()),
-            Database::Postgres { url, .. } => StoreLocation::Postgres(url.clone()),
-        };
-        let options = match &settings.database {
-            Database::Postgres { options, .. } => options.clone(),
-            Database::Embedded => PostgresOptions::default(),
+        let (location, options) = match &settings.database {
+            Database::Embedded => (
+                StoreLocation::DataDir(settings.data_dir.clone()),
+                PostgresOptions::default(),
+            ),
+            Database::Postgres { url, options } => {
+                (StoreLocation::Postgres(url.clone()), options.clone())
+            }
         };
         let store = location.open(&options).await?;
         Self::build_with(settings, store, Arc::new(SystemClock)).await

@@ -36,10 +36,15 @@ pub(crate) struct Directory<'a> {
 }
 
 impl Directory<'_> {
+    /// Whether `id` belongs to this resource.
+    pub(crate) fn owns(&self, id: &IdentityId) -> bool {
+        id.resource() == self.resource
+    }
+
     /// Parses a raw id from a path and checks that it belongs to this resource.
     pub(crate) fn resolve(&self, raw: &str) -> Result<IdentityId, ApiError> {
         match IdentityId::parse(raw) {
-            Ok(id) if id.resource() == self.resource => Ok(id),
+            Ok(id) if self.owns(&id) => Ok(id),
             Ok(_) | Err(IdError::OtherCloud) => Err(ApiError::IdentityNotOwned),
             Err(IdError::Malformed) => Err(ApiError::validation(
                 "The identifier is not a valid communication user id (8:acs:<resourceId>_<id>).",

@@ -121,13 +121,19 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("cannot read a private key from {}", path.display()))
 }
 
-fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes through a temporary file, fsync'd, then renamed into place, so a crash leaves either
+/// the old file or the new one. `mode` applies to the new file (private keys: 0600).
+fn write_atomically(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
+    // A leftover temporary file would keep its old permissions.
+    let _ = std::fs::remove_file(&tmp);
     {
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
         let mut f = opts
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -138,13 +144,8 @@ fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
+const PRIVATE: u32 = 0o600;
+const PUBLIC: u32 = 0o644;
 
 /// The CA's subject, derived from its key so that re-signing needs only the stored key.
 fn ca_params(key: &KeyPair, now: OffsetDateTime) -> CertificateParams {
@@ -184,8 +185,8 @@ fn ensure_local_ca(
         let cert = ca_params(&key, now)
             .self_signed(&key)
             .context("cannot make the CA certificate")?;
-        write_secret(&paths.ca_key(), &key.serialize_pem())?;
-        write_public(&paths.ca_cert(), &cert.pem())?;
+        write_atomically(&paths.ca_key(), &key.serialize_pem(), PRIVATE)?;
+        write_atomically(&paths.ca_cert(), &cert.pem(), PUBLIC)?;
         // A new CA invalidates any older server certificate.
         let _ = std::fs::remove_file(paths.server_names());
         tracing::info!(path = %paths.ca_cert().display(), "created a local certificate authority");
@@ -225,11 +226,12 @@ fn ensure_local_ca(
     let cert = params
         .signed_by(&key, &issuer)
         .context("cannot sign the server certificate")?;
-    write_secret(&paths.server_key(), &key.serialize_pem())?;
-    write_public(&paths.server_cert(), &cert.pem())?;
-    write_public(
+    write_atomically(&paths.server_key(), &key.serialize_pem(), PRIVATE)?;
+    write_atomically(&paths.server_cert(), &cert.pem(), PUBLIC)?;
+    write_atomically(
         &paths.server_names(),
         &format!("{}\n{wanted}", params.not_after.unix_timestamp()),
+        PUBLIC,
     )?;
     tracing::info!(names = ?names, "issued a server certificate from the local CA");
     Ok(())

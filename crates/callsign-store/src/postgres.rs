@@ -140,6 +140,11 @@ fn checksum(sql: &str) -> String {
         .collect()
 }
 
+const SELECT_DEFAULT_RESOURCE: &str =
+    "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources WHERE is_default";
+const INSERT_SIGNING_KEY: &str =
+    "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)";
+
 const IDENTITY_COLUMNS: &str =
     "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
 
@@ -504,10 +509,7 @@ impl ResourceStore for PostgresStore {
     async fn default_resource(&self) -> Result<Option<ResourceRecord>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let row = client
-            .query_opt(
-                "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources WHERE is_default",
-                &[],
-            )
+            .query_opt(SELECT_DEFAULT_RESOURCE, &[])
             .await
             .map_err(pg)?;
         row.as_ref().map(resource).transpose()
@@ -532,10 +534,7 @@ impl ResourceStore for PostgresStore {
             .await
             .map_err(pg)?;
         let row = client
-            .query_one(
-                "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources WHERE is_default",
-                &[],
-            )
+            .query_one(SELECT_DEFAULT_RESOURCE, &[])
             .await
             .map_err(pg)?;
         resource(&row)
@@ -560,8 +559,13 @@ impl SigningKeyStore for PostgresStore {
         let client = self.pool.get().await.map_err(pool_error)?;
         client
             .execute(
-                "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)",
-                &[&key.kid, &key.alg.jose_name(), &key.pkcs8, &ms(key.created_at)],
+                INSERT_SIGNING_KEY,
+                &[
+                    &key.kid,
+                    &key.alg.jose_name(),
+                    &key.pkcs8,
+                    &ms(key.created_at),
+                ],
             )
             .await
             .map_err(pg)?;
@@ -590,7 +594,7 @@ impl SigningKeyStore for PostgresStore {
             Some(row) => signing_key(&row)?,
             None => {
                 tx.execute(
-                    "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)",
+                    INSERT_SIGNING_KEY,
                     &[
                         &candidate.kid,
                         &candidate.alg.jose_name(),

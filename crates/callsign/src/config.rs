@@ -191,6 +191,14 @@ fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 }
 
 const DEFAULT_DATA_DIR: &str = "./callsign-data";
+
+/// The data dir: flag or environment, then the file, then the default.
+fn data_dir(args: &DataDirArgs, file: &FileConfig) -> PathBuf {
+    args.data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
 /// Resolved `serve` settings.
@@ -201,11 +209,7 @@ pub struct ResolvedServe {
 
 pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     let file = load_file(args.common.config.as_deref())?;
-    let data_dir = args
-        .common
-        .data_dir
-        .or(file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let data_dir = data_dir(&args.common, &file);
     let mut settings = Settings::new(data_dir.clone());
     let location = resolve_store(&args.db, &file, data_dir)?;
     if let StoreLocation::Postgres(url) = location.location {
@@ -297,12 +301,7 @@ fn resolve_store(
 
 pub fn resolve_migrate(args: MigrateArgs) -> anyhow::Result<ResolvedStore> {
     let file = load_file(args.common.config.as_deref())?;
-    let data_dir = args
-        .common
-        .data_dir
-        .or(file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    resolve_store(&args.db, &file, data_dir)
+    resolve_store(&args.db, &file, data_dir(&args.common, &file))
 }
 
 /// The file in which `serve` records the endpoint it listens on.
@@ -318,10 +317,7 @@ fn last_endpoint(data_dir: &Path) -> Option<String> {
 
 pub fn resolve_data_dir(args: DataDirArgs) -> anyhow::Result<PathBuf> {
     let file = load_file(args.config.as_deref())?;
-    Ok(args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)))
+    Ok(data_dir(&args, &file))
 }
 
 pub struct ResolvedConnectionString {
@@ -334,6 +330,7 @@ pub fn resolve_connection_string(
     args: ConnectionStringArgs,
 ) -> anyhow::Result<ResolvedConnectionString> {
     let file = load_file(args.common.config.as_deref())?;
+    let data_dir = data_dir(&args.common, &file);
     let endpoint = match args.endpoint.or(file.endpoint.clone()) {
         Some(e) => {
             let lower = e.to_ascii_lowercase();
@@ -343,12 +340,6 @@ pub fn resolve_connection_string(
             if e.ends_with('/') { e } else { format!("{e}/") }
         }
         None => {
-            let data_dir = args
-                .common
-                .data_dir
-                .clone()
-                .or(file.data_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
             // The endpoint the last `serve` on this data dir announced, else the configured one.
             match last_endpoint(&data_dir) {
                 Some(e) => e,
@@ -365,11 +356,6 @@ pub fn resolve_connection_string(
             }
         }
     };
-    let data_dir = args
-        .common
-        .data_dir
-        .or(file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     Ok(ResolvedConnectionString {
         store: resolve_store(&args.db, &file, data_dir)?,
         endpoint,

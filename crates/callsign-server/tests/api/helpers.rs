@@ -243,3 +243,13 @@ impl Drop for TestApp {
 pub fn enc(id: &str) -> String {
     id.replace(':', "%3A")
 }
+
+/// The payload of a JWT, decoded without verifying anything.
+pub fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json")
+}

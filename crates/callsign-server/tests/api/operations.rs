@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{enc, spawn_app};
+use crate::helpers::{claims, enc, spawn_app};
 
 const MODERN: [&str; 8] = [
     "2021-03-07",
@@ -22,15 +22,6 @@ fn assert_expires_on(v: &Value) {
         .expect("expiresOn is ISO 8601");
     assert!(s.ends_with("+00:00"), "{s}");
     assert!(t > time::OffsetDateTime::now_utc());
-}
-
-fn claims(token: &str) -> Value {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).expect("three parts");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url");
-    serde_json::from_slice(&bytes).expect("json")
 }
 
 #[tokio::test]
