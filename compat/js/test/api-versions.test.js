@@ -7,7 +7,11 @@ const { CommunicationIdentityClient } = require("@azure/communication-identity")
 const { AzureCommunicationTokenCredential } = require("@azure/communication-common");
 const h = require("./helpers");
 
-for (const apiVersion of ["2021-03-07", "2022-06-01", "2022-10-01", "2023-10-01"]) {
+// The last four were released after this SDK; their identity operations keep the 2023-10-01 bodies.
+for (const apiVersion of [
+  "2021-03-07", "2022-06-01", "2022-10-01", "2023-10-01",
+  "2025-04-01-preview", "2025-06-30", "2026-07-22", "2026-09-23",
+]) {
   const client = new CommunicationIdentityClient(h.connectionString, { apiVersion });
   const honoursExpiry = apiVersion >= "2022-10-01";
   const hasJoinScopes = apiVersion >= "2023-10-01";

@@ -51,6 +51,13 @@ except ImportError:  # 1.0.x: the api-version is hard-coded
 DEFAULT_API_VERSION = "2021-03-07"
 SDK_HAS_EXPIRY = SDK_VERSION >= (1, 3, 0)
 
+# Versions released after the pinned SDKs. Their identity operations take and return the bodies
+# of 2023-10-01, so the newest SDK (which knows the join scopes) speaks them through
+# `api_version=`, as applications do until their SDK catches up.
+NEWER_API_VERSIONS = ["2025-04-01-preview", "2025-06-30", "2026-07-22", "2026-09-23"]
+if SDK_VERSION >= (1, 5, 0):
+    API_VERSIONS = API_VERSIONS + NEWER_API_VERSIONS
+
 
 def effective(api_version):
     return api_version or DEFAULT_API_VERSION
@@ -468,3 +475,38 @@ def test_many_concurrent_async_calls(server):
                 server.assert_inactive(token, "revoked")
             else:
                 server.assert_active(token)
+
+
+# -- the endpoint as the portal shows it -----------------------------------------------------------
+
+
+@pytest.mark.skipif(SDK_VERSION < (1, 5, 0), reason="the explicit constructor of 1.5.0")
+@pytest.mark.parametrize("api_version", [None] + NEWER_API_VERSIONS, ids=version_id)
+def test_explicit_constructor_with_a_trailing_slash_endpoint(server, mode, api_version):
+    """`CommunicationIdentityClient("https://host:port/", AzureKeyCredential(key))` signs the host
+    as `host:port/`; callsign accepts it on every version."""
+    from azure.core.credentials import AzureKeyCredential
+
+    assert server.endpoint.endswith("/"), server.endpoint
+    kwargs = {"api_version": api_version} if api_version else {}
+
+    def make_sync():
+        return CommunicationIdentityClient(
+            server.endpoint, AzureKeyCredential(server.access_key), **kwargs)
+
+    def make_async():
+        from azure.communication.identity.aio import CommunicationIdentityClient as AsyncClient
+
+        return AsyncClient(server.endpoint, AzureKeyCredential(server.access_key), **kwargs)
+
+    client = ClientAdapter(mode, make_sync, make_async)
+    now = utcnow()
+    user, token = client.create_user_and_token(["chat", "voip"])
+    raw = user.properties["id"]
+    assert_identity_id(raw, server.resource_id)
+    check_token(server, raw, token, ["chat", "voip"], now=now)
+    client.revoke_tokens(user)
+    server.assert_inactive(token.token, "revoked")
+    client.delete_user(user)
+    expect_error(lambda: client.get_token(user, ["chat"]), ResourceNotFoundError, 404,
+                 "IdentityNotFound")

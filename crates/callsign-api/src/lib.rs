@@ -23,21 +23,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The api-versions callsign serves, oldest first.
-pub const API_VERSIONS: &[&str] = &[
-    "2020-07-20-preview2",
-    "2021-03-07",
-    "2021-10-31-preview",
-    "2021-11-01",
-    "2022-06-01",
-    "2022-10-01",
-    "2023-08-01",
-    "2023-10-01",
-    "2025-03-02-preview",
-];
+mod version;
 
-/// The api-version callsign's own client speaks.
-pub const CLIENT_API_VERSION: &str = "2023-10-01";
+pub use version::{ApiVersion, CustomIdField, Operation, UnknownApiVersion};
+
+/// The api-version callsign's own client speaks unless told otherwise.
+pub const CLIENT_API_VERSION: &str = ApiVersion::CLIENT_DEFAULT.as_str();
 
 /// The error body of every failed request: `{"error":{"code","message"[,"target"]}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +87,9 @@ pub struct CreateIdentityRequest {
     /// identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_id: Option<String>,
+    /// The same, as 2025-04-01-preview names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// The identity part of responses.
@@ -107,6 +101,9 @@ pub struct Identity {
     /// The custom id the identity was created with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_id: Option<String>,
+    /// The same, as 2025-04-01-preview names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     /// When the last token was issued for this identity (`GET` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_token_issued_at: Option<String>,
@@ -171,6 +168,33 @@ pub struct LegacyRevokeRequest {
     /// Tokens issued before this instant are revoked; absent means now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_valid_from: Option<String>,
+}
+
+/// `PUT /access/teamsExtension/tenants/{tenantId}/assignments/{objectId}` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamsExtensionAssignmentRequest {
+    /// `resourceAccount` or `user`; required.
+    #[serde(default)]
+    pub principal_type: Option<String>,
+    /// Entra application (client) ids allowed to exchange tokens for this principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ids: Option<Vec<String>>,
+}
+
+/// A Teams extension access assignment, as `GET` and `PUT` answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamsExtensionAssignment {
+    /// The Entra object id of the principal.
+    pub object_id: String,
+    /// The Entra tenant id.
+    pub tenant_id: String,
+    /// `resourceAccount` or `user`.
+    pub principal_type: String,
+    /// Client ids, when the assignment names any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ids: Option<Vec<String>>,
 }
 
 /// `POST /tokens/:introspect` body (callsign extension).
@@ -257,6 +281,7 @@ mod tests {
             identity: Identity {
                 id: "8:acs:x_y".into(),
                 custom_id: None,
+                external_id: None,
                 last_token_issued_at: None,
             },
             access_token: None,

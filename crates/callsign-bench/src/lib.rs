@@ -112,8 +112,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub allow_remote: bool,
     /// api-version to send.
-    #[arg(long, default_value = "2023-10-01")]
-    pub api_version: String,
+    #[arg(long, default_value = callsign_server::ApiVersion::CLIENT_DEFAULT.as_str())]
+    pub api_version: callsign_server::ApiVersion,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -140,7 +140,7 @@ impl BenchArgs {
             database_process: None,
             no_baseline: false,
             allow_remote: false,
-            api_version: "2023-10-01".into(),
+            api_version: callsign_server::ApiVersion::CLIENT_DEFAULT,
             json: false,
             quiet: false,
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use callsign_core::token::{Algorithm, SigningKey};
 use callsign_core::{IdentityId, ResourceId};
+use callsign_server::ApiVersion;
 use hdrhistogram::Histogram;
 use reqwest::Method;
 use serde::Deserialize;
@@ -124,7 +125,7 @@ impl Rng {
 /// State shared by the workers and the controller.
 struct Shared {
     target: Target,
-    api_version: String,
+    api_version: ApiVersion,
     workload: Workload,
     phase: AtomicU8,
     limit: Option<u64>,
@@ -336,7 +337,7 @@ async fn worker(
 /// Creates `count` identities over `connections` connections, returning their encoded ids.
 async fn create_identities(
     target: &Target,
-    api_version: &str,
+    api_version: ApiVersion,
     count: u64,
     connections: usize,
     quiet: bool,
@@ -385,7 +386,7 @@ async fn create_identities(
 }
 
 /// The resource of the server's identities, learned from one create.
-async fn learn_resource(target: &Target, api_version: &str) -> anyhow::Result<ResourceId> {
+async fn learn_resource(target: &Target, api_version: ApiVersion) -> anyhow::Result<ResourceId> {
     let ids = create_identities(target, api_version, 1, 1, true).await?;
     let raw = ids
         .first()
@@ -472,13 +473,13 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
 
     let identities = match (args.workload, args.seeded) {
         (Workload::Issue | Workload::Revoke, Some(count)) => Identities::Seeded {
-            resource: learn_resource(&target, &args.api_version).await?,
+            resource: learn_resource(&target, args.api_version).await?,
             count,
         },
         (Workload::Issue | Workload::Revoke | Workload::Mix, None) => Identities::Pool(
             create_identities(
                 &target,
-                &args.api_version,
+                args.api_version,
                 args.pool.unwrap_or(1000).max(1),
                 args.connections,
                 quiet,
@@ -496,7 +497,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     };
     let doomed = create_identities(
         &target,
-        &args.api_version,
+        args.api_version,
         doomed_count,
         args.connections,
         quiet,
@@ -505,7 +506,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
 
     let shared = Arc::new(Shared {
         target: target.clone(),
-        api_version: args.api_version.clone(),
+        api_version: args.api_version,
         workload: args.workload,
         phase: AtomicU8::new(if args.warmup > 0.0 { WARMUP } else { MEASURE }),
         limit: args.requests,

@@ -19,12 +19,15 @@ use crate::{
     Error, RetryPolicy, SystemClock, signing,
 };
 
-/// The api-version of every operation except the two that need custom ids.
+/// The api-version of every operation except the two that need custom ids, unless
+/// [`CommunicationIdentityClientBuilder::api_version`] says otherwise.
 pub const API_VERSION: &str = api::CLIENT_API_VERSION;
 
 /// The api-version of [`CommunicationIdentityClient::create_user_with_custom_id`] and
 /// [`CommunicationIdentityClient::get_user`] (a preview: the real service may change it).
-pub const CUSTOM_ID_API_VERSION: &str = "2025-03-02-preview";
+pub const CUSTOM_ID_API_VERSION: &str = ApiVersion::V2025_03_02Preview.as_str();
+
+pub use api::ApiVersion;
 
 /// How long one attempt may take, unless [`CommunicationIdentityClientBuilder::timeout`] says
 /// otherwise.
@@ -38,9 +41,10 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// A client of the Communication Services Identity API, speaking api-version 2023-10-01 (so it
-/// works against Azure Communication Services as well as callsign), HMAC-signed with the
-/// resource's access key.
+/// A client of the Communication Services Identity API, speaking api-version 2023-10-01 by
+/// default (so it works against Azure Communication Services as well as callsign; see
+/// [`CommunicationIdentityClientBuilder::api_version`]), HMAC-signed with the resource's access
+/// key.
 ///
 /// Cheap to clone: clones share the connection pool.
 ///
@@ -66,6 +70,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct CommunicationIdentityClient {
     http: reqwest::Client,
     credentials: ConnectionString,
+    api_version: ApiVersion,
     retry: RetryPolicy,
     timeout: Duration,
     clock: Arc<dyn Clock>,
@@ -75,6 +80,7 @@ impl fmt::Debug for CommunicationIdentityClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommunicationIdentityClient")
             .field("endpoint", &self.credentials.endpoint().as_str())
+            .field("api_version", &self.api_version)
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -101,6 +107,7 @@ impl fmt::Debug for CommunicationIdentityClient {
 /// ```
 pub struct CommunicationIdentityClientBuilder {
     credentials: ConnectionString,
+    api_version: ApiVersion,
     retry: RetryPolicy,
     timeout: Duration,
     ca_pems: Vec<Vec<u8>>,
@@ -124,6 +131,7 @@ impl CommunicationIdentityClientBuilder {
     pub fn new(credentials: ConnectionString) -> Self {
         Self {
             credentials,
+            api_version: ApiVersion::CLIENT_DEFAULT,
             retry: RetryPolicy::default(),
             timeout: DEFAULT_TIMEOUT,
             ca_pems: Vec::new(),
@@ -135,6 +143,16 @@ impl CommunicationIdentityClientBuilder {
     /// with [`Error::Timeout`]. Each retry gets the full timeout again.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The api-version of create, issue, revoke and delete (default
+    /// [`ApiVersion::CLIENT_DEFAULT`], 2023-10-01, which every deployment of the service knows).
+    /// The request and response bodies of these operations are the same in every version from
+    /// 2022-10-01 on; older ones ignore `expires_in` and the join scopes. Custom-id calls keep
+    /// [`CUSTOM_ID_API_VERSION`].
+    pub fn api_version(mut self, version: ApiVersion) -> Self {
+        self.api_version = version;
         self
     }
 
@@ -194,6 +212,7 @@ impl CommunicationIdentityClientBuilder {
         Ok(CommunicationIdentityClient {
             http,
             credentials: self.credentials,
+            api_version: self.api_version,
             retry: self.retry,
             timeout: self.timeout,
             clock: self.clock,
@@ -213,10 +232,10 @@ pub struct CommunicationUserDetails {
 }
 
 /// One request, before signing.
-struct Call<'a> {
+struct Call {
     method: Method,
     path: String,
-    api_version: &'a str,
+    api_version: ApiVersion,
     /// `Some` (even empty) sends `Content-Type: application/json` with these bytes.
     body: Option<Vec<u8>>,
     expected: u16,
@@ -254,7 +273,7 @@ impl CommunicationIdentityClient {
             .call_json(Call {
                 method: Method::POST,
                 path: "identities".to_owned(),
-                api_version: API_VERSION,
+                api_version: self.api_version,
                 body: Some(Vec::new()),
                 expected: 201,
             })
@@ -281,7 +300,7 @@ impl CommunicationIdentityClient {
             .call_json(Call {
                 method: Method::POST,
                 path: "identities".to_owned(),
-                api_version: CUSTOM_ID_API_VERSION,
+                api_version: ApiVersion::V2025_03_02Preview,
                 body: Some(to_json(&body)?),
                 expected: 201,
             })
@@ -306,13 +325,13 @@ impl CommunicationIdentityClient {
         let body = api::CreateIdentityRequest {
             create_token_with_scopes: Some(scope_names(scopes)),
             expires_in_minutes: expires_in.map(minutes),
-            custom_id: None,
+            ..Default::default()
         };
         let created: api::CreateIdentityResponse = self
             .call_json(Call {
                 method: Method::POST,
                 path: "identities".to_owned(),
-                api_version: API_VERSION,
+                api_version: self.api_version,
                 body: Some(to_json(&body)?),
                 expected: 201,
             })
@@ -347,7 +366,7 @@ impl CommunicationIdentityClient {
             .call_json(Call {
                 method: Method::POST,
                 path: format!("{}/:issueAccessToken", user_path(user)),
-                api_version: API_VERSION,
+                api_version: self.api_version,
                 body: Some(to_json(&body)?),
                 expected: 200,
             })
@@ -364,7 +383,7 @@ impl CommunicationIdentityClient {
         self.call(Call {
             method: Method::POST,
             path: format!("{}/:revokeAccessTokens", user_path(user)),
-            api_version: API_VERSION,
+            api_version: self.api_version,
             body: None,
             expected: 204,
         })
@@ -381,7 +400,7 @@ impl CommunicationIdentityClient {
         self.call(Call {
             method: Method::DELETE,
             path: user_path(user),
-            api_version: API_VERSION,
+            api_version: self.api_version,
             body: None,
             expected: 204,
         })
@@ -403,7 +422,7 @@ impl CommunicationIdentityClient {
             .call_json(Call {
                 method: Method::GET,
                 path: user_path(user),
-                api_version: CUSTOM_ID_API_VERSION,
+                api_version: ApiVersion::V2025_03_02Preview,
                 body: None,
                 expected: 200,
             })
@@ -420,7 +439,7 @@ impl CommunicationIdentityClient {
         })
     }
 
-    async fn call_json<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, Error> {
+    async fn call_json<T: DeserializeOwned>(&self, call: Call) -> Result<T, Error> {
         let status = call.expected;
         let body = self.call(call).await?;
         serde_json::from_slice(&body).map_err(|e| Error::UnexpectedResponse {
@@ -430,7 +449,7 @@ impl CommunicationIdentityClient {
     }
 
     /// Sends a call, retrying as the policy says; returns the body of the expected success.
-    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, Error> {
+    async fn call(&self, call: Call) -> Result<Vec<u8>, Error> {
         let url = Url::parse(&format!(
             "{}{}?api-version={}",
             self.credentials.endpoint(),
@@ -468,11 +487,7 @@ impl CommunicationIdentityClient {
     }
 
     /// One signed attempt, bounded by the timeout.
-    async fn attempt(
-        &self,
-        call: &Call<'_>,
-        url: &Url,
-    ) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
+    async fn attempt(&self, call: &Call, url: &Url) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
         let body = call.body.as_deref().unwrap_or_default();
         let signed = signing::sign(
             &self.credentials,

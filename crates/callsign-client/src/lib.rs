@@ -87,7 +87,7 @@ mod token;
 
 pub use callsign_api as api;
 pub use client::{
-    API_VERSION, CUSTOM_ID_API_VERSION, CommunicationIdentityClient,
+    API_VERSION, ApiVersion, CUSTOM_ID_API_VERSION, CommunicationIdentityClient,
     CommunicationIdentityClientBuilder, CommunicationUserDetails, DEFAULT_TIMEOUT,
 };
 pub use clock::{Clock, SystemClock};

@@ -15,6 +15,7 @@
 //! assert!(scopes.contains(Scope::Voip));
 //! ```
 
+mod assignment;
 mod clock;
 mod expiry;
 mod id;
@@ -22,6 +23,7 @@ mod keys;
 mod scope;
 pub mod token;
 
+pub use assignment::{MAX_CLIENT_IDS, PrincipalType, TeamsAssignment, parse_guid};
 pub use clock::{Clock, FixedClock, SystemClock, format_expires_on};
 pub use expiry::{ExpiresIn, ExpiresInError};
 pub use id::{CustomId, CustomIdError, IdError, IdentityId, ResourceId};

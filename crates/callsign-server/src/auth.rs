@@ -154,6 +154,10 @@ impl Authenticator {
                 out.push(h.clone());
             }
         }
+        // Python's explicit constructor given the endpoint as the portal shows it
+        // (`https://host:port/`) signs `host:port/`. The host is no secret: this weakens nothing.
+        let slashed: Vec<String> = out.iter().map(|h| format!("{h}/")).collect();
+        out.extend(slashed);
         out
     }
 }
@@ -252,6 +256,10 @@ mod tests {
             (t, t, "localhost:443", "localhost", "x-ms-date"),
             // A proxy rewrote Host; the client signed the public name.
             (t, t, "10.0.0.1:9000", "public.example:8443", "x-ms-date"),
+            // Python's explicit constructor with a trailing-slash endpoint signs `host:port/`.
+            (t, t, "127.0.0.1:8443", "127.0.0.1:8443/", "x-ms-date"),
+            (t, t, "localhost", "localhost:443/", "x-ms-date"),
+            (t, t, "10.0.0.1:9000", "public.example:8443/", "x-ms-date"),
         ];
         for (target, signed_target, host, signed_host, date) in cases {
             let p = request(

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 404 `IdentityNotFound`: unknown or deleted identity of this resource.
     #[error("Identity not found.")]
     IdentityNotFound,
+    /// 404 `AssignmentNotFound`: no Teams extension assignment for this tenant and object.
+    #[error("Assignment not found.")]
+    AssignmentNotFound,
     /// 404 `NotFound`: no such path.
     #[error("The requested path does not exist.")]
     NotFound,
@@ -75,7 +78,9 @@ impl ApiError {
             ApiError::Denied(_) | ApiError::IdentityNotOwned | ApiError::InvalidAccessToken => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::IdentityNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::IdentityNotFound | ApiError::AssignmentNotFound | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -94,6 +99,7 @@ impl ApiError {
             ApiError::IdentityNotOwned => "IdentityNotOwned",
             ApiError::InvalidAccessToken => "InvalidAccessToken",
             ApiError::IdentityNotFound => "IdentityNotFound",
+            ApiError::AssignmentNotFound => "AssignmentNotFound",
             ApiError::NotFound => "NotFound",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::PayloadTooLarge(_) => "RequestEntityTooLarge",

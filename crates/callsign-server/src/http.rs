@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::version::{ApiVersion, supported_list};
-use crate::{identities, meta};
+use crate::version::{self, ApiVersion, Operation};
+use crate::{identities, meta, teams};
 
 /// The whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -68,6 +68,10 @@ pub(crate) enum Route {
     Issue(String),
     Revoke(String),
     TeamsExchange,
+    TeamsExtensionExchange,
+    AssignmentGet(String, String),
+    AssignmentPut(String, String),
+    AssignmentDelete(String, String),
     Introspect,
 }
 
@@ -113,6 +117,25 @@ impl Route {
             ["teamsUser", ":exchangeAccessToken"] => {
                 only(Method::POST, Route::TeamsExchange, "POST")
             }
+            ["access", "teamsExtension", ":exchangeAccessToken"] => {
+                only(Method::POST, Route::TeamsExtensionExchange, "POST")
+            }
+            [
+                "access",
+                "teamsExtension",
+                "tenants",
+                tenant,
+                "assignments",
+                object,
+            ] if !tenant.is_empty() && !object.is_empty() => {
+                let (tenant, object) = (decode_segment(tenant)?, decode_segment(object)?);
+                match *method {
+                    Method::GET => Ok(Route::AssignmentGet(tenant, object)),
+                    Method::PUT => Ok(Route::AssignmentPut(tenant, object)),
+                    Method::DELETE => Ok(Route::AssignmentDelete(tenant, object)),
+                    _ => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
+                }
+            }
             ["tokens", ":introspect"] => only(Method::POST, Route::Introspect, "POST"),
             _ => Err(ApiError::NotFound),
         }
@@ -130,21 +153,40 @@ impl Route {
             Route::Issue(_) => "issue",
             Route::Revoke(_) => "revoke",
             Route::TeamsExchange => "teams_exchange",
+            Route::TeamsExtensionExchange => "teams_extension_exchange",
+            Route::AssignmentGet(..) => "assignment_get",
+            Route::AssignmentPut(..) => "assignment_put",
+            Route::AssignmentDelete(..) => "assignment_delete",
             Route::Introspect => "introspect",
         }
     }
 
-    /// Whether the operation exists in `version`.
-    fn available_in(&self, version: ApiVersion) -> bool {
-        match self {
-            Route::Health | Route::Jwks | Route::Create | Route::Delete(_) | Route::Introspect => {
-                true
+    /// The versioned operation this route is, `None` for callsign's unversioned additions.
+    fn operation(&self) -> Option<Operation> {
+        Some(match self {
+            Route::Health | Route::Jwks | Route::Introspect => return None,
+            Route::Create => Operation::CreateIdentity,
+            Route::Get(_) => Operation::GetIdentity,
+            Route::Delete(_) => Operation::DeleteIdentity,
+            Route::LegacyIssue(_) | Route::Issue(_) => Operation::IssueAccessToken,
+            Route::LegacyRevoke(_) | Route::Revoke(_) => Operation::RevokeAccessTokens,
+            Route::TeamsExchange => Operation::ExchangeTeamsUserToken,
+            Route::TeamsExtensionExchange => Operation::ExchangeTeamsExtensionToken,
+            Route::AssignmentGet(..) | Route::AssignmentPut(..) | Route::AssignmentDelete(..) => {
+                Operation::TeamsExtensionAssignments
             }
+        })
+    }
+
+    /// Whether the operation exists in `version` (the 2020 preview has its own paths for issue
+    /// and revoke).
+    fn available_in(&self, version: ApiVersion) -> bool {
+        let path_fits = match self {
             Route::LegacyRevoke(_) | Route::LegacyIssue(_) => version.is_legacy(),
             Route::Issue(_) | Route::Revoke(_) => !version.is_legacy(),
-            Route::Get(_) => version.has_custom_id(),
-            Route::TeamsExchange => version.has_teams_exchange(),
-        }
+            _ => true,
+        };
+        path_fits && self.operation().is_none_or(|op| version.offers(op))
     }
 }
 
@@ -157,7 +199,8 @@ fn decode_segment(raw: &str) -> Result<String, ApiError> {
 
 /// The `api-supported-versions` header value, built once.
 static SUPPORTED_VERSIONS: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
-    HeaderValue::from_str(&supported_list()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_str(&ApiVersion::supported_list())
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 });
 
 /// Every request passes here: a request id, the handler, common headers, one log line.
@@ -205,34 +248,52 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
             Route::Jwks => return Ok(meta::jwks(state)),
             _ => {}
         }
-        let version = ApiVersion::from_query(parts.uri.query())?;
+        let version = version::from_query(parts.uri.query())?;
         let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+        if route == Route::TeamsExtensionExchange && teams::is_bearer(&parts.headers) {
+            // The Teams Phone token arrives as a bearer instead of an HMAC signature. No issuer
+            // that can vouch for such tokens is configured, so it is refused as ACS refuses a
+            // token it cannot accept, before any signature work.
+            if !route.available_in(version) {
+                return Err(not_in_version(version));
+            }
+            return Err(ApiError::InvalidAccessToken);
+        }
         let now = state.clock.now();
         let auth = state
             .authenticator
             .authenticate(&parts, &body, now.into())?;
         if !route.available_in(version) {
-            return Err(ApiError::UnsupportedApiVersion(format!(
-                "This operation is not available in api-version {version}."
-            )));
+            return Err(not_in_version(version));
         }
         check_content_type(&parts.headers, &body)?;
         let dir = state.directory(&auth);
         match route {
             Route::Create => identities::create(&dir, version, &body).await,
-            Route::Get(id) => identities::get(&dir, &id).await,
+            Route::Get(id) => identities::get(&dir, version, &id).await,
             Route::Delete(id) => identities::delete(&dir, &id).await,
             Route::LegacyRevoke(id) => identities::legacy_revoke(&dir, &id, &body, now).await,
             Route::LegacyIssue(id) => identities::legacy_issue(&dir, &id, &body).await,
             Route::Issue(id) => identities::issue(&dir, version, &id, &body).await,
             Route::Revoke(id) => identities::revoke(&dir, &id).await,
-            Route::TeamsExchange => Err(ApiError::InvalidAccessToken),
+            Route::TeamsExchange | Route::TeamsExtensionExchange => {
+                Err(ApiError::InvalidAccessToken)
+            }
+            Route::AssignmentGet(tenant, object) => teams::get(&dir, &tenant, &object).await,
+            Route::AssignmentPut(tenant, object) => teams::put(&dir, &tenant, &object, &body).await,
+            Route::AssignmentDelete(tenant, object) => teams::delete(&dir, &tenant, &object).await,
             Route::Introspect => meta::introspect(state, &dir, &body).await,
             Route::Health | Route::Jwks => Err(ApiError::NotFound),
         }
     }
     .await;
     (name, result)
+}
+
+fn not_in_version(version: ApiVersion) -> ApiError {
+    ApiError::UnsupportedApiVersion(format!(
+        "This operation is not available in api-version {version}."
+    ))
 }
 
 async fn read_body(

@@ -14,7 +14,27 @@ use time::OffsetDateTime;
 use crate::error::ApiError;
 use crate::http::{json, parse_json};
 use crate::state::Directory;
-use crate::version::ApiVersion;
+use crate::version::{ApiVersion, CustomIdField};
+
+/// The wire identity, with the custom id under the name `version` gives it.
+fn wire_identity(
+    id: String,
+    custom_id: Option<String>,
+    last_token_issued_at: Option<String>,
+    version: ApiVersion,
+) -> Identity {
+    let (custom_id, external_id) = match version.custom_id_field() {
+        Some(CustomIdField::CustomId) => (custom_id, None),
+        Some(CustomIdField::ExternalId) => (None, custom_id),
+        None => (None, None),
+    };
+    Identity {
+        id,
+        custom_id,
+        external_id,
+        last_token_issued_at,
+    }
+}
 
 fn scopes(list: Option<Vec<String>>, version: ApiVersion) -> Result<Scopes, ApiError> {
     let list = list
@@ -58,12 +78,18 @@ pub(crate) async fn create(
         ));
     }
     let req: CreateIdentityRequest = parse_json(body)?;
-    let custom_id = match req.custom_id {
-        Some(c) if version.has_custom_id() => {
-            Some(CustomId::parse(&c).map_err(|e| ApiError::validation(e.to_string(), "customId"))?)
-        }
-        _ => None,
+    // Only the field this version defines is read; the other is an unknown property here and
+    // ignored, as the service ignores unknown properties.
+    let (field, requested) = match version.custom_id_field() {
+        Some(f @ CustomIdField::CustomId) => (f, req.custom_id),
+        Some(f @ CustomIdField::ExternalId) => (f, req.external_id),
+        None => (CustomIdField::CustomId, None),
     };
+    let custom_id = requested
+        .map(|c| {
+            CustomId::parse(&c).map_err(|e| ApiError::validation(e.to_string(), field.as_str()))
+        })
+        .transpose()?;
     let scopes = match req.create_token_with_scopes {
         Some(list) if !list.is_empty() => Some(scopes(Some(list), version)?),
         _ => None,
@@ -75,30 +101,41 @@ pub(crate) async fn create(
         .map(|s| dir.issue(&created.identity, &s, expires_in))
         .transpose()?
         .map(wire_token);
+    let status = if !created.created && version.existing_identity_is_200() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok(json(
-        StatusCode::CREATED,
+        status,
         &CreateIdentityResponse {
-            identity: Identity {
-                id: created.identity.id.to_string(),
-                custom_id: created.identity.custom_id,
-                last_token_issued_at: None,
-            },
+            identity: wire_identity(
+                created.identity.id.to_string(),
+                created.identity.custom_id,
+                None,
+                version,
+            ),
             access_token,
         },
     ))
 }
 
-/// `GET /identities/{id}` (2025-03-02-preview): 200 with id, custom id and last issue time.
-pub(crate) async fn get(dir: &Directory<'_>, raw_id: &str) -> Result<Response, ApiError> {
+/// `GET /identities/{id}` (the two previews): 200 with id, custom id and last issue time.
+pub(crate) async fn get(
+    dir: &Directory<'_>,
+    version: ApiVersion,
+    raw_id: &str,
+) -> Result<Response, ApiError> {
     let id = dir.resolve(raw_id)?;
     let record = dir.get(&id).await?;
     Ok(json(
         StatusCode::OK,
-        &Identity {
-            id: record.id.to_string(),
-            custom_id: record.custom_id,
-            last_token_issued_at: record.last_token_issued_at.map(format_expires_on),
-        },
+        &wire_identity(
+            record.id.to_string(),
+            record.custom_id,
+            record.last_token_issued_at.map(format_expires_on),
+            version,
+        ),
     ))
 }
 

@@ -24,6 +24,7 @@ mod keys;
 mod meta;
 mod startup;
 mod state;
+mod teams;
 pub mod tls;
 mod version;
 
@@ -35,4 +36,4 @@ pub use startup::{
     ensure_default_resource, open_embedded_store,
 };
 pub use tls::{LocalCaPaths, TlsMode};
-pub use version::ApiVersion;
+pub use version::{ApiVersion, CustomIdField, Operation};

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use callsign_core::token::{IssuedToken, TokenIssuer};
-use callsign_core::{Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes};
+use callsign_core::{
+    Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes, TeamsAssignment,
+};
 use callsign_store::{Created, IdentityRecord, NewIdentity, Store};
 
 use crate::auth::{Authenticated, Authenticator};
@@ -83,6 +85,41 @@ impl Directory<'_> {
             Ok(())
         } else {
             Err(ApiError::IdentityNotFound)
+        }
+    }
+
+    /// The Teams extension assignment of `object` in `tenant`.
+    pub(crate) async fn assignment(
+        &self,
+        tenant: uuid::Uuid,
+        object: uuid::Uuid,
+    ) -> Result<TeamsAssignment, ApiError> {
+        self.state
+            .store
+            .get_assignment(self.resource, tenant, object)
+            .await?
+            .ok_or(ApiError::AssignmentNotFound)
+    }
+
+    /// Creates or replaces an assignment; true when created.
+    pub(crate) async fn put_assignment(&self, a: TeamsAssignment) -> Result<bool, ApiError> {
+        Ok(self.state.store.put_assignment(self.resource, a).await?)
+    }
+
+    pub(crate) async fn delete_assignment(
+        &self,
+        tenant: uuid::Uuid,
+        object: uuid::Uuid,
+    ) -> Result<(), ApiError> {
+        if self
+            .state
+            .store
+            .delete_assignment(self.resource, tenant, object)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::AssignmentNotFound)
         }
     }
 

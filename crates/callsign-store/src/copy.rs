@@ -13,6 +13,9 @@ pub struct CopyReport {
     pub identities_read: usize,
     /// Identities inserted into the target (the rest were there already).
     pub identities_inserted: usize,
+    /// Teams assignments inserted into the target (the rest were there already; those are never
+    /// overwritten).
+    pub assignments: usize,
 }
 
 /// Why a copy was refused.
@@ -29,8 +32,9 @@ pub enum CopyError {
     Store(#[from] StoreError),
 }
 
-/// Copies the default resource (GUID and both access keys), every signing key and every
-/// identity (custom ids, revocation epochs and times included) from `from` to `to`.
+/// Copies the default resource (GUID and both access keys), every signing key, every
+/// identity (custom ids, revocation epochs and times included) and every Teams assignment from
+/// `from` to `to`.
 ///
 /// Idempotent: running it again copies only what is missing, so it can be repeated after a
 /// final stop of the old deployment. Tokens issued before the move stay valid after it, because
@@ -69,6 +73,16 @@ pub async fn copy_store(
         after = Some(last.id);
         report.identities_read += page.len();
         report.identities_inserted += to.import_identities(page).await?;
+    }
+    // An assignment the target has already is kept as it is: it may be newer than the source's.
+    for (resource, assignment) in from.all_assignments().await? {
+        let present = to
+            .get_assignment(resource, assignment.tenant_id, assignment.object_id)
+            .await?
+            .is_some();
+        if !present && to.put_assignment(resource, assignment).await? {
+            report.assignments += 1;
+        }
     }
     Ok(report)
 }

@@ -19,8 +19,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId};
+use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId, TeamsAssignment};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 pub use copy::{CopyError, CopyReport, copy_store};
 pub use postgres::{PostgresOptions, PostgresStore};
@@ -223,9 +224,41 @@ pub trait SigningKeyStore: Send + Sync {
     ) -> Result<StoredSigningKey, StoreError>;
 }
 
+/// Teams extension access assignments, per resource, keyed by `(tenant, object)`.
+#[async_trait]
+pub trait AssignmentStore: Send + Sync {
+    /// The assignment of `object` in `tenant`, if any.
+    async fn get_assignment(
+        &self,
+        resource: ResourceId,
+        tenant: Uuid,
+        object: Uuid,
+    ) -> Result<Option<TeamsAssignment>, StoreError>;
+
+    /// Creates or replaces the assignment of its `(tenant, object)`; true when it was created.
+    /// Atomic: of two concurrent first puts exactly one reports a creation.
+    async fn put_assignment(
+        &self,
+        resource: ResourceId,
+        assignment: TeamsAssignment,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes an assignment; false when there was none.
+    async fn delete_assignment(
+        &self,
+        resource: ResourceId,
+        tenant: Uuid,
+        object: Uuid,
+    ) -> Result<bool, StoreError>;
+
+    /// Every assignment of every resource, in `(resource, tenant, object)` order (export,
+    /// migration).
+    async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
+}
+
 /// A complete backend.
 #[async_trait]
-pub trait Store: IdentityStore + ResourceStore + SigningKeyStore {
+pub trait Store: IdentityStore + ResourceStore + SigningKeyStore + AssignmentStore {
     /// Whether the backend answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -17,23 +17,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, IdentityId, ResourceId};
+use callsign_core::{AccessKey, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
+use uuid::Uuid;
 
 use crate::{
-    Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes, ResourceRecord,
-    ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey, from_unix_ms as from_ms,
-    unix_ms as ms,
+    AssignmentStore, Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes,
+    ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey,
+    from_unix_ms as from_ms, unix_ms as ms,
 };
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial schema",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        r#"
 CREATE TABLE callsign_resources (
     id            TEXT PRIMARY KEY,
     is_default    BOOLEAN NOT NULL DEFAULT FALSE,
@@ -62,7 +64,26 @@ CREATE TABLE callsign_identities (
 CREATE UNIQUE INDEX callsign_identities_custom_id ON callsign_identities (resource_id, custom_id)
     WHERE custom_id IS NOT NULL;
 "#,
-)];
+    ),
+    (
+        2,
+        "teams assignments",
+        // GUIDs are stored lowercase hyphenated; byte-order collation makes their text order the
+        // GUID order whatever the database's default collation. `client_ids` is NULL when the
+        // assignment names none, which is not the same as an empty array.
+        r#"
+CREATE TABLE callsign_teams_assignments (
+    resource_id    TEXT COLLATE "C" NOT NULL,
+    tenant_id      TEXT COLLATE "C" NOT NULL,
+    object_id      TEXT COLLATE "C" NOT NULL,
+    principal_type TEXT NOT NULL,
+    client_ids     TEXT[] NULL,
+    updated_at_ms  BIGINT NOT NULL,
+    PRIMARY KEY (resource_id, tenant_id, object_id)
+);
+"#,
+    ),
+];
 
 /// Advisory lock key for migrations and bootstrap ("callsign" in ASCII).
 const LOCK_KEY: i64 = 0x6361_6c6c_7369_676e;
@@ -189,6 +210,41 @@ fn signing_key(row: &tokio_postgres::Row) -> Result<StoredSigningKey, StoreError
         pkcs8: row.try_get(2).map_err(pg)?,
         created_at: from_ms(row.try_get(3).map_err(pg)?)?,
     })
+}
+
+const ASSIGNMENT_COLUMNS: &str = "resource_id, tenant_id, object_id, principal_type, client_ids";
+
+fn assignment(row: &tokio_postgres::Row) -> Result<(ResourceId, TeamsAssignment), StoreError> {
+    let resource: String = row.try_get(0).map_err(pg)?;
+    let guid = |what: &str, i: usize| -> Result<Uuid, StoreError> {
+        let s: String = row.try_get(i).map_err(pg)?;
+        callsign_core::parse_guid(&s)
+            .ok_or_else(|| StoreError::Corrupt(format!("assignment {what} {s:?}")))
+    };
+    let principal: String = row.try_get(3).map_err(pg)?;
+    let clients: Option<Vec<String>> = row.try_get(4).map_err(pg)?;
+    let client_ids = clients
+        .map(|ids| {
+            ids.iter()
+                .map(|id| {
+                    callsign_core::parse_guid(id)
+                        .ok_or_else(|| StoreError::Corrupt(format!("assignment client id {id:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    Ok((
+        ResourceId::parse(&resource)
+            .map_err(|_| StoreError::Corrupt(format!("assignment resource id {resource:?}")))?,
+        TeamsAssignment {
+            tenant_id: guid("tenant id", 1)?,
+            object_id: guid("object id", 2)?,
+            principal_type: PrincipalType::parse(&principal).ok_or_else(|| {
+                StoreError::Corrupt(format!("assignment principal type {principal:?}"))
+            })?,
+            client_ids,
+        },
+    ))
 }
 
 impl PostgresStore {
@@ -609,6 +665,124 @@ impl SigningKeyStore for PostgresStore {
         };
         tx.commit().await.map_err(pg)?;
         Ok(key)
+    }
+}
+
+#[async_trait]
+impl AssignmentStore for PostgresStore {
+    async fn get_assignment(
+        &self,
+        resource: ResourceId,
+        tenant: Uuid,
+        object: Uuid,
+    ) -> Result<Option<TeamsAssignment>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {ASSIGNMENT_COLUMNS} FROM callsign_teams_assignments
+                 WHERE resource_id = $1 AND tenant_id = $2 AND object_id = $3"
+            ))
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &resource.to_string(),
+                    &tenant.to_string(),
+                    &object.to_string(),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        row.as_ref()
+            .map(|r| assignment(r).map(|(_, a)| a))
+            .transpose()
+    }
+
+    async fn put_assignment(
+        &self,
+        resource: ResourceId,
+        assignment: TeamsAssignment,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let clients: Option<Vec<String>> = assignment
+            .client_ids
+            .as_ref()
+            .map(|ids| ids.iter().map(Uuid::to_string).collect());
+        // One statement: a concurrent first put either inserts or, having waited for the other
+        // insert, updates. `xmax = 0` holds only for a row this statement inserted.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO callsign_teams_assignments
+                   (resource_id, tenant_id, object_id, principal_type, client_ids, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (resource_id, tenant_id, object_id) DO UPDATE
+                   SET principal_type = EXCLUDED.principal_type,
+                       client_ids = EXCLUDED.client_ids,
+                       updated_at_ms = EXCLUDED.updated_at_ms
+                 RETURNING (xmax = 0) AS created",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &resource.to_string(),
+                    &assignment.tenant_id.to_string(),
+                    &assignment.object_id.to_string(),
+                    &assignment.principal_type.as_str(),
+                    &clients,
+                    &ms(OffsetDateTime::now_utc()),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        row.try_get(0).map_err(pg)
+    }
+
+    async fn delete_assignment(
+        &self,
+        resource: ResourceId,
+        tenant: Uuid,
+        object: Uuid,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(
+                "DELETE FROM callsign_teams_assignments
+                 WHERE resource_id = $1 AND tenant_id = $2 AND object_id = $3",
+            )
+            .await
+            .map_err(pg)?;
+        let n = client
+            .execute(
+                &stmt,
+                &[
+                    &resource.to_string(),
+                    &tenant.to_string(),
+                    &object.to_string(),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(n > 0)
+    }
+
+    async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ASSIGNMENT_COLUMNS} FROM callsign_teams_assignments
+                     ORDER BY resource_id, tenant_id, object_id"
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(assignment).collect()
     }
 }
 

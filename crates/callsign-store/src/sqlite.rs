@@ -17,20 +17,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, IdentityId, ResourceId};
+use callsign_core::{AccessKey, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use crate::{
-    Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes, ResourceRecord,
-    ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey, from_unix_ms as from_ms,
-    unix_ms as ms,
+    AssignmentStore, Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes,
+    ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey,
+    from_unix_ms as from_ms, unix_ms as ms,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE resources (
     id            TEXT PRIMARY KEY,
     is_default    INTEGER NOT NULL DEFAULT 0,
@@ -57,7 +59,21 @@ CREATE TABLE identities (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX identities_custom_id ON identities(resource_id, custom_id)
     WHERE custom_id IS NOT NULL;
-"#];
+"#,
+    // Teams extension access assignments. `client_ids`: NULL when the assignment names none,
+    // else the GUIDs comma-separated ('' for an empty list).
+    r#"
+CREATE TABLE teams_assignments (
+    resource_id    TEXT NOT NULL,
+    tenant_id      TEXT NOT NULL,
+    object_id      TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    client_ids     TEXT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (resource_id, tenant_id, object_id)
+) WITHOUT ROWID;
+"#,
+];
 
 const READERS: usize = 4;
 const MAX_BATCH: usize = 512;
@@ -90,7 +106,16 @@ enum Job {
     AddKey(StoredSigningKey, Reply<()>),
     BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
     Import(Vec<IdentityRecord>, Reply<usize>),
+    PutAssignment(ResourceId, TeamsAssignment, Reply<bool>),
+    DeleteAssignment(AssignmentKey, Reply<bool>),
     Flush(Reply<()>),
+}
+
+/// An assignment's primary key as stored: resource, tenant, object (lowercase hyphenated).
+type AssignmentKey = (String, String, String);
+
+fn assignment_key(resource: ResourceId, tenant: Uuid, object: Uuid) -> AssignmentKey {
+    (resource.to_string(), tenant.to_string(), object.to_string())
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -349,6 +374,8 @@ fn fail(job: Job, e: StoreError) {
         Job::AddKey(_, r) => drop(r.send(Err(e))),
         Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
         Job::Import(_, r) => drop(r.send(Err(e))),
+        Job::PutAssignment(_, _, r) => drop(r.send(Err(e))),
+        Job::DeleteAssignment(_, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
     }
 }
@@ -454,8 +481,109 @@ fn run_job(
                 Ok(n)
             }),
         ),
+        Job::PutAssignment(resource, assignment, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| put_assignment(tx, resource, &assignment)),
+        ),
+        Job::DeleteAssignment((resource, tenant, object), reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| {
+                tx.prepare_cached(
+                    "DELETE FROM teams_assignments WHERE resource_id = ?1 AND tenant_id = ?2 AND object_id = ?3",
+                )
+                .and_then(|mut s| s.execute(params![resource, tenant, object]))
+                .map(|n| n > 0)
+                .map_err(backend)
+            }),
+        ),
         Job::Flush(reply) => answer(reply, Ok(())),
     }
+}
+
+/// Encodes client ids for the `client_ids` column: `None` stays NULL, a list is its GUIDs
+/// comma-separated (an empty list is the empty string).
+fn encode_client_ids(ids: Option<&[Uuid]>) -> Option<String> {
+    ids.map(|ids| {
+        ids.iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// The inverse of [`encode_client_ids`].
+fn decode_client_ids(raw: Option<String>) -> Result<Option<Vec<Uuid>>, StoreError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    raw.split(',')
+        .map(|id| {
+            callsign_core::parse_guid(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("assignment client id {id:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// Creates or replaces an assignment; true when it was created. The writer thread runs one job
+/// at a time, so the insert-then-update pair cannot interleave with another put.
+fn put_assignment(
+    tx: &rusqlite::Transaction<'_>,
+    resource: ResourceId,
+    assignment: &TeamsAssignment,
+) -> Result<bool, StoreError> {
+    let (resource, tenant, object) =
+        assignment_key(resource, assignment.tenant_id, assignment.object_id);
+    let principal = assignment.principal_type.as_str();
+    let clients = encode_client_ids(assignment.client_ids.as_deref());
+    let now = ms(OffsetDateTime::now_utc());
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO teams_assignments (resource_id, tenant_id, object_id, principal_type, client_ids, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![resource, tenant, object, principal, clients, now]))
+        .map_err(backend)?;
+    if inserted == 1 {
+        return Ok(true);
+    }
+    tx.prepare_cached(
+        "UPDATE teams_assignments SET principal_type = ?4, client_ids = ?5, updated_at_ms = ?6
+         WHERE resource_id = ?1 AND tenant_id = ?2 AND object_id = ?3",
+    )
+    .and_then(|mut s| s.execute(params![resource, tenant, object, principal, clients, now]))
+    .map_err(backend)?;
+    Ok(false)
+}
+
+const ASSIGNMENT_COLUMNS: &str = "resource_id, tenant_id, object_id, principal_type, client_ids";
+
+/// An assignment row as read: resource, tenant, object, principal type, client ids.
+type AssignmentRow = (String, String, String, String, Option<String>);
+
+fn assignment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn assignment_record(row: AssignmentRow) -> Result<(ResourceId, TeamsAssignment), StoreError> {
+    let (resource, tenant, object, principal, clients) = row;
+    let guid = |what: &str, s: &str| {
+        callsign_core::parse_guid(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("assignment {what} {s:?}")))
+    };
+    Ok((
+        ResourceId::parse(&resource)
+            .map_err(|_| StoreError::Corrupt(format!("assignment resource id {resource:?}")))?,
+        TeamsAssignment {
+            tenant_id: guid("tenant id", &tenant)?,
+            object_id: guid("object id", &object)?,
+            principal_type: PrincipalType::parse(&principal).ok_or_else(|| {
+                StoreError::Corrupt(format!("assignment principal type {principal:?}"))
+            })?,
+            client_ids: decode_client_ids(clients)?,
+        },
+    ))
 }
 
 fn insert_key(tx: &rusqlite::Transaction<'_>, key: &StoredSigningKey) -> Result<(), StoreError> {
@@ -686,6 +814,67 @@ impl SigningKeyStore for SqliteStore {
 
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
         self.submit(|r| Job::AddKey(key, r)).await
+    }
+}
+
+#[async_trait]
+impl AssignmentStore for SqliteStore {
+    async fn get_assignment(
+        &self,
+        resource: ResourceId,
+        tenant: Uuid,
+        object: Uuid,
+    ) -> Result<Option<TeamsAssignment>, StoreError> {
+        let (resource, tenant, object) = assignment_key(resource, tenant, object);
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {ASSIGNMENT_COLUMNS} FROM teams_assignments
+                 WHERE resource_id = ?1 AND tenant_id = ?2 AND object_id = ?3"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![resource, tenant, object], assignment_from_row)
+                    .optional()
+            })
+            .map_err(backend)?
+            .map(|row| assignment_record(row).map(|(_, a)| a))
+            .transpose()
+        })
+    }
+
+    async fn put_assignment(
+        &self,
+        resource: ResourceId,
+        assignment: TeamsAssignment,
+    ) -> Result<bool, StoreError> {
+        self.submit(|r| Job::PutAssignment(resource, assignment, r))
+            .await
+    }
+
+    async fn delete_assignment(
+        &self,
+        resource: ResourceId,
+        tenant: Uuid,
+        object: Uuid,
+    ) -> Result<bool, StoreError> {
+        let key = assignment_key(resource, tenant, object);
+        self.submit(|r| Job::DeleteAssignment(key, r)).await
+    }
+
+    async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ASSIGNMENT_COLUMNS} FROM teams_assignments
+                     ORDER BY resource_id, tenant_id, object_id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map([], assignment_from_row).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(assignment_record(row.map_err(backend)?)?);
+            }
+            Ok(out)
+        })
     }
 }
 

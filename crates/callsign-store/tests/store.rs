@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId};
+use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use callsign_store::{
-    IdentityRecord, IdentityStore, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord,
-    SqliteStore, Store, StoredSigningKey,
+    AssignmentStore, IdentityRecord, IdentityStore, NewIdentity, PostgresOptions, PostgresStore,
+    ResourceRecord, SqliteStore, Store, StoreError, StoredSigningKey,
 };
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 fn new_identity(resource: ResourceId, custom: Option<&str>) -> NewIdentity {
     NewIdentity {
@@ -304,6 +305,231 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn Store>) {
     }
 }
 
+fn assignment(
+    tenant: Uuid,
+    object: Uuid,
+    principal_type: PrincipalType,
+    client_ids: Option<Vec<Uuid>>,
+) -> TeamsAssignment {
+    TeamsAssignment {
+        tenant_id: tenant,
+        object_id: object,
+        principal_type,
+        client_ids,
+    }
+}
+
+async fn assignment_put_creates_then_replaces(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        store
+            .get_assignment(r, tenant, object)
+            .await
+            .expect("get unknown"),
+        None
+    );
+    let first = assignment(tenant, object, PrincipalType::User, None);
+    assert!(store.put_assignment(r, first.clone()).await.expect("put"));
+    assert_eq!(
+        store.get_assignment(r, tenant, object).await.expect("get"),
+        Some(first)
+    );
+    let second = assignment(
+        tenant,
+        object,
+        PrincipalType::ResourceAccount,
+        Some(vec![Uuid::new_v4()]),
+    );
+    assert!(
+        !store
+            .put_assignment(r, second.clone())
+            .await
+            .expect("put again"),
+        "a second put replaces"
+    );
+    assert_eq!(
+        store.get_assignment(r, tenant, object).await.expect("get"),
+        Some(second)
+    );
+    // Same tenant, another object: unknown.
+    assert_eq!(
+        store
+            .get_assignment(r, tenant, Uuid::new_v4())
+            .await
+            .expect("get other object"),
+        None
+    );
+}
+
+async fn assignment_delete_removes_it(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(
+        !store
+            .delete_assignment(r, tenant, object)
+            .await
+            .expect("delete unknown")
+    );
+    let a = assignment(tenant, object, PrincipalType::User, Some(vec![]));
+    assert!(store.put_assignment(r, a.clone()).await.expect("put"));
+    assert!(
+        store
+            .delete_assignment(r, tenant, object)
+            .await
+            .expect("delete")
+    );
+    assert_eq!(
+        store.get_assignment(r, tenant, object).await.expect("get"),
+        None
+    );
+    assert!(
+        !store
+            .delete_assignment(r, tenant, object)
+            .await
+            .expect("delete again")
+    );
+    // Putting it again is a creation.
+    assert!(store.put_assignment(r, a).await.expect("put again"));
+}
+
+async fn assignments_are_per_resource(store: Arc<dyn Store>) {
+    let (mine, theirs) = (ResourceId::new_random(), ResourceId::new_random());
+    let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
+    let a = assignment(tenant, object, PrincipalType::User, None);
+    assert!(store.put_assignment(mine, a.clone()).await.expect("put"));
+    assert_eq!(
+        store
+            .get_assignment(theirs, tenant, object)
+            .await
+            .expect("get elsewhere"),
+        None
+    );
+    assert!(
+        !store
+            .delete_assignment(theirs, tenant, object)
+            .await
+            .expect("delete elsewhere")
+    );
+    // The other resource's own assignment of the same principal is a separate creation.
+    let b = assignment(
+        tenant,
+        object,
+        PrincipalType::ResourceAccount,
+        Some(vec![Uuid::new_v4()]),
+    );
+    assert!(
+        store
+            .put_assignment(theirs, b.clone())
+            .await
+            .expect("put elsewhere")
+    );
+    assert_eq!(
+        store
+            .get_assignment(mine, tenant, object)
+            .await
+            .expect("get"),
+        Some(a)
+    );
+    assert_eq!(
+        store
+            .get_assignment(theirs, tenant, object)
+            .await
+            .expect("get"),
+        Some(b)
+    );
+}
+
+async fn assignment_client_ids_round_trip_exactly(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let tenant = Uuid::new_v4();
+    // Absent, empty, one and two ids (order and separators) are four different answers.
+    let cases = [
+        None,
+        Some(vec![]),
+        Some(vec![Uuid::new_v4()]),
+        Some(vec![Uuid::new_v4(), Uuid::new_v4()]),
+    ];
+    for (i, clients) in cases.into_iter().enumerate() {
+        let object = Uuid::new_v4();
+        let a = assignment(tenant, object, PrincipalType::User, clients);
+        assert!(store.put_assignment(r, a.clone()).await.expect("put"));
+        assert_eq!(
+            store.get_assignment(r, tenant, object).await.expect("get"),
+            Some(a),
+            "case {i}"
+        );
+    }
+    // Replacing flips between the three shapes without residue.
+    let object = Uuid::new_v4();
+    let two = Some(vec![Uuid::new_v4(), Uuid::new_v4()]);
+    for clients in [two.clone(), Some(vec![]), None, two] {
+        let a = assignment(tenant, object, PrincipalType::ResourceAccount, clients);
+        store.put_assignment(r, a.clone()).await.expect("put");
+        assert_eq!(
+            store.get_assignment(r, tenant, object).await.expect("get"),
+            Some(a)
+        );
+    }
+}
+
+async fn concurrent_first_puts_of_one_assignment_create_once(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = Arc::clone(&store);
+        let a = assignment(
+            tenant,
+            object,
+            PrincipalType::User,
+            Some(vec![Uuid::from_u128(i)]),
+        );
+        tasks.push(tokio::spawn(async move {
+            store.put_assignment(r, a).await.expect("put")
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        created += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(created, 1);
+    let got = store
+        .get_assignment(r, tenant, object)
+        .await
+        .expect("get")
+        .expect("present");
+    let clients = got.client_ids.expect("client ids");
+    assert_eq!(clients.len(), 1);
+    assert!(
+        clients[0].as_u128() < 20,
+        "one of the puts won: {clients:?}"
+    );
+}
+
+async fn all_assignments_lists_every_resource_in_order(store: Arc<dyn Store>) {
+    assert!(store.all_assignments().await.expect("list").is_empty());
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        let r = ResourceId::new_random();
+        for k in 0..4 {
+            let clients = (k % 2 == 0).then(|| vec![Uuid::new_v4()]);
+            let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, clients);
+            assert!(store.put_assignment(r, a.clone()).await.expect("put"));
+            expected.push((r, a));
+        }
+    }
+    let deleted = expected.pop().expect("one");
+    assert!(
+        store
+            .delete_assignment(deleted.0, deleted.1.tenant_id, deleted.1.object_id)
+            .await
+            .expect("delete")
+    );
+    expected.sort_by_key(|(r, a)| (*r, a.tenant_id, a.object_id));
+    assert_eq!(store.all_assignments().await.expect("list"), expected);
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -319,7 +545,13 @@ macro_rules! conformance_suite {
                 default_resource_is_bootstrapped_once,
                 signing_keys_come_back_newest_first,
                 signing_key_bootstrap_agrees_on_one_key_per_algorithm,
-                identities_export_and_import_losslessly
+                identities_export_and_import_losslessly,
+                assignment_put_creates_then_replaces,
+                assignment_delete_removes_it,
+                assignments_are_per_resource,
+                assignment_client_ids_round_trip_exactly,
+                concurrent_first_puts_of_one_assignment_create_once,
+                all_assignments_lists_every_resource_in_order
             );
         }
     };
@@ -466,9 +698,35 @@ async fn sqlite_data_survives_reopening() {
         .await
         .expect("create");
     store.revoke_tokens(&c.identity.id).await.expect("revoke");
+    let resource = ResourceId::new_random();
+    let kept = assignment(
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        PrincipalType::ResourceAccount,
+        Some(vec![Uuid::new_v4(), Uuid::new_v4()]),
+    );
+    let removed = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
+    store
+        .put_assignment(resource, kept.clone())
+        .await
+        .expect("put");
+    store
+        .put_assignment(resource, removed.clone())
+        .await
+        .expect("put");
+    assert!(
+        store
+            .delete_assignment(resource, removed.tenant_id, removed.object_id)
+            .await
+            .expect("delete")
+    );
     store.close().await;
     drop(store);
     let store = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(
+        store.all_assignments().await.expect("list"),
+        vec![(resource, kept)]
+    );
     let got = store
         .get_identity(&c.identity.id)
         .await
@@ -477,6 +735,90 @@ async fn sqlite_data_survives_reopening() {
     assert_eq!(got.revocation_epoch, 1);
     assert_eq!(got.custom_id.as_deref(), Some("dave"));
     store.close().await;
+}
+
+/// Hand-edited assignment rows: a bad principal type, a bad GUID, a bad client id.
+const CORRUPTIONS: [&str; 3] = [
+    "principal_type = 'group'",
+    "object_id = 'not-a-guid'",
+    "client_ids = 'c70d068c2f32484d945573070cd5aadd'",
+];
+
+#[tokio::test]
+async fn sqlite_reports_corrupt_assignments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("callsign.db");
+    let r = ResourceId::new_random();
+    let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
+    for corruption in CORRUPTIONS {
+        let store = SqliteStore::open(&path).expect("open");
+        store.put_assignment(r, a.clone()).await.expect("put");
+        store.close().await;
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).expect("raw open");
+        conn.execute(&format!("UPDATE teams_assignments SET {corruption}"), [])
+            .expect("corrupt");
+        drop(conn);
+        let store = SqliteStore::open(&path).expect("reopen");
+        let err = store.all_assignments().await.expect_err(corruption);
+        assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+        if !corruption.starts_with("object_id") {
+            let err = store
+                .get_assignment(r, a.tenant_id, a.object_id)
+                .await
+                .expect_err(corruption);
+            assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+        }
+        store.close().await;
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).expect("raw open");
+        conn.execute("DELETE FROM teams_assignments", [])
+            .expect("clean");
+    }
+}
+
+#[tokio::test]
+async fn postgres_reports_corrupt_assignments() {
+    let (store, guard) = make_postgres().await;
+    let Guard::Database { admin_url, name } = &guard else {
+        unreachable!()
+    };
+    let mut config: tokio_postgres::Config = admin_url.parse().expect("url");
+    config.dbname(name);
+    let (client, conn) = tokio_postgres::connect(&pg_url(&config, name), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let r = ResourceId::new_random();
+    let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
+    for corruption in CORRUPTIONS {
+        store.put_assignment(r, a.clone()).await.expect("put");
+        let corruption_pg = corruption
+            .replace("client_ids = '", "client_ids = '{")
+            .replace("aadd'", "aadd}'");
+        client
+            .batch_execute(&format!(
+                "UPDATE callsign_teams_assignments SET {corruption_pg}"
+            ))
+            .await
+            .expect("corrupt");
+        let err = store.all_assignments().await.expect_err(corruption);
+        assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+        if !corruption.starts_with("object_id") {
+            let err = store
+                .get_assignment(r, a.tenant_id, a.object_id)
+                .await
+                .expect_err(corruption);
+            assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+        }
+        client
+            .batch_execute("DELETE FROM callsign_teams_assignments")
+            .await
+            .expect("clean");
+    }
+    drop(client);
+    store.close().await;
+    guard.cleanup().await;
 }
 
 #[tokio::test]
@@ -512,12 +854,43 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         ids.push(c.identity.id);
     }
     sqlite.revoke_tokens(&ids[7]).await.expect("revoke");
+    let mut assignments = Vec::new();
+    for i in 0..5u128 {
+        let clients = match i {
+            0 => None,
+            1 => Some(vec![]),
+            _ => Some(vec![Uuid::from_u128(i), Uuid::new_v4()]),
+        };
+        let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, clients);
+        assert!(
+            sqlite
+                .put_assignment(resource.id, a.clone())
+                .await
+                .expect("put")
+        );
+        assignments.push((resource.id, a));
+    }
+    // One the target has already (newer there): kept, not overwritten.
+    let newer = TeamsAssignment {
+        principal_type: PrincipalType::ResourceAccount,
+        ..assignments[4].1.clone()
+    };
+    assert!(
+        pg.put_assignment(resource.id, newer.clone())
+            .await
+            .expect("put")
+    );
     let report = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), 50)
         .await
         .expect("copy");
     assert_eq!(report.identities_read, 120);
     assert_eq!(report.identities_inserted, 120);
     assert_eq!(report.signing_keys, 1);
+    assert_eq!(report.assignments, 4);
+    let mut expected = assignments.clone();
+    expected[4].1 = newer;
+    expected.sort_by_key(|(r, a)| (*r, a.tenant_id, a.object_id));
+    assert_eq!(pg.all_assignments().await.expect("list"), expected);
     assert_eq!(
         pg.default_resource().await.expect("read"),
         Some(resource.clone())
@@ -534,6 +907,8 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         .expect("copy again");
     assert_eq!(again.identities_inserted, 0);
     assert_eq!(again.signing_keys, 0);
+    assert_eq!(again.assignments, 0);
+    assert_eq!(pg.all_assignments().await.expect("list"), expected);
     // A target of another resource is refused.
     let (other, other_dir) = make_sqlite().await;
     other

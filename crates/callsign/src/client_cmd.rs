@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use callsign_client::{
-    AccessToken, CommunicationIdentityClient, CommunicationTokenScope, CommunicationUserIdentifier,
-    ConnectionString,
+    AccessToken, ApiVersion, CommunicationIdentityClient, CommunicationTokenScope,
+    CommunicationUserIdentifier, ConnectionString,
 };
 use serde_json::json;
 
@@ -28,6 +28,10 @@ pub struct ClientArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// api-version of create, issue, revoke and delete (custom-id calls use
+    /// 2025-03-02-preview).
+    #[arg(long, default_value = callsign_client::API_VERSION)]
+    pub api_version: ApiVersion,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -96,7 +100,8 @@ fn build_client(args: &ClientArgs) -> anyhow::Result<CommunicationIdentityClient
         );
     };
     let credentials = ConnectionString::parse(cs)?;
-    let mut builder = CommunicationIdentityClient::builder(credentials);
+    let mut builder =
+        CommunicationIdentityClient::builder(credentials).api_version(args.api_version);
     if let Some(ca) = &args.ca_cert {
         let pem = std::fs::read(ca)
             .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;

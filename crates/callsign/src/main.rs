@@ -191,11 +191,12 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     to.close().await;
     let report = result?;
     println!(
-        "callsign: copied {} signing key(s) and {} of {} identities ({} were already there)",
+        "callsign: copied {} signing key(s), {} of {} identities ({} were already there) and {} Teams assignment(s)",
         report.signing_keys,
         report.identities_inserted,
         report.identities_read,
-        report.identities_read - report.identities_inserted
+        report.identities_read - report.identities_inserted,
+        report.assignments
     );
     Ok(())
 }

@@ -195,3 +195,41 @@ async fn a_client_from_the_plain_connection_string_fails_tls_without_the_ca() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_client_speaks_any_version_it_is_pointed_at() {
+    use callsign_client::{ApiVersion, ConnectionString};
+    let server = spawn_server().await;
+    assert_eq!(callsign_client::API_VERSION, "2023-10-01");
+    // Every version from 2022-10-01 on takes the same bodies (expiry, join scopes from 2023-10-01).
+    for v in ApiVersion::ALL
+        .into_iter()
+        .filter(|v| *v >= ApiVersion::V2023_10_01)
+    {
+        let client = callsign_client::CommunicationIdentityClient::builder(
+            ConnectionString::parse(&server.connection_string).expect("connection string"),
+        )
+        .api_version(v)
+        .add_trusted_ca_pem(server.ca_pem.clone())
+        .build()
+        .expect("client");
+        let (user, token) = client
+            .create_user_and_token(
+                &[Scope::ChatJoin, Scope::Voip],
+                Some(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_lifetime(&token, 60);
+        client.revoke_tokens(&user).await.expect("revoke");
+        client.delete_user(&user).await.expect("delete");
+        let err = client
+            .get_token(&user, &[Scope::Chat], None)
+            .await
+            .expect_err("deleted");
+        assert!(
+            matches!(err, Error::Service { status: 404, .. }),
+            "{v}: {err}"
+        );
+    }
+}

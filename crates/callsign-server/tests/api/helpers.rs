@@ -143,10 +143,54 @@ impl TestApp {
         content_type: &str,
         authorization: Option<&str>,
     ) -> reqwest::RequestBuilder {
+        self.signed_full(
+            method,
+            target,
+            body,
+            key,
+            content_type,
+            authorization,
+            &self.host,
+        )
+    }
+
+    /// Sends a request signed with the primary key as if the client had named the host
+    /// `signed_host` (the socket's host is still used to connect).
+    pub async fn send_signed_as(
+        &self,
+        method: Method,
+        target: &str,
+        body: Option<&str>,
+        signed_host: &str,
+    ) -> Reply {
+        let req = self.signed_full(
+            method,
+            target,
+            body.map(str::as_bytes),
+            &self.primary_key,
+            "application/json",
+            None,
+            signed_host,
+        );
+        Self::reply(req.send().await.expect("request")).await
+    }
+
+    // Every argument is one thing a client can sign differently.
+    #[allow(clippy::too_many_arguments)]
+    fn signed_full(
+        &self,
+        method: Method,
+        target: &str,
+        body: Option<&[u8]>,
+        key: &str,
+        content_type: &str,
+        authorization: Option<&str>,
+        signed_host: &str,
+    ) -> reqwest::RequestBuilder {
         let body = body.unwrap_or_default().to_vec();
         let date = format_date(SystemTime::from(self.clock.now()));
         let hash = content_hash(&body);
-        let sts = string_to_sign(method.as_str(), target, &[&date, &self.host, &hash]);
+        let sts = string_to_sign(method.as_str(), target, &[&date, signed_host, &hash]);
         let sig = AccessKeyMac::from_base64(key).expect("key").sign(&sts);
         let mut req = self
             .client

@@ -5,3 +5,4 @@ mod bad_input;
 mod helpers;
 mod operations;
 mod tokens;
+mod versions;

@@ -103,6 +103,31 @@ fn identities_and_tokens_can_be_managed_from_a_shell() {
     assert_eq!(cli.json(&["token", "revoke", &id])["revoked"], true);
     assert_eq!(cli.json(&["user", "delete", &id])["deleted"], true);
 
+    // Another api-version on request; the default stays 2023-10-01.
+    let newest = cli.json(&[
+        "user",
+        "create",
+        "--api-version",
+        "2026-09-23",
+        "--with-token",
+        "--scope",
+        "chat.join",
+    ]);
+    let newest_id = newest["id"].as_str().expect("id").to_owned();
+    let token = cli.json(&[
+        "token",
+        "issue",
+        &newest_id,
+        "--scope",
+        "voip",
+        "--api-version",
+        "2025-06-30",
+    ]);
+    assert!(token["token"].as_str().is_some());
+    let (code, _, err) = cli.run(&["user", "create", "--api-version", "2019-01-01"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("2023-10-01"), "lists what is supported: {err}");
+
     // Human output by default.
     let (code, out, _) = cli.run(&["user", "create"]);
     assert_eq!(code, 0);
