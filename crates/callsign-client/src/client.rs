@@ -27,7 +27,7 @@ pub const API_VERSION: &str = api::CLIENT_API_VERSION;
 /// [`CommunicationIdentityClient::get_user`] (a preview: the real service may change it).
 pub const CUSTOM_ID_API_VERSION: &str = ApiVersion::V2025_03_02Preview.as_str();
 
-pub use api::ApiVersion;
+pub use api::{ApiVersion, UnknownApiVersion};
 
 /// How long one attempt may take, unless [`CommunicationIdentityClientBuilder::timeout`] says
 /// otherwise.
@@ -149,8 +149,10 @@ impl CommunicationIdentityClientBuilder {
     /// The api-version of create, issue, revoke and delete (default
     /// [`ApiVersion::CLIENT_DEFAULT`], 2023-10-01, which every deployment of the service knows).
     /// The request and response bodies of these operations are the same in every version from
-    /// 2022-10-01 on; older ones ignore `expires_in` and the join scopes. Custom-id calls keep
-    /// [`CUSTOM_ID_API_VERSION`].
+    /// 2022-10-01 on; older ones ignore `expires_in` and the join scopes. Custom-id calls and
+    /// [`CommunicationIdentityClient::get_user`] use this version when it has custom ids
+    /// (2025-03-02-preview, 2025-04-01-preview), else [`CUSTOM_ID_API_VERSION`].
+    /// [`build`](Self::build) refuses 2020-07-20-preview2, whose paths and status codes differ.
     pub fn api_version(mut self, version: ApiVersion) -> Self {
         self.api_version = version;
         self
@@ -188,6 +190,12 @@ impl CommunicationIdentityClientBuilder {
     /// [`Error::Configuration`] when an extra CA is not a PEM certificate or the TLS setup fails
     /// (for instance, no trusted root at all).
     pub fn build(self) -> Result<CommunicationIdentityClient, Error> {
+        if self.api_version.is_legacy() {
+            return Err(Error::Configuration(format!(
+                "api-version {} has other paths and status codes; use 2021-03-07 or later",
+                self.api_version
+            )));
+        }
         let mut certs = Vec::new();
         for pem in &self.ca_pems {
             let bundle = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
@@ -239,6 +247,8 @@ struct Call {
     /// `Some` (even empty) sends `Content-Type: application/json` with these bytes.
     body: Option<Vec<u8>>,
     expected: u16,
+    /// Another success status the version documents (200 for an existing external id).
+    also: Option<u16>,
 }
 
 impl CommunicationIdentityClient {
@@ -276,6 +286,7 @@ impl CommunicationIdentityClient {
                 api_version: self.api_version,
                 body: Some(Vec::new()),
                 expected: 201,
+                also: None,
             })
             .await?;
         Ok(created.identity.id.into())
@@ -292,20 +303,32 @@ impl CommunicationIdentityClient {
         &self,
         custom_id: &str,
     ) -> Result<CommunicationUserIdentifier, Error> {
-        let body = api::CreateIdentityRequest {
-            custom_id: Some(custom_id.to_owned()),
-            ..Default::default()
-        };
+        let version = self.custom_id_version();
+        let mut body = api::CreateIdentityRequest::default();
+        match version.custom_id_field() {
+            Some(api::CustomIdField::ExternalId) => body.external_id = Some(custom_id.to_owned()),
+            _ => body.custom_id = Some(custom_id.to_owned()),
+        }
         let created: api::CreateIdentityResponse = self
             .call_json(Call {
                 method: Method::POST,
                 path: "identities".to_owned(),
-                api_version: ApiVersion::V2025_03_02Preview,
+                api_version: version,
                 body: Some(to_json(&body)?),
                 expected: 201,
+                also: version.existing_identity_is_200().then_some(200),
             })
             .await?;
         Ok(created.identity.id.into())
+    }
+
+    /// The version of the custom-id calls: the configured one if it has custom ids.
+    fn custom_id_version(&self) -> ApiVersion {
+        if self.api_version.has_custom_id() {
+            self.api_version
+        } else {
+            ApiVersion::V2025_03_02Preview
+        }
     }
 
     /// Creates a user and issues it a token in one call. `expires_in` is sent in whole minutes
@@ -334,6 +357,7 @@ impl CommunicationIdentityClient {
                 api_version: self.api_version,
                 body: Some(to_json(&body)?),
                 expected: 201,
+                also: None,
             })
             .await?;
         let token = created
@@ -369,6 +393,7 @@ impl CommunicationIdentityClient {
                 api_version: self.api_version,
                 body: Some(to_json(&body)?),
                 expected: 200,
+                also: None,
             })
             .await?;
         access_token(token, 200)
@@ -386,6 +411,7 @@ impl CommunicationIdentityClient {
             api_version: self.api_version,
             body: None,
             expected: 204,
+            also: None,
         })
         .await
         .map(drop)
@@ -403,6 +429,7 @@ impl CommunicationIdentityClient {
             api_version: self.api_version,
             body: None,
             expected: 204,
+            also: None,
         })
         .await
         .map(drop)
@@ -422,9 +449,10 @@ impl CommunicationIdentityClient {
             .call_json(Call {
                 method: Method::GET,
                 path: user_path(user),
-                api_version: ApiVersion::V2025_03_02Preview,
+                api_version: self.custom_id_version(),
                 body: None,
                 expected: 200,
+                also: None,
             })
             .await?;
         let last_token_issued_at = identity
@@ -434,7 +462,7 @@ impl CommunicationIdentityClient {
             .transpose()?;
         Ok(CommunicationUserDetails {
             user: identity.id.into(),
-            custom_id: identity.custom_id,
+            custom_id: identity.custom_id.or(identity.external_id),
             last_token_issued_at,
         })
     }
@@ -461,7 +489,9 @@ impl CommunicationIdentityClient {
         loop {
             let can_retry = retry < self.retry.get_max_retries();
             let delay = match self.attempt(&call, &url).await {
-                Ok((status, _, body)) if status == call.expected => return Ok(body),
+                Ok((status, _, body)) if status == call.expected || Some(status) == call.also => {
+                    return Ok(body);
+                }
                 Ok((status, headers, _)) if can_retry && is_retryable_status(status) => {
                     tracing::debug!(status, retry, %url, "retrying after a transient status");
                     self.retry

@@ -89,6 +89,7 @@ pub use callsign_api as api;
 pub use client::{
     API_VERSION, ApiVersion, CUSTOM_ID_API_VERSION, CommunicationIdentityClient,
     CommunicationIdentityClientBuilder, CommunicationUserDetails, DEFAULT_TIMEOUT,
+    UnknownApiVersion,
 };
 pub use clock::{Clock, SystemClock};
 pub use connection_string::ConnectionString;

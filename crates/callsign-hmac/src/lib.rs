@@ -122,6 +122,26 @@ impl AccessKeyMac {
         STANDARD.encode(mac.finalize().into_bytes())
     }
 
+    /// The MAC after `parts` have been fed in order: the shared prefix of several candidate
+    /// strings to sign, hashed once (see [`AccessKeyMac::verify_rest`]).
+    pub fn after(&self, parts: &[&str]) -> Self {
+        let mut mac = self.mac.clone();
+        for p in parts {
+            mac.update(p.as_bytes());
+        }
+        Self { mac }
+    }
+
+    /// Feeds `parts` after whatever this MAC has seen and checks the decoded signature `sig` in
+    /// constant time. `key.after(&[a]).verify_rest(&[b], sig)` equals verifying `a + b`.
+    pub fn verify_rest(&self, parts: &[&str], sig: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        for p in parts {
+            mac.update(p.as_bytes());
+        }
+        mac.verify_slice(sig).is_ok()
+    }
+
     /// Checks a base64 signature over `string_to_sign` in constant time.
     pub fn verify(&self, string_to_sign: &str, signature_b64: &str) -> bool {
         let Ok(sig) = STANDARD.decode(signature_b64) else {

@@ -8,8 +8,9 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use axum::http::request::Parts;
+use base64::Engine as _;
 use callsign_core::ResourceId;
-use callsign_hmac::{AccessKeyMac, Authorization, content_hash, parse_date, string_to_sign};
+use callsign_hmac::{AccessKeyMac, Authorization, content_hash, parse_date};
 
 use crate::error::ApiError;
 
@@ -23,6 +24,89 @@ impl Authenticated {
     /// The resource the request is for.
     pub fn resource(&self) -> ResourceId {
         self.resource
+    }
+}
+
+/// The longest `Authorization` value considered (the SDKs send about 120 bytes).
+pub const MAX_AUTHORIZATION_LEN: usize = 512;
+
+/// The longest `Host` value considered (a DNS name and a port).
+const MAX_HOST_LEN: usize = 270;
+
+/// A request whose head is signed with a resource key; its body is not checked yet.
+#[derive(Debug)]
+pub struct HeadVerified {
+    resource: ResourceId,
+    claimed_hash: String,
+}
+
+impl HeadVerified {
+    /// Checks that `body` is what the signed `x-ms-content-sha256` says.
+    pub fn body_matches(self, body: &[u8]) -> Result<Authenticated, ApiError> {
+        if content_hash(body) == self.claimed_hash {
+            Ok(Authenticated {
+                resource: self.resource,
+            })
+        } else {
+            Err(ApiError::Denied(
+                "x-ms-content-sha256 does not match the body",
+            ))
+        }
+    }
+}
+
+/// The order of the three signed headers, as the client listed them.
+#[derive(Debug, Clone, Copy)]
+struct SignedOrder {
+    /// Position of (date, host, content hash) in the signed list.
+    positions: [usize; 3],
+    /// `x-ms-date` rather than `date`.
+    x_ms_date: bool,
+}
+
+impl SignedOrder {
+    /// Exactly `x-ms-date` or `date`, `host` and `x-ms-content-sha256`, each once, any order.
+    fn of(names: &[String]) -> Option<Self> {
+        if names.len() != 3 {
+            return None;
+        }
+        let mut found: [Option<usize>; 3] = [None; 3];
+        let mut x_ms_date = false;
+        for (i, name) in names.iter().enumerate() {
+            let slot = match name.as_str() {
+                "x-ms-date" => {
+                    x_ms_date = true;
+                    0
+                }
+                "date" => 0,
+                "host" => 1,
+                "x-ms-content-sha256" => 2,
+                _ => return None,
+            };
+            if found[slot].replace(i).is_some() {
+                return None;
+            }
+        }
+        let [Some(d), Some(h), Some(c)] = found else {
+            return None;
+        };
+        Some(Self {
+            positions: [d, h, c],
+            x_ms_date,
+        })
+    }
+
+    fn date_name(self) -> &'static str {
+        if self.x_ms_date { "x-ms-date" } else { "date" }
+    }
+
+    /// The three values in signed order.
+    fn values<'a>(self, date: &'a str, host: &'a str, hash: &'a str) -> [&'a str; 3] {
+        let mut out = [""; 3];
+        out[self.positions[0]] = date;
+        out[self.positions[1]] = host;
+        out[self.positions[2]] = hash;
+        out
     }
 }
 
@@ -55,50 +139,65 @@ impl Authenticator {
         }
     }
 
-    /// Verifies the request's `Authorization`, date and content hash against its exact body.
-    pub fn authenticate(
+    /// Verifies the request's signature from its head alone, before the body is read: the
+    /// signature covers the *claimed* content hash, so an unauthenticated client cannot make the
+    /// server buffer or hash a body. [`HeadVerified::body_matches`] then checks the body against
+    /// the claim.
+    ///
+    /// Bounded work whatever the request: the `Authorization` value is at most
+    /// [`MAX_AUTHORIZATION_LEN`] bytes and must sign exactly the three headers the SDKs sign, each
+    /// once; at most `2 × (2 + public hosts)` host and 3 path candidates are tried per key, each
+    /// path hashed once per key (the host varies only in the suffix of the string to sign).
+    pub fn authenticate_head(
         &self,
         parts: &Parts,
-        body: &[u8],
         now: SystemTime,
-    ) -> Result<Authenticated, ApiError> {
-        let header =
-            |name: &str| -> Option<&str> { parts.headers.get(name).and_then(|v| v.to_str().ok()) };
-        let value = header("authorization")
+    ) -> Result<HeadVerified, ApiError> {
+        // A header that decides authentication must appear once: with two, which one was
+        // signed would be a guess.
+        let header = |name: &str| -> Result<Option<&str>, ApiError> {
+            let mut values = parts.headers.get_all(name).iter();
+            let first = values.next();
+            if values.next().is_some() {
+                return Err(ApiError::Denied(
+                    "a header used for authentication appears twice",
+                ));
+            }
+            Ok(first.and_then(|v| v.to_str().ok()))
+        };
+        let value = header("authorization")?
             .ok_or(ApiError::Denied("the Authorization header is missing"))?;
+        if value.len() > MAX_AUTHORIZATION_LEN {
+            return Err(ApiError::Denied("the Authorization header is too long"));
+        }
         let auth = Authorization::parse(value).map_err(|_| {
             ApiError::Denied(
                 "the Authorization header is not HMAC-SHA256 SignedHeaders=...&Signature=...",
             )
         })?;
-
-        let signs = |n: &str| auth.signed_headers.iter().any(|h| h == n);
-        if !signs("host") || !signs("x-ms-content-sha256") || !(signs("x-ms-date") || signs("date"))
-        {
-            return Err(ApiError::Denied(
-                "SignedHeaders must cover x-ms-date (or date), host and x-ms-content-sha256",
-            ));
-        }
-
-        let claimed_hash = header("x-ms-content-sha256").ok_or(ApiError::Denied(
-            "the x-ms-content-sha256 header is missing",
+        let order = SignedOrder::of(&auth.signed_headers).ok_or(ApiError::Denied(
+            "SignedHeaders must be exactly x-ms-date (or date), host and x-ms-content-sha256, each once",
         ))?;
-        if claimed_hash != content_hash(body) {
-            return Err(ApiError::Denied(
-                "x-ms-content-sha256 does not match the body",
-            ));
+        let mut signature = [0u8; 32];
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode_slice(auth.signature.as_bytes(), &mut signature)
+            .ok()
+            .filter(|n| auth.signature.len() <= 44 && *n == 32);
+        if decoded.is_none() {
+            return Err(ApiError::Denied("the signature is not 32 bytes of base64"));
         }
 
-        let date_name = if signs("x-ms-date") {
-            "x-ms-date"
-        } else {
-            "date"
-        };
-        let date = header(date_name)
-            .and_then(parse_date)
+        let claimed_hash = header("x-ms-content-sha256")?
+            .filter(|h| h.len() == 44)
             .ok_or(ApiError::Denied(
-                "the signed date header is missing or not an RFC 1123 date",
+                "the x-ms-content-sha256 header is missing or not a SHA-256 in base64",
             ))?;
+        let date_value = header(order.date_name())?
+            .filter(|d| d.len() <= 64)
+            .ok_or(ApiError::Denied("the signed date header is missing"))?;
+        let date = parse_date(date_value).ok_or(ApiError::Denied(
+            "the signed date header is not an RFC 1123 date",
+        ))?;
         let skew = now.duration_since(date).unwrap_or_else(|e| e.duration());
         if skew > self.max_skew {
             return Err(ApiError::Denied(
@@ -106,37 +205,43 @@ impl Authenticator {
             ));
         }
 
-        let received_host = header("host")
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
-            .ok_or(ApiError::Denied("the Host header is missing"))?;
-        let hosts = self.host_candidates(&received_host);
+        let received_host = header("host")?
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .filter(|h| h.len() <= MAX_HOST_LEN && !h.contains('/'))
+            .ok_or(ApiError::Denied("the Host header is missing or too long"))?;
+        let hosts = self.host_candidates(received_host);
 
-        // Values of every signed header except host, which varies over its candidates.
-        let mut values: Vec<Option<&str>> = Vec::with_capacity(auth.signed_headers.len());
-        for name in &auth.signed_headers {
-            if name == "host" {
-                values.push(None);
-            } else {
-                let v = header(name).ok_or(ApiError::Denied("a signed header is missing"))?;
-                values.push(Some(v));
-            }
-        }
-
-        let targets = path_candidates(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let targets = path_candidates(target);
         let method = parts.method.as_str();
-        for host in &hosts {
-            let joined: Vec<&str> = values.iter().map(|v| v.unwrap_or(host)).collect();
+        for key in &self.keys {
             for target in &targets {
-                let sts = string_to_sign(method, target, &joined);
-                if self.keys.iter().any(|k| k.verify(&sts, auth.signature)) {
-                    return Ok(Authenticated {
-                        resource: self.resource,
-                    });
+                let prefix = key.after(&[method, "\n", target, "\n"]);
+                for host in &hosts {
+                    let values = order.values(date_value, host, claimed_hash);
+                    let rest = [values[0], ";", values[1], ";", values[2]];
+                    if prefix.verify_rest(&rest, &signature) {
+                        return Ok(HeadVerified {
+                            resource: self.resource,
+                            claimed_hash: claimed_hash.to_owned(),
+                        });
+                    }
                 }
             }
         }
         Err(ApiError::Denied("the signature does not match"))
+    }
+
+    /// [`Authenticator::authenticate_head`] and [`HeadVerified::body_matches`] in one, for
+    /// callers that hold the body already.
+    #[cfg(test)]
+    pub fn authenticate(
+        &self,
+        parts: &Parts,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Authenticated, ApiError> {
+        self.authenticate_head(parts, now)?.body_matches(body)
     }
 
     /// The received host first, then it with the default port added or removed, then the
@@ -189,7 +294,7 @@ fn path_candidates(raw: &str) -> Vec<Cow<'_, str>> {
 mod tests {
     use super::*;
     use axum::http::Request;
-    use callsign_hmac::format_date;
+    use callsign_hmac::{format_date, string_to_sign};
 
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -358,6 +463,44 @@ mod tests {
                 "{auth:?}"
             );
         }
+    }
+
+    #[test]
+    fn signed_headers_must_be_exactly_the_sdk_set() {
+        let names = |s: &str| s.split(';').map(str::to_owned).collect::<Vec<_>>();
+        for ok in [
+            "x-ms-date;host;x-ms-content-sha256",
+            "date;host;x-ms-content-sha256",
+            "host;x-ms-content-sha256;x-ms-date",
+        ] {
+            assert!(SignedOrder::of(&names(ok)).is_some(), "{ok}");
+        }
+        for bad in [
+            "x-ms-date;host",
+            "x-ms-date;host;x-ms-content-sha256;x-ms-date",
+            "x-ms-date;date;host",
+            "x-ms-date;host;host",
+            "x-ms-date;host;user-agent",
+            "x-ms-date;host;x-ms-content-sha256;user-agent",
+        ] {
+            assert!(SignedOrder::of(&names(bad)).is_none(), "{bad}");
+        }
+        let order = SignedOrder::of(&names("host;x-ms-content-sha256;date")).expect("valid");
+        assert_eq!(order.values("d", "h", "c"), ["h", "c", "d"]);
+        assert_eq!(order.date_name(), "date");
+    }
+
+    #[test]
+    fn the_body_is_checked_against_the_signed_hash() {
+        let a = authenticator();
+        let now = SystemTime::now();
+        let t = "/identities?api-version=2023-10-01";
+        let p = request(t, t, "h", "h", "x-ms-date", b"{}", b"{}", now);
+        let head = a.authenticate_head(&p, now).expect("signed head");
+        assert!(matches!(
+            head.body_matches(b"{ }"),
+            Err(ApiError::Denied(_))
+        ));
     }
 
     #[test]

@@ -20,13 +20,14 @@ pub enum ApiError {
         target: Option<&'static str>,
     },
     /// 400 `MissingApiVersionParameter`.
-    #[error("the api-version query parameter is required")]
+    #[error("The api-version query parameter is required.")]
     MissingApiVersion,
     /// 400 `UnsupportedApiVersion`: not a version we serve, or the operation does not exist in it.
     #[error("{0}")]
     UnsupportedApiVersion(String),
-    /// 401 `Denied`: HMAC authentication failed (the reason is safe to show).
-    #[error("Denied by the resource provider: {0}")]
+    /// 401 `Denied`: HMAC authentication failed. The body says only what ACS says; the reason
+    /// goes to the request's log line.
+    #[error("Denied by the resource provider.")]
     Denied(&'static str),
     /// 401 `IdentityNotOwned`: the id belongs to another resource.
     #[error("Provided identity doesn't belong to the resource.")]
@@ -46,12 +47,33 @@ pub enum ApiError {
     /// 405 `MethodNotAllowed`.
     #[error("The method is not allowed on this path.")]
     MethodNotAllowed(&'static str),
+    /// 408 `RequestTimeout`: the body did not arrive in time.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     /// 413 `RequestEntityTooLarge`.
     #[error("The request body exceeds the limit of {0} bytes.")]
     PayloadTooLarge(usize),
+    /// 414 `UriTooLong`.
+    #[error("The request target exceeds the limit of {0} bytes.")]
+    UriTooLong(usize),
     /// 415 `UnsupportedMediaType`.
     #[error("The request body must be JSON (Content-Type: application/json).")]
     UnsupportedMediaType,
+    /// 429 `TooManyRequests` with `Retry-After`: a throttling limit or the failed-authentication
+    /// limit of the client's address.
+    #[error("Too many requests. Retry after {retry_after} seconds.")]
+    TooManyRequests {
+        /// Whole seconds until a request can succeed.
+        retry_after: u64,
+    },
+    /// 431 `RequestHeaderFieldsTooLarge`.
+    #[error("The request head exceeds the limit of {bytes} bytes or {headers} header fields.")]
+    HeadersTooLarge {
+        /// The byte limit.
+        bytes: usize,
+        /// The header count limit.
+        headers: usize,
+    },
     /// 503 `ServiceUnavailable` with `Retry-After`: storage is unreachable for now.
     #[error("The service is temporarily unavailable. Retry later.")]
     Unavailable(String),
@@ -82,8 +104,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -102,17 +128,23 @@ impl ApiError {
             ApiError::AssignmentNotFound => "AssignmentNotFound",
             ApiError::NotFound => "NotFound",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::RequestTimeout => "RequestTimeout",
             ApiError::PayloadTooLarge(_) => "RequestEntityTooLarge",
+            ApiError::UriTooLong(_) => "UriTooLong",
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
+            ApiError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
     }
 
-    /// What is logged about the failure: the cause for 5xx (never sent), else the message.
+    /// What is logged about the failure and never sent: the cause of a 5xx, the reason of a
+    /// 401 `Denied`; empty otherwise.
     pub fn cause(&self) -> &str {
         match self {
             ApiError::Internal(cause) | ApiError::Unavailable(cause) => cause,
+            ApiError::Denied(reason) => reason,
             _ => "",
         }
     }
@@ -156,6 +188,9 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ApiError::TooManyRequests { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
             _ => {}
         }
         response
@@ -172,6 +207,13 @@ mod tests {
         let body = serde_json::to_string(&e.body()).expect("json");
         assert!(!body.contains("secret"));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn denied_says_what_acs_says_and_keeps_the_reason_for_the_log() {
+        let e = ApiError::Denied("the signature does not match");
+        assert_eq!(e.body().error.message, "Denied by the resource provider.");
+        assert_eq!(e.cause(), "the signature does not match");
     }
 
     #[test]

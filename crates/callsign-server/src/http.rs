@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
+use crate::connection::ClientAddr;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::throttle::OperationClass;
 use crate::version::{self, ApiVersion, Operation};
 use crate::{identities, meta, teams};
 
@@ -59,6 +61,7 @@ pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
     Health,
+    Ready,
     Jwks,
     Create,
     Get(String),
@@ -94,6 +97,7 @@ impl Route {
         };
         match segments.as_slice() {
             ["health"] => only(Method::GET, Route::Health, "GET"),
+            ["ready"] => only(Method::GET, Route::Ready, "GET"),
             [".well-known", "jwks.json"] => only(Method::GET, Route::Jwks, "GET"),
             ["identities"] => only(Method::POST, Route::Create, "POST"),
             ["identities", id] if !id.is_empty() => {
@@ -128,7 +132,10 @@ impl Route {
                 "assignments",
                 object,
             ] if !tenant.is_empty() && !object.is_empty() => {
-                let (tenant, object) = (decode_segment(tenant)?, decode_segment(object)?);
+                let (tenant, object) = (
+                    decode_named(tenant, "tenantId")?,
+                    decode_named(object, "objectId")?,
+                );
                 match *method {
                     Method::GET => Ok(Route::AssignmentGet(tenant, object)),
                     Method::PUT => Ok(Route::AssignmentPut(tenant, object)),
@@ -144,6 +151,7 @@ impl Route {
     fn name(&self) -> &'static str {
         match self {
             Route::Health => "health",
+            Route::Ready => "ready",
             Route::Jwks => "jwks",
             Route::Create => "create",
             Route::Get(_) => "get",
@@ -164,7 +172,7 @@ impl Route {
     /// The versioned operation this route is, `None` for callsign's unversioned additions.
     fn operation(&self) -> Option<Operation> {
         Some(match self {
-            Route::Health | Route::Jwks | Route::Introspect => return None,
+            Route::Health | Route::Ready | Route::Jwks | Route::Introspect => return None,
             Route::Create => Operation::CreateIdentity,
             Route::Get(_) => Operation::GetIdentity,
             Route::Delete(_) => Operation::DeleteIdentity,
@@ -175,6 +183,19 @@ impl Route {
             Route::AssignmentGet(..) | Route::AssignmentPut(..) | Route::AssignmentDelete(..) => {
                 Operation::TeamsExtensionAssignments
             }
+        })
+    }
+
+    /// The throttling class, when the route has a fixed one (a create's depends on its body and
+    /// is decided by its handler).
+    fn throttle_class(&self) -> Option<OperationClass> {
+        Some(match self {
+            Route::Delete(_) => OperationClass::Delete,
+            Route::LegacyRevoke(_) | Route::Revoke(_) => OperationClass::Revoke,
+            Route::LegacyIssue(_) | Route::Issue(_) => OperationClass::Issue,
+            Route::TeamsExchange | Route::TeamsExtensionExchange => OperationClass::Exchange,
+            Route::Introspect => OperationClass::Introspect,
+            _ => return None,
         })
     }
 
@@ -191,10 +212,14 @@ impl Route {
 }
 
 fn decode_segment(raw: &str) -> Result<String, ApiError> {
+    decode_named(raw, "id")
+}
+
+fn decode_named(raw: &str, target: &'static str) -> Result<String, ApiError> {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| ApiError::validation("The identifier is not valid UTF-8.", "id"))
+        .map_err(|_| ApiError::validation(format!("The {target} is not valid UTF-8."), target))
 }
 
 /// The `api-supported-versions` header value, built once.
@@ -215,10 +240,15 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let (route, result) = handle(&state, req).await;
-    // 5xx causes are logged here, with the request id; the body stays opaque.
-    if let Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) = &result {
-        tracing::warn!(id = %request_id, route, cause = %e.cause(), "request failed");
-    }
+    // Causes and reasons are logged here, with the request id; the body never carries them.
+    let reason = match &result {
+        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => {
+            tracing::warn!(id = %request_id, route, cause = %e.cause(), "request failed");
+            ""
+        }
+        Err(ApiError::Denied(reason)) => reason,
+        _ => "",
+    };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
     if let Some(v) = client_request_id {
@@ -231,12 +261,48 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let status = response.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
     // One event per request, no span: a span per request costs more than the rest of the log.
-    tracing::info!(id = %request_id, %method, path, route, status, micros, "request handled");
+    if reason.is_empty() {
+        tracing::info!(id = %request_id, %method, path, route, status, micros, "request handled");
+    } else {
+        tracing::info!(id = %request_id, %method, path, route, status, micros, reason, "request handled");
+    }
     response
+}
+
+/// Longest request-target (path and query) served; ACS paths are a few hundred bytes at most.
+pub(crate) const MAX_TARGET_BYTES: usize = 2048;
+
+/// 414 for a long request-target, 431 for a large head: before routing or any other work.
+fn check_head(parts: &axum::http::request::Parts, state: &AppState) -> Result<(), ApiError> {
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Err(ApiError::UriTooLong(MAX_TARGET_BYTES));
+    }
+    let limits = &state.limits;
+    let too_large = || ApiError::HeadersTooLarge {
+        bytes: limits.max_head_bytes,
+        headers: limits.max_headers,
+    };
+    if parts.headers.len() > limits.max_headers {
+        return Err(too_large());
+    }
+    let size = target
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > limits.max_head_bytes {
+        return Err(too_large());
+    }
+    Ok(())
 }
 
 async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Response, ApiError>) {
     let (parts, body) = req.into_parts();
+    if let Err(e) = check_head(&parts, state) {
+        return ("unmatched", Err(e));
+    }
     let route = match Route::parse(&parts.method, parts.uri.path()) {
         Ok(r) => r,
         Err(e) => return ("unmatched", Err(e)),
@@ -244,12 +310,12 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
     let name = route.name();
     let result = async {
         match route {
-            Route::Health => return meta::health(state).await,
+            Route::Health => return Ok(meta::health()),
+            Route::Ready => return meta::ready(state).await,
             Route::Jwks => return Ok(meta::jwks(state)),
             _ => {}
         }
         let version = version::from_query(parts.uri.query())?;
-        let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
         if route == Route::TeamsExtensionExchange && teams::is_bearer(&parts.headers) {
             // The Teams Phone token arrives as a bearer instead of an HMAC signature. No issuer
             // that can vouch for such tokens is configured, so it is refused as ACS refuses a
@@ -259,15 +325,40 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
             }
             return Err(ApiError::InvalidAccessToken);
         }
+        let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+        // An address that keeps failing gets 429 before any signature work.
+        if let Some(ip) = client {
+            state.auth_failures.check(ip)?;
+        }
         let now = state.clock.now();
-        let auth = state
+        let denied = |e: ApiError| {
+            if let (ApiError::Denied(_), Some(ip)) = (&e, client) {
+                state.auth_failures.record(ip);
+            }
+            e
+        };
+        // The head is authenticated before the body is read: an unauthenticated client never
+        // makes the server buffer or hash a body.
+        let head = state
             .authenticator
-            .authenticate(&parts, &body, now.into())?;
+            .authenticate_head(&parts, now.into())
+            .map_err(denied)?;
+        let body = read_body(
+            body,
+            &parts.headers,
+            state.max_body_bytes,
+            state.limits.body_timeout,
+        )
+        .await?;
+        let auth = head.body_matches(&body).map_err(denied)?;
         if !route.available_in(version) {
             return Err(not_in_version(version));
         }
         check_content_type(&parts.headers, &body)?;
         let dir = state.directory(&auth);
+        if let Some(class) = route.throttle_class() {
+            dir.throttle(class)?;
+        }
         match route {
             Route::Create => identities::create(&dir, version, &body).await,
             Route::Get(id) => identities::get(&dir, version, &id).await,
@@ -283,7 +374,7 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
             Route::AssignmentPut(tenant, object) => teams::put(&dir, &tenant, &object, &body).await,
             Route::AssignmentDelete(tenant, object) => teams::delete(&dir, &tenant, &object).await,
             Route::Introspect => meta::introspect(state, &dir, &body).await,
-            Route::Health | Route::Jwks => Err(ApiError::NotFound),
+            Route::Health | Route::Ready | Route::Jwks => Err(ApiError::NotFound),
         }
     }
     .await;
@@ -296,28 +387,52 @@ fn not_in_version(version: ApiVersion) -> ApiError {
     ))
 }
 
+/// Reads the (authenticated) request's body: at most `limit` bytes (413), all of it within
+/// `timeout` (408).
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    match collected {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::PayloadTooLarge(limit))
         }
-        Err(_) => Err(ApiError::validation(
+        Ok(Err(_)) => Err(ApiError::validation(
             "The request body could not be read.",
             "body",
         )),
     }
+}
+
+/// Reads and discards up to 1 MiB of an oversized body for up to 2 s, so that a client that
+/// writes its whole body before reading (most HTTP/1 clients) sees the 413 rather than a reset.
+/// Only authenticated requests get here.
+async fn drain(body: Body) {
+    const MAX: usize = 1024 * 1024;
+    let mut body = body;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > MAX {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A non-empty body must be declared JSON (`application/json` or `application/merge-patch+json`).
@@ -347,8 +462,16 @@ fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> 
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
 ) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(T::default());
+    };
+    if *first != b'{' {
+        // serde would read an array as positional fields; the wire has objects only.
+        return Err(ApiError::validation(
+            "The request body must be a JSON object.",
+            "body",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         let kind = e.to_string();
@@ -429,5 +552,13 @@ mod tests {
         assert!(msg.contains("invalid type"), "{msg}");
         assert!(parse_json::<T>(b"").is_ok());
         assert!(parse_json::<T>(b"{").is_err());
+        assert!(
+            parse_json::<T>(b"[1]").is_err(),
+            "arrays are not positional structs"
+        );
+        assert!(
+            parse_json::<T>(b"\xEF\xBB\xBF{\"n\": 1}").is_ok(),
+            "a BOM is skipped"
+        );
     }
 }

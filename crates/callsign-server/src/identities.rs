@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::error::ApiError;
 use crate::http::{json, parse_json};
 use crate::state::Directory;
+use crate::throttle::OperationClass;
 use crate::version::{ApiVersion, CustomIdField};
 
 /// The wire identity, with the custom id under the name `version` gives it.
@@ -69,6 +70,7 @@ pub(crate) async fn create(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     if version.is_legacy() {
+        dir.throttle(OperationClass::Create)?;
         let created = dir.create(None).await?;
         return Ok(json(
             StatusCode::OK,
@@ -87,7 +89,14 @@ pub(crate) async fn create(
     };
     let custom_id = requested
         .map(|c| {
-            CustomId::parse(&c).map_err(|e| ApiError::validation(e.to_string(), field.as_str()))
+            CustomId::parse(&c).map_err(|e| {
+                // The rules are the custom id's; the message names the field this version uses.
+                let name = match field {
+                    CustomIdField::CustomId => "CustomId",
+                    CustomIdField::ExternalId => "ExternalId",
+                };
+                ApiError::validation(e.to_string().replace("CustomId", name), field.as_str())
+            })
         })
         .transpose()?;
     let scopes = match req.create_token_with_scopes {
@@ -96,6 +105,12 @@ pub(crate) async fn create(
     };
     let expires_in = expiry(req.expires_in_minutes, version)?;
 
+    // ACS throttles create-with-token with token issue, plain creates on their own.
+    dir.throttle(if scopes.is_some() {
+        OperationClass::Issue
+    } else {
+        OperationClass::Create
+    })?;
     let created = dir.create(custom_id).await?;
     let access_token = scopes
         .map(|s| dir.issue(&created.identity, &s, expires_in))

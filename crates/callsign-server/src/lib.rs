@@ -17,23 +17,29 @@
 //! ```
 
 mod auth;
+mod connection;
 mod error;
 mod http;
 mod identities;
 mod keys;
 mod meta;
+#[cfg(test)]
+mod properties;
 mod startup;
 mod state;
 mod teams;
+mod throttle;
 pub mod tls;
 mod version;
 
 pub use callsign_core::token::Algorithm;
 pub use callsign_store::PostgresOptions;
+pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
 pub use startup::{
     Application, Database, Settings, StoreLocation, connection_string, database_path, endpoint_for,
     ensure_default_resource, open_embedded_store,
 };
+pub use throttle::{OperationClass, Rate, ThrottleConfig};
 pub use tls::{LocalCaPaths, TlsMode};
 pub use version::{ApiVersion, CustomIdField, Operation};

@@ -1,4 +1,8 @@
-//! Health, the public key set and token introspection.
+//! Liveness, readiness, the public key set and token introspection.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,10 +16,53 @@ use crate::error::ApiError;
 use crate::http::json;
 use crate::state::{AppState, Directory};
 
-/// `GET /health` (no authentication): 200 when the store answers, 503 otherwise.
-pub(crate) async fn health(state: &AppState) -> Result<Response, ApiError> {
-    state.store.ping().await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+/// `GET /health` (liveness, no authentication): 200 while the process serves. Touches nothing,
+/// so a flood of it costs no store connection.
+pub(crate) fn health() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// How long a readiness answer is reused.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last store ping, shared by every readiness request: at most one ping a second, however
+/// many requests ask.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    last: Mutex<Option<(Instant, bool)>>,
+    pinging: AtomicBool,
+}
+
+impl Readiness {
+    async fn ready(&self, state: &AppState) -> bool {
+        let cached = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ok)) = cached {
+            if at.elapsed() < READINESS_TTL {
+                return ok;
+            }
+        }
+        if self.pinging.swap(true, Ordering::AcqRel) {
+            // Another request is pinging: answer with what is known.
+            return cached.is_none_or(|(_, ok)| ok);
+        }
+        let ok = state.store.ping().await.is_ok();
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
+        self.pinging.store(false, Ordering::Release);
+        ok
+    }
+}
+
+/// `GET /ready` (readiness, no authentication): 200 when the store answered within the last
+/// second, 503 with `Retry-After` otherwise.
+pub(crate) async fn ready(state: &AppState) -> Result<Response, ApiError> {
+    if state.readiness.ready(state).await {
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready"}),
+        ))
+    } else {
+        Err(ApiError::Unavailable("the store does not answer".into()))
+    }
 }
 
 /// `GET /.well-known/jwks.json` (no authentication): every public key tokens may be signed with.

@@ -13,12 +13,12 @@ use callsign_hmac::AccessKeyMac;
 use callsign_store::{PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Authenticator;
+use crate::connection::{ConnState, ConnectionLimits, Connections, Counted, Tracked};
 use crate::state::AppState;
 use crate::tls::{self, TlsMode};
 
@@ -91,6 +91,13 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Connection deadlines and caps.
+    pub limits: ConnectionLimits,
+    /// Throttling per resource and operation class (off by default).
+    pub throttle: crate::throttle::ThrottleConfig,
+    /// Failed authentications one client address may make per minute before it gets 429
+    /// (0: no limit).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Settings {
@@ -109,6 +116,9 @@ impl Settings {
             public_hosts: Vec::new(),
             max_body_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            limits: ConnectionLimits::default(),
+            throttle: crate::throttle::ThrottleConfig::off(),
+            auth_failures_per_minute: 60,
         }
     }
 }
@@ -116,6 +126,91 @@ impl Settings {
 /// Where the embedded database lives in a data dir.
 pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("callsign.db")
+}
+
+/// The HTTP/1 and HTTP/2 settings that bound a connection's work (see [`ConnectionLimits`]).
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper (h2: the peer, told by SETTINGS) refuses heads over twice the limit while reading
+        // them, with a bare 431; the dispatcher refuses heads over the limit proper with the ACS
+        // error body (see `http.rs`), so the buffer a client can fill stays bounded.
+        .max_buf_size((limits.max_head_bytes * 2).max(8192))
+        .max_headers((limits.max_headers * 2).max(100));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes * 2).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(None);
+    builder
+}
+
+/// Serves one connection until it ends, its deadline passes or it is asked to close; then
+/// closes gracefully (HTTP/2 GOAWAY) and, if the peer does not finish within a few seconds,
+/// drops it.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: Counted<TowerToHyperService<axum::Router>>,
+    state: &ConnState,
+    limits: &ConnectionLimits,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = state.expired(limits) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout(CLOSE_GRACE, conn).await.is_err() {
+        tracing::debug!("connection did not close in time; dropped");
+    }
+}
+
+/// How long a connection asked to close may take to finish what is in flight.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Accept failures (EMFILE, ENFILE, ...): exponential backoff from 10 ms to 1 s, counted, logged
+/// at most once a second.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    consecutive: u32,
+    total: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.consecutive = 0;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        self.total += 1;
+        self.consecutive = self.consecutive.saturating_add(1);
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %e, failures = self.total, "accept failed; backing off");
+            self.last_log = Some(std::time::Instant::now());
+        }
+        let exp = self.consecutive.min(7);
+        let delay = Duration::from_millis(10 * (1u64 << exp)).min(Duration::from_secs(1));
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// A bound, ready-to-serve instance.
@@ -126,6 +221,7 @@ pub struct Application {
     resource: ResourceRecord,
     first_start: bool,
     shutdown_grace: Duration,
+    limits: ConnectionLimits,
 }
 
 impl std::fmt::Debug for Application {
@@ -248,7 +344,12 @@ impl Application {
             keys,
             clock,
             max_body_bytes: settings.max_body_bytes,
+            limits: settings.limits.clone(),
+            throttle: crate::throttle::Throttle::new(settings.throttle.clone()),
+            auth_failures: crate::throttle::AuthFailures::new(settings.auth_failures_per_minute),
+            readiness: crate::meta::Readiness::default(),
         });
+        tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");
         Ok(Self {
             listener,
             state,
@@ -256,6 +357,7 @@ impl Application {
             resource,
             first_start,
             shutdown_grace: settings.shutdown_grace,
+            limits: settings.limits.clone(),
         })
     }
 
@@ -309,6 +411,7 @@ impl Application {
             state,
             tls,
             shutdown_grace,
+            limits,
             ..
         } = self;
         let refresher = {
@@ -325,64 +428,73 @@ impl Application {
             })
         };
         let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // A client that opens a connection and trickles its headers gets 30 s, not forever.
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        let graceful = GracefulShutdown::new();
+        let limits = limits;
+        let builder = http_builder(&limits);
+        let nofile = crate::connection::raise_nofile_limit();
+        let conns = Arc::new(Connections::new(crate::connection::derive_cap(
+            limits.max_connections,
+            nofile,
+        )));
+        tracing::info!(
+            max_connections = conns.max(),
+            nofile = nofile.unwrap_or(0),
+            "connection cap set"
+        );
         tokio::pin!(shutdown);
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
+                    Ok(conn) => {
+                        backoff.reset();
+                        conn
+                    }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.failed(&e).await;
                         continue;
                     }
                 },
                 () = &mut shutdown => break,
             };
+            let Some(admitted) = conns.admit() else {
+                // At the cap with every connection busy: refuse at once (the socket closes).
+                tracing::debug!(%peer, "connection refused at the cap");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let service = service.clone();
+            let state = Arc::clone(&admitted.state);
+            let io = Tracked::new(stream, Arc::clone(&state));
+            let service = Counted::new(service.clone(), Arc::clone(&state), peer);
             let builder = builder.clone();
-            let watcher = graceful.watcher();
             let tls = tls.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
+                let _admitted = admitted;
                 match tls {
                     Some(acceptor) => {
-                        let handshake =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                                .await;
+                        let handshake = tokio::select! {
+                            r = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)) => r,
+                            () = state.expired(&limits) => return,
+                        };
                         let Ok(Ok(stream)) = handshake else {
-                            tracing::debug!("TLS handshake failed or timed out");
+                            tracing::debug!(%peer, "TLS handshake failed or timed out");
                             return;
                         };
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
+                        serve_connection(&builder, stream, service, &state, &limits).await;
                     }
-                    None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    }
+                    None => serve_connection(&builder, io, service, &state, &limits).await,
                 }
             });
         }
         drop(listener);
-        tracing::info!("shutting down: draining in-flight requests");
+        tracing::info!(
+            open = conns.len(),
+            "shutting down: draining in-flight requests"
+        );
+        conns.close_all();
         tokio::select! {
-            () = graceful.shutdown() => {}
+            () = conns.drained() => {}
             () = tokio::time::sleep(shutdown_grace) => {
                 tracing::warn!("grace period over; closing remaining connections");
             }

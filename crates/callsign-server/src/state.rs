@@ -19,6 +19,10 @@ pub struct AppState {
     pub(crate) keys: crate::keys::Keys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) limits: crate::connection::ConnectionLimits,
+    pub(crate) throttle: crate::throttle::Throttle,
+    pub(crate) auth_failures: crate::throttle::AuthFailures,
+    pub(crate) readiness: crate::meta::Readiness,
 }
 
 impl AppState {
@@ -38,6 +42,11 @@ pub(crate) struct Directory<'a> {
 }
 
 impl Directory<'_> {
+    /// Takes a token of `class` from this resource's throttle, or refuses with 429.
+    pub(crate) fn throttle(&self, class: crate::throttle::OperationClass) -> Result<(), ApiError> {
+        self.state.throttle.check(self.resource, class)
+    }
+
     /// Whether `id` belongs to this resource.
     pub(crate) fn owns(&self, id: &IdentityId) -> bool {
         id.resource() == self.resource

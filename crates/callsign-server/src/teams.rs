@@ -14,10 +14,15 @@ use crate::state::Directory;
 
 /// Whether the request carries `Authorization: Bearer …` (the exchange's own credential).
 pub(crate) fn is_bearer(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().get(..7))
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (all.next(), all.next());
+    // Two Authorization headers go the signature way, which refuses them.
+    second.is_none()
+        && first.map(|v| v.as_bytes()).is_some_and(|v| {
+            v.len() >= 6
+                && v[..6].eq_ignore_ascii_case(b"bearer")
+                && v.get(6).is_none_or(|b| *b == b' ')
+        })
 }
 
 fn guid(raw: &str, target: &'static str) -> Result<Uuid, ApiError> {
@@ -81,17 +86,18 @@ pub(crate) async fn put(
     };
     let client_ids = match req.client_ids {
         None => None,
-        Some(ids) if ids.len() > MAX_CLIENT_IDS => {
-            return Err(ApiError::validation(
-                format!("At most {MAX_CLIENT_IDS} clientIds may be assigned."),
-                "clientIds",
-            ));
-        }
         Some(ids) => {
-            let mut parsed = Vec::with_capacity(ids.len());
+            // Duplicates (in any letter case) count once; the limit applies to distinct ids.
+            let mut parsed: Vec<Uuid> = Vec::with_capacity(ids.len().min(MAX_CLIENT_IDS));
             for id in &ids {
                 let id = guid(id, "clientIds")?;
                 if !parsed.contains(&id) {
+                    if parsed.len() == MAX_CLIENT_IDS {
+                        return Err(ApiError::validation(
+                            format!("At most {MAX_CLIENT_IDS} distinct clientIds may be assigned."),
+                            "clientIds",
+                        ));
+                    }
                     parsed.push(id);
                 }
             }

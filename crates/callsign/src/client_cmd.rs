@@ -28,10 +28,60 @@ pub struct ClientArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// api-version of create, issue, revoke and delete (custom-id calls use
-    /// 2025-03-02-preview).
-    #[arg(long, default_value = callsign_client::API_VERSION)]
-    pub api_version: ApiVersion,
+    /// api-version to speak: 2021-03-07 or later [default: 2023-10-01; custom-id calls and
+    /// `user get`: 2025-03-02-preview unless this version has custom ids]
+    #[arg(long, value_parser = client_version)]
+    pub api_version: Option<ApiVersion>,
+}
+
+/// The versions the client speaks: all but the 2020 preview, whose paths differ.
+fn client_version(s: &str) -> Result<ApiVersion, String> {
+    let v: ApiVersion = s
+        .parse()
+        .map_err(|e: callsign_client::UnknownApiVersion| e.to_string())?;
+    if v.is_legacy() {
+        return Err(format!(
+            "{v} has other paths and status codes; the CLI speaks 2021-03-07 and later"
+        ));
+    }
+    Ok(v)
+}
+
+impl ClientArgs {
+    fn version(&self) -> ApiVersion {
+        self.api_version.unwrap_or(ApiVersion::CLIENT_DEFAULT)
+    }
+
+    /// Refuses `--expires-in` with a version that would silently ignore it.
+    fn check_expiry(&self, expires: Option<Duration>) -> anyhow::Result<()> {
+        let v = self.version();
+        if expires.is_some() && !v.has_expiry() {
+            bail!(
+                "api-version {v} ignores --expires-in (tokens live 24 h): use 2022-10-01 or later"
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a custom-id call on an explicitly chosen version that has no custom ids.
+    fn check_custom_ids(&self, what: &str) -> anyhow::Result<()> {
+        if let Some(v) = self.api_version {
+            if !v.has_custom_id() {
+                bail!(
+                    "api-version {v} has no custom ids, so no {what}: use 2025-03-02-preview or 2025-04-01-preview, or leave --api-version out"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prints a line on stdout; a closed pipe (`| head`) ends output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -100,8 +150,7 @@ fn build_client(args: &ClientArgs) -> anyhow::Result<CommunicationIdentityClient
         );
     };
     let credentials = ConnectionString::parse(cs)?;
-    let mut builder =
-        CommunicationIdentityClient::builder(credentials).api_version(args.api_version);
+    let mut builder = CommunicationIdentityClient::builder(credentials).api_version(args.version());
     if let Some(ca) = &args.ca_cert {
         let pem = std::fs::read(ca)
             .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
@@ -145,8 +194,8 @@ fn token_json(t: &AccessToken) -> serde_json::Value {
 }
 
 fn print_token(t: &AccessToken) {
-    println!("token expires {}", rfc3339(t.expires_on));
-    println!("{}", t.token);
+    out!("token expires {}", rfc3339(t.expires_on));
+    out!("{}", t.token);
 }
 
 /// Runs a `user` subcommand.
@@ -162,6 +211,10 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             let c = build_client(&client)?;
             let scopes = scopes(&scope)?;
             let expires = expiry(expires_in.as_deref())?;
+            client.check_expiry(expires)?;
+            if custom_id.is_some() {
+                client.check_custom_ids("--custom-id")?;
+            }
             if with_token && custom_id.is_some() {
                 // Two calls: the custom-id create, then a token for whatever identity it names.
                 let user = c
@@ -181,10 +234,11 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             report_created(&client, &user, custom_id.as_deref(), None)
         }
         UserCommand::Get { client, id } => {
+            client.check_custom_ids("user get")?;
             let c = build_client(&client)?;
             let details = c.get_user(&CommunicationUserIdentifier::new(id)).await?;
             if client.json {
-                println!(
+                out!(
                     "{}",
                     json!({
                         "id": details.user.raw_id(),
@@ -193,13 +247,13 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
                     })
                 );
             } else {
-                println!("{}", details.user.raw_id());
+                out!("{}", details.user.raw_id());
                 if let Some(c) = &details.custom_id {
-                    println!("custom id: {c}");
+                    out!("custom id: {c}");
                 }
                 match details.last_token_issued_at {
-                    Some(t) => println!("last token issued: {}", rfc3339(t)),
-                    None => println!("last token issued: never"),
+                    Some(t) => out!("last token issued: {}", rfc3339(t)),
+                    None => out!("last token issued: never"),
                 }
             }
             Ok(())
@@ -209,9 +263,9 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             c.delete_user(&CommunicationUserIdentifier::new(id.clone()))
                 .await?;
             if client.json {
-                println!("{}", json!({ "id": id, "deleted": true }));
+                out!("{}", json!({ "id": id, "deleted": true }));
             } else {
-                println!("deleted {id}");
+                out!("deleted {id}");
             }
             Ok(())
         }
@@ -232,9 +286,9 @@ fn report_created(
         if let Some(t) = token {
             v["accessToken"] = token_json(t);
         }
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!("{}", user.raw_id());
+        out!("{}", user.raw_id());
         if let Some(t) = token {
             print_token(t);
         }
@@ -254,11 +308,12 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             let c = build_client(&client)?;
             let scopes = scopes(&scope)?;
             let expires = expiry(expires_in.as_deref())?;
+            client.check_expiry(expires)?;
             let t = c
                 .get_token(&CommunicationUserIdentifier::new(id), &scopes, expires)
                 .await?;
             if client.json {
-                println!("{}", token_json(&t));
+                out!("{}", token_json(&t));
             } else {
                 print_token(&t);
             }
@@ -269,9 +324,9 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             c.revoke_tokens(&CommunicationUserIdentifier::new(id.clone()))
                 .await?;
             if client.json {
-                println!("{}", json!({ "id": id, "revoked": true }));
+                out!("{}", json!({ "id": id, "revoked": true }));
             } else {
-                println!("revoked every token of {id}");
+                out!("revoked every token of {id}");
             }
             Ok(())
         }

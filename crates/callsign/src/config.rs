@@ -138,6 +138,133 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "CALLSIGN_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits against hostile traffic; every one also a `CALLSIGN_*` variable and a TOML key.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitArgs {
+    /// Throttling per resource and operation class: off, acs (the published ACS limits) or a
+    /// TOML file of rates [default: off].
+    #[arg(long, env = "CALLSIGN_THROTTLE")]
+    pub throttle: Option<String>,
+    /// Failed authentications one client address (IPv6: its /64) may make per minute before
+    /// it gets 429; 0 turns the limit off [default: 60].
+    #[arg(long, env = "CALLSIGN_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
+    /// Most open connections [default: the open-file limit less 128, at most 100000].
+    #[arg(long, env = "CALLSIGN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest request head (request line and headers) in bytes [default: 32768].
+    #[arg(long, env = "CALLSIGN_MAX_HEAD_BYTES")]
+    pub max_head_bytes: Option<usize>,
+    /// Most header fields in one request [default: 64].
+    #[arg(long, env = "CALLSIGN_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+    /// Seconds a connection may sit with no request and no bytes moving [default: 60].
+    #[arg(long, env = "CALLSIGN_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds to receive an HTTP/1 request head [default: 30].
+    #[arg(long, env = "CALLSIGN_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds to receive a whole request body [default: 30].
+    #[arg(long, env = "CALLSIGN_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<u64>,
+    /// Seconds a request in flight may go without bytes moving (handler, response write)
+    /// [default: 60].
+    #[arg(long, env = "CALLSIGN_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds to complete the TLS handshake [default: 10].
+    #[arg(long, env = "CALLSIGN_TLS_HANDSHAKE_TIMEOUT_SECS")]
+    pub tls_handshake_timeout_secs: Option<u64>,
+    /// HTTP/2 streams one connection may have open at once [default: 100].
+    #[arg(long, env = "CALLSIGN_H2_MAX_STREAMS")]
+    pub h2_max_streams: Option<u32>,
+}
+
+impl LimitArgs {
+    /// Flag or environment first, then the file.
+    fn or(self, file: LimitArgs) -> LimitArgs {
+        LimitArgs {
+            throttle: self.throttle.or(file.throttle),
+            auth_failures_per_minute: self
+                .auth_failures_per_minute
+                .or(file.auth_failures_per_minute),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_head_bytes: self.max_head_bytes.or(file.max_head_bytes),
+            max_headers: self.max_headers.or(file.max_headers),
+            idle_timeout_secs: self.idle_timeout_secs.or(file.idle_timeout_secs),
+            header_timeout_secs: self.header_timeout_secs.or(file.header_timeout_secs),
+            body_timeout_secs: self.body_timeout_secs.or(file.body_timeout_secs),
+            request_timeout_secs: self.request_timeout_secs.or(file.request_timeout_secs),
+            tls_handshake_timeout_secs: self
+                .tls_handshake_timeout_secs
+                .or(file.tls_handshake_timeout_secs),
+            h2_max_streams: self.h2_max_streams.or(file.h2_max_streams),
+        }
+    }
+
+    fn apply(self, settings: &mut Settings) -> anyhow::Result<()> {
+        use std::time::Duration;
+        let secs = |v: Option<u64>, name: &str, default: Duration| -> anyhow::Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(0) => bail!("--{name} must be at least 1"),
+                Some(n) => Ok(Duration::from_secs(n)),
+            }
+        };
+        let l = &mut settings.limits;
+        l.idle_timeout = secs(self.idle_timeout_secs, "idle-timeout-secs", l.idle_timeout)?;
+        l.header_timeout = secs(
+            self.header_timeout_secs,
+            "header-timeout-secs",
+            l.header_timeout,
+        )?;
+        l.body_timeout = secs(self.body_timeout_secs, "body-timeout-secs", l.body_timeout)?;
+        l.request_timeout = secs(
+            self.request_timeout_secs,
+            "request-timeout-secs",
+            l.request_timeout,
+        )?;
+        l.tls_handshake_timeout = secs(
+            self.tls_handshake_timeout_secs,
+            "tls-handshake-timeout-secs",
+            l.tls_handshake_timeout,
+        )?;
+        if let Some(n) = self.max_head_bytes {
+            if !(4096..=1024 * 1024).contains(&n) {
+                bail!("--max-head-bytes must be between 4096 and 1048576");
+            }
+            l.max_head_bytes = n;
+        }
+        if let Some(n) = self.max_headers {
+            if !(16..=1000).contains(&n) {
+                bail!("--max-headers must be between 16 and 1000");
+            }
+            l.max_headers = n;
+        }
+        if let Some(n) = self.h2_max_streams {
+            if n == 0 {
+                bail!("--h2-max-streams must be at least 1");
+            }
+            l.h2_max_concurrent_streams = n;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                bail!("--max-connections must be at least 1");
+            }
+            l.max_connections = Some(n);
+        }
+        if let Some(spec) = self.throttle {
+            settings.throttle = callsign_server::ThrottleConfig::parse(&spec)?;
+        }
+        if let Some(n) = self.auth_failures_per_minute {
+            settings.auth_failures_per_minute = n;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +306,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log_json: bool,
     pub endpoint: Option<String>,
+    #[serde(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -200,6 +329,9 @@ fn data_dir(args: &DataDirArgs, file: &FileConfig) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// Most `--public-host` values.
+const MAX_PUBLIC_HOSTS: usize = 8;
 
 /// Resolved `serve` settings.
 pub struct ResolvedServe {
@@ -252,6 +384,11 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     } else {
         args.public_hosts
     };
+    if settings.public_hosts.len() > MAX_PUBLIC_HOSTS {
+        // Each is a signature candidate tried for every unauthenticated request.
+        bail!("at most {MAX_PUBLIC_HOSTS} --public-host values");
+    }
+    args.limits.or(file.limits).apply(&mut settings)?;
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
         if n < 1024 {
             bail!("--max-body-bytes must be at least 1024");

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod helpers;
+mod limits;
 mod operations;
 mod tokens;
 mod versions;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client_commands;
+mod hostile;
 mod nodes;
 
 use std::io::{BufRead as _, BufReader};

@@ -466,19 +466,14 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let health = n
+        // Not ready (the store is away), but alive: liveness touches no store.
+        let ready = n
             .http
-            .get(format!("{}health", node.endpoint))
+            .get(format!("{}ready", node.endpoint))
             .send()
             .await
-            .expect("health");
-        assert_eq!(health.status(), 503);
-        let before_restore = acked.lock().expect("lock").len();
-        relay.restore().await;
-        // It recovers by itself.
-        wait_for(before_restore + 100).await;
-        stop.store(true, Ordering::Relaxed);
-        while load.join_next().await.is_some() {}
+            .expect("ready");
+        assert_eq!(ready.status(), 503);
         let health = n
             .http
             .get(format!("{}health", node.endpoint))
@@ -486,6 +481,27 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
             .await
             .expect("health");
         assert_eq!(health.status(), 200);
+        let before_restore = acked.lock().expect("lock").len();
+        relay.restore().await;
+        // It recovers by itself.
+        wait_for(before_restore + 100).await;
+        stop.store(true, Ordering::Relaxed);
+        while load.join_next().await.is_some() {}
+        // Ready again once the readiness answer (reused for at most a second) is renewed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = n
+                .http
+                .get(format!("{}ready", node.endpoint))
+                .send()
+                .await
+                .expect("ready");
+            if ready.status() == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready after recovery");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         let other = other.lock().expect("lock").clone();
         assert!(

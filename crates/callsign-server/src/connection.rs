@@ -1,0 +1,431 @@
+//! Connection lifecycle: a deadline at every stage and a cap on open connections.
+//!
+//! * Every connection's I/O passes through [`Tracked`], which notes when bytes last moved, and
+//!   every request through [`Counted`], which counts requests in flight. A watchdog per
+//!   connection closes it (HTTP/2: GOAWAY; HTTP/1: `Connection: close` then close) when it has
+//!   been quiet for the idle timeout with nothing in flight, or for the request timeout with a
+//!   request in flight (a handler or a response write that makes no progress).
+//! * The TLS handshake has its own deadline; the HTTP/1 request head has hyper's header read
+//!   timeout; request bodies are read under the body timeout (`http.rs`).
+//! * [`Connections`] admits at most `max` connections. At the cap it closes the connection that
+//!   has been idle longest and admits the new one; with none idle it refuses the new one at
+//!   once. The soft `RLIMIT_NOFILE` is raised to the hard limit at start and the cap derived
+//!   from it ([`derive_cap`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Deadlines and caps of the connection layer; see the README's limits table.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// TLS handshake, from accept.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/1 request head, from the first byte read for it (hyper also applies it to the wait
+    /// for the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// No bytes in either direction and no request in flight: the connection is closed. Also the
+    /// wait for the first request after accept.
+    pub idle_timeout: Duration,
+    /// A request in flight (handler or response write) with no bytes moving for this long: the
+    /// connection is closed.
+    pub request_timeout: Duration,
+    /// The whole request body must arrive within this, from the end of the head.
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers), bytes.
+    pub max_head_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Most open connections; `None` derives it from `RLIMIT_NOFILE`.
+    pub max_connections: Option<usize>,
+    /// HTTP/2 streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before the server answers them, per connection
+    /// (reset-flood protection).
+    pub h2_max_pending_reset_streams: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_head_bytes: 32 * 1024,
+            max_headers: 64,
+            max_connections: None,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
+        }
+    }
+}
+
+/// File descriptors kept back from the connection cap: the store, logs, TLS files, accept.
+const FD_RESERVE: u64 = 128;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort) and returns the soft limit
+/// in force afterwards (`None`: unlimited or unknown).
+pub fn raise_nofile_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// The connection cap: what was asked for, but never more than the open-file limit leaves room
+/// for (an accept that fails with EMFILE helps nobody).
+pub fn derive_cap(requested: Option<usize>, nofile: Option<u64>) -> usize {
+    let room = nofile.map_or(usize::MAX, |n| {
+        usize::try_from(n.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX)
+    });
+    match requested {
+        Some(r) if r > room => {
+            tracing::warn!(
+                requested = r,
+                cap = room,
+                "--max-connections exceeds what the open-file limit allows; using the lower value"
+            );
+            room
+        }
+        Some(r) => r.max(1),
+        None => room.min(100_000),
+    }
+}
+
+/// What the connection layer knows about one connection.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    opened: Instant,
+    /// Milliseconds after `opened` when bytes last moved.
+    last_io_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    closing: AtomicBool,
+    close: Notify,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_io_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Asks the connection to close (idempotent).
+    fn request_close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.close.notify_one();
+    }
+
+    /// Completes when the connection should close: asked to, or quiet past its deadline.
+    pub(crate) async fn expired(&self, limits: &ConnectionLimits) {
+        loop {
+            let limit = if self.is_idle() {
+                limits.idle_timeout
+            } else {
+                limits.request_timeout
+            };
+            let quiet = self.quiet_for();
+            if quiet >= limit || self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(limit - quiet) => {}
+                () = self.close.notified() => return,
+            }
+        }
+    }
+}
+
+/// The open connections, capped.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    max: usize,
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<ConnState>>>,
+    emptied: Notify,
+    /// Connections refused at the cap (none idle to close).
+    pub(crate) refused: AtomicU64,
+    /// Idle connections closed to make room.
+    pub(crate) evicted: AtomicU64,
+}
+
+/// A live connection's place in [`Connections`]; dropping it frees the place.
+pub(crate) struct Admitted {
+    conns: Arc<Connections>,
+    id: u64,
+    pub(crate) state: Arc<ConnState>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut live = self.conns.lock();
+        live.remove(&self.id);
+        if live.is_empty() {
+            self.conns.emptied.notify_waiters();
+        }
+    }
+}
+
+impl Connections {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            emptied: Notify::new(),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cap.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Open connections.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Admits a new connection, closing the longest-idle one at the cap; `None` when the cap is
+    /// reached and every connection is busy.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let mut live = self.lock();
+        let open = live
+            .values()
+            .filter(|s| !s.closing.load(Ordering::Relaxed))
+            .count();
+        if open >= self.max {
+            let victim = live
+                .values()
+                .filter(|s| s.is_idle() && !s.closing.load(Ordering::Relaxed))
+                .max_by_key(|s| s.quiet_for());
+            match victim {
+                Some(v) => {
+                    v.request_close();
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::new());
+        live.insert(id, Arc::clone(&state));
+        Some(Admitted {
+            conns: Arc::clone(self),
+            id,
+            state,
+        })
+    }
+
+    /// Asks every connection to close.
+    pub(crate) fn close_all(&self) {
+        for s in self.lock().values() {
+            s.request_close();
+        }
+    }
+
+    /// Completes when no connection is open.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.emptied.notified();
+            if self.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// An I/O stream that records when bytes move.
+#[derive(Debug)]
+pub(crate) struct Tracked<T> {
+    inner: T,
+    state: Arc<ConnState>,
+}
+
+impl<T> Tracked<T> {
+    pub(crate) fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The client's address, as a request extension (for per-address limits and logs).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+/// A service wrapper that counts requests in flight and tags each with its client address.
+#[derive(Debug, Clone)]
+pub(crate) struct Counted<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    peer: SocketAddr,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S, state: Arc<ConnState>, peer: SocketAddr) -> Self {
+        Self { inner, state, peer }
+    }
+}
+
+struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<B>> for Counted<S>
+where
+    S: hyper::service::Service<hyper::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(ClientAddr(self.peer.ip()));
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(Arc::clone(&self.state));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let _guard = guard;
+            fut.await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_never_exceeds_what_the_file_limit_allows() {
+        assert_eq!(derive_cap(None, Some(1024)), 1024 - FD_RESERVE as usize);
+        assert_eq!(derive_cap(Some(10), Some(1024)), 10);
+        assert_eq!(
+            derive_cap(Some(5000), Some(1024)),
+            1024 - FD_RESERVE as usize
+        );
+        assert_eq!(derive_cap(None, None), 100_000);
+        assert_eq!(derive_cap(Some(0), None), 1);
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connection_makes_room() {
+        let conns = Arc::new(Connections::new(2));
+        let a = conns.admit().expect("room");
+        let b = conns.admit().expect("room");
+        b.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let c = conns.admit().expect("a is idle and makes room");
+        assert!(a.state.closing.load(Ordering::Relaxed));
+        assert!(!b.state.closing.load(Ordering::Relaxed));
+        c.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        assert!(conns.admit().is_none(), "every open connection is busy");
+        assert_eq!(conns.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(conns.evicted.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(conns.len(), 2);
+    }
+}

@@ -1,0 +1,223 @@
+//! Limits an attacker meets in the request pipeline: the head's size, the Authorization shape,
+//! failed authentications per address, ACS-style throttling. Connection-level deadlines and
+//! the cap are tested against the binary (`crates/callsign/tests/cli/hostile.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callsign_core::SystemClock;
+use callsign_server::ThrottleConfig;
+use reqwest::{Method, StatusCode};
+
+use crate::helpers::{TestApp, enc, spawn_app, spawn_app_with};
+
+const CREATE: &str = "/identities?api-version=2023-10-01";
+
+fn identity_count(app: &TestApp) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        app.data_dir.path().join("callsign.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open db");
+    conn.query_row("SELECT count(*) FROM identities", [], |r| r.get(0))
+        .expect("count")
+}
+
+async fn with_auth(app: &TestApp, authorization: &str) -> crate::helpers::Reply {
+    TestApp::reply(
+        app.signed_with(
+            Method::POST,
+            CREATE,
+            None,
+            &app.primary_key,
+            "application/json",
+            Some(authorization),
+        )
+        .send()
+        .await
+        .expect("send"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn denials_say_only_what_acs_says() {
+    let app = spawn_app().await;
+    let sig = "A".repeat(43) + "=";
+    for auth in [
+        format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}"),
+        // Anything but exactly the three signed headers is refused before any hashing.
+        format!(
+            "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256;user-agent&Signature={sig}"
+        ),
+        format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;host&Signature={sig}"),
+        format!(
+            "HMAC-SHA256 SignedHeaders={}x-ms-content-sha256&Signature={sig}",
+            "host;".repeat(50)
+        ),
+        format!(
+            "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={}",
+            "A".repeat(600)
+        ),
+        "Bearer abc".to_owned(),
+    ] {
+        let r = with_auth(&app, &auth).await;
+        r.assert_error(401, "Denied");
+        assert_eq!(
+            r.body["error"]["message"], "Denied by the resource provider.",
+            "no reason for an attacker to tune against: {auth}"
+        );
+    }
+    assert_eq!(identity_count(&app), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicated_authentication_header_is_refused() {
+    let app = spawn_app().await;
+    let r = TestApp::reply(
+        app.signed(Method::POST, CREATE, None, &app.primary_key)
+            .header("x-ms-date", "Mon, 01 Jan 2024 00:00:00 GMT")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    r.assert_error(401, "Denied");
+    assert_eq!(identity_count(&app), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_heads_and_targets_are_refused_with_the_error_body() {
+    let app = spawn_app().await;
+    // 40 KB of headers: over the 32 KiB limit, within what hyper buffers.
+    let mut req = app.signed(Method::POST, CREATE, None, &app.primary_key);
+    for i in 0..40 {
+        req = req.header(format!("x-pad-{i}"), "p".repeat(1000));
+    }
+    let r = TestApp::reply(req.send().await.expect("send")).await;
+    r.assert_error(431, "RequestHeaderFieldsTooLarge");
+    // Too many header fields.
+    let mut req = app.signed(Method::POST, CREATE, None, &app.primary_key);
+    for i in 0..70 {
+        req = req.header(format!("x-n-{i}"), "1");
+    }
+    let r = TestApp::reply(req.send().await.expect("send")).await;
+    r.assert_error(431, "RequestHeaderFieldsTooLarge");
+    // A request-target longer than any ACS path.
+    let long = format!(
+        "/identities/{}/:issueAccessToken?api-version=2023-10-01",
+        enc(&"8:acs:x_".repeat(300))
+    );
+    let r = app
+        .send(Method::POST, &long, Some(r#"{"scopes":["chat"]}"#))
+        .await;
+    r.assert_error(414, "UriTooLong");
+    assert_eq!(identity_count(&app), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_authentications_per_address_are_limited_before_any_signature_work() {
+    let app = spawn_app_with(|s| s.auth_failures_per_minute = 3, Arc::new(SystemClock)).await;
+    let bad = format!(
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={}=",
+        "A".repeat(43)
+    );
+    for _ in 0..3 {
+        with_auth(&app, &bad).await.assert_error(401, "Denied");
+    }
+    // Now even a correctly signed request from this address is turned away, without HMAC work.
+    let r = app.send(Method::POST, CREATE, None).await;
+    r.assert_error(429, "TooManyRequests");
+    let retry: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(identity_count(&app), 0);
+    // Unauthenticated endpoints are not affected.
+    let base = app.endpoint.trim_end_matches('/').to_owned();
+    let health = app
+        .client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("throttle.toml");
+    std::fs::write(
+        &file,
+        "[issue]\nlimit = 2\nwindow_seconds = 2\n[revoke]\nlimit = 1\nwindow_seconds = 60\n",
+    )
+    .expect("write");
+    let config = ThrottleConfig::parse(file.to_str().expect("utf-8")).expect("valid");
+    let app = spawn_app_with(move |s| s.throttle = config, Arc::new(SystemClock)).await;
+
+    // Plain creates are another class: not throttled here.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.create_user().await);
+    }
+    // Issue and create-with-token share the issue bucket (2 at once, 1 per second after).
+    assert_eq!(app.issue(&ids[0], &["chat"]).await.status, StatusCode::OK);
+    let r = app
+        .send(
+            Method::POST,
+            CREATE,
+            Some(r#"{"createTokenWithScopes": ["chat"]}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = identity_count(&app);
+    let r = app
+        .send(
+            Method::POST,
+            CREATE,
+            Some(r#"{"createTokenWithScopes": ["chat"]}"#),
+        )
+        .await;
+    r.assert_error(429, "TooManyRequests");
+    assert_eq!(
+        identity_count(&app),
+        before,
+        "a throttled create writes nothing"
+    );
+    let r = app.issue(&ids[1], &["chat"]).await;
+    r.assert_error(429, "TooManyRequests");
+    let retry: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Served again once the stated time has passed.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(app.issue(&ids[1], &["chat"]).await.status, StatusCode::OK);
+
+    // Revoke: one per minute; the second is refused and its token stays in force.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = app.issue(&ids[2], &["chat"]).await;
+    assert_eq!(token.status, StatusCode::OK, "{}", token.body);
+    let revoke = |id: &str| {
+        format!(
+            "/identities/{}/:revokeAccessTokens?api-version=2023-10-01",
+            enc(id)
+        )
+    };
+    let r = app.send(Method::POST, &revoke(&ids[3]), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = app.send(Method::POST, &revoke(&ids[2]), None).await;
+    r.assert_error(429, "TooManyRequests");
+    let t = token.body["token"].as_str().expect("token");
+    assert_eq!(app.introspect(t).await["active"], true);
+    app.stop().await;
+}

@@ -1,0 +1,1021 @@
+//! Hostile clients against the real binary: amplification attempts, oversized heads, idle and
+//! stalled connections, the connection cap, the failed-authentication limit and a `/health`
+//! flood. Every test starts its own server with short deadlines, talks to 127.0.0.1 only (and
+//! 127.0.0.2 as a second source address), and bounds its own time and request count.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::{Server, client, key_of, run, runtime, signed};
+
+const CREATE: &str = "/identities?api-version=2023-10-01";
+/// 32 zero bytes in base64: a well-formed signature that matches nothing, and a wrong key.
+const WRONG: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+/// Upper bound for anything a deadline of 2 s must have closed, on a loaded 2-core machine.
+const BOUND: Duration = Duration::from_secs(15);
+/// Lower bound showing that a deadline of 2 s, not something else, closed a connection.
+const AT_LEAST: Duration = Duration::from_secs(1);
+const KIB_PER_MIB: u64 = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn access_key(dir: &Path) -> String {
+    let (ok, cs, err) = run(&[
+        "connection-string",
+        "--data-dir",
+        dir.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    key_of(&cs)
+}
+
+fn addr(server: &Server) -> SocketAddr {
+    server.host().parse().expect("socket address")
+}
+
+fn tls(dir: &Path, alpn: &[u8]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("tls/ca.pem")).expect("ca.pem") {
+        roots.add(cert.expect("pem")).expect("CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// TCP connect and a complete TLS handshake.
+async fn connect(tls: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::from(addr.ip());
+    tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
+}
+
+/// An HTTP/1.1 request, byte for byte.
+fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+    for (k, v) in headers {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// The host, date, content hash and Authorization headers of a properly signed request.
+fn sign(key: &str, method: &str, target: &str, host: &str, body: &[u8]) -> [(String, String); 4] {
+    let date = format_date(SystemTime::now());
+    let hash = content_hash(body);
+    let sts = string_to_sign(method, target, &[&date, host, &hash]);
+    let sig = AccessKeyMac::from_base64(key).expect("key").sign(&sts);
+    [
+        ("host".into(), host.into()),
+        ("x-ms-date".into(), date),
+        ("x-ms-content-sha256".into(), hash),
+        (
+            "authorization".into(),
+            format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}"),
+        ),
+    ]
+}
+
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The ACS error code, or "" when the body is not an ACS error.
+    fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one response (Content-Length framed, else up to EOF).
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(len);
+        }
+        None => {
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends a request and reads its response, within 15 s.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &[u8],
+) -> std::io::Result<Response> {
+    tokio::time::timeout(BOUND, async {
+        s.write_all(req).await?;
+        s.flush().await?;
+        read_response(s).await
+    })
+    .await
+    .map_err(|_| std::io::Error::other("no response within 15 s"))?
+}
+
+/// Reads until the peer closes (EOF, or an error such as a reset) and returns how long after
+/// `since` that was and what arrived meanwhile; panics if still open after `limit`.
+async fn wait_closed<S: AsyncRead + Unpin>(
+    s: &mut S,
+    since: Instant,
+    limit: Duration,
+) -> (Duration, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => panic!(
+                "the connection was still open {:?} after the last byte sent",
+                since.elapsed()
+            ),
+            Ok(Ok(0) | Err(_)) => return (since.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn assert_closed_by_deadline(what: &str, took: Duration) {
+    assert!(
+        took >= AT_LEAST,
+        "{what}: closed after {took:?}, sooner than the deadline"
+    );
+    assert!(took <= BOUND, "{what}: closed only after {took:?}");
+}
+
+fn proc_file(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{name}")).expect("procfs")
+}
+
+/// utime + stime of the whole process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = proc_file(pid, "stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5); `after` starts at field 3.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Nanoseconds on CPU summed over the live threads (`schedstat`), when the kernel has it.
+fn cpu_ns_precise(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmHWM`, `VmRSS`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    proc_file(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("status field")
+}
+
+fn assert_denied(r: &Response) {
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": {"code": "Denied", "message": "Denied by the resource provider."}}),
+        "{r:?}"
+    );
+}
+
+fn assert_acs_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.code(), code, "{r:?}");
+    assert!(
+        r.json()["error"]["message"].is_string(),
+        "an ACS error body: {r:?}"
+    );
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Amplification
+
+#[test]
+fn amplification_is_refused_and_the_worst_request_costs_about_an_ordinary_401() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Hundreds of failed authentications from one address: the per-address limit is off here.
+    let server = Server::start(dir.path(), &["--auth-failures-per-minute", "0"]);
+    let pid = server.child.id();
+    let host = server.host();
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"http/1.1");
+    let hwm_before = status_kib(pid, "VmHWM");
+    let ticks = clock_ticks_per_sec();
+    let tick_ns = 1_000_000_000 / ticks;
+    let rt = runtime();
+    let date = format_date(SystemTime::now());
+    let hash = content_hash(b"");
+
+    // (a) The old attack: one 190 KB unauthenticated request naming a 150 KB header 20,000 times.
+    let big = "v".repeat(150 * 1024);
+    let names = vec!["a"; 20_000].join(";");
+    let auth = format!("HMAC-SHA256 SignedHeaders={names}&Signature={WRONG}");
+    let old_attack = request(
+        "POST",
+        CREATE,
+        &[
+            ("host", &host),
+            ("x-ms-date", &date),
+            ("x-ms-content-sha256", &hash),
+            ("a", &big),
+            ("authorization", &auth),
+            ("content-length", "0"),
+        ],
+        b"",
+    );
+    assert!(old_attack.len() >= 190_000, "{}", old_attack.len());
+    let cpu_a = cpu_ticks(pid);
+    let (took_a, outcome_a) = rt.block_on(async {
+        let started = Instant::now();
+        let mut s = connect(&tls, addr).await;
+        let outcome = tokio::time::timeout(BOUND, async {
+            // The server may close while this is still being written: that is a refusal too.
+            let _ = s.write_all(&old_attack).await;
+            let _ = s.flush().await;
+            read_response(&mut s).await
+        })
+        .await
+        .expect("the old attack is answered or closed within 15 s");
+        (started.elapsed(), outcome)
+    });
+    let cpu_a = (cpu_ticks(pid) - cpu_a) * tick_ns;
+    match &outcome_a {
+        Ok(r) => assert_eq!(r.status, 431, "{r:?}"),
+        Err(e) => eprintln!("amplification (a): connection closed ({e})"),
+    }
+    assert!(
+        took_a < Duration::from_secs(5),
+        "the old attack took {took_a:?}"
+    );
+    eprintln!(
+        "amplification (a): {} bytes -> {} in {took_a:?}, server CPU {} ms (tick resolution {} ms)",
+        old_attack.len(),
+        outcome_a
+            .as_ref()
+            .map_or("closed".to_owned(), |r| r.status.to_string()),
+        cpu_a / 1_000_000,
+        tick_ns / 1_000_000
+    );
+
+    // (b) The worst request within the limits: a ~2000-byte target on a known route, ~30 KB of
+    // other headers and a 512-byte Authorization signing the three headers, wrongly.
+    let prefix = "/identities/8%3Aacs%3A";
+    let suffix = "/:issueAccessToken?api-version=2023-10-01";
+    let long_target = format!(
+        "{prefix}{}{suffix}",
+        "a".repeat(2000 - prefix.len() - suffix.len())
+    );
+    assert_eq!(long_target.len(), 2000);
+    let mut auth512 = format!(
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={WRONG}&pad="
+    );
+    auth512.push_str(&"p".repeat(512 - auth512.len()));
+    assert_eq!(auth512.len(), 512);
+    let mut worst_headers: Vec<(String, String)> = vec![
+        ("host".into(), host.clone()),
+        ("x-ms-date".into(), date.clone()),
+        ("x-ms-content-sha256".into(), hash.clone()),
+        ("authorization".into(), auth512),
+        ("content-type".into(), "application/json".into()),
+        ("content-length".into(), "0".into()),
+    ];
+    // The head size as the server counts it: target plus name + value + 4 per header.
+    let size = |hs: &[(String, String)]| -> usize {
+        long_target.len() + hs.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+    };
+    let fillers = 50;
+    let room = 32 * 1024 - 64 - size(&worst_headers);
+    for i in 0..fillers {
+        let name = format!("x-filler-{i:02}");
+        let value = "f".repeat(room / fillers - name.len() - 4);
+        worst_headers.push((name, value));
+    }
+    let worst_size = size(&worst_headers);
+    assert!(
+        (31_000..=32 * 1024).contains(&worst_size) && worst_headers.len() <= 64,
+        "{worst_size} bytes, {} headers",
+        worst_headers.len()
+    );
+    let worst = request("POST", &long_target, &pairs(&worst_headers), b"");
+    let short_auth =
+        format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={WRONG}");
+    let ordinary = request(
+        "POST",
+        CREATE,
+        &[
+            ("host", &host),
+            ("x-ms-date", &date),
+            ("x-ms-content-sha256", &hash),
+            ("authorization", &short_auth),
+            ("content-length", "0"),
+        ],
+        b"",
+    );
+    // (c) SignedHeaders naming host 50 times.
+    let hosts = vec!["host"; 50].join(";");
+    let many_hosts = request(
+        "POST",
+        CREATE,
+        &[
+            ("host", &host),
+            ("x-ms-date", &date),
+            ("x-ms-content-sha256", &hash),
+            (
+                "authorization",
+                &format!("HMAC-SHA256 SignedHeaders={hosts}&Signature={WRONG}"),
+            ),
+            ("content-length", "0"),
+        ],
+        b"",
+    );
+
+    const N: u64 = 300;
+    let (ticks_ordinary, ticks_worst, ns_ordinary, ns_worst, mut latencies) = rt.block_on(async {
+        let mut s = connect(&tls, addr).await;
+        let r = exchange(&mut s, &many_hosts).await.expect("(c) answered");
+        assert_denied(&r);
+        for _ in 0..20 {
+            let r = exchange(&mut s, &ordinary).await.expect("warm-up");
+            assert_denied(&r);
+            let r = exchange(&mut s, &worst).await.expect("warm-up");
+            assert_denied(&r);
+        }
+        let (t0, n0) = (cpu_ticks(pid), cpu_ns_precise(pid));
+        for _ in 0..N {
+            let r = exchange(&mut s, &ordinary).await.expect("ordinary 401");
+            assert_denied(&r);
+        }
+        let (t1, n1) = (cpu_ticks(pid), cpu_ns_precise(pid));
+        let mut latencies = Vec::new();
+        for _ in 0..N {
+            let started = Instant::now();
+            let r = exchange(&mut s, &worst)
+                .await
+                .expect("every worst request answered");
+            latencies.push(started.elapsed());
+            assert_denied(&r);
+        }
+        let (t2, n2) = (cpu_ticks(pid), cpu_ns_precise(pid));
+        let precise = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b - a);
+        (
+            t1 - t0,
+            t2 - t1,
+            precise(n0, n1),
+            precise(n1, n2),
+            latencies,
+        )
+    });
+    let per = |ticks: u64| ticks * tick_ns / N;
+    let extra_ns = per(ticks_worst) as i64 - per(ticks_ordinary) as i64;
+    let median_latency = median(&mut latencies);
+    let hwm_growth = status_kib(pid, "VmHWM").saturating_sub(hwm_before);
+    eprintln!(
+        "amplification (b) vs ordinary 401, {N} each, {worst_size}-byte head: \
+         utime+stime ordinary {} µs/req, worst {} µs/req, extra {} µs/req \
+         (tick {} ms, so ±{} µs/req)",
+        per(ticks_ordinary) / 1000,
+        per(ticks_worst) / 1000,
+        extra_ns / 1000,
+        tick_ns / 1_000_000,
+        2 * tick_ns / N / 1000
+    );
+    if let (Some(o), Some(w)) = (ns_ordinary, ns_worst) {
+        eprintln!(
+            "amplification (b) vs ordinary 401 (schedstat, ns resolution): ordinary {} µs/req, \
+             worst {} µs/req, extra {} µs/req",
+            o / N / 1000,
+            w / N / 1000,
+            (w as i64 - o as i64) / N as i64 / 1000
+        );
+    }
+    eprintln!(
+        "amplification (b): median latency {median_latency:?}, max {:?}; VmHWM growth {} KiB",
+        latencies.last().expect("latencies"),
+        hwm_growth
+    );
+    assert!(
+        median_latency < Duration::from_millis(10),
+        "median latency {median_latency:?}"
+    );
+    assert!(
+        hwm_growth < 64 * KIB_PER_MIB,
+        "peak RSS grew by {hwm_growth} KiB"
+    );
+    assert!(
+        extra_ns < 1_000_000,
+        "the worst request costs {extra_ns} ns more CPU than an ordinary 401"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. 431 and 414
+
+#[test]
+fn oversized_heads_get_431_and_long_targets_414() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &[]);
+    let host = server.host();
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"http/1.1");
+    let rt = runtime();
+    rt.block_on(async {
+        let send = |req: Vec<u8>| {
+            let tls = tls.clone();
+            async move {
+                let mut s = connect(&tls, addr).await;
+                exchange(&mut s, &req).await.expect("a response")
+            }
+        };
+        let filler = |n: usize, len: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|i| (format!("x-filler-{i:02}"), "f".repeat(len)))
+                .collect()
+        };
+        let with_host = |mut hs: Vec<(String, String)>| {
+            hs.insert(0, ("host".into(), host.clone()));
+            hs
+        };
+
+        // 40 KB of headers, 41 fields: over the byte limit, under hyper's own.
+        let hs = with_host(filler(40, 1000));
+        let r = send(request("GET", "/health", &pairs(&hs), b"")).await;
+        assert_acs_error(&r, 431, "RequestHeaderFieldsTooLarge");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|v| v.starts_with("application/json")),
+            "{r:?}"
+        );
+
+        // 65 fields: one over the limit, refused by the server with the ACS body.
+        let hs = with_host(filler(64, 10));
+        let r = send(request("GET", "/health", &pairs(&hs), b"")).await;
+        assert_acs_error(&r, 431, "RequestHeaderFieldsTooLarge");
+
+        // 70 fields: 431 (hyper may refuse these itself, with a bare 431).
+        let hs = with_host(filler(69, 10));
+        let r = send(request("GET", "/health", &pairs(&hs), b"")).await;
+        assert_eq!(r.status, 431, "{r:?}");
+        if !r.body.is_empty() {
+            assert_acs_error(&r, 431, "RequestHeaderFieldsTooLarge");
+        }
+
+        // 3000-byte request-target: 414 UriTooLong.
+        let head = "/identities/";
+        let tail = "?api-version=2023-10-01";
+        let target = format!("{head}{}{tail}", "a".repeat(3000 - head.len() - tail.len()));
+        assert_eq!(target.len(), 3000);
+        let hs = with_host(Vec::new());
+        let r = send(request("GET", &target, &pairs(&hs), b"")).await;
+        assert_acs_error(&r, 414, "UriTooLong");
+
+        // 2048 bytes is still served.
+        let target = format!("/health?pad={}", "p".repeat(2048 - "/health?pad=".len()));
+        let r = send(request("GET", &target, &pairs(&hs), b"")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Idle TLS connections and stalled handshakes
+
+#[test]
+fn an_idle_tls_connection_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &["--idle-timeout-secs", "2"]);
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"http/1.1");
+    let rt = runtime();
+    let (took, got) = rt.block_on(async {
+        let mut s = connect(&tls, addr).await;
+        let since = Instant::now();
+        wait_closed(&mut s, since, BOUND).await
+    });
+    eprintln!("idle TLS connection closed after {took:?}");
+    assert_closed_by_deadline("idle TLS connection", took);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[test]
+fn a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--tls-handshake-timeout-secs",
+            "2",
+            "--idle-timeout-secs",
+            "60",
+        ],
+    );
+    let addr = addr(&server);
+    let rt = runtime();
+    let (took, got) = rt.block_on(async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let since = Instant::now();
+        wait_closed(&mut s, since, BOUND).await
+    });
+    eprintln!("silent TCP connection closed after {took:?}");
+    assert_closed_by_deadline("TCP connection without a handshake", took);
+    assert!(got.is_empty(), "{got:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Idle HTTP/2 connection
+
+#[test]
+fn an_idle_http2_connection_gets_goaway_then_is_closed() {
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &["--idle-timeout-secs", "2"]);
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"h2");
+    let rt = runtime();
+    let (goaway_after, closed_after) = rt.block_on(async {
+        let mut s = connect(&tls, addr).await;
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("preface");
+        s.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+            .await
+            .expect("settings");
+        s.flush().await.expect("flush");
+        let mut since = Instant::now();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut goaway_after = None;
+        loop {
+            let left = BOUND.saturating_sub(since.elapsed());
+            let n = match tokio::time::timeout(left, s.read(&mut chunk)).await {
+                Err(_) => panic!("HTTP/2 connection still open after {:?}", since.elapsed()),
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                match kind {
+                    SETTINGS if flags & ACK == 0 => {
+                        s.write_all(&[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0])
+                            .await
+                            .expect("settings ack");
+                        s.flush().await.expect("flush");
+                        if goaway_after.is_none() {
+                            since = Instant::now();
+                        }
+                    }
+                    PING if flags & ACK == 0 && goaway_after.is_some() => {
+                        // The graceful shutdown's PING: answering it lets the server finish.
+                        let mut ack = vec![0, 0, 8, PING, ACK, 0, 0, 0, 0];
+                        ack.extend_from_slice(&payload);
+                        let _ = s.write_all(&ack).await;
+                        let _ = s.flush().await;
+                    }
+                    GOAWAY if goaway_after.is_none() => goaway_after = Some(since.elapsed()),
+                    _ => {}
+                }
+            }
+        }
+        (goaway_after, since.elapsed())
+    });
+    eprintln!(
+        "idle HTTP/2 connection: GOAWAY after {goaway_after:?}, closed after {closed_after:?}"
+    );
+    let goaway_after = goaway_after.expect("a GOAWAY frame before the close");
+    assert_closed_by_deadline("idle HTTP/2 connection (GOAWAY)", goaway_after);
+    assert!(closed_after <= BOUND, "closed after {closed_after:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Half-sent head, slow body
+
+/// A 40-byte JSON body.
+fn body40() -> Vec<u8> {
+    let mut body = br#"{"createTokenWithScopes":["chat"]}"#.to_vec();
+    body.resize(40, b' ');
+    body
+}
+
+/// The head and first 5 body bytes of a signed create whose 40-byte body never completes.
+fn stalled_create(key: &str, host: &str) -> Vec<u8> {
+    let body = body40();
+    let mut hs = sign(key, "POST", CREATE, host, &body).to_vec();
+    hs.push(("content-type".into(), "application/json".into()));
+    hs.push(("content-length".into(), body.len().to_string()));
+    request("POST", CREATE, &pairs(&hs), &body[..5])
+}
+
+#[test]
+fn a_half_sent_head_and_a_slow_body_are_cut_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--plain-http",
+            "--header-timeout-secs",
+            "2",
+            "--body-timeout-secs",
+            "2",
+        ],
+    );
+    assert!(
+        server.endpoint.starts_with("http://"),
+        "{}",
+        server.endpoint
+    );
+    let key = access_key(dir.path());
+    let host = server.host();
+    let addr = addr(&server);
+    let rt = runtime();
+    rt.block_on(async {
+        // Half a head, then nothing.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /identities?api-version=2023-10-01 HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        let since = Instant::now();
+        let (took, got) = wait_closed(&mut s, since, BOUND).await;
+        let got = String::from_utf8_lossy(&got);
+        eprintln!("half-sent head: closed after {took:?}, received {got:?}");
+        assert_closed_by_deadline("half-sent head", took);
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got:?}");
+
+        // A signed head, 5 of 40 body bytes, then nothing.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&stalled_create(&key, &host))
+            .await
+            .expect("write");
+        let since = Instant::now();
+        let r = tokio::time::timeout(BOUND, read_response(&mut s))
+            .await
+            .expect("a response within 15 s")
+            .expect("a response");
+        let took = since.elapsed();
+        eprintln!("slow body: {} after {took:?}", r.status);
+        assert_closed_by_deadline("slow body", took);
+        assert_acs_error(&r, 408, "RequestTimeout");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The connection cap
+
+#[test]
+fn at_the_cap_idle_connections_make_room_and_busy_ones_refuse_newcomers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &["--max-connections", "8"]);
+    let key = access_key(dir.path());
+    let host = server.host();
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"http/1.1");
+    let rt = runtime();
+    rt.block_on(async {
+        // Eight idle connections fill the cap.
+        let mut idle = Vec::new();
+        for _ in 0..8 {
+            idle.push(connect(&tls, addr).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // A well-behaved client still gets in: the longest-idle connection makes room.
+        let http = client(dir.path());
+        let r = signed(
+            &http,
+            &server.endpoint,
+            &host,
+            &key,
+            reqwest::Method::POST,
+            CREATE,
+            "",
+        )
+        .await
+        .expect("create at the cap");
+        assert_eq!(r.status(), 201);
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let mut watchers = Vec::new();
+        for mut s in idle {
+            let tx = tx.clone();
+            watchers.push(tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = tx.send(()).await;
+            }));
+        }
+        let evicted = tokio::time::timeout(Duration::from_secs(8), rx.recv()).await;
+        assert!(
+            matches!(evicted, Ok(Some(()))),
+            "none of the 8 idle connections was closed to admit the new one"
+        );
+        for w in &watchers {
+            w.abort();
+        }
+        drop(http);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Eight connections each with a request in flight (a body that never completes).
+        let mut busy = Vec::new();
+        for _ in 0..8 {
+            let mut s = connect(&tls, addr).await;
+            s.write_all(&stalled_create(&key, &host))
+                .await
+                .expect("write");
+            s.flush().await.expect("flush");
+            busy.push(s);
+            // Let the server take the head in before the next connection arrives.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // A newcomer is closed at once rather than left hanging.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let since = Instant::now();
+        let (took, got) = wait_closed(&mut s, since, Duration::from_secs(2)).await;
+        eprintln!("connection cap: newcomer closed after {took:?} with every connection busy");
+        assert!(got.is_empty(), "{got:?}");
+
+        // The busy ones were not the ones closed.
+        for s in &mut busy {
+            let mut buf = [0u8; 64];
+            let still_open =
+                tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+            assert!(
+                still_open.is_err(),
+                "a busy connection ended: {still_open:?}"
+            );
+        }
+        drop(busy);
+
+        // Once they are gone, service resumes.
+        let http = client(dir.path());
+        let mut last = None;
+        for _ in 0..20 {
+            let r = signed(
+                &http,
+                &server.endpoint,
+                &host,
+                &key,
+                reqwest::Method::POST,
+                CREATE,
+                "",
+            )
+            .await;
+            match r {
+                Ok(r) if r.status() == 201 => {
+                    last = None;
+                    break;
+                }
+                other => last = Some(format!("{other:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            last.is_none(),
+            "no service after the busy connections left: {last:?}"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Failed authentications per address
+
+#[test]
+fn an_address_that_keeps_failing_authentication_gets_429_and_others_do_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &["--auth-failures-per-minute", "5"]);
+    let key = access_key(dir.path());
+    let host = server.host();
+    let endpoint = server.endpoint.clone();
+    let rt = runtime();
+    rt.block_on(async {
+        let http = client(dir.path());
+        let create = |http: reqwest::Client, key: String| {
+            let (endpoint, host) = (endpoint.clone(), host.clone());
+            async move {
+                signed(
+                    &http,
+                    &endpoint,
+                    &host,
+                    &key,
+                    reqwest::Method::POST,
+                    CREATE,
+                    "",
+                )
+                .await
+                .expect("response")
+            }
+        };
+        for i in 0..5 {
+            let r = create(http.clone(), WRONG.into()).await;
+            assert_eq!(r.status(), 401, "bad signature #{}", i + 1);
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "Denied");
+        }
+
+        // Now even a valid request from this address is refused, before any signature work.
+        let r = create(http.clone(), key.clone()).await;
+        assert_eq!(r.status(), 429);
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("Retry-After in whole seconds");
+        assert!(retry_after >= 1, "Retry-After: {retry_after}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "TooManyRequests", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+
+        // Another address is unaffected.
+        let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca.pem");
+        let other = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
+            .timeout(Duration::from_secs(10))
+            .local_address(IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .expect("client");
+        let r = create(other, key.clone()).await;
+        assert_eq!(r.status(), 201);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. /health flood
+
+#[test]
+fn a_health_flood_is_answered_in_bounded_memory() {
+    const CONNECTIONS: usize = 50;
+    const PER_CONNECTION: usize = 40;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &[]);
+    let pid = server.child.id();
+    let host = server.host();
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"http/1.1");
+    let rt = runtime();
+    let started = Instant::now();
+    let ok = rt.block_on(async {
+        let req = request("GET", "/health", &[("host", &host)], b"");
+        let mut tasks = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let (tls, req) = (tls.clone(), req.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut s = connect(&tls, addr).await;
+                let mut ok = 0;
+                for _ in 0..PER_CONNECTION {
+                    let r = exchange(&mut s, &req).await.expect("health answered");
+                    assert_eq!(r.status, 200, "{r:?}");
+                    ok += 1;
+                }
+                ok
+            }));
+        }
+        tokio::time::timeout(Duration::from_secs(120), async {
+            let mut ok = 0;
+            for t in tasks {
+                ok += t.await.expect("task");
+            }
+            ok
+        })
+        .await
+        .expect("the flood is answered within 120 s")
+    });
+    let took = started.elapsed();
+    let (rss, hwm) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
+    eprintln!(
+        "health flood: {ok} requests over {CONNECTIONS} connections in {took:?}; \
+         server VmRSS {} KiB, VmHWM {} KiB",
+        rss, hwm
+    );
+    assert_eq!(ok, CONNECTIONS * PER_CONNECTION);
+    assert!(hwm < 100 * KIB_PER_MIB, "peak RSS {hwm} KiB");
+    assert!(rss < 100 * KIB_PER_MIB, "RSS {rss} KiB");
+}
