@@ -139,7 +139,11 @@ proptest! {
     #[test]
     fn identity_ids_round_trip(resource in guid(), user in guid(), upper in any::<bool>()) {
         let raw = format!("8:acs:{}_{}", resource.hyphenated(), user.hyphenated());
-        let sent = if upper { format!("8:acs:{}", raw[6..].to_ascii_uppercase()) } else { raw.clone() };
+        let sent = if upper {
+            format!("8:acs:{}", raw[6..].to_ascii_uppercase())
+        } else {
+            raw.clone()
+        };
         let id = IdentityId::parse(&sent);
         prop_assert_eq!(id.as_ref().map(ToString::to_string), Ok(raw.clone()));
         prop_assert_eq!(id.map(|i| i.resource().as_uuid()), Ok(resource));

@@ -120,7 +120,12 @@ pub(crate) struct ConnState {
     in_flight: AtomicUsize,
     closing: AtomicBool,
     close: Notify,
+    /// How long what is in flight may take once the connection is asked to close (ms).
+    close_grace_ms: AtomicU64,
 }
+
+/// How long a connection closed by its deadline or to make room may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 impl ConnState {
     fn new() -> Self {
@@ -130,7 +135,13 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             close: Notify::new(),
+            close_grace_ms: AtomicU64::new(CLOSE_GRACE.as_millis() as u64),
         }
+    }
+
+    /// How long the connection may take to finish once asked to close.
+    pub(crate) fn close_grace(&self) -> Duration {
+        Duration::from_millis(self.close_grace_ms.load(Ordering::Relaxed))
     }
 
     fn touch(&self) {
@@ -263,9 +274,11 @@ impl Connections {
         })
     }
 
-    /// Asks every connection to close.
-    pub(crate) fn close_all(&self) {
+    /// Asks every connection to close, letting what is in flight take up to `grace`.
+    pub(crate) fn close_all(&self, grace: Duration) {
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         for s in self.lock().values() {
+            s.close_grace_ms.store(grace_ms, Ordering::Relaxed);
             s.request_close();
         }
     }

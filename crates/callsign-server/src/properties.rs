@@ -196,7 +196,17 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         Just(" ".to_owned()),
         Just("null".to_owned()),
         Just("\u{feff}".to_owned()),
-        "\"(scopes|createTokenWithScopes|expiresInMinutes|customId|externalId|tokensValidFrom|principalType|clientIds)\"",
+        prop::sample::select(vec![
+            "scopes",
+            "createTokenWithScopes",
+            "expiresInMinutes",
+            "customId",
+            "externalId",
+            "tokensValidFrom",
+            "principalType",
+            "clientIds",
+        ])
+        .prop_map(|f| format!("\"{f}\"")),
         "\"[A-Z]{12}\"",
         "-?[0-9]{1,22}(\\.[0-9]{0,3})?",
         any::<u8>().prop_map(|b| char::from(b).to_string()),
@@ -272,8 +282,12 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         2 => "HMAC-SHA256 SignedHeaders=[a-z;-]{0,60}&Signature=[A-Za-z0-9+/=]{0,60}"
             .prop_map(String::into_bytes),
-        1 => "(HMAC-SHA256|hmac-sha256|Bearer) (SignedHeaders=x-ms-date;host;x-ms-content-sha256(;[a-z-]{1,12}){0,200}&)?Signature=[A-Za-z0-9+/]{43}="
-            .prop_map(String::into_bytes),
+        1 => concat!(
+            "(HMAC-SHA256|hmac-sha256|Bearer) ",
+            "(SignedHeaders=x-ms-date;host;x-ms-content-sha256(;[a-z-]{1,12}){0,200}&)?",
+            "Signature=[A-Za-z0-9+/]{43}=",
+        )
+        .prop_map(String::into_bytes),
         1 => Just(format_date(now()).into_bytes()),
         1 => Just(content_hash(b"").into_bytes()),
         1 => "[a-z0-9.:\\[\\]-]{0,40}".prop_map(String::into_bytes),
@@ -333,7 +347,10 @@ proptest! {
         for enc in encodings(&id) {
             let one = format!("/identities/{enc}{slash}");
             prop_assert_eq!(check_route(&Method::GET, &one).ok(), Some(Route::Get(id.clone())));
-            prop_assert_eq!(check_route(&Method::DELETE, &one).ok(), Some(Route::Delete(id.clone())));
+            prop_assert_eq!(
+                check_route(&Method::DELETE, &one).ok(),
+                Some(Route::Delete(id.clone()))
+            );
             prop_assert_eq!(
                 check_route(&Method::PATCH, &one).ok(),
                 Some(Route::LegacyRevoke(id.clone()))
@@ -366,7 +383,7 @@ proptest! {
     #[test]
     fn ids_that_are_not_utf8_are_refused(
         before in "[a-z0-9]{0,8}",
-        bad in prop_oneof![Just("%FF"), Just("%C3"), Just("%E2%82"), Just("%ED%A0%80"), Just("%80")],
+        bad in prop::sample::select(vec!["%FF", "%C3", "%E2%82", "%ED%A0%80", "%80"]),
         after in "[a-z0-9]{0,8}",
     ) {
         let p = format!("/identities/{before}{bad}{after}/:issueAccessToken");
@@ -451,7 +468,13 @@ proptest! {
 
     #[test]
     fn sdk_signed_requests_authenticate_and_altered_ones_do_not(
-        method in prop_oneof![Just(Method::GET), Just(Method::POST), Just(Method::PUT), Just(Method::DELETE), Just(Method::PATCH)],
+        method in prop::sample::select(vec![
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ]),
         target in "/[a-zA-Z0-9%:._~/-]{0,80}(\\?[a-z0-9=&-]{0,40})?",
         host in "[a-z0-9.-]{1,30}(:[0-9]{1,5})?",
         body in prop::collection::vec(any::<u8>(), 0..256),
@@ -459,7 +482,8 @@ proptest! {
         flip in any::<prop::sample::Index>(),
     ) {
         let signed_at = UNIX_EPOCH + Duration::from_secs(NOW.saturating_add_signed(skew));
-        let h = sign_request(&AccessKeyMac::from_bytes(KEY), method.as_str(), &target, &host, &body, signed_at);
+        let key = AccessKeyMac::from_bytes(KEY);
+        let h = sign_request(&key, method.as_str(), &target, &host, &body, signed_at);
         let headers = vec![
             ("host".to_owned(), host.into_bytes()),
             ("x-ms-date".to_owned(), h.date.into_bytes()),

@@ -175,13 +175,13 @@ async fn serve_connection<I>(
         () = state.expired(limits) => {}
     }
     conn.as_mut().graceful_shutdown();
-    if tokio::time::timeout(CLOSE_GRACE, conn).await.is_err() {
+    if tokio::time::timeout(state.close_grace(), conn)
+        .await
+        .is_err()
+    {
         tracing::debug!("connection did not close in time; dropped");
     }
 }
-
-/// How long a connection asked to close may take to finish what is in flight.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Accept failures (EMFILE, ENFILE, ...): exponential backoff from 10 ms to 1 s, counted, logged
 /// at most once a second.
@@ -428,7 +428,6 @@ impl Application {
             })
         };
         let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
-        let limits = limits;
         let builder = http_builder(&limits);
         let nofile = crate::connection::raise_nofile_limit();
         let conns = Arc::new(Connections::new(crate::connection::derive_cap(
@@ -492,7 +491,7 @@ impl Application {
             open = conns.len(),
             "shutting down: draining in-flight requests"
         );
-        conns.close_all();
+        conns.close_all(shutdown_grace);
         tokio::select! {
             () = conns.drained() => {}
             () = tokio::time::sleep(shutdown_grace) => {

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the connection string of the default resource (one line).
     ConnectionString(ConnectionStringArgs),
     /// Print the local CA certificate (PEM), for REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS /
@@ -509,7 +509,7 @@ mod tests {
         let mut full = vec!["callsign", "serve"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).expect("parses").command {
-            Command::Serve(a) => a,
+            Command::Serve(a) => *a,
             _ => unreachable!(),
         }
     }

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::ConnectionString(args) => print_connection_string(args).await,
             Command::CaCert(args) => print_ca_cert(args),
             Command::Migrate(args) => migrate(args).await,

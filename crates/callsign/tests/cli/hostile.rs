@@ -470,7 +470,8 @@ fn amplification_is_refused_and_the_worst_request_costs_about_an_ordinary_401() 
             assert_denied(&r);
         }
         let (t2, n2) = (cpu_ticks(pid), cpu_ns_precise(pid));
-        let precise = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b - a);
+        // Threads that exit take their counts along: no delta then.
+        let precise = |a: Option<u64>, b: Option<u64>| a.zip(b).and_then(|(a, b)| b.checked_sub(a));
         (
             t1 - t0,
             t2 - t1,
@@ -515,9 +516,17 @@ fn amplification_is_refused_and_the_worst_request_costs_about_an_ordinary_401() 
         hwm_growth < 64 * KIB_PER_MIB,
         "peak RSS grew by {hwm_growth} KiB"
     );
+    // A regression bound, not the target (< 100 µs; measured ~20 µs in a release build). An
+    // unoptimised (debug) build spends ~1 ms more on the worst request, nearly all of it in
+    // parsing and storing its 56 header fields and 32 KB head, so its bound is looser.
+    let bound_ns = if cfg!(debug_assertions) {
+        5_000_000
+    } else {
+        1_000_000
+    };
     assert!(
-        extra_ns < 1_000_000,
-        "the worst request costs {extra_ns} ns more CPU than an ordinary 401"
+        extra_ns < bound_ns,
+        "the worst request costs {extra_ns} ns more CPU than an ordinary 401 (bound {bound_ns} ns)"
     );
 }
 
