@@ -6,9 +6,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 /// A resource's access key, as it appears in a connection string: 64 random bytes, padded base64
-/// (88 characters). `Debug` never shows it.
+/// (88 characters). `Debug` never shows it; the text is zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessKey(String);
+
+impl Drop for AccessKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 /// The stored key is not valid base64 of at least 32 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,14 +24,14 @@ pub struct AccessKeyError;
 impl AccessKey {
     /// A fresh key from the operating system's CSPRNG.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 64];
-        aws_lc_rs::rand::fill(&mut bytes).unwrap_or_else(|_| panic!("the system RNG failed"));
-        Self(STANDARD.encode(bytes))
+        let mut bytes = zeroize::Zeroizing::new([0u8; 64]);
+        aws_lc_rs::rand::fill(bytes.as_mut()).unwrap_or_else(|_| panic!("the system RNG failed"));
+        Self(STANDARD.encode(bytes.as_ref()))
     }
 
     /// Takes a key from storage or configuration.
     pub fn parse(s: &str) -> Result<Self, AccessKeyError> {
-        match STANDARD.decode(s) {
+        match STANDARD.decode(s).map(zeroize::Zeroizing::new) {
             Ok(bytes) if bytes.len() >= 32 => Ok(Self(s.to_owned())),
             _ => Err(AccessKeyError),
         }

@@ -19,6 +19,7 @@
 mod auth;
 mod connection;
 mod error;
+mod files;
 mod http;
 mod identities;
 mod keys;
@@ -36,6 +37,7 @@ pub use callsign_core::token::Algorithm;
 pub use callsign_store::PostgresOptions;
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
+pub use files::{restrict_umask, secure_data_dir};
 pub use startup::{
     Application, Database, Settings, StoreLocation, connection_string, database_path, endpoint_for,
     ensure_default_resource, open_embedded_store,

@@ -233,21 +233,16 @@ impl std::fmt::Debug for Application {
     }
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("cannot create the data dir {}", dir.display()))
-}
-
 /// Opens the embedded store of a data dir (creating it if needed).
 pub fn open_embedded_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    create_private_dir(data_dir)?;
+    crate::files::secure_data_dir(data_dir)?;
     let path = database_path(data_dir);
-    SqliteStore::open(&path).with_context(|| format!("cannot open the database {}", path.display()))
+    crate::files::create_private_file(&path)?;
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    // The WAL and SHM files exist now; an older deployment may have left them readable.
+    crate::files::secure_data_dir(data_dir)?;
+    Ok(store)
 }
 
 /// The default resource, created on first use. Returns it and whether it was just created.
@@ -311,7 +306,7 @@ impl Application {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        create_private_dir(&settings.data_dir)?;
+        crate::files::secure_data_dir(&settings.data_dir)?;
         let (resource, first_start) =
             ensure_default_resource(store.as_ref(), clock.as_ref()).await?;
         let (active, keys) =

@@ -145,7 +145,8 @@ fn write_atomically(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()
 }
 
 const PRIVATE: u32 = 0o600;
-const PUBLIC: u32 = 0o644;
+/// Certificates too: the data dir is private (the CA certificate is printed by `ca-cert`).
+const PUBLIC: u32 = 0o600;
 
 /// The CA's subject, derived from its key so that re-signing needs only the stored key.
 fn ca_params(key: &KeyPair, now: OffsetDateTime) -> CertificateParams {
@@ -175,8 +176,7 @@ fn ensure_local_ca(
     extra: &[String],
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&paths.dir)
-        .with_context(|| format!("cannot create {}", paths.dir.display()))?;
+    crate::files::create_private_dir(&paths.dir)?;
     let ca_key = if paths.ca_key().exists() && paths.ca_cert().exists() {
         let pem = std::fs::read_to_string(paths.ca_key())?;
         KeyPair::from_pem(&pem).context("the local CA key does not parse")?

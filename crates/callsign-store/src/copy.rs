@@ -57,7 +57,7 @@ pub async fn copy_store(
         .signing_keys()
         .await?
         .into_iter()
-        .map(|k| k.kid)
+        .map(|k| k.kid.clone())
         .collect();
     // Oldest first, so the target's "newest" order matches the source's.
     for key in from.signing_keys().await?.into_iter().rev() {

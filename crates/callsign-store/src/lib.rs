@@ -11,6 +11,7 @@
 //! * deleting removes everything stored for the identity, custom id included.
 
 mod copy;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 
@@ -24,6 +25,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use copy::{CopyError, CopyReport, copy_store};
+pub use pg_tls::mask_url as mask_database_url;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -151,6 +153,12 @@ pub struct StoredSigningKey {
     pub pkcs8: Vec<u8>,
     /// Creation time; the newest key signs.
     pub created_at: OffsetDateTime,
+}
+
+impl Drop for StoredSigningKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pkcs8);
+    }
 }
 
 impl std::fmt::Debug for StoredSigningKey {

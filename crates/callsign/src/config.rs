@@ -50,7 +50,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// Use PostgreSQL at this URL instead of the embedded store.
-    #[arg(long, env = "CALLSIGN_DATABASE_URL")]
+    #[arg(long, env = "CALLSIGN_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Most PostgreSQL connections per node [default: 16].
     #[arg(long, env = "CALLSIGN_DB_POOL_SIZE")]

@@ -16,6 +16,8 @@ use config::{
 };
 
 fn main() -> ExitCode {
+    // Whatever this process creates (data dir, database, keys) is private to its user.
+    callsign_server::restrict_umask();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,17 +54,33 @@ fn main() -> ExitCode {
 /// Logs go to stderr through a background writer thread, so a request never waits on the
 /// terminal or pipe. The guard flushes what is buffered when `serve` returns.
 fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The PostgreSQL driver logs statements with their parameters (access keys, signing keys)
+    // at debug level: never emitted, whatever RUST_LOG says.
+    let no_driver_parameters = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+    });
+    let filter = filter.and(no_driver_parameters);
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry();
     if json {
-        builder.json().init();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_filter(filter);
+        registry.with(layer).init();
     } else {
-        builder.init();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_filter(filter);
+        registry.with(layer).init();
     }
     guard
 }

@@ -5,6 +5,7 @@ mod bench;
 mod client_commands;
 mod hostile;
 mod nodes;
+mod secrets;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -26,13 +27,23 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_logging(data_dir, extra, "warn", Stdio::null())
+    }
+
+    /// Starts with `RUST_LOG=log_level`, the log going to `stderr`.
+    pub(crate) fn start_logging(
+        data_dir: &Path,
+        extra: &[&str],
+        log_level: &str,
+        stderr: Stdio,
+    ) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn callsign serve");
         let stdout = child.stdout.take().expect("stdout");

@@ -14,14 +14,14 @@ use tokio::task::JoinSet;
 use crate::{Server, client, key_of, run, runtime, signed};
 
 /// A fresh database on the test server; dropped by [`TestDb::drop_db`].
-struct TestDb {
+pub(crate) struct TestDb {
     admin_url: String,
     name: String,
     config: tokio_postgres::Config,
 }
 
 impl TestDb {
-    async fn create() -> TestDb {
+    pub(crate) async fn create() -> TestDb {
         let admin_url = std::env::var("CALLSIGN_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let name = format!("callsign_nodes_{}", uuid::Uuid::new_v4().simple());
@@ -58,7 +58,7 @@ impl TestDb {
         self.config.get_ports().first().copied().unwrap_or(5432)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.url_via(self.port())
     }
 
@@ -74,7 +74,7 @@ impl TestDb {
             .get(0)
     }
 
-    async fn drop_db(self) {
+    pub(crate) async fn drop_db(self) {
         let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
             .await
             .expect("connect");
