@@ -1,10 +1,16 @@
 //! TLS: the local certificate authority callsign creates on first start, or the operator's own
 //! certificate, turned into a rustls server configuration.
 //!
-//! Layout under `<data-dir>/tls/`: `ca.pem`, `ca-key.pem` (0600), `server.pem`, `server-key.pem`
-//! (0600) and `server.names` (the names the server certificate covers). The CA is made once and
-//! kept; the server certificate is re-issued from it when the requested names change or it is
-//! within 30 days of expiry.
+//! Layout under `<data-dir>/tls/` (every file 0600, the directory 0700): `ca.pem`, `ca-key.pem`,
+//! `ca.names` (the names the CA may certify), `server.pem`, `server-key.pem` and `server.names`
+//! (the names the server certificate covers).
+//!
+//! The CA is **name-constrained** to the server's names (X.509 name constraints, enforced by
+//! rustls/webpki, OpenSSL and Node): a stolen CA key cannot mint a certificate another domain's
+//! clients would accept, even on a machine that trusts the CA. It is made once and kept while
+//! the requested names stay within its constraints; asking for a name outside them (a new
+//! `--tls-name`) makes a new CA, which clients must trust anew (logged). The server certificate
+//! is re-issued when the names change or it is within 30 days of expiry.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,8 +18,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -65,6 +72,9 @@ impl LocalCaPaths {
     fn ca_key(&self) -> PathBuf {
         self.dir.join("ca-key.pem")
     }
+    fn ca_names(&self) -> PathBuf {
+        self.dir.join("ca.names")
+    }
     fn server_cert(&self) -> PathBuf {
         self.dir.join("server.pem")
     }
@@ -84,8 +94,13 @@ pub fn server_config(
 ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     let (certs, key) = match mode {
         TlsMode::Plain => return Ok(None),
-        TlsMode::Files { cert, key } => (read_certs(cert)?, read_key(key)?),
+        TlsMode::Files { cert, key } => {
+            refuse_world_readable(key)?;
+            (read_certs(cert)?, read_key(key)?)
+        }
         TlsMode::LocalCa { extra_names } => {
+            // Whichever command makes the CA first (`serve` or `ca-cert`) makes it private.
+            crate::files::secure_data_dir(data_dir)?;
             let paths = LocalCaPaths::new(data_dir);
             ensure_local_ca(&paths, extra_names, now)?;
             (
@@ -103,6 +118,24 @@ pub fn server_config(
         .context("the TLS certificate and key do not match or are unsupported")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
+}
+
+/// An operator's private key that every local user can read is refused (group-readable keys,
+/// as Debian's `ssl-cert` group uses, are accepted).
+fn refuse_world_readable(key: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        bail!(
+            "the TLS private key {} is readable by every local user (mode {:04o}); run chmod o-r on it",
+            key.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
 }
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
@@ -148,8 +181,29 @@ const PRIVATE: u32 = 0o600;
 /// Certificates too: the data dir is private (the CA certificate is printed by `ca-cert`).
 const PUBLIC: u32 = 0o600;
 
-/// The CA's subject, derived from its key so that re-signing needs only the stored key.
-fn ca_params(key: &KeyPair, now: OffsetDateTime) -> CertificateParams {
+/// The name constraints for `names`: each DNS name (and its subdomains), each IP address alone.
+fn name_constraints(names: &[String]) -> NameConstraints {
+    let permitted_subtrees = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                GeneralSubtree::IpAddress(CidrSubnet::V4(ip.octets(), [255; 4]))
+            }
+            Ok(std::net::IpAddr::V6(ip)) => {
+                GeneralSubtree::IpAddress(CidrSubnet::V6(ip.octets(), [255; 16]))
+            }
+            Err(_) => GeneralSubtree::DnsName(n.clone()),
+        })
+        .collect();
+    NameConstraints {
+        permitted_subtrees,
+        excluded_subtrees: Vec::new(),
+    }
+}
+
+/// The CA's subject, derived from its key so that re-signing needs only the stored key, and its
+/// constraints, from the names it may certify.
+fn ca_params(key: &KeyPair, now: OffsetDateTime, names: &[String]) -> CertificateParams {
     let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key_raw());
     let short: String = fingerprint.as_ref()[..6]
         .iter()
@@ -166,6 +220,7 @@ fn ca_params(key: &KeyPair, now: OffsetDateTime) -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    params.name_constraints = Some(name_constraints(names));
     params.not_before = now - Duration::hours(1);
     params.not_after = now + CA_VALIDITY;
     params
@@ -177,28 +232,45 @@ fn ensure_local_ca(
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
     crate::files::create_private_dir(&paths.dir)?;
-    let ca_key = if paths.ca_key().exists() && paths.ca_cert().exists() {
-        let pem = std::fs::read_to_string(paths.ca_key())?;
-        KeyPair::from_pem(&pem).context("the local CA key does not parse")?
-    } else {
-        let key = KeyPair::generate().context("cannot generate the CA key")?;
-        let cert = ca_params(&key, now)
-            .self_signed(&key)
-            .context("cannot make the CA certificate")?;
-        write_atomically(&paths.ca_key(), &key.serialize_pem(), PRIVATE)?;
-        write_atomically(&paths.ca_cert(), &cert.pem(), PUBLIC)?;
-        // A new CA invalidates any older server certificate.
-        let _ = std::fs::remove_file(paths.server_names());
-        tracing::info!(path = %paths.ca_cert().display(), "created a local certificate authority");
-        key
-    };
-
     let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
     for n in extra {
         if !names.contains(n) {
             names.push(n.clone());
         }
     }
+    // The CA is kept while it may certify every requested name.
+    let constrained_to: Option<Vec<String>> = std::fs::read_to_string(paths.ca_names())
+        .ok()
+        .map(|t| t.lines().map(str::to_owned).collect());
+    let covers = constrained_to
+        .as_ref()
+        .is_some_and(|c| names.iter().all(|n| c.contains(n)));
+    let (ca_key, ca_names) = if covers && paths.ca_key().exists() && paths.ca_cert().exists() {
+        let pem = std::fs::read_to_string(paths.ca_key())?;
+        let key = KeyPair::from_pem(&pem).context("the local CA key does not parse")?;
+        (key, constrained_to.unwrap_or_default())
+    } else {
+        if paths.ca_cert().exists() {
+            tracing::warn!(
+                path = %paths.ca_cert().display(),
+                names = ?names,
+                "the local CA cannot certify every requested name; a new name-constrained CA \
+                 replaces it: clients must trust the new ca.pem"
+            );
+        }
+        let key = KeyPair::generate().context("cannot generate the CA key")?;
+        let cert = ca_params(&key, now, &names)
+            .self_signed(&key)
+            .context("cannot make the CA certificate")?;
+        write_atomically(&paths.ca_key(), &key.serialize_pem(), PRIVATE)?;
+        write_atomically(&paths.ca_cert(), &cert.pem(), PUBLIC)?;
+        write_atomically(&paths.ca_names(), &names.join("\n"), PUBLIC)?;
+        // A new CA invalidates any older server certificate.
+        let _ = std::fs::remove_file(paths.server_names());
+        tracing::info!(path = %paths.ca_cert().display(), "created a local certificate authority");
+        (key, names.clone())
+    };
+
     let wanted = names.join("\n");
     let current = std::fs::read_to_string(paths.server_names()).ok();
     let fresh = current.as_deref().and_then(|c| {
@@ -210,7 +282,7 @@ fn ensure_local_ca(
         return Ok(());
     }
 
-    let issuer = Issuer::new(ca_params(&ca_key, now), ca_key);
+    let issuer = Issuer::new(ca_params(&ca_key, now, &ca_names), ca_key);
     let mut params = CertificateParams::new(names.clone()).context("invalid TLS name")?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "callsign");
@@ -262,16 +334,27 @@ mod tests {
             std::fs::read_to_string(paths.server_cert()).expect("server"),
             server
         );
-        // New name: same CA, new server certificate.
+        // A name outside the CA's constraints: a new CA (constrained to it too) and a new
+        // server certificate; asking for fewer names again keeps that CA.
         let mode = TlsMode::LocalCa {
             extra_names: vec!["callsign.internal".into()],
         };
         server_config(&mode, dir.path(), now).expect("config");
-        assert_eq!(std::fs::read_to_string(paths.ca_cert()).expect("ca"), ca);
+        let ca2 = std::fs::read_to_string(paths.ca_cert()).expect("ca");
+        assert_ne!(ca2, ca);
         assert_ne!(
             std::fs::read_to_string(paths.server_cert()).expect("server"),
             server
         );
+        server_config(
+            &TlsMode::LocalCa {
+                extra_names: vec![],
+            },
+            dir.path(),
+            now,
+        )
+        .expect("config");
+        assert_eq!(std::fs::read_to_string(paths.ca_cert()).expect("ca"), ca2);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -283,6 +366,109 @@ mod tests {
         }
     }
 
+    /// Verifies a certificate the way clients do (rustls/webpki), trusting only `ca_pem`.
+    fn verify(ca_pem: &str, cert: &rcgen::Certificate, name: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("pem"))
+            .expect("root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        verifier
+            .verify_server_cert(
+                cert.der(),
+                &[],
+                &rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name"),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map(drop)
+    }
+
+    #[test]
+    fn the_ca_key_cannot_mint_certificates_for_other_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = OffsetDateTime::now_utc();
+        let mode = TlsMode::LocalCa {
+            extra_names: vec!["callsign.internal".into()],
+        };
+        server_config(&mode, dir.path(), now).expect("config");
+        let paths = LocalCaPaths::new(dir.path());
+        let ca_pem = std::fs::read_to_string(paths.ca_cert()).expect("ca");
+        let names: Vec<String> = std::fs::read_to_string(paths.ca_names())
+            .expect("names")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(names.contains(&"callsign.internal".to_owned()));
+        // Whoever steals the CA key signs what they like...
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(paths.ca_key()).expect("key")).expect("key");
+        let issuer = Issuer::new(ca_params(&ca_key, now, &names), ca_key);
+        let forge = |name: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
+            params.use_authority_key_identifier_extension = true;
+            params.signed_by(&key, &issuer).expect("signed")
+        };
+        // ...but clients that trust the CA accept it only for the server's own names.
+        assert!(verify(&ca_pem, &forge("bank.example"), "bank.example").is_err());
+        assert!(verify(&ca_pem, &forge("10.0.0.1"), "10.0.0.1").is_err());
+        verify(&ca_pem, &forge("callsign.internal"), "callsign.internal").expect("own name");
+        verify(&ca_pem, &forge("127.0.0.1"), "127.0.0.1").expect("own address");
+        // The server certificate it issued verifies for its names.
+        let server_pem = std::fs::read_to_string(paths.server_cert()).expect("server");
+        let server = CertificateDer::from_pem_slice(server_pem.as_bytes()).expect("pem");
+        use rustls::client::danger::ServerCertVerifier as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("pem"))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        for name in ["localhost", "callsign.internal", "127.0.0.1"] {
+            verifier
+                .verify_server_cert(
+                    &server,
+                    &[],
+                    &rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name"),
+                    &[],
+                    rustls::pki_types::UnixTime::now(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_world_readable_own_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "not read").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mode = TlsMode::Files {
+            cert: dir.path().join("cert.pem"),
+            key: key.clone(),
+        };
+        let err = server_config(&mode, dir.path(), OffsetDateTime::now_utc())
+            .expect_err("world-readable");
+        assert!(
+            format!("{err:#}").contains("readable by every local user"),
+            "{err:#}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let err = server_config(&mode, dir.path(), OffsetDateTime::now_utc()).expect_err("no cert");
+        assert!(!format!("{err:#}").contains("readable by every"), "{err:#}");
+    }
+
     #[test]
     fn own_files_that_do_not_exist_are_a_clear_error() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -292,6 +478,6 @@ mod tests {
         };
         let err =
             server_config(&mode, dir.path(), OffsetDateTime::now_utc()).expect_err("missing files");
-        assert!(format!("{err:#}").contains("nope.pem"), "{err:#}");
+        assert!(format!("{err:#}").contains("nope"), "{err:#}");
     }
 }

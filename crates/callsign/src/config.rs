@@ -26,8 +26,8 @@ pub enum Command {
     /// Print the connection string of the default resource (one line).
     ConnectionString(ConnectionStringArgs),
     /// Print the local CA certificate (PEM), for REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS /
-    /// SSL_CERT_FILE.
-    CaCert(DataDirArgs),
+    /// SSL_CERT_FILE. Creates the CA (and the data dir, private) if there is none yet.
+    CaCert(CaCertArgs),
     /// Apply pending schema migrations without serving.
     Migrate(MigrateArgs),
     /// Create, show and delete identities on a running server.
@@ -82,6 +82,16 @@ pub struct MigrateStoreArgs {
     /// Identities per batch.
     #[arg(long, default_value_t = 5000)]
     pub batch: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaCertArgs {
+    #[command(flatten)]
+    pub common: DataDirArgs,
+    /// Extra names the CA may certify when it is created here (as `serve --tls-name`; the CA
+    /// is name-constrained to them and the defaults localhost, 127.0.0.1, ::1).
+    #[arg(long = "tls-name", env = "CALLSIGN_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,9 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use config::{
-    Cli, Command, ConnectionStringArgs, DataDirArgs, MigrateArgs, MigrateStoreArgs, ServeArgs,
-};
+use config::{Cli, Command, ConnectionStringArgs, MigrateArgs, MigrateStoreArgs, ServeArgs};
 
 fn main() -> ExitCode {
     // Whatever this process creates (data dir, database, keys) is private to its user.
@@ -219,13 +217,15 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_ca_cert(args: DataDirArgs) -> anyhow::Result<()> {
-    let data_dir = config::resolve_data_dir(args)?;
+fn print_ca_cert(args: config::CaCertArgs) -> anyhow::Result<()> {
+    let data_dir = config::resolve_data_dir(args.common)?;
     let paths = callsign_server::LocalCaPaths::new(&data_dir);
+    // Creating the CA here lets clients trust it before the first `serve`; an existing CA is
+    // only printed (a running server may be using it).
     if !paths.ca_cert().exists() {
         callsign_server::tls::server_config(
             &callsign_server::TlsMode::LocalCa {
-                extra_names: Vec::new(),
+                extra_names: args.tls_names,
             },
             &data_dir,
             time::OffsetDateTime::now_utc(),

@@ -5,6 +5,7 @@ mod bench;
 mod client_commands;
 mod hostile;
 mod nodes;
+mod permissions;
 mod secrets;
 
 use std::io::{BufRead as _, BufReader};
