@@ -71,7 +71,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<SeedReport> {
         bail!("--batch must be at least 1");
     }
     let location = match &args.database_url {
-        Some(url) => match StoreLocation::parse(url) {
+        Some(url) => match StoreLocation::parse(url).context("--database-url")? {
             StoreLocation::Postgres(url) => StoreLocation::Postgres(url),
             StoreLocation::DataDir(_) => bail!("--database-url must be a postgres:// URL"),
         },
@@ -81,7 +81,13 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<SeedReport> {
                 .unwrap_or_else(|| PathBuf::from("./callsign-data")),
         ),
     };
-    let store = location.open(&PostgresOptions::default()).await?;
+    // A benchmark tool: it reads the resource id, so it works on stores without a master key.
+    let store = location
+        .open(
+            &PostgresOptions::default(),
+            callsign_server::KeyProtection::plain(),
+        )
+        .await?;
     let result = seed_into(&store, &args).await;
     store.close().await;
     result
@@ -129,7 +135,12 @@ async fn seed_into(
                 })
                 .collect();
             let store = std::sync::Arc::clone(store);
-            in_flight.spawn(async move { store.import_identities(records).await });
+            in_flight.spawn(async move {
+                store
+                    .import_identities(records)
+                    .await
+                    .map(|report| report.inserted)
+            });
             if !args.quiet && last_progress.elapsed() >= Duration::from_secs(2) {
                 last_progress = Instant::now();
                 let secs = started.elapsed().as_secs_f64();

@@ -34,13 +34,13 @@ pub mod tls;
 mod version;
 
 pub use callsign_core::token::Algorithm;
-pub use callsign_store::PostgresOptions;
+pub use callsign_store::{KeyProtection, MasterKey, PostgresOptions, Sealer};
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
 pub use files::{restrict_umask, secure_data_dir};
 pub use startup::{
     Application, Database, Settings, StoreLocation, connection_string, database_path, endpoint_for,
-    ensure_default_resource, open_embedded_store,
+    ensure_default_resource, open_embedded_store, open_embedded_store_with,
 };
 pub use throttle::{OperationClass, Rate, ThrottleConfig};
 pub use tls::{LocalCaPaths, TlsMode};

@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use callsign_core::token::{Algorithm, TokenIssuer};
 use callsign_core::{AccessKey, Clock, ResourceId, SystemClock};
 use callsign_hmac::AccessKeyMac;
-use callsign_store::{PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store};
+use callsign_store::{
+    KeyProtection, PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -46,24 +48,47 @@ pub enum StoreLocation {
 }
 
 impl StoreLocation {
-    /// `postgres://…` or `postgresql://…` is a database; anything else a data dir.
-    pub fn parse(s: &str) -> Self {
+    /// `postgres://…` or `postgresql://…` is a database; anything else shaped like a URL
+    /// (`<scheme>://…`, the scheme made of letters, digits, `+`, `-` and `.`) is an error, so
+    /// that a mistyped scheme is not taken for a data dir; anything else is a data dir.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            StoreLocation::Postgres(s.to_owned())
-        } else {
-            StoreLocation::DataDir(PathBuf::from(s))
+            return Ok(StoreLocation::Postgres(s.to_owned()));
         }
+        if let Some((scheme, _)) = s.split_once("://") {
+            if scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            {
+                // Only the scheme is quoted: the rest may hold a password.
+                anyhow::bail!(
+                    "unknown scheme '{scheme}' in '{scheme}://…' (a data dir path or postgres://…)"
+                );
+            }
+        }
+        Ok(StoreLocation::DataDir(PathBuf::from(s)))
     }
 
-    /// Opens (creating and migrating as needed) the store.
-    pub async fn open(&self, options: &PostgresOptions) -> anyhow::Result<Arc<dyn Store>> {
+    /// Opens (creating and migrating as needed) the store, its key material protected as
+    /// `keys` says.
+    pub async fn open(
+        &self,
+        options: &PostgresOptions,
+        keys: KeyProtection,
+    ) -> anyhow::Result<Arc<dyn Store>> {
         Ok(match self {
-            StoreLocation::DataDir(dir) => Arc::new(open_embedded_store(dir)?),
-            StoreLocation::Postgres(url) => Arc::new(
-                PostgresStore::connect(url, options)
-                    .await
-                    .context("cannot open the PostgreSQL database")?,
-            ),
+            StoreLocation::DataDir(dir) => Arc::new(open_embedded_store_with(dir, keys)?),
+            StoreLocation::Postgres(url) => {
+                let options = PostgresOptions {
+                    keys,
+                    ..options.clone()
+                };
+                Arc::new(
+                    PostgresStore::connect(url, &options)
+                        .await
+                        .context("cannot open the PostgreSQL database")?,
+                )
+            }
         })
     }
 }
@@ -93,6 +118,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Connection deadlines and caps.
     pub limits: ConnectionLimits,
+    /// Whether access keys and signing keys are sealed under a master key.
+    pub keys: KeyProtection,
     /// Throttling per resource and operation class (off by default).
     pub throttle: crate::throttle::ThrottleConfig,
     /// Failed authentications one client address may make per minute before it gets 429
@@ -117,6 +144,7 @@ impl Settings {
             max_body_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
             limits: ConnectionLimits::default(),
+            keys: KeyProtection::plain(),
             throttle: crate::throttle::ThrottleConfig::off(),
             auth_failures_per_minute: 60,
         }
@@ -233,12 +261,21 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// Opens the embedded store of a data dir (creating it if needed).
+/// Opens the embedded store of a data dir (creating it if needed), keys in plain text.
 pub fn open_embedded_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    open_embedded_store_with(data_dir, KeyProtection::plain())
+}
+
+/// Opens the embedded store of a data dir (creating it if needed), keys protected as `keys`
+/// says.
+pub fn open_embedded_store_with(
+    data_dir: &Path,
+    keys: KeyProtection,
+) -> anyhow::Result<SqliteStore> {
     crate::files::secure_data_dir(data_dir)?;
     let path = database_path(data_dir);
     crate::files::create_private_file(&path)?;
-    let store = SqliteStore::open(&path)
+    let store = SqliteStore::open_with(&path, keys)
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     // The WAL and SHM files exist now; an older deployment may have left them readable.
     crate::files::secure_data_dir(data_dir)?;
@@ -295,7 +332,7 @@ impl Application {
                 (StoreLocation::Postgres(url.clone()), options.clone())
             }
         };
-        let store = location.open(&options).await?;
+        let store = location.open(&options, settings.keys.clone()).await?;
         Self::build_with(settings, store, Arc::new(SystemClock)).await
     }
 
@@ -309,6 +346,18 @@ impl Application {
         crate::files::secure_data_dir(&settings.data_dir)?;
         let (resource, first_start) =
             ensure_default_resource(store.as_ref(), clock.as_ref()).await?;
+        match store.seal_status().await {
+            Ok(status) if !settings.keys.is_sealed() && status.sealed == 0 => tracing::warn!(
+                "access keys and signing keys are stored unsealed: a copy of the store can mint \
+                 tokens; seal them with a master key (callsign seal --master-key-file FILE)"
+            ),
+            Ok(status) if settings.keys.is_sealed() && status.plain > 0 => tracing::warn!(
+                plain = status.plain,
+                "some keys are not sealed yet; run callsign seal with this master key"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether the keys are sealed"),
+        }
         let (active, keys) =
             crate::keys::bootstrap(store.as_ref(), settings.signing_alg, clock.as_ref()).await?;
         let issuer_name = settings

@@ -8,11 +8,14 @@
 //! * an acknowledged write is durable (SQLite: WAL with `synchronous=FULL`, group commit);
 //! * a custom id maps to at most one identity per resource, even under concurrent creates;
 //! * revoking increments the identity's revocation epoch atomically and returns the new value;
-//! * deleting removes everything stored for the identity, custom id included.
+//! * deleting removes everything stored for the identity, custom id included, and leaves a
+//!   [`Tombstone`] in the same transaction: a deleted id is never created or imported again
+//!   (its custom id is free for a new identity).
 
 mod copy;
 mod pg_tls;
 mod postgres;
+mod seal;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -24,9 +27,13 @@ use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId, TeamsAssignment
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use copy::{CopyError, CopyReport, copy_store};
+pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
 pub use pg_tls::mask_url as mask_database_url;
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use seal::{
+    KeyProtection, MasterKey, MasterKeyError, Sealer, access_key_slot, is_sealed, is_sealed_bytes,
+    sealed_by, signing_key_slot,
+};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. No variant carries HTTP meaning; the server maps them.
@@ -38,6 +45,9 @@ pub enum StoreError {
     /// Stored data does not parse (a bug or a hand-edited database).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Key material is sealed under a master key this process does not have.
+    #[error("{0}")]
+    Sealed(String),
     /// Any other backend failure.
     #[error("storage failure: {0}")]
     Backend(String),
@@ -120,6 +130,38 @@ pub struct IdentityRecord {
     pub last_token_issued_at: Option<OffsetDateTime>,
 }
 
+/// What is left of a deleted identity: enough to never create or import its id again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The deleted identity's id.
+    pub id: IdentityId,
+    /// When it was deleted (millisecond precision).
+    pub deleted_at: OffsetDateTime,
+}
+
+/// What an [`IdentityStore::import_identities`] did with its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportReport {
+    /// Records stored as new identities.
+    pub inserted: usize,
+    /// Records of identities present already whose revocation epoch was higher than the
+    /// stored one, which was raised to it.
+    pub epochs_raised: usize,
+    /// Records skipped because their id has a tombstone here (deleted; never brought back).
+    pub skipped_deleted: usize,
+    /// Records skipped because another identity of their resource holds their custom id here.
+    pub custom_id_conflicts: usize,
+}
+
+/// What an [`IdentityStore::import_tombstones`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TombstoneReport {
+    /// Tombstones that were not here yet.
+    pub inserted: usize,
+    /// Identities deleted because a tombstone for their id was imported.
+    pub identities_deleted: usize,
+}
+
 /// The result of a create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -174,7 +216,8 @@ impl std::fmt::Debug for StoredSigningKey {
 /// The identity directory.
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
-    /// Stores `new`, or returns the identity that already has its custom id.
+    /// Stores `new`, or returns the identity that already has its custom id. Fails for an id
+    /// that has a tombstone (ids are random, so this does not happen by chance).
     async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError>;
 
     /// Looks an identity up.
@@ -183,7 +226,8 @@ pub trait IdentityStore: Send + Sync {
     /// Increments the revocation epoch; `None` when the identity does not exist.
     async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError>;
 
-    /// Deletes the identity and everything stored for it; false when it did not exist.
+    /// Deletes the identity and everything stored for it, leaving a [`Tombstone`] in the same
+    /// transaction; false when it did not exist (then no tombstone is written).
     async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError>;
 
     /// Notes that a token was issued (best effort, not durable, never fails the caller).
@@ -196,10 +240,31 @@ pub trait IdentityStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<IdentityRecord>, StoreError>;
 
-    /// Stores identities as they are (epoch, custom id and times included), skipping ids that
-    /// exist already; returns how many were inserted. For migration between backends and bulk
-    /// seeding, not for serving requests.
-    async fn import_identities(&self, records: Vec<IdentityRecord>) -> Result<usize, StoreError>;
+    /// Stores identities as they are (epoch, custom id and times included). A record whose id
+    /// has a tombstone here is skipped (a deleted identity is never brought back); one whose id
+    /// exists already only raises the stored revocation epoch to its own when that is higher
+    /// (so a revoke is never undone); one whose custom id another identity of its resource holds
+    /// here is skipped. For migration between backends and bulk seeding, not for serving
+    /// requests.
+    async fn import_identities(
+        &self,
+        records: Vec<IdentityRecord>,
+    ) -> Result<ImportReport, StoreError>;
+
+    /// Up to `limit` tombstones with ids greater than `after`, in id order (export, migration).
+    async fn list_tombstones(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError>;
+
+    /// Stores tombstones (keeping one present already) and deletes the identities they name,
+    /// in one transaction: a delete made on another store takes effect here. For migration
+    /// between backends, not for serving requests.
+    async fn import_tombstones(
+        &self,
+        tombstones: Vec<Tombstone>,
+    ) -> Result<TombstoneReport, StoreError>;
 }
 
 /// Resources and their access keys.
@@ -264,9 +329,156 @@ pub trait AssignmentStore: Send + Sync {
     async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
 }
 
+/// A resource as stored: its access keys in their stored form (sealed or plain).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct StoredResource {
+    pub(crate) id: ResourceId,
+    pub(crate) primary: String,
+    pub(crate) secondary: String,
+    pub(crate) created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for StoredResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredResource")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyProtection {
+    /// The stored form of a resource (keys sealed when a master key is set).
+    pub(crate) fn seal_resource(&self, r: &ResourceRecord) -> StoredResource {
+        let id = r.id.to_string();
+        StoredResource {
+            id: r.id,
+            primary: self.store_text(r.primary_key.expose(), &access_key_slot(&id, "primary")),
+            secondary: self
+                .store_text(r.secondary_key.expose(), &access_key_slot(&id, "secondary")),
+            created_at: r.created_at,
+        }
+    }
+
+    /// A resource from its stored form.
+    pub(crate) fn open_resource(&self, s: &StoredResource) -> Result<ResourceRecord, StoreError> {
+        let id = s.id.to_string();
+        let key = |stored: &str, which: &str| {
+            let text = self.load_text(stored, &access_key_slot(&id, which))?;
+            AccessKey::parse(&text).map_err(|_| StoreError::Corrupt(format!("{which} access key")))
+        };
+        Ok(ResourceRecord {
+            id: s.id,
+            primary_key: key(&s.primary, "primary")?,
+            secondary_key: key(&s.secondary, "secondary")?,
+            created_at: s.created_at,
+        })
+    }
+
+    /// The stored form of a signing key (private key sealed when a master key is set).
+    pub(crate) fn seal_signing_key(&self, k: &StoredSigningKey) -> StoredSigningKey {
+        StoredSigningKey {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            pkcs8: self.store_bytes(&k.pkcs8, &signing_key_slot(&k.kid)),
+            created_at: k.created_at,
+        }
+    }
+
+    /// A signing key from its stored form.
+    pub(crate) fn open_signing_key(
+        &self,
+        k: &StoredSigningKey,
+    ) -> Result<StoredSigningKey, StoreError> {
+        Ok(StoredSigningKey {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            pkcs8: self
+                .load_bytes(&k.pkcs8, &signing_key_slot(&k.kid))?
+                .to_vec(),
+            created_at: k.created_at,
+        })
+    }
+}
+
+/// How many stored keys are sealed, and how many are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SealStatus {
+    /// Access keys and signing keys stored sealed.
+    pub sealed: usize,
+    /// Access keys and signing keys stored in plain text.
+    pub plain: usize,
+}
+
+/// Key material at rest.
+#[async_trait]
+pub trait KeyMaterialStore: Send + Sync {
+    /// Counts sealed and plain keys (no key is opened).
+    async fn seal_status(&self) -> Result<SealStatus, StoreError>;
+
+    /// Rewrites every access key and signing key in the store's current protection: seals plain
+    /// ones (and re-seals ones sealed under a previous master key) when a master key is set.
+    /// Atomic. Returns how many values were rewritten.
+    async fn reseal_keys(&self) -> Result<usize, StoreError>;
+}
+
+/// The rewrites `reseal_keys` performs: (old stored form, new stored form) per value.
+#[derive(Debug, Default)]
+pub(crate) struct KeyRewrite {
+    pub(crate) resources: Vec<(StoredResource, StoredResource)>,
+    pub(crate) keys: Vec<(StoredSigningKey, StoredSigningKey)>,
+}
+
+impl KeyRewrite {
+    /// The rewrites that bring `resources` and `keys` (stored forms) into `protection`.
+    pub(crate) fn plan(
+        protection: &KeyProtection,
+        resources: Vec<StoredResource>,
+        keys: Vec<StoredSigningKey>,
+    ) -> Result<Self, StoreError> {
+        let mut plan = KeyRewrite::default();
+        for stored in resources {
+            let fresh = protection.seal_resource(&protection.open_resource(&stored)?);
+            plan.resources.push((stored, fresh));
+        }
+        for stored in keys {
+            let fresh = protection.seal_signing_key(&protection.open_signing_key(&stored)?);
+            plan.keys.push((stored, fresh));
+        }
+        Ok(plan)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.resources.len() * 2 + self.keys.len()
+    }
+}
+
+/// Counts sealed and plain values among stored forms.
+pub(crate) fn count_sealed(resources: &[StoredResource], keys: &[StoredSigningKey]) -> SealStatus {
+    let mut status = SealStatus::default();
+    for r in resources {
+        for v in [&r.primary, &r.secondary] {
+            if is_sealed(v) {
+                status.sealed += 1;
+            } else {
+                status.plain += 1;
+            }
+        }
+    }
+    for k in keys {
+        if is_sealed_bytes(&k.pkcs8) {
+            status.sealed += 1;
+        } else {
+            status.plain += 1;
+        }
+    }
+    status
+}
+
 /// A complete backend.
 #[async_trait]
-pub trait Store: IdentityStore + ResourceStore + SigningKeyStore + AssignmentStore {
+pub trait Store:
+    IdentityStore + ResourceStore + SigningKeyStore + AssignmentStore + KeyMaterialStore
+{
     /// Whether the backend answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -17,17 +17,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+use crate::pg_tls;
 use crate::{
-    AssignmentStore, Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes,
-    ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey,
-    from_unix_ms as from_ms, unix_ms as ms,
+    AssignmentStore, Created, IdentityRecord, IdentityStore, ImportReport, NewIdentity,
+    PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError,
+    StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, unix_ms as ms,
+};
+use crate::{
+    KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
 };
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
@@ -83,6 +86,19 @@ CREATE TABLE callsign_teams_assignments (
 );
 "#,
     ),
+    (
+        3,
+        "identity tombstones",
+        // What is left of a deleted identity, so that its id is never created or imported again.
+        // `id` keeps the default collation of `callsign_identities.id`, which it is joined with.
+        r#"
+CREATE TABLE callsign_identity_tombstones (
+    id            TEXT PRIMARY KEY,
+    resource_id   TEXT NOT NULL,
+    deleted_at_ms BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 /// Advisory lock key for migrations and bootstrap ("callsign" in ASCII).
@@ -99,6 +115,8 @@ pub struct PostgresOptions {
     pub statement_timeout: Duration,
     /// How long a request waits for a free connection.
     pub wait_timeout: Duration,
+    /// Whether access keys and signing keys are sealed under a master key.
+    pub keys: KeyProtection,
 }
 
 impl Default for PostgresOptions {
@@ -108,6 +126,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(5),
+            keys: KeyProtection::plain(),
         }
     }
 }
@@ -115,6 +134,7 @@ impl Default for PostgresOptions {
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: Pool,
+    keys: KeyProtection,
     touched: Arc<PendingTokenTimes>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -187,16 +207,13 @@ fn identity(row: &tokio_postgres::Row) -> Result<IdentityRecord, StoreError> {
     })
 }
 
-fn resource(row: &tokio_postgres::Row) -> Result<ResourceRecord, StoreError> {
+/// A resource row, access keys in their stored form.
+fn resource(row: &tokio_postgres::Row) -> Result<StoredResource, StoreError> {
     let id: String = row.try_get(0).map_err(pg)?;
-    let primary: String = row.try_get(1).map_err(pg)?;
-    let secondary: String = row.try_get(2).map_err(pg)?;
-    Ok(ResourceRecord {
+    Ok(StoredResource {
         id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
-        primary_key: AccessKey::parse(&primary)
-            .map_err(|_| StoreError::Corrupt("primary access key".into()))?,
-        secondary_key: AccessKey::parse(&secondary)
-            .map_err(|_| StoreError::Corrupt("secondary access key".into()))?,
+        primary: row.try_get(1).map_err(pg)?,
+        secondary: row.try_get(2).map_err(pg)?,
         created_at: from_ms(row.try_get(3).map_err(pg)?)?,
     })
 }
@@ -251,9 +268,8 @@ impl PostgresStore {
     /// Connects, applies pending migrations (under an advisory lock) and starts the background
     /// flusher. Needs a Tokio runtime.
     pub async fn connect(url: &str, options: &PostgresOptions) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
+        // `sslmode`/`sslrootcert` as libpq reads them; errors never show the URL (nor its password).
+        let (mut config, tls) = pg_tls::configure(url)?;
         config.connect_timeout(options.connect_timeout);
         let statement_ms = options.statement_timeout.as_millis().max(1);
         config.options(format!("-c statement_timeout={statement_ms}"));
@@ -262,7 +278,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -275,8 +291,16 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+        // The first connection, so that a TLS failure (untrusted certificate, wrong host name, a
+        // server without TLS) is reported as such, not as a passing outage. It stays pooled.
+        drop(
+            pool.get()
+                .await
+                .map_err(|e| tls.connect_error(&e).unwrap_or_else(|| pool_error(e)))?,
+        );
         let store = Self {
             pool,
+            keys: options.keys.clone(),
             touched: Arc::default(),
             flusher: Mutex::new(None),
         };
@@ -409,10 +433,13 @@ impl IdentityStore for PostgresStore {
         let resource = new.id.resource().to_string();
         let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
         let created_at = ms(new.created_at);
+        // A tombstoned id is never used again (random ids make this a formality).
         let stmt = client
             .prepare_cached(&format!(
                 "INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING {IDENTITY_COLUMNS}"
+                 SELECT $1::text, $2::text, $3::text, $4::bigint
+                 WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones WHERE id = $1::text)
+                 ON CONFLICT DO NOTHING RETURNING {IDENTITY_COLUMNS}"
             ))
             .await
             .map_err(pg)?;
@@ -491,12 +518,20 @@ impl IdentityStore for PostgresStore {
     async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError> {
         self.touched.forget(id);
         let client = self.pool.get().await.map_err(pool_error)?;
+        // One statement: the identity goes and its tombstone comes in one transaction.
         let stmt = client
-            .prepare_cached("DELETE FROM callsign_identities WHERE id = $1")
+            .prepare_cached(
+                "WITH gone AS (
+                   DELETE FROM callsign_identities WHERE id = $1 RETURNING id, resource_id
+                 )
+                 INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
+                 SELECT id, resource_id, $2 FROM gone
+                 ON CONFLICT (id) DO UPDATE SET deleted_at_ms = EXCLUDED.deleted_at_ms",
+            )
             .await
             .map_err(pg)?;
         let n = client
-            .execute(&stmt, &[&id.to_string()])
+            .execute(&stmt, &[&id.to_string(), &ms(OffsetDateTime::now_utc())])
             .await
             .map_err(pg)?;
         Ok(n > 0)
@@ -526,9 +561,12 @@ impl IdentityStore for PostgresStore {
         rows.iter().map(identity).collect()
     }
 
-    async fn import_identities(&self, records: Vec<IdentityRecord>) -> Result<usize, StoreError> {
+    async fn import_identities(
+        &self,
+        records: Vec<IdentityRecord>,
+    ) -> Result<ImportReport, StoreError> {
         if records.is_empty() {
-            return Ok(0);
+            return Ok(ImportReport::default());
         }
         let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
         let resources: Vec<String> = records
@@ -545,18 +583,152 @@ impl IdentityStore for PostgresStore {
             .iter()
             .map(|r| r.last_token_issued_at.map(ms))
             .collect();
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let n = client
-            .execute(
-                "INSERT INTO callsign_identities
-                   (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
-                 ON CONFLICT DO NOTHING",
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Tombstoned ids are left out; present ones get the higher epoch; the rest is inserted
+        // (a custom id held by another identity makes the insert do nothing).
+        let row = tx
+            .query_one(
+                "WITH input AS (
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+                     AS t(id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+                 ),
+                 live AS (
+                   SELECT * FROM input i
+                   WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones t WHERE t.id = i.id)
+                 ),
+                 present AS (
+                   SELECT count(*) AS n FROM live l JOIN callsign_identities c ON c.id = l.id
+                 ),
+                 raised AS (
+                   UPDATE callsign_identities c SET revocation_epoch = l.revocation_epoch
+                   FROM live l WHERE c.id = l.id AND c.revocation_epoch < l.revocation_epoch
+                   RETURNING c.id
+                 ),
+                 inserted AS (
+                   INSERT INTO callsign_identities
+                     (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+                   SELECT * FROM live
+                   ON CONFLICT DO NOTHING
+                   RETURNING id
+                 )
+                 SELECT (SELECT count(*) FROM input) - (SELECT count(*) FROM live),
+                        (SELECT n FROM present),
+                        (SELECT count(*) FROM raised),
+                        (SELECT coalesce(array_agg(id), '{}') FROM inserted)",
                 &[&ids, &resources, &customs, &created, &epochs, &last],
             )
             .await
             .map_err(pg)?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        let count = |i: usize| -> Result<usize, StoreError> {
+            let n: i64 = row.try_get(i).map_err(pg)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        };
+        let tombstoned = count(0)?;
+        let present = count(1)?;
+        let mut report = ImportReport {
+            epochs_raised: count(2)?,
+            ..ImportReport::default()
+        };
+        let inserted: Vec<String> = row.try_get(3).map_err(pg)?;
+        // A delete that committed while the insert ran (its identity gone, its tombstone not
+        // visible to the statement above) must not be undone: a later statement sees it.
+        let undone = if inserted.is_empty() {
+            0
+        } else {
+            tx.execute(
+                "DELETE FROM callsign_identities c USING callsign_identity_tombstones t
+                 WHERE c.id = t.id AND c.id = ANY($1)",
+                &[&inserted],
+            )
+            .await
+            .map_err(pg)?
+        };
+        tx.commit().await.map_err(pg)?;
+        let undone = usize::try_from(undone).unwrap_or(0);
+        report.inserted = inserted.len().saturating_sub(undone);
+        report.skipped_deleted = tombstoned + undone;
+        // Neither tombstoned, present nor inserted: another identity holds the custom id.
+        report.custom_id_conflicts = ids
+            .len()
+            .saturating_sub(tombstoned)
+            .saturating_sub(present)
+            .saturating_sub(inserted.len());
+        Ok(report)
+    }
+
+    async fn list_tombstones(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "SELECT id, deleted_at_ms FROM callsign_identity_tombstones WHERE id > $1
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(pg)?;
+                Ok(Tombstone {
+                    id: IdentityId::parse(&id)
+                        .map_err(|_| StoreError::Corrupt(format!("tombstone id {id:?}")))?,
+                    deleted_at: from_ms(row.try_get(1).map_err(pg)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn import_tombstones(
+        &self,
+        tombstones: Vec<Tombstone>,
+    ) -> Result<TombstoneReport, StoreError> {
+        if tombstones.is_empty() {
+            return Ok(TombstoneReport::default());
+        }
+        for t in &tombstones {
+            self.touched.forget(&t.id);
+        }
+        let ids: Vec<String> = tombstones.iter().map(|t| t.id.to_string()).collect();
+        let resources: Vec<String> = tombstones
+            .iter()
+            .map(|t| t.id.resource().to_string())
+            .collect();
+        let deleted: Vec<i64> = tombstones.iter().map(|t| ms(t.deleted_at)).collect();
+        let client = self.pool.get().await.map_err(pool_error)?;
+        // One statement: the tombstones and the deletes they imply commit together.
+        let row = client
+            .query_one(
+                "WITH input AS (
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                     AS t(id, resource_id, deleted_at_ms)
+                 ),
+                 stored AS (
+                   INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
+                   SELECT * FROM input ON CONFLICT DO NOTHING RETURNING id
+                 ),
+                 gone AS (
+                   DELETE FROM callsign_identities c USING input i WHERE c.id = i.id RETURNING c.id
+                 )
+                 SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM gone)",
+                &[&ids, &resources, &deleted],
+            )
+            .await
+            .map_err(pg)?;
+        let count = |i: usize| -> Result<usize, StoreError> {
+            let n: i64 = row.try_get(i).map_err(pg)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        };
+        Ok(TombstoneReport {
+            inserted: count(0)?,
+            identities_deleted: count(1)?,
+        })
     }
 }
 
@@ -568,7 +740,9 @@ impl ResourceStore for PostgresStore {
             .query_opt(SELECT_DEFAULT_RESOURCE, &[])
             .await
             .map_err(pg)?;
-        row.as_ref().map(resource).transpose()
+        row.as_ref()
+            .map(|r| self.keys.open_resource(&resource(r)?))
+            .transpose()
     }
 
     async fn bootstrap_default_resource(
@@ -576,15 +750,16 @@ impl ResourceStore for PostgresStore {
         candidate: ResourceRecord,
     ) -> Result<ResourceRecord, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
+        let stored = self.keys.seal_resource(&candidate);
         client
             .execute(
                 "INSERT INTO callsign_resources (id, is_default, primary_key, secondary_key, created_at_ms)
                  VALUES ($1, TRUE, $2, $3, $4) ON CONFLICT DO NOTHING",
                 &[
-                    &candidate.id.to_string(),
-                    &candidate.primary_key.expose(),
-                    &candidate.secondary_key.expose(),
-                    &ms(candidate.created_at),
+                    &stored.id.to_string(),
+                    &stored.primary,
+                    &stored.secondary,
+                    &ms(stored.created_at),
                 ],
             )
             .await
@@ -593,7 +768,7 @@ impl ResourceStore for PostgresStore {
             .query_one(SELECT_DEFAULT_RESOURCE, &[])
             .await
             .map_err(pg)?;
-        resource(&row)
+        self.keys.open_resource(&resource(&row)?)
     }
 }
 
@@ -608,10 +783,13 @@ impl SigningKeyStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        rows.iter().map(signing_key).collect()
+        rows.iter()
+            .map(|r| self.keys.open_signing_key(&signing_key(r)?))
+            .collect()
     }
 
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
+        let key = self.keys.seal_signing_key(&key);
         let client = self.pool.get().await.map_err(pool_error)?;
         client
             .execute(
@@ -632,6 +810,7 @@ impl SigningKeyStore for PostgresStore {
         &self,
         candidate: StoredSigningKey,
     ) -> Result<StoredSigningKey, StoreError> {
+        let candidate = self.keys.seal_signing_key(&candidate);
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         // Serialize bootstraps of all nodes; released at commit.
@@ -664,7 +843,77 @@ impl SigningKeyStore for PostgresStore {
             }
         };
         tx.commit().await.map_err(pg)?;
-        Ok(key)
+        self.keys.open_signing_key(&key)
+    }
+}
+
+impl PostgresStore {
+    async fn stored_keys(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+    ) -> Result<(Vec<StoredResource>, Vec<StoredSigningKey>), StoreError> {
+        let resources = client
+            .query(
+                "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(resource)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = client
+            .query(
+                "SELECT kid, alg, pkcs8, created_at_ms FROM callsign_signing_keys",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(signing_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((resources, keys))
+    }
+}
+
+#[async_trait]
+impl KeyMaterialStore for PostgresStore {
+    async fn seal_status(&self) -> Result<SealStatus, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let (resources, keys) = self.stored_keys(&client).await?;
+        Ok(count_sealed(&resources, &keys))
+    }
+
+    async fn reseal_keys(&self) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // One re-seal at a time across nodes and with key bootstrap.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg)?;
+        let (resources, keys) = self.stored_keys(&tx).await?;
+        let plan = KeyRewrite::plan(&self.keys, resources, keys)?;
+        let mut n = 0;
+        for (old, new) in &plan.resources {
+            n += 2 * tx
+                .execute(
+                    "UPDATE callsign_resources SET primary_key = $2, secondary_key = $3 WHERE id = $1",
+                    &[&old.id.to_string(), &new.primary, &new.secondary],
+                )
+                .await
+                .map_err(pg)? as usize;
+        }
+        for (old, new) in &plan.keys {
+            n += tx
+                .execute(
+                    "UPDATE callsign_signing_keys SET pkcs8 = $2 WHERE kid = $1",
+                    &[&old.kid, &new.pkcs8],
+                )
+                .await
+                .map_err(pg)? as usize;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
     }
 }
 

@@ -17,16 +17,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
-    AssignmentStore, Created, IdentityRecord, IdentityStore, NewIdentity, PendingTokenTimes,
-    ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError, StoredSigningKey,
-    from_unix_ms as from_ms, unix_ms as ms,
+    AssignmentStore, Created, IdentityRecord, IdentityStore, ImportReport, NewIdentity,
+    PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError,
+    StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, unix_ms as ms,
+};
+use crate::{
+    KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -73,6 +76,14 @@ CREATE TABLE teams_assignments (
     PRIMARY KEY (resource_id, tenant_id, object_id)
 ) WITHOUT ROWID;
 "#,
+    // What is left of a deleted identity, so that its id is never created or imported again.
+    r#"
+CREATE TABLE identity_tombstones (
+    id            TEXT PRIMARY KEY,
+    resource_id   TEXT NOT NULL,
+    deleted_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 const READERS: usize = 4;
@@ -86,6 +97,7 @@ pub struct SqliteStore {
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     touched: Arc<PendingTokenTimes>,
+    keys: KeyProtection,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -102,10 +114,12 @@ enum Job {
     Create(NewIdentity, Reply<Created>),
     Revoke(IdentityId, Reply<Option<u64>>),
     Delete(IdentityId, Reply<bool>),
-    Bootstrap(ResourceRecord, Reply<ResourceRecord>),
+    Bootstrap(StoredResource, Reply<StoredResource>),
+    RewriteKeys(KeyRewrite, Reply<usize>),
     AddKey(StoredSigningKey, Reply<()>),
     BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
-    Import(Vec<IdentityRecord>, Reply<usize>),
+    Import(Vec<IdentityRecord>, Reply<ImportReport>),
+    ImportTombstones(Vec<Tombstone>, Reply<TombstoneReport>),
     PutAssignment(ResourceId, TeamsAssignment, Reply<bool>),
     DeleteAssignment(AssignmentKey, Reply<bool>),
     Flush(Reply<()>),
@@ -134,8 +148,14 @@ fn backend(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and starts the
-    /// writer thread. Call from within a Tokio runtime or not; the store needs none to open.
+    /// writer thread, with key material in plain text. Call from within a Tokio runtime or not;
+    /// the store needs none to open.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, KeyProtection::plain())
+    }
+
+    /// [`SqliteStore::open`] with access keys and signing keys sealed as `keys` says.
+    pub fn open_with(path: impl AsRef<Path>, keys: KeyProtection) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path).map_err(backend)?;
         configure(&conn, false)?;
@@ -157,6 +177,7 @@ impl SqliteStore {
             thread: Mutex::new(Some(thread)),
             readers: Mutex::new(readers),
             touched,
+            keys,
         })
     }
 
@@ -371,9 +392,11 @@ fn fail(job: Job, e: StoreError) {
         Job::Revoke(_, r) => drop(r.send(Err(e))),
         Job::Delete(_, r) => drop(r.send(Err(e))),
         Job::Bootstrap(_, r) => drop(r.send(Err(e))),
+        Job::RewriteKeys(_, r) => drop(r.send(Err(e))),
         Job::AddKey(_, r) => drop(r.send(Err(e))),
         Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
         Job::Import(_, r) => drop(r.send(Err(e))),
+        Job::ImportTombstones(_, r) => drop(r.send(Err(e))),
         Job::PutAssignment(_, _, r) => drop(r.send(Err(e))),
         Job::DeleteAssignment(_, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
@@ -430,18 +453,13 @@ fn run_job(
         ),
         Job::Delete(id, reply) => {
             touched.forget(&id);
-            answer(
-                reply,
-                in_savepoint(tx, |tx| {
-                    tx.prepare_cached("DELETE FROM identities WHERE id = ?1")
-                        .and_then(|mut s| s.execute([id.to_string()]))
-                        .map(|n| n > 0)
-                        .map_err(backend)
-                }),
-            )
+            answer(reply, in_savepoint(tx, |tx| delete(tx, &id)))
         }
         Job::Bootstrap(candidate, reply) => {
             answer(reply, in_savepoint(tx, |tx| bootstrap(tx, candidate)))
+        }
+        Job::RewriteKeys(plan, reply) => {
+            answer(reply, in_savepoint(tx, |tx| rewrite_keys(tx, &plan)))
         }
         Job::AddKey(key, reply) => answer(reply, in_savepoint(tx, |tx| insert_key(tx, &key))),
         Job::BootstrapKey(candidate, reply) => answer(
@@ -456,31 +474,16 @@ fn run_job(
                 }
             }),
         ),
-        Job::Import(records, reply) => answer(
-            reply,
-            in_savepoint(tx, |tx| {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO identities (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                    )
-                    .map_err(backend)?;
-                let mut n = 0;
-                for r in &records {
-                    n += stmt
-                        .execute(params![
-                            r.id.to_string(),
-                            r.id.resource().to_string(),
-                            r.custom_id,
-                            ms(r.created_at),
-                            i64::try_from(r.revocation_epoch).unwrap_or(i64::MAX),
-                            r.last_token_issued_at.map(ms),
-                        ])
-                        .map_err(backend)?;
-                }
-                Ok(n)
-            }),
-        ),
+        Job::Import(records, reply) => answer(reply, in_savepoint(tx, |tx| import(tx, &records))),
+        Job::ImportTombstones(tombstones, reply) => {
+            for t in &tombstones {
+                touched.forget(&t.id);
+            }
+            answer(
+                reply,
+                in_savepoint(tx, |tx| import_tombstones(tx, &tombstones)),
+            )
+        }
         Job::PutAssignment(resource, assignment, reply) => answer(
             reply,
             in_savepoint(tx, |tx| put_assignment(tx, resource, &assignment)),
@@ -628,9 +631,11 @@ fn read_signing_keys(c: &Connection) -> Result<Vec<StoredSigningKey>, StoreError
 fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, StoreError> {
     let resource = new.id.resource().to_string();
     let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
+    // A tombstoned id is never used again (random ids make this a formality).
     let inserted = tx
         .prepare_cached(
-            "INSERT INTO identities (id, resource_id, custom_id, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO identities (id, resource_id, custom_id, created_at_ms)
+             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM identity_tombstones WHERE id = ?1)
              ON CONFLICT DO NOTHING",
         )
         .and_then(|mut s| s.execute(params![new.id.to_string(), resource, custom, ms(new.created_at)]))
@@ -669,10 +674,114 @@ fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, 
     })
 }
 
+/// Deletes an identity and leaves its tombstone; false when it did not exist.
+fn delete(tx: &rusqlite::Transaction<'_>, id: &IdentityId) -> Result<bool, StoreError> {
+    let deleted = tx
+        .prepare_cached("DELETE FROM identities WHERE id = ?1 RETURNING resource_id")
+        .and_then(|mut s| {
+            s.query_row([id.to_string()], |r| r.get::<_, String>(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some(resource) = deleted else {
+        return Ok(false);
+    };
+    tx.prepare_cached(
+        "INSERT INTO identity_tombstones (id, resource_id, deleted_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET deleted_at_ms = excluded.deleted_at_ms",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id.to_string(),
+            resource,
+            ms(OffsetDateTime::now_utc())
+        ])
+    })
+    .map_err(backend)?;
+    Ok(true)
+}
+
+/// Imports identities: a tombstoned id is skipped, an existing one only gets the higher epoch.
+fn import(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[IdentityRecord],
+) -> Result<ImportReport, StoreError> {
+    let mut tombstoned = tx
+        .prepare_cached("SELECT 1 FROM identity_tombstones WHERE id = ?1")
+        .map_err(backend)?;
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO identities (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .map_err(backend)?;
+    let mut raise = tx
+        .prepare_cached(
+            "UPDATE identities SET revocation_epoch = ?2 WHERE id = ?1 AND revocation_epoch < ?2",
+        )
+        .map_err(backend)?;
+    let mut exists = tx
+        .prepare_cached("SELECT 1 FROM identities WHERE id = ?1")
+        .map_err(backend)?;
+    let mut report = ImportReport::default();
+    for r in records {
+        let id = r.id.to_string();
+        let epoch = i64::try_from(r.revocation_epoch).unwrap_or(i64::MAX);
+        if tombstoned.exists([&id]).map_err(backend)? {
+            report.skipped_deleted += 1;
+            continue;
+        }
+        let inserted = insert
+            .execute(params![
+                id,
+                r.id.resource().to_string(),
+                r.custom_id,
+                ms(r.created_at),
+                epoch,
+                r.last_token_issued_at.map(ms),
+            ])
+            .map_err(backend)?;
+        if inserted == 1 {
+            report.inserted += 1;
+        } else if raise.execute(params![id, epoch]).map_err(backend)? == 1 {
+            report.epochs_raised += 1;
+        } else if !exists.exists([&id]).map_err(backend)? {
+            // Not inserted and not there: the custom id belongs to another identity.
+            report.custom_id_conflicts += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Stores tombstones and deletes the identities they name.
+fn import_tombstones(
+    tx: &rusqlite::Transaction<'_>,
+    tombstones: &[Tombstone],
+) -> Result<TombstoneReport, StoreError> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO identity_tombstones (id, resource_id, deleted_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+        )
+        .map_err(backend)?;
+    let mut delete = tx
+        .prepare_cached("DELETE FROM identities WHERE id = ?1")
+        .map_err(backend)?;
+    let mut report = TombstoneReport::default();
+    for t in tombstones {
+        let id = t.id.to_string();
+        report.inserted += insert
+            .execute(params![id, t.id.resource().to_string(), ms(t.deleted_at)])
+            .map_err(backend)?;
+        report.identities_deleted += delete.execute([&id]).map_err(backend)?;
+    }
+    Ok(report)
+}
+
 fn bootstrap(
     tx: &rusqlite::Transaction<'_>,
-    candidate: ResourceRecord,
-) -> Result<ResourceRecord, StoreError> {
+    candidate: StoredResource,
+) -> Result<StoredResource, StoreError> {
     if let Some(existing) = read_default_resource(tx)? {
         return Ok(existing);
     }
@@ -680,8 +789,8 @@ fn bootstrap(
         "INSERT INTO resources (id, is_default, primary_key, secondary_key, created_at_ms) VALUES (?1, 1, ?2, ?3, ?4)",
         params![
             candidate.id.to_string(),
-            candidate.primary_key.expose(),
-            candidate.secondary_key.expose(),
+            candidate.primary,
+            candidate.secondary,
             ms(candidate.created_at)
         ],
     )
@@ -690,33 +799,69 @@ fn bootstrap(
         .ok_or_else(|| StoreError::Backend("the default resource vanished".into()))
 }
 
-fn read_default_resource(conn: &Connection) -> Result<Option<ResourceRecord>, StoreError> {
-    let row = conn
-        .query_row(
-            "SELECT id, primary_key, secondary_key, created_at_ms FROM resources WHERE is_default = 1",
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(backend)?;
-    row.map(|(id, primary, secondary, created)| {
-        Ok(ResourceRecord {
-            id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
-            primary_key: AccessKey::parse(&primary)
-                .map_err(|_| StoreError::Corrupt("primary access key".into()))?,
-            secondary_key: AccessKey::parse(&secondary)
-                .map_err(|_| StoreError::Corrupt("secondary access key".into()))?,
-            created_at: from_ms(created)?,
+/// Every resource, access keys in their stored form.
+fn read_resources(
+    conn: &Connection,
+    only_default: bool,
+) -> Result<Vec<StoredResource>, StoreError> {
+    let sql = if only_default {
+        "SELECT id, primary_key, secondary_key, created_at_ms FROM resources WHERE is_default = 1"
+    } else {
+        "SELECT id, primary_key, secondary_key, created_at_ms FROM resources"
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })
-    })
-    .transpose()
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, primary, secondary, created) = row.map_err(backend)?;
+        out.push(StoredResource {
+            id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
+            primary,
+            secondary,
+            created_at: from_ms(created)?,
+        });
+    }
+    Ok(out)
+}
+
+fn read_default_resource(conn: &Connection) -> Result<Option<StoredResource>, StoreError> {
+    Ok(read_resources(conn, true)?.into_iter().next())
+}
+
+/// Replaces each stored value that still holds its old form (atomic with the batch).
+fn rewrite_keys(tx: &rusqlite::Transaction<'_>, plan: &KeyRewrite) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for (old, new) in &plan.resources {
+        n += 2 * tx
+            .execute(
+                "UPDATE resources SET primary_key = ?2, secondary_key = ?3 WHERE id = ?1 AND primary_key = ?4 AND secondary_key = ?5",
+                params![old.id.to_string(), new.primary, new.secondary, old.primary, old.secondary],
+            )
+            .map_err(backend)?;
+    }
+    for (old, new) in &plan.keys {
+        n += tx
+            .execute(
+                "UPDATE signing_keys SET pkcs8 = ?2 WHERE kid = ?1 AND pkcs8 = ?3",
+                params![old.kid, new.pkcs8, old.pkcs8],
+            )
+            .map_err(backend)?;
+    }
+    if n != plan.len() {
+        return Err(StoreError::Backend(
+            "keys changed while being re-sealed; run the command again".into(),
+        ));
+    }
+    Ok(n)
 }
 
 #[async_trait]
@@ -780,40 +925,107 @@ impl IdentityStore for SqliteStore {
         })
     }
 
-    async fn import_identities(&self, records: Vec<IdentityRecord>) -> Result<usize, StoreError> {
+    async fn import_identities(
+        &self,
+        records: Vec<IdentityRecord>,
+    ) -> Result<ImportReport, StoreError> {
         self.submit(|r| Job::Import(records, r)).await
+    }
+
+    async fn list_tombstones(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, deleted_at_ms FROM identity_tombstones WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, deleted) = row.map_err(backend)?;
+                out.push(Tombstone {
+                    id: IdentityId::parse(&id)
+                        .map_err(|_| StoreError::Corrupt(format!("tombstone id {id:?}")))?,
+                    deleted_at: from_ms(deleted)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn import_tombstones(
+        &self,
+        tombstones: Vec<Tombstone>,
+    ) -> Result<TombstoneReport, StoreError> {
+        self.submit(|r| Job::ImportTombstones(tombstones, r)).await
     }
 }
 
 #[async_trait]
 impl ResourceStore for SqliteStore {
     async fn default_resource(&self) -> Result<Option<ResourceRecord>, StoreError> {
-        self.read(read_default_resource)
+        self.read(read_default_resource)?
+            .map(|s| self.keys.open_resource(&s))
+            .transpose()
     }
 
     async fn bootstrap_default_resource(
         &self,
         candidate: ResourceRecord,
     ) -> Result<ResourceRecord, StoreError> {
-        self.submit(|r| Job::Bootstrap(candidate, r)).await
+        let stored = self.keys.seal_resource(&candidate);
+        let winner = self.submit(|r| Job::Bootstrap(stored, r)).await?;
+        self.keys.open_resource(&winner)
     }
 }
 
 #[async_trait]
 impl SigningKeyStore for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        self.read(read_signing_keys)
+        self.read(read_signing_keys)?
+            .iter()
+            .map(|k| self.keys.open_signing_key(k))
+            .collect()
     }
 
     async fn bootstrap_signing_key(
         &self,
         candidate: StoredSigningKey,
     ) -> Result<StoredSigningKey, StoreError> {
-        self.submit(|r| Job::BootstrapKey(candidate, r)).await
+        let stored = self.keys.seal_signing_key(&candidate);
+        let winner = self.submit(|r| Job::BootstrapKey(stored, r)).await?;
+        self.keys.open_signing_key(&winner)
     }
 
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
-        self.submit(|r| Job::AddKey(key, r)).await
+        let stored = self.keys.seal_signing_key(&key);
+        self.submit(|r| Job::AddKey(stored, r)).await
+    }
+}
+
+#[async_trait]
+impl KeyMaterialStore for SqliteStore {
+    async fn seal_status(&self) -> Result<SealStatus, StoreError> {
+        let resources = self.read(|c| read_resources(c, false))?;
+        let keys = self.read(read_signing_keys)?;
+        Ok(count_sealed(&resources, &keys))
+    }
+
+    async fn reseal_keys(&self) -> Result<usize, StoreError> {
+        let resources = self.read(|c| read_resources(c, false))?;
+        let keys = self.read(read_signing_keys)?;
+        let plan = KeyRewrite::plan(&self.keys, resources, keys)?;
+        self.submit(|r| Job::RewriteKeys(plan, r)).await
     }
 }
 

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use callsign_server::{Algorithm, Database, PostgresOptions, Settings, StoreLocation, TlsMode};
+use callsign_server::{
+    Algorithm, Database, KeyProtection, MasterKey, PostgresOptions, Sealer, Settings,
+    StoreLocation, TlsMode,
+};
 use serde::Deserialize;
 
 /// Self-hosted identity and access-token service, wire-compatible with Azure Communication
@@ -30,14 +33,21 @@ pub enum Command {
     CaCert(CaCertArgs),
     /// Apply pending schema migrations without serving.
     Migrate(MigrateArgs),
+    /// Seal the access keys and signing keys in the store under a master key (created at
+    /// --master-key-file, mode 0600, if it does not exist). Lossless and idempotent.
+    Seal(MigrateArgs),
+    /// Re-seal every key under a new master key (created if missing); the old one is needed
+    /// once, for this command.
+    RotateMasterKey(RotateMasterKeyArgs),
     /// Create, show and delete identities on a running server.
     #[command(subcommand)]
     User(crate::client_cmd::UserCommand),
     /// Issue and revoke access tokens on a running server.
     #[command(subcommand)]
     Token(crate::client_cmd::TokenCommand),
-    /// Copy a deployment (resource, keys, identities) from one store to another, e.g. from the
-    /// embedded store to PostgreSQL. Idempotent.
+    /// Copy a deployment (resource, keys, identities, deletions) from one store to another, e.g.
+    /// from the embedded store to PostgreSQL. Repeatable; refuses a target changed since the
+    /// last copy unless --force.
     MigrateStore(MigrateStoreArgs),
     /// Drive a running server with signed requests and report throughput, latency and, with
     /// --server-pid, its CPU time per operation.
@@ -61,6 +71,10 @@ pub struct DatabaseArgs {
     /// PostgreSQL statement timeout in milliseconds [default: 5000].
     #[arg(long, env = "CALLSIGN_DB_STATEMENT_TIMEOUT_MS")]
     pub db_statement_timeout_ms: Option<u64>,
+    /// Master key (32 random bytes, base64, mode 0600) sealing the access keys and signing keys
+    /// in the store; see `callsign seal`.
+    #[arg(long, env = "CALLSIGN_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +83,15 @@ pub struct MigrateArgs {
     pub common: DataDirArgs,
     #[command(flatten)]
     pub db: DatabaseArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RotateMasterKeyArgs {
+    #[command(flatten)]
+    pub store: MigrateArgs,
+    /// The new master key file (created, mode 0600, if it does not exist).
+    #[arg(long)]
+    pub new_master_key_file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +105,13 @@ pub struct MigrateStoreArgs {
     /// Identities per batch.
     #[arg(long, default_value_t = 5000)]
     pub batch: usize,
+    /// Copy even if the target has diverged from the source (identities created or deleted on
+    /// it since the last copy): those created there are kept, those deleted there stay deleted.
+    #[arg(long)]
+    pub force: bool,
+    /// The master key of a sealed source; the target's keys are sealed under it too.
+    #[arg(long, env = "CALLSIGN_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -300,6 +330,7 @@ pub struct FileConfig {
     pub db_pool_size: Option<usize>,
     pub db_connect_timeout_ms: Option<u64>,
     pub db_statement_timeout_ms: Option<u64>,
+    pub master_key_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -354,6 +385,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     let data_dir = data_dir(&args.common, &file);
     let mut settings = Settings::new(data_dir.clone());
     let location = resolve_store(&args.db, &file, data_dir)?;
+    settings.keys = location.keys.clone();
     if let StoreLocation::Postgres(url) = location.location {
         settings.database = Database::Postgres {
             url,
@@ -415,6 +447,24 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
 pub struct ResolvedStore {
     pub location: StoreLocation,
     pub options: PostgresOptions,
+    pub keys: KeyProtection,
+}
+
+impl ResolvedStore {
+    /// Opens the store with its key protection.
+    pub async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn callsign_store::Store>> {
+        self.location.open(&self.options, self.keys.clone()).await
+    }
+}
+
+/// The key protection a master key file gives (plain without one).
+pub fn key_protection(master_key_file: Option<&Path>) -> anyhow::Result<KeyProtection> {
+    match master_key_file {
+        None => Ok(KeyProtection::plain()),
+        Some(path) => Ok(KeyProtection::sealed(Sealer::new(MasterKey::read_file(
+            path,
+        )?))),
+    }
 }
 
 fn resolve_store(
@@ -437,13 +487,19 @@ fn resolve_store(
         options.statement_timeout = std::time::Duration::from_millis(ms.max(1));
     }
     let location = match db.database_url.clone().or(file.database_url.clone()) {
-        Some(url) => match StoreLocation::parse(&url) {
+        Some(url) => match StoreLocation::parse(&url).context("--database-url")? {
             StoreLocation::Postgres(url) => StoreLocation::Postgres(url),
             StoreLocation::DataDir(_) => bail!("--database-url must be a postgres:// URL"),
         },
         None => StoreLocation::DataDir(data_dir),
     };
-    Ok(ResolvedStore { location, options })
+    let master_key_file = db.master_key_file.clone().or(file.master_key_file.clone());
+    let keys = key_protection(master_key_file.as_deref())?;
+    Ok(ResolvedStore {
+        location,
+        options,
+        keys,
+    })
 }
 
 pub fn resolve_migrate(args: MigrateArgs) -> anyhow::Result<ResolvedStore> {

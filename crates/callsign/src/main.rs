@@ -33,6 +33,8 @@ fn main() -> ExitCode {
             Command::ConnectionString(args) => print_connection_string(args).await,
             Command::CaCert(args) => print_ca_cert(args),
             Command::Migrate(args) => migrate(args).await,
+            Command::Seal(args) => seal(args).await,
+            Command::RotateMasterKey(args) => rotate_master_key(args).await,
             Command::User(cmd) => client_cmd::user(cmd).await,
             Command::Token(cmd) => client_cmd::token(cmd).await,
             Command::MigrateStore(args) => migrate_store(args).await,
@@ -162,11 +164,7 @@ async fn shutdown_signal() {
 
 async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
     let resolved = config::resolve_connection_string(args)?;
-    let store = resolved
-        .store
-        .location
-        .open(&resolved.store.options)
-        .await?;
+    let store = resolved.store.open().await?;
     let (resource, _) =
         callsign_server::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
             .await?;
@@ -183,37 +181,158 @@ async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<(
     Ok(())
 }
 
+/// Reads the master key file, creating it (0600) first if it does not exist.
+fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_server::MasterKey> {
+    if path.exists() {
+        Ok(callsign_server::MasterKey::read_file(path)?)
+    } else {
+        let key = callsign_server::MasterKey::generate_file(path)?;
+        println!(
+            "callsign: created the master key {} (id {}); keep a copy apart from the store's backups",
+            path.display(),
+            key.id()
+        );
+        Ok(key)
+    }
+}
+
+async fn seal(args: MigrateArgs) -> anyhow::Result<()> {
+    let Some(path) = args.db.master_key_file.clone() else {
+        anyhow::bail!(
+            "--master-key-file (or CALLSIGN_MASTER_KEY_FILE) names the master key to seal with"
+        );
+    };
+    let key = master_key_at(&path)?;
+    let id = key.id().to_owned();
+    let mut resolved = config::resolve_migrate(args)?;
+    resolved.keys = callsign_server::KeyProtection::sealed(callsign_server::Sealer::new(key));
+    reseal(&resolved, &id).await
+}
+
+async fn rotate_master_key(args: config::RotateMasterKeyArgs) -> anyhow::Result<()> {
+    let Some(old_path) = args.store.db.master_key_file.clone() else {
+        anyhow::bail!("--master-key-file names the current master key");
+    };
+    let old = callsign_server::MasterKey::read_file(&old_path)?;
+    let new = master_key_at(&args.new_master_key_file)?;
+    if new.id() == old.id() {
+        anyhow::bail!("the new master key is the current one");
+    }
+    let id = new.id().to_owned();
+    let mut resolved = config::resolve_migrate(args.store)?;
+    resolved.keys = callsign_server::KeyProtection::sealed(
+        callsign_server::Sealer::new(new).with_previous(old),
+    );
+    reseal(&resolved, &id).await?;
+    println!(
+        "callsign: start every node with --master-key-file {}; the old key opens nothing now",
+        args.new_master_key_file.display()
+    );
+    Ok(())
+}
+
+async fn reseal(resolved: &config::ResolvedStore, id: &str) -> anyhow::Result<()> {
+    let store = resolved.open().await?;
+    let result = async {
+        // A store nobody has started yet gets its resource and keys first, sealed.
+        callsign_server::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
+            .await?;
+        let n = store.reseal_keys().await?;
+        anyhow::Ok(n)
+    }
+    .await;
+    store.close().await;
+    let n = result?;
+    println!("callsign: {n} key value(s) sealed under master key {id}");
+    Ok(())
+}
+
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let resolved = config::resolve_migrate(args)?;
     // Opening a store applies its pending migrations (under an advisory lock for PostgreSQL).
-    let store = resolved.location.open(&resolved.options).await?;
+    let store = resolved.open().await?;
     store.close().await;
     println!("callsign: the schema is up to date");
     Ok(())
 }
 
 async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
+    // Both locations are checked before either store is opened (opening a data dir creates it).
+    let from = callsign_server::StoreLocation::parse(&args.from).context("--from")?;
+    let to = callsign_server::StoreLocation::parse(&args.to).context("--to")?;
     let options = callsign_server::PostgresOptions::default();
-    let from = callsign_server::StoreLocation::parse(&args.from)
-        .open(&options)
+    let keys = config::key_protection(args.master_key_file.as_deref())?;
+    let from = from
+        .open(&options, keys.clone())
         .await
         .context("cannot open the source store")?;
-    let to = callsign_server::StoreLocation::parse(&args.to)
-        .open(&options)
+    let to = to
+        .open(&options, keys)
         .await
         .context("cannot open the target store")?;
-    let result = callsign_store::copy_store(from.as_ref(), to.as_ref(), args.batch).await;
+    let copy = callsign_store::CopyOptions {
+        batch: args.batch,
+        force: args.force,
+    };
+    let result = callsign_store::copy_store(from.as_ref(), to.as_ref(), &copy).await;
     from.close().await;
     to.close().await;
-    let report = result?;
+    let report = match result {
+        Ok(report) => report,
+        Err(callsign_store::CopyError::Diverged {
+            created_on_target,
+            deleted_on_target,
+            examples,
+        }) => {
+            let mut err = std::io::stderr().lock();
+            writeln!(
+                err,
+                "callsign: the target has diverged from the source since the last copy:"
+            )?;
+            writeln!(
+                err,
+                "  {created_on_target} identities created on the target (unknown to the source)"
+            )?;
+            writeln!(
+                err,
+                "  {deleted_on_target} identities deleted on the target (alive on the source)"
+            )?;
+            for example in &examples {
+                writeln!(err, "  {example}")?;
+            }
+            anyhow::bail!(
+                "nothing was copied; rerun with --force to copy anyway (identities created on the \
+                 target are kept, identities deleted on the target stay deleted)"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!(
-        "callsign: copied {} signing key(s), {} of {} identities ({} were already there) and {} Teams assignment(s)",
+        "callsign: copied {} signing key(s), {} of {} identities ({} already there, {} revocation epoch(s) raised) and {} Teams assignment(s)",
         report.signing_keys,
         report.identities_inserted,
         report.identities_read,
-        report.identities_read - report.identities_inserted,
+        report
+            .identities_read
+            .saturating_sub(report.identities_inserted)
+            .saturating_sub(report.skipped_deleted)
+            .saturating_sub(report.custom_id_conflicts),
+        report.epochs_raised,
         report.assignments
     );
+    println!(
+        "callsign: {} deletion(s) read, {} new, {} identities deleted on the target",
+        report.tombstones_read, report.tombstones_inserted, report.identities_deleted
+    );
+    if report.created_on_target + report.deleted_on_target > 0 {
+        println!(
+            "callsign: --force: kept {} identities created on the target; {} deleted on the target stay deleted ({} not copied); {} not copied because their custom id is taken on the target",
+            report.created_on_target,
+            report.deleted_on_target,
+            report.skipped_deleted,
+            report.custom_id_conflicts
+        );
+    }
     Ok(())
 }
 

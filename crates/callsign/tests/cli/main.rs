@@ -3,9 +3,11 @@
 
 mod bench;
 mod client_commands;
+mod copies;
 mod hostile;
 mod nodes;
 mod permissions;
+mod sealing;
 mod secrets;
 
 use std::io::{BufRead as _, BufReader};

@@ -1,0 +1,272 @@
+//! Sealed key material: a store sealed under a master key holds no usable access key or
+//! signing key, and a server without that key refuses to start.
+
+use std::path::Path;
+use std::process::Command;
+
+use reqwest::Method;
+
+use crate::nodes::TestDb;
+use crate::{BIN, Server, client, key_of, run, runtime, signed};
+
+fn connection_string(server: &Server) -> String {
+    server
+        .stdout
+        .iter()
+        .find(|l| l.trim_start().starts_with("endpoint="))
+        .expect("connection string on first start")
+        .trim()
+        .to_owned()
+}
+
+/// `serve` that must fail: its exit status and stderr.
+fn serve_fails(data: &Path, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run serve");
+    assert!(
+        !out.status.success(),
+        "serve started without the master key"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn create_with_token(server: &Server, data: &Path, key: &str) -> String {
+    let r = signed(
+        &client(data),
+        &server.endpoint,
+        &server.host(),
+        key,
+        Method::POST,
+        "/identities?api-version=2023-10-01",
+        r#"{"createTokenWithScopes":["chat"]}"#,
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status().as_u16(), 201);
+    let body: serde_json::Value = r.json().await.expect("json");
+    body["accessToken"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+async fn introspect_active(server: &Server, data: &Path, key: &str, token: &str) -> bool {
+    let body = serde_json::json!({ "token": token }).to_string();
+    let body: &'static str = Box::leak(body.into_boxed_str());
+    let r = signed(
+        &client(data),
+        &server.endpoint,
+        &server.host(),
+        key,
+        Method::POST,
+        "/tokens/:introspect?api-version=2023-10-01",
+        body,
+    )
+    .await
+    .expect("request");
+    let v: serde_json::Value = r.json().await.expect("json");
+    v["active"] == true
+}
+
+/// Every byte callsign keeps in the data dir's database files.
+fn database_bytes(data: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(b) = std::fs::read(data.join(format!("callsign.db{suffix}"))) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn an_embedded_store_sealed_from_the_start_holds_no_usable_key() {
+    let root = tempfile::tempdir().expect("dir");
+    let data = root.path().join("data");
+    let master = root.path().join("master.key");
+    let (ok, out, err) = run(&[
+        "seal",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--master-key-file",
+        master.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("created the master key"), "{out}");
+    let m = master.to_str().expect("utf-8");
+    let server = Server::start(&data, &["--master-key-file", m]);
+    // `seal` made the resource, so serve does not print it: ask for it.
+    let (ok, cs, err) = run(&[
+        "connection-string",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--master-key-file",
+        m,
+        "--endpoint",
+        &server.endpoint,
+    ]);
+    assert!(ok, "{err}");
+    let key = key_of(&cs);
+    let rt = runtime();
+    let token = rt.block_on(create_with_token(&server, &data, &key));
+    assert!(server.terminate().success());
+
+    // The raw files hold neither the access key nor a signing key in the clear.
+    let raw = database_bytes(&data);
+    assert!(
+        !contains(&raw, key.as_bytes()),
+        "the access key is in the database file"
+    );
+    let db = rusqlite::Connection::open(data.join("callsign.db")).expect("db");
+    let (p, s): (String, String) = db
+        .query_row(
+            "SELECT primary_key, secondary_key FROM resources",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("resource");
+    assert!(
+        p.starts_with("sealed:v1:") && s.starts_with("sealed:v1:"),
+        "{p}"
+    );
+    let pkcs8: Vec<u8> = db
+        .query_row("SELECT pkcs8 FROM signing_keys", [], |r| r.get(0))
+        .expect("key");
+    assert!(pkcs8.starts_with(b"sealed:v1:"));
+    drop(db);
+
+    // Without the master key, or with another one, the server refuses to start.
+    let err = serve_fails(&data, &[]);
+    assert!(err.contains("sealed under master key"), "{err}");
+    let other = root.path().join("other.key");
+    let (ok, _, _) = run(&[
+        "seal",
+        "--data-dir",
+        root.path().join("scratch").to_str().expect("utf-8"),
+        "--master-key-file",
+        other.to_str().expect("utf-8"),
+    ]);
+    assert!(ok);
+    let err = serve_fails(
+        &data,
+        &["--master-key-file", other.to_str().expect("utf-8")],
+    );
+    assert!(err.contains("sealed under master key"), "{err}");
+    // A master key file others can read is refused.
+    use std::os::unix::fs::PermissionsExt as _;
+    let loose = root.path().join("loose.key");
+    std::fs::copy(&master, &loose).expect("copy");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = serve_fails(
+        &data,
+        &["--master-key-file", loose.to_str().expect("utf-8")],
+    );
+    assert!(err.contains("readable by other users"), "{err}");
+
+    // With it, the same connection string and the tokens issued before keep working.
+    let server = Server::start(&data, &["--master-key-file", m]);
+    assert!(rt.block_on(introspect_active(&server, &data, &key, &token)));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
+    let root = tempfile::tempdir().expect("dir");
+    let data = root.path().join("data");
+    let d = data.to_str().expect("utf-8");
+    let server = Server::start(&data, &[]);
+    let cs = connection_string(&server);
+    let key = key_of(&cs);
+    let rt = runtime();
+    let token = rt.block_on(create_with_token(&server, &data, &key));
+    assert!(server.terminate().success());
+    assert!(
+        contains(&database_bytes(&data), key.as_bytes()),
+        "plain before sealing"
+    );
+
+    let first = root.path().join("first.key");
+    let f = first.to_str().expect("utf-8");
+    let (ok, out, err) = run(&["seal", "--data-dir", d, "--master-key-file", f]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sealed under master key"), "{out}");
+    // Sealing again is harmless.
+    let (ok, _, err) = run(&["seal", "--data-dir", d, "--master-key-file", f]);
+    assert!(ok, "{err}");
+    let (ok, again, err) = run(&["connection-string", "--data-dir", d, "--master-key-file", f]);
+    assert!(ok, "{err}");
+    assert_eq!(key_of(&again), key, "the access key survived sealing");
+    let (ok, _, err) = run(&["connection-string", "--data-dir", d]);
+    assert!(!ok && err.contains("sealed"), "{err}");
+
+    let second = root.path().join("second.key");
+    let s = second.to_str().expect("utf-8");
+    let (ok, out, err) = run(&[
+        "rotate-master-key",
+        "--data-dir",
+        d,
+        "--master-key-file",
+        f,
+        "--new-master-key-file",
+        s,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sealed under master key"), "{out}");
+    let err = serve_fails(&data, &["--master-key-file", f]);
+    assert!(err.contains("sealed under master key"), "{err}");
+    let server = Server::start(&data, &["--master-key-file", s]);
+    assert!(rt.block_on(introspect_active(&server, &data, &key, &token)));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn a_postgres_store_is_sealed_and_refuses_nodes_without_the_key() {
+    let rt = runtime();
+    let db = rt.block_on(TestDb::create());
+    let url = db.url();
+    let root = tempfile::tempdir().expect("dir");
+    let data = root.path().join("data");
+    let server = Server::start(&data, &["--database-url", &url]);
+    let key = key_of(&connection_string(&server));
+    let token = rt.block_on(create_with_token(&server, &data, &key));
+    assert!(server.terminate().success());
+
+    let master = root.path().join("master.key");
+    let m = master.to_str().expect("utf-8");
+    let (ok, _, err) = run(&["seal", "--database-url", &url, "--master-key-file", m]);
+    assert!(ok, "{err}");
+    let (primary, pkcs8): (String, Vec<u8>) = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let p = c
+            .query_one("SELECT primary_key FROM callsign_resources", &[])
+            .await
+            .expect("resource")
+            .get(0);
+        let k = c
+            .query_one("SELECT pkcs8 FROM callsign_signing_keys", &[])
+            .await
+            .expect("key")
+            .get(0);
+        (p, k)
+    });
+    assert!(primary.starts_with("sealed:v1:") && !primary.contains(&key));
+    assert!(pkcs8.starts_with(b"sealed:v1:"));
+    let err = serve_fails(&data, &["--database-url", &url]);
+    assert!(err.contains("sealed under master key"), "{err}");
+    let server = Server::start(&data, &["--database-url", &url, "--master-key-file", m]);
+    assert!(rt.block_on(introspect_active(&server, &data, &key, &token)));
+    assert!(server.terminate().success());
+    rt.block_on(db.drop_db());
+}
