@@ -117,8 +117,8 @@ proptest! {
 
     #[test]
     fn authorization_parse_of_long_text_never_panics(
-        s in "[ -~]{0,4096}",
-        repeat in 0usize..2048,
+        s in prop_oneof![4 => "[ -~]{0,256}", 1 => "[ -~]{0,4096}"],
+        repeat in prop_oneof![4 => 0usize..64, 1 => 0usize..2048],
     ) {
         let long = format!("{SCHEME} SignedHeaders={}&Signature={s}", "h;".repeat(repeat) + "h");
         for input in [&s, &long] {

@@ -34,7 +34,8 @@ fn benches(c: &mut Criterion) {
         .collect();
     let inserted = rt
         .block_on(store.import_identities(records))
-        .expect("import");
+        .expect("import")
+        .inserted;
     assert_eq!(inserted, IDENTITIES);
 
     let mut i = 0usize;

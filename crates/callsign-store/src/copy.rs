@@ -1,21 +1,80 @@
-//! Moving a deployment from one backend to another, losing nothing.
+//! Moving a deployment from one backend to another, losing nothing and bringing nothing back.
 
 use std::collections::HashSet;
+use std::fmt;
+
+use callsign_core::IdentityId;
 
 use crate::{Store, StoreError};
+
+/// How many ids of each kind of divergence a [`CopyError::Diverged`] names.
+const EXAMPLES: usize = 5;
+
+/// How to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// Identities (and tombstones) per read and write.
+    pub batch: usize,
+    /// Copy onto a target that has diverged from the source (see [`copy_store`]).
+    pub force: bool,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self {
+            batch: 5000,
+            force: false,
+        }
+    }
+}
 
 /// What a copy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CopyReport {
     /// Signing keys added to the target.
     pub signing_keys: usize,
+    /// Tombstones read from the source.
+    pub tombstones_read: usize,
+    /// Tombstones the target did not have yet.
+    pub tombstones_inserted: usize,
+    /// Identities deleted from the target because they were deleted on the source.
+    pub identities_deleted: usize,
     /// Identities read from the source.
     pub identities_read: usize,
-    /// Identities inserted into the target (the rest were there already).
+    /// Identities inserted into the target.
     pub identities_inserted: usize,
+    /// Identities of the target whose revocation epoch was raised to the source's.
+    pub epochs_raised: usize,
+    /// Source identities not copied because they are deleted on the target (only with `force`).
+    pub skipped_deleted: usize,
+    /// Source identities not copied because another identity of the target holds their custom
+    /// id (only with `force`: that identity was created on the target).
+    pub custom_id_conflicts: usize,
+    /// Identities created on the target since the last copy, kept (only with `force`).
+    pub created_on_target: usize,
+    /// Identities deleted on the target since the last copy, kept deleted (only with `force`).
+    pub deleted_on_target: usize,
     /// Teams assignments inserted into the target (the rest were there already; those are never
     /// overwritten).
     pub assignments: usize,
+}
+
+/// One identity on which the target has diverged from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DivergedId {
+    /// Alive on the target, unknown to the source (neither alive nor deleted there).
+    CreatedOnTarget(IdentityId),
+    /// Deleted on the target, alive on the source.
+    DeletedOnTarget(IdentityId),
+}
+
+impl fmt::Display for DivergedId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DivergedId::CreatedOnTarget(id) => write!(f, "created on the target: {id}"),
+            DivergedId::DeletedOnTarget(id) => write!(f, "deleted on the target: {id}"),
+        }
+    }
 }
 
 /// Why a copy was refused.
@@ -27,32 +86,80 @@ pub enum CopyError {
     /// The target serves another resource; merging two resources is not supported.
     #[error("the target store already holds another resource ({0}); refusing to mix resources")]
     DifferentResource(String),
+    /// The target has changed since the last copy in ways the source does not know of;
+    /// nothing was written.
+    #[error(
+        "the target store has diverged from the source: {created_on_target} identities created \
+         and {deleted_on_target} deleted on the target since the last copy (e.g. {}); nothing \
+         was copied",
+        examples.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Diverged {
+        /// Identities alive on the target that the source neither has nor deleted.
+        created_on_target: usize,
+        /// Identities deleted on the target that are alive on the source.
+        deleted_on_target: usize,
+        /// A few of them (up to five of each kind).
+        examples: Vec<DivergedId>,
+    },
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Copies the default resource (GUID and both access keys), every signing key, every
-/// identity (custom ids, revocation epochs and times included) and every Teams assignment from
-/// `from` to `to`.
+/// Copies the default resource (GUID and both access keys), every signing key, every tombstone,
+/// every identity (custom ids, revocation epochs and times included) and every Teams assignment
+/// from `from` to `to`.
 ///
-/// Idempotent: running it again copies only what is missing, so it can be repeated after a
-/// final stop of the old deployment. Tokens issued before the move stay valid after it, because
-/// the keys, ids and epochs are the same.
+/// Repeatable, and a repeat never undoes a delete or a revoke:
+/// * tombstones are copied first, and delete the target's identities they name: an identity
+///   deleted on the source after an earlier copy is deleted on the target too;
+/// * an identity with a tombstone on the target is never inserted again;
+/// * for an identity on both sides the target keeps the higher revocation epoch;
+/// * before writing anything the target is compared with the source: identities alive on the
+///   target that the source neither has nor deleted ("created on the target"), and tombstones
+///   on the target for identities alive on the source ("deleted on the target"), mean the
+///   target has been in use since. Without `force` that is [`CopyError::Diverged`] and nothing
+///   is written; with `force` the copy goes ahead, keeping the target's identities and its
+///   deletions (a deleted id stays deleted).
+///
+/// Tokens issued before the move stay valid after it (same keys, ids and epochs) unless revoked
+/// or deleted on either side. The comparison holds the target's ids in memory (about 33 bytes
+/// each). Run it with the source stopped: what the source changes during a copy may be missed.
 pub async fn copy_store(
     from: &dyn Store,
     to: &dyn Store,
-    batch: usize,
+    options: &CopyOptions,
 ) -> Result<CopyReport, CopyError> {
+    let batch = options.batch.max(1);
     let resource = from
         .default_resource()
         .await?
         .ok_or(CopyError::EmptySource)?;
+    match to.default_resource().await? {
+        Some(existing) if existing != resource => {
+            return Err(CopyError::DifferentResource(existing.id.to_string()));
+        }
+        _ => {}
+    }
+    let mut report = CopyReport::default();
+    let divergence = compare(from, to, batch).await?;
+    if divergence.created + divergence.deleted > 0 {
+        if !options.force {
+            return Err(CopyError::Diverged {
+                created_on_target: divergence.created,
+                deleted_on_target: divergence.deleted,
+                examples: divergence.examples,
+            });
+        }
+        report.created_on_target = divergence.created;
+        report.deleted_on_target = divergence.deleted;
+    }
+
     let winner = to.bootstrap_default_resource(resource.clone()).await?;
     if winner != resource {
         return Err(CopyError::DifferentResource(winner.id.to_string()));
     }
-    let mut report = CopyReport::default();
     let present: HashSet<String> = to
         .signing_keys()
         .await?
@@ -66,13 +173,28 @@ pub async fn copy_store(
             report.signing_keys += 1;
         }
     }
+    // Deletes first: they take identities out of the target before identities are copied.
     let mut after = None;
     loop {
-        let page = from.list_identities(after.as_ref(), batch.max(1)).await?;
+        let page = from.list_tombstones(after.as_ref(), batch).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        report.tombstones_read += page.len();
+        let done = to.import_tombstones(page).await?;
+        report.tombstones_inserted += done.inserted;
+        report.identities_deleted += done.identities_deleted;
+    }
+    let mut after = None;
+    loop {
+        let page = from.list_identities(after.as_ref(), batch).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         report.identities_read += page.len();
-        report.identities_inserted += to.import_identities(page).await?;
+        let done = to.import_identities(page).await?;
+        report.identities_inserted += done.inserted;
+        report.epochs_raised += done.epochs_raised;
+        report.skipped_deleted += done.skipped_deleted;
+        report.custom_id_conflicts += done.custom_id_conflicts;
     }
     // An assignment the target has already is kept as it is: it may be newer than the source's.
     for (resource, assignment) in from.all_assignments().await? {
@@ -85,4 +207,93 @@ pub async fn copy_store(
         }
     }
     Ok(report)
+}
+
+/// How the target differs from the source in ways a copy cannot reconcile by itself.
+#[derive(Debug, Default)]
+struct Divergence {
+    created: usize,
+    deleted: usize,
+    examples: Vec<DivergedId>,
+}
+
+/// Ids in sorted order, for membership tests (the backends' list orders need not agree, so
+/// both sides cannot simply be merged).
+struct IdSet(Vec<IdentityId>);
+
+impl IdSet {
+    fn position(&self, id: &IdentityId) -> Option<usize> {
+        self.0.binary_search(id).ok()
+    }
+}
+
+/// Reads both stores (writing nothing) and finds the target's identities the source does not
+/// know of and the target's tombstones for identities alive on the source.
+async fn compare(from: &dyn Store, to: &dyn Store, batch: usize) -> Result<Divergence, StoreError> {
+    let mut alive = Vec::new();
+    let mut after = None;
+    loop {
+        let page = to.list_identities(after.as_ref(), batch).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        alive.extend(page.into_iter().map(|r| r.id));
+    }
+    let mut dead = Vec::new();
+    let mut after = None;
+    loop {
+        let page = to.list_tombstones(after.as_ref(), batch).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        dead.extend(page.into_iter().map(|t| t.id));
+    }
+    let mut divergence = Divergence::default();
+    if alive.is_empty() && dead.is_empty() {
+        // A first copy: nothing to compare.
+        return Ok(divergence);
+    }
+    alive.sort_unstable();
+    dead.sort_unstable();
+    let (alive, dead) = (IdSet(alive), IdSet(dead));
+    let mut known = vec![false; alive.0.len()];
+    let mut deleted_examples = Vec::new();
+    let mut after = None;
+    loop {
+        let page = from.list_identities(after.as_ref(), batch).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for record in &page {
+            if let Some(i) = alive.position(&record.id) {
+                known[i] = true;
+            } else if dead.position(&record.id).is_some() {
+                divergence.deleted += 1;
+                if deleted_examples.len() < EXAMPLES {
+                    deleted_examples.push(DivergedId::DeletedOnTarget(record.id));
+                }
+            }
+        }
+    }
+    if !alive.0.is_empty() {
+        // An identity deleted on the source is known to it: the copy deletes it on the target.
+        let mut after = None;
+        loop {
+            let page = from.list_tombstones(after.as_ref(), batch).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for tombstone in &page {
+                if let Some(i) = alive.position(&tombstone.id) {
+                    known[i] = true;
+                }
+            }
+        }
+    }
+    for (id, known) in alive.0.iter().zip(&known) {
+        if !known {
+            divergence.created += 1;
+            if divergence.examples.len() < EXAMPLES {
+                divergence.examples.push(DivergedId::CreatedOnTarget(*id));
+            }
+        }
+    }
+    divergence.examples.extend(deleted_examples);
+    Ok(divergence)
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use callsign_core::token::Algorithm;
 use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use callsign_store::{
-    AssignmentStore, IdentityRecord, IdentityStore, NewIdentity, PostgresOptions, PostgresStore,
-    ResourceRecord, SqliteStore, Store, StoreError, StoredSigningKey,
+    AssignmentStore, CopyError, CopyOptions, DivergedId, IdentityRecord, IdentityStore,
+    ImportReport, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store,
+    StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -230,6 +231,7 @@ async fn signing_key_bootstrap_agrees_on_one_key_per_algorithm(store: Arc<dyn St
                 .await
                 .expect("bootstrap")
                 .kid
+                .clone()
         }));
     }
     let mut kids = std::collections::HashSet::new();
@@ -279,7 +281,7 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn Store>) {
     // Re-importing what exists changes nothing; importing into a fresh identity space works.
     assert_eq!(
         store.import_identities(all.clone()).await.expect("import"),
-        0
+        ImportReport::default()
     );
     let moved: Vec<IdentityRecord> = all
         .iter()
@@ -292,7 +294,8 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn Store>) {
         store
             .import_identities(moved.clone())
             .await
-            .expect("import"),
+            .expect("import")
+            .inserted,
         25
     );
     for rec in &moved {
@@ -303,6 +306,221 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn Store>) {
             .expect("present");
         assert_eq!(&got, rec);
     }
+}
+
+async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let c = store
+        .create_identity(new_identity(r, Some("erin")))
+        .await
+        .expect("create");
+    let record = c.identity;
+    store.revoke_tokens(&record.id).await.expect("revoke");
+    let before = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    assert!(store.delete_identity(&record.id).await.expect("delete"));
+    let tombstones = store.list_tombstones(None, 100).await.expect("list");
+    assert_eq!(tombstones.len(), 1);
+    assert_eq!(tombstones[0].id, record.id);
+    assert!(tombstones[0].deleted_at >= before);
+    // Deleting what is gone writes no second tombstone.
+    assert!(
+        !store
+            .delete_identity(&record.id)
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(
+        store.list_tombstones(None, 100).await.expect("list").len(),
+        1
+    );
+    // An import of the deleted identity (a repeated copy) does not bring it back, whatever its
+    // epoch.
+    let stale = IdentityRecord {
+        revocation_epoch: 7,
+        ..record.clone()
+    };
+    let report = store
+        .import_identities(vec![record.clone(), stale])
+        .await
+        .expect("import");
+    assert_eq!(
+        report,
+        ImportReport {
+            skipped_deleted: 2,
+            ..ImportReport::default()
+        }
+    );
+    assert_eq!(store.get_identity(&record.id).await.expect("get"), None);
+    // The custom id is free: a new identity takes it, and it imports alongside.
+    let again = store
+        .create_identity(new_identity(r, Some("erin")))
+        .await
+        .expect("create again");
+    assert!(again.created);
+    assert_ne!(again.identity.id, record.id);
+    // A create with the tombstoned id itself is refused.
+    let reuse = NewIdentity {
+        id: record.id,
+        custom_id: None,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    assert!(store.create_identity(reuse).await.is_err());
+    assert_eq!(store.get_identity(&record.id).await.expect("get"), None);
+}
+
+async fn reimport_keeps_the_higher_epoch(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let c = store
+        .create_identity(new_identity(r, None))
+        .await
+        .expect("create");
+    let id = c.identity.id;
+    let revoked = IdentityRecord {
+        revocation_epoch: 3,
+        ..c.identity.clone()
+    };
+    let report = store
+        .import_identities(vec![revoked.clone()])
+        .await
+        .expect("import");
+    assert_eq!(
+        report,
+        ImportReport {
+            epochs_raised: 1,
+            ..ImportReport::default()
+        }
+    );
+    let got = store
+        .get_identity(&id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.revocation_epoch, 3);
+    // A token of epoch 2 is no longer in force.
+    assert!(!callsign_core::token::token_in_force(
+        2,
+        got.revocation_epoch
+    ));
+    // A lower epoch never lowers the stored one.
+    let report = store
+        .import_identities(vec![c.identity.clone()])
+        .await
+        .expect("import");
+    assert_eq!(report, ImportReport::default());
+    assert_eq!(
+        store.revoke_tokens(&id).await.expect("revoke"),
+        Some(4),
+        "the epoch counts on from the raised value"
+    );
+    // A new identity whose custom id another identity of the resource holds is left out.
+    let taken = store
+        .create_identity(new_identity(r, Some("frank")))
+        .await
+        .expect("create");
+    let clash = IdentityRecord {
+        id: IdentityId::new_random(r),
+        ..taken.identity.clone()
+    };
+    let fresh = IdentityRecord {
+        id: IdentityId::new_random(r),
+        custom_id: None,
+        ..taken.identity.clone()
+    };
+    let report = store
+        .import_identities(vec![clash.clone(), fresh.clone()])
+        .await
+        .expect("import");
+    assert_eq!(
+        report,
+        ImportReport {
+            inserted: 1,
+            custom_id_conflicts: 1,
+            ..ImportReport::default()
+        }
+    );
+    assert_eq!(store.get_identity(&clash.id).await.expect("get"), None);
+    assert_eq!(
+        store.get_identity(&fresh.id).await.expect("get"),
+        Some(fresh)
+    );
+}
+
+async fn imported_tombstones_delete_and_list_in_pages(store: Arc<dyn Store>) {
+    let r = ResourceId::new_random();
+    let mut alive = Vec::new();
+    for i in 0..5 {
+        let custom = format!("t{i}");
+        let c = store
+            .create_identity(new_identity(r, Some(&custom)))
+            .await
+            .expect("create");
+        alive.push(c.identity.id);
+    }
+    let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+    // Three of them deleted elsewhere, plus twenty never seen here.
+    let mut tombstones: Vec<Tombstone> = alive[..3]
+        .iter()
+        .map(|id| Tombstone {
+            id: *id,
+            deleted_at: at,
+        })
+        .collect();
+    tombstones.extend((0..20).map(|_| Tombstone {
+        id: IdentityId::new_random(r),
+        deleted_at: at,
+    }));
+    let report = store
+        .import_tombstones(tombstones.clone())
+        .await
+        .expect("import");
+    assert_eq!(
+        report,
+        TombstoneReport {
+            inserted: 23,
+            identities_deleted: 3,
+        }
+    );
+    for id in &alive[..3] {
+        assert_eq!(store.get_identity(id).await.expect("get"), None);
+    }
+    for id in &alive[3..] {
+        assert!(store.get_identity(id).await.expect("get").is_some());
+    }
+    // Again: nothing new.
+    assert_eq!(
+        store
+            .import_tombstones(tombstones.clone())
+            .await
+            .expect("import"),
+        TombstoneReport::default()
+    );
+    // The custom id of an identity deleted that way is free again.
+    assert!(
+        store
+            .create_identity(new_identity(r, Some("t0")))
+            .await
+            .expect("create")
+            .created
+    );
+    let mut listed: Vec<Tombstone> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_tombstones(after.as_ref(), 7)
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        after = page.last().map(|t| t.id);
+        listed.extend(page);
+    }
+    assert_eq!(listed.len(), 23);
+    let mut expected = tombstones;
+    expected.sort_by_key(|t| t.id);
+    listed.sort_by_key(|t| t.id);
+    assert_eq!(listed, expected);
 }
 
 fn assignment(
@@ -546,6 +764,9 @@ macro_rules! conformance_suite {
                 signing_keys_come_back_newest_first,
                 signing_key_bootstrap_agrees_on_one_key_per_algorithm,
                 identities_export_and_import_losslessly,
+                delete_leaves_a_tombstone_that_import_respects,
+                reimport_keeps_the_higher_epoch,
+                imported_tombstones_delete_and_list_in_pages,
                 assignment_put_creates_then_replaces,
                 assignment_delete_removes_it,
                 assignments_are_per_resource,
@@ -880,7 +1101,7 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
             .await
             .expect("put")
     );
-    let report = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), 50)
+    let report = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), &batch_of(50))
         .await
         .expect("copy");
     assert_eq!(report.identities_read, 120);
@@ -902,7 +1123,7 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         );
     }
     // Running it again copies nothing new.
-    let again = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), 50)
+    let again = callsign_store::copy_store(sqlite.as_ref(), pg.as_ref(), &batch_of(50))
         .await
         .expect("copy again");
     assert_eq!(again.identities_inserted, 0);
@@ -918,7 +1139,7 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         })
         .await
         .expect("bootstrap other");
-    let err = callsign_store::copy_store(sqlite.as_ref(), other.as_ref(), 50)
+    let err = callsign_store::copy_store(sqlite.as_ref(), other.as_ref(), &batch_of(50))
         .await
         .expect_err("mixing resources is refused");
     assert!(matches!(
@@ -932,3 +1153,298 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         g.cleanup().await;
     }
 }
+
+fn batch_of(batch: usize) -> CopyOptions {
+    CopyOptions {
+        batch,
+        force: false,
+    }
+}
+
+const FORCE: CopyOptions = CopyOptions {
+    batch: 7,
+    force: true,
+};
+
+/// A started deployment: its resource, a signing key and `n` identities (every third with a
+/// custom id `c<i>`), in creation order.
+async fn started_deployment(store: &dyn Store, n: usize) -> (ResourceRecord, Vec<IdentityId>) {
+    let resource = ResourceRecord {
+        id: ResourceId::new_random(),
+        primary_key: AccessKey::generate(),
+        secondary_key: AccessKey::generate(),
+        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+    };
+    store
+        .bootstrap_default_resource(resource.clone())
+        .await
+        .expect("bootstrap");
+    store
+        .add_signing_key(StoredSigningKey {
+            kid: "k1".into(),
+            alg: Algorithm::Es256,
+            pkcs8: vec![1, 2, 3],
+            created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+        })
+        .await
+        .expect("key");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let custom = (i % 3 == 0).then(|| format!("c{i}"));
+        let c = store
+            .create_identity(new_identity(resource.id, custom.as_deref()))
+            .await
+            .expect("create");
+        ids.push(c.identity.id);
+    }
+    (resource, ids)
+}
+
+/// Every tombstone id of a store, sorted.
+async fn tombstone_ids(store: &dyn Store) -> Vec<IdentityId> {
+    let mut ids: Vec<IdentityId> = store
+        .list_tombstones(None, usize::MAX)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Delete on the source after a first copy, copy again (and again): the identity is deleted on
+/// the target and stays deleted.
+async fn a_repeated_copy_never_brings_back_a_deleted_identity(from: &dyn Store, to: &dyn Store) {
+    let (resource, ids) = started_deployment(from, 30).await;
+    let first = callsign_store::copy_store(from, to, &batch_of(7))
+        .await
+        .expect("copy");
+    assert_eq!(first.identities_inserted, 30);
+    assert_eq!(first.tombstones_read, 0);
+    // After the cut-over the old store is still written to by mistake (or copied from before
+    // the last writes): a delete there, and the freed custom id taken by a new identity.
+    assert!(from.delete_identity(&ids[0]).await.expect("delete"));
+    assert!(from.delete_identity(&ids[1]).await.expect("delete"));
+    let reborn = from
+        .create_identity(new_identity(resource.id, Some("c0")))
+        .await
+        .expect("create")
+        .identity;
+    let second = callsign_store::copy_store(from, to, &batch_of(7))
+        .await
+        .expect("copy again");
+    assert_eq!(second.tombstones_read, 2);
+    assert_eq!(second.tombstones_inserted, 2);
+    assert_eq!(second.identities_deleted, 2);
+    assert_eq!(second.identities_read, 29);
+    assert_eq!(second.identities_inserted, 1);
+    assert_eq!(second.created_on_target + second.deleted_on_target, 0);
+    for id in &ids[..2] {
+        assert_eq!(to.get_identity(id).await.expect("get"), None, "resurrected");
+    }
+    assert_eq!(
+        to.get_identity(&reborn.id).await.expect("get"),
+        Some(reborn.clone())
+    );
+    let third = callsign_store::copy_store(from, to, &batch_of(7))
+        .await
+        .expect("copy a third time");
+    assert_eq!(
+        (
+            third.tombstones_inserted,
+            third.identities_deleted,
+            third.identities_inserted,
+            third.epochs_raised,
+            third.signing_keys,
+        ),
+        (0, 0, 0, 0, 0)
+    );
+    for id in &ids[..2] {
+        assert_eq!(to.get_identity(id).await.expect("get"), None, "resurrected");
+    }
+    assert_eq!(tombstone_ids(to).await, tombstone_ids(from).await);
+}
+
+/// Revoke on the source after a first copy: the next copy raises the target's epoch, so tokens
+/// issued before the revoke are refused on the target too; a higher epoch on the target stays.
+async fn a_repeated_copy_carries_a_revoke(from: &dyn Store, to: &dyn Store) {
+    let (_, ids) = started_deployment(from, 10).await;
+    callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy");
+    let token_epoch = to
+        .get_identity(&ids[5])
+        .await
+        .expect("get")
+        .expect("copied")
+        .revocation_epoch;
+    assert_eq!(from.revoke_tokens(&ids[5]).await.expect("revoke"), Some(1));
+    // Revoked twice on the target since the cut-over: the target is ahead and stays so.
+    to.revoke_tokens(&ids[6]).await.expect("revoke");
+    to.revoke_tokens(&ids[6]).await.expect("revoke");
+    from.revoke_tokens(&ids[6]).await.expect("revoke");
+    let again = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy again");
+    assert_eq!(again.epochs_raised, 1);
+    assert_eq!(again.identities_inserted, 0);
+    let on_target = to
+        .get_identity(&ids[5])
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(on_target.revocation_epoch, 1);
+    assert!(!callsign_core::token::token_in_force(
+        token_epoch,
+        on_target.revocation_epoch
+    ));
+    let ahead = to
+        .get_identity(&ids[6])
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(ahead.revocation_epoch, 2);
+    let third = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy a third time");
+    assert_eq!(third.epochs_raised, 0);
+}
+
+/// Identities created and deleted on the target since the last copy: reported, nothing written;
+/// with `force` the copy goes ahead and the target's changes are kept.
+async fn a_diverged_target_is_refused_unless_forced(from: &dyn Store, to: &dyn Store) {
+    let (resource, ids) = started_deployment(from, 12).await;
+    callsign_store::copy_store(from, to, &batch_of(5))
+        .await
+        .expect("copy");
+    // On the target since: one identity created (holding a custom id the source will use
+    // too), one deleted.
+    let created = to
+        .create_identity(new_identity(resource.id, Some("shared")))
+        .await
+        .expect("create")
+        .identity;
+    assert!(to.delete_identity(&ids[2]).await.expect("delete"));
+    // On the source since: a delete, a create, a create clashing on the custom id, a revoke.
+    assert!(from.delete_identity(&ids[3]).await.expect("delete"));
+    let newer = from
+        .create_identity(new_identity(resource.id, None))
+        .await
+        .expect("create")
+        .identity;
+    let clashing = from
+        .create_identity(new_identity(resource.id, Some("shared")))
+        .await
+        .expect("create")
+        .identity;
+    from.revoke_tokens(&ids[4]).await.expect("revoke");
+
+    let err = callsign_store::copy_store(from, to, &batch_of(5))
+        .await
+        .expect_err("a diverged target is refused");
+    let CopyError::Diverged {
+        created_on_target,
+        deleted_on_target,
+        examples,
+    } = &err
+    else {
+        panic!("expected a divergence, got {err}");
+    };
+    assert_eq!((*created_on_target, *deleted_on_target), (1, 1));
+    assert_eq!(
+        examples,
+        &[
+            DivergedId::CreatedOnTarget(created.id),
+            DivergedId::DeletedOnTarget(ids[2]),
+        ]
+    );
+    let message = err.to_string();
+    assert!(message.contains(&created.id.to_string()), "{message}");
+    assert!(message.contains("nothing was copied"), "{message}");
+    // Nothing was written.
+    assert!(to.get_identity(&ids[3]).await.expect("get").is_some());
+    assert_eq!(to.get_identity(&newer.id).await.expect("get"), None);
+    assert_eq!(
+        to.get_identity(&ids[4])
+            .await
+            .expect("get")
+            .expect("present")
+            .revocation_epoch,
+        0
+    );
+    assert_eq!(tombstone_ids(to).await, vec![ids[2]]);
+
+    let forced = callsign_store::copy_store(from, to, &FORCE)
+        .await
+        .expect("forced copy");
+    assert_eq!(forced.created_on_target, 1);
+    assert_eq!(forced.deleted_on_target, 1);
+    assert_eq!(forced.identities_deleted, 1);
+    assert_eq!(forced.identities_inserted, 1);
+    assert_eq!(forced.epochs_raised, 1);
+    assert_eq!(forced.skipped_deleted, 1);
+    assert_eq!(forced.custom_id_conflicts, 1);
+    // The target's changes are kept: its identity stays, its delete stands.
+    assert_eq!(
+        to.get_identity(&created.id).await.expect("get"),
+        Some(created)
+    );
+    assert_eq!(to.get_identity(&ids[2]).await.expect("get"), None);
+    assert_eq!(to.get_identity(&clashing.id).await.expect("get"), None);
+    // The source's are applied.
+    assert_eq!(to.get_identity(&ids[3]).await.expect("get"), None);
+    assert_eq!(to.get_identity(&newer.id).await.expect("get"), Some(newer));
+    assert_eq!(
+        to.get_identity(&ids[4])
+            .await
+            .expect("get")
+            .expect("present")
+            .revocation_epoch,
+        1
+    );
+    // The divergence remains (it is the target's history), so an unforced copy is still
+    // refused.
+    assert!(matches!(
+        callsign_store::copy_store(from, to, &batch_of(5)).await,
+        Err(CopyError::Diverged { .. })
+    ));
+}
+
+macro_rules! copy_pairs {
+    ($($name:ident: $make_from:ident -> $make_to:ident),* $(,)?) => {
+        mod copies {
+            use super::*;
+            $(
+                mod $name {
+                    use super::*;
+                    copy_pairs!(@tests $make_from, $make_to;
+                        a_repeated_copy_never_brings_back_a_deleted_identity,
+                        a_repeated_copy_carries_a_revoke,
+                        a_diverged_target_is_refused_unless_forced
+                    );
+                }
+            )*
+        }
+    };
+    (@tests $make_from:ident, $make_to:ident; $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let (from, from_guard) = $make_from().await;
+                let (to, to_guard) = $make_to().await;
+                super::super::$test(from.as_ref(), to.as_ref()).await;
+                from.close().await;
+                to.close().await;
+                from_guard.cleanup().await;
+                to_guard.cleanup().await;
+            }
+        )*
+    };
+}
+
+copy_pairs!(
+    sqlite_to_postgres: make_sqlite -> make_postgres,
+    postgres_to_sqlite: make_postgres -> make_sqlite,
+    sqlite_to_sqlite: make_sqlite -> make_sqlite,
+);
