@@ -25,7 +25,7 @@ use crate::state::AppState;
 use crate::tls::{self, TlsMode};
 
 /// Where identities, resources and keys are kept.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Database {
     /// SQLite in the data dir (the default).
     Embedded,
@@ -39,12 +39,38 @@ pub enum Database {
 }
 
 /// A store named on the command line: a data dir or a `postgres://` URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum StoreLocation {
     /// The embedded store of this data dir.
     DataDir(PathBuf),
     /// A PostgreSQL database.
     Postgres(String),
+}
+
+// Debug shows database URLs with their password masked.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Embedded => f.write_str("Embedded"),
+            Database::Postgres { url, options } => f
+                .debug_struct("Postgres")
+                .field("url", &callsign_store::mask_database_url(url))
+                .field("options", options)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::DataDir(dir) => f.debug_tuple("DataDir").field(dir).finish(),
+            StoreLocation::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&callsign_store::mask_database_url(url))
+                .finish(),
+        }
+    }
 }
 
 impl StoreLocation {
@@ -546,5 +572,25 @@ impl Application {
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_masked_in_debug_output() {
+        let url = "postgres://callsign:hunter2@db.internal/callsign?sslmode=require";
+        let shown = format!(
+            "{:?} {:?}",
+            StoreLocation::Postgres(url.into()),
+            Database::Postgres {
+                url: url.into(),
+                options: PostgresOptions::default()
+            }
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
     }
 }
