@@ -45,10 +45,38 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once (HTTP stacks repeat their message in
+/// their sources), with what to do about an untrusted server certificate.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    let out = out.replace('\n', " ");
+    let untrusted = [
+        "UnknownIssuer",
+        "invalid peer certificate",
+        "certificate verify failed",
+    ];
+    if untrusted.iter().any(|t| out.contains(t)) {
+        return format!(
+            "{out} (the server's TLS certificate is not trusted: point --ca-cert or SSL_CERT_FILE \
+             at the output of `callsign ca-cert --data-dir <the server's data dir>`)"
+        );
+    }
+    out
 }
 
 /// Logs go to stderr through a background writer thread, so a request never waits on the

@@ -175,6 +175,42 @@ impl TestApp {
         Self::reply(req.send().await.expect("request")).await
     }
 
+    /// Sends a request signed with the primary key and dated `date` (a client whose clock
+    /// differs from the server's).
+    pub async fn send_dated(
+        &self,
+        method: Method,
+        target: &str,
+        body: Option<&str>,
+        date: SystemTime,
+    ) -> Reply {
+        let body = body.unwrap_or_default().as_bytes().to_vec();
+        let date = format_date(date);
+        let hash = content_hash(&body);
+        let sts = string_to_sign(method.as_str(), target, &[&date, &self.host, &hash]);
+        let sig = AccessKeyMac::from_base64(&self.primary_key)
+            .expect("key")
+            .sign(&sts);
+        let mut req = self
+            .client
+            .request(
+                method,
+                format!("{}{}", self.endpoint.trim_end_matches('/'), target),
+            )
+            .header("x-ms-date", date)
+            .header("x-ms-content-sha256", hash)
+            .header(
+                "authorization",
+                format!(
+                    "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}"
+                ),
+            );
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        Self::reply(req.body(body).send().await.expect("request")).await
+    }
+
     // Every argument is one thing a client can sign differently.
     #[allow(clippy::too_many_arguments)]
     fn signed_full(

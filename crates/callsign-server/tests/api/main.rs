@@ -2,6 +2,7 @@
 //! HTTPS with signed requests.
 
 mod bad_input;
+mod clock;
 mod helpers;
 mod limits;
 mod operations;

@@ -176,5 +176,22 @@ fn identities_and_tokens_can_be_managed_from_a_shell() {
     let (code, _, err) = unreachable.run(&["user", "create"]);
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The transport error once, not once per layer of the HTTP stack.
+    assert_eq!(err.matches("error sending request").count(), 1, "{err}");
+
+    // A server whose certificate the client does not trust: say what to do about it.
+    let out = std::process::Command::new(crate::BIN)
+        .args(["user", "create"])
+        .env("COMMUNICATION_SERVICES_CONNECTION_STRING", &cli.cs)
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not trusted") && err.contains("callsign ca-cert"),
+        "{err}"
+    );
     assert!(server.terminate().success());
 }
