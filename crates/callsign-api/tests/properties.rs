@@ -126,7 +126,14 @@ fn json_number() -> impl Strategy<Value = Number> {
         any::<i64>().prop_map(Number::from),
         any::<u64>().prop_map(Number::from),
         (50i64..1500).prop_map(Number::from),
-        any::<f64>().prop_filter_map("finite", Number::from_f64),
+        // Finite values only (JSON has no NaN or infinity), drawn without rejection so that a
+        // million cases never hit proptest's reject limit.
+        (prop::num::f64::POSITIVE
+            | prop::num::f64::NEGATIVE
+            | prop::num::f64::NORMAL
+            | prop::num::f64::SUBNORMAL
+            | prop::num::f64::ZERO)
+            .prop_map(|f| Number::from_f64(f).unwrap_or_else(|| Number::from(0))),
     ]
 }
 
@@ -138,7 +145,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         json_number().prop_map(Value::Number),
         json_string().prop_map(Value::String),
     ];
-    leaf.prop_recursive(6, 96, 8, |inner| {
+    leaf.prop_recursive(6, 48, 6, |inner| {
         let key = prop_oneof![
             3 => prop::sample::select(FIELDS.to_vec()).prop_map(str::to_owned),
             1 => json_string(),
@@ -169,10 +176,14 @@ fn json_like_bytes() -> impl Strategy<Value = Vec<u8>> {
         Just("\\ud800".to_owned()),
         prop::sample::select(FIELDS.to_vec()).prop_map(|f| format!("\"{f}\"")),
         "\"[a-z\\\\\"]{0,8}\"",
-        "-?[0-9]{1,25}(\\.[0-9]{0,5})?([eE][+-]?[0-9]{1,4})?",
+        "-?[0-9]{1,25}",
+        prop::sample::select(vec![
+            "1.5", "-0.0", "6e1", "1e400", "60.", ".5", "0x10", "1E-7"
+        ])
+        .prop_map(str::to_owned),
         any::<u8>().prop_map(|b| char::from(b).to_string()),
     ];
-    prop::collection::vec(token, 0..64).prop_map(|t| t.concat().into_bytes())
+    prop::collection::vec(token, 0..40).prop_map(|t| t.concat().into_bytes())
 }
 
 /// A valid body of each type, to check that what is written reads back the same.
@@ -240,7 +251,7 @@ proptest! {
     fn bodies_of_objects_with_real_fields_never_panic(
         fields in prop::collection::vec(
             (prop::sample::select(FIELDS.to_vec()), json_value()),
-            0..6,
+            0..4,
         ),
     ) {
         let object = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>();
@@ -249,7 +260,7 @@ proptest! {
 
     #[test]
     fn deeply_nested_bodies_are_refused_without_overflowing_the_stack(
-        depth in prop_oneof![4 => 0usize..300, 1 => 0usize..20_000],
+        depth in prop_oneof![8 => 0usize..300, 1 => 0usize..20_000],
         open in prop_oneof![Just("["), Just("{\"scopes\":"), Just("{\"a\":[")],
         close in any::<bool>(),
     ) {
@@ -270,7 +281,7 @@ proptest! {
     #[test]
     fn long_bodies_never_panic(
         field in prop::sample::select(FIELDS.to_vec()),
-        len in prop_oneof![8 => 0usize..2048, 1 => 0usize..65_536],
+        len in prop_oneof![16 => 0usize..2048, 1 => 0usize..65_536],
         fill in "[ -~]",
     ) {
         let text = fill.repeat(len).replace(['"', '\\'], "a");

@@ -155,9 +155,10 @@ proptest! {
 
     #[test]
     fn other_schemes_are_refused(scheme in "[A-Za-z0-9-]{1,16}", rest in any::<String>()) {
-        prop_assume!(!scheme.eq_ignore_ascii_case(SCHEME));
         let value = format!("{scheme} {rest}");
-        prop_assert_eq!(Authorization::parse(&value), Err(AuthorizationError::Scheme));
+        if !scheme.eq_ignore_ascii_case(SCHEME) {
+            prop_assert_eq!(Authorization::parse(&value), Err(AuthorizationError::Scheme));
+        }
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub enum ApiError {
     /// 503 `ServiceUnavailable` with `Retry-After`: storage is unreachable for now.
     #[error("The service is temporarily unavailable. Retry later.")]
     Unavailable(String),
+    /// 503 `ServiceUnavailable` with `Retry-After`, as [`ApiError::Unavailable`]: the store
+    /// cannot write now (disk full, read-only, I/O error; [`StoreError::cannot_write`]). The
+    /// store logs that state once when it starts and once when it ends, so the cause is not
+    /// logged again per request.
+    #[error("The service is temporarily unavailable. Retry later.")]
+    CannotWrite(String),
     /// 500 `InternalError`: opaque to the client, cause logged.
     #[error("An internal error occurred.")]
     Internal(String),
@@ -110,7 +116,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,7 +140,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
-            ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -143,7 +149,9 @@ impl ApiError {
     /// 401 `Denied`; empty otherwise.
     pub fn cause(&self) -> &str {
         match self {
-            ApiError::Internal(cause) | ApiError::Unavailable(cause) => cause,
+            ApiError::Internal(cause)
+            | ApiError::Unavailable(cause)
+            | ApiError::CannotWrite(cause) => cause,
             ApiError::Denied(reason) => reason,
             _ => "",
         }
@@ -163,6 +171,9 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_cannot_write() {
+            return ApiError::CannotWrite(e.to_string());
+        }
         match e {
             StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
             other => ApiError::Internal(other.to_string()),
@@ -185,7 +196,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::TooManyRequests { retry_after } => {
@@ -214,6 +225,31 @@ mod tests {
         let e = ApiError::Denied("the signature does not match");
         assert_eq!(e.body().error.message, "Denied by the resource provider.");
         assert_eq!(e.cause(), "the signature does not match");
+    }
+
+    #[test]
+    fn a_store_that_cannot_write_is_a_503_with_retry_after_and_an_opaque_body() {
+        let e = ApiError::from(StoreError::cannot_write(
+            "disk full (database or disk is full) at /secret/callsign.db",
+        ));
+        assert!(matches!(e, ApiError::CannotWrite(_)), "{e:?}");
+        assert!(e.cause().contains("disk full"));
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static("1"))
+        );
+        let e = ApiError::from(StoreError::cannot_write("read-only"));
+        let body = serde_json::to_string(&e.body()).expect("json");
+        assert!(!body.contains("read-only"), "{body}");
+        assert_eq!(e.code(), "ServiceUnavailable");
+        // Other store failures keep their mapping.
+        let busy = ApiError::from(StoreError::Unavailable("database is locked".into()));
+        assert!(matches!(busy, ApiError::Unavailable(_)));
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let corrupt = ApiError::from(StoreError::Corrupt("bad row".into()));
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -39,31 +39,67 @@ pub fn create_private_file(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", file.display()))
 }
 
-/// Creates the data dir if needed, then makes it, every directory in it (0700) and every file
-/// in them (0600) private: tightened with a warning where others could read, an error where
-/// that fails. Symbolic links are left alone (never followed).
+/// Creates the data dir if needed, then checks it, every directory in it and every file in
+/// them: each must belong to this process's user (another user could swap or read them) and
+/// must not be a symbolic link (writing through one would reach a file elsewhere, with its
+/// owner's permissions); each is made private (0700 / 0600), tightened with a warning where
+/// others could read, an error where that fails.
 pub fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
     create_private_dir(dir)?;
+    // The data dir itself may be reached through a link (`/var/lib/callsign -> /data/…`);
+    // what it points to is checked.
+    check_owner(dir, &std::fs::metadata(dir)?)?;
     secure(dir, 0o700)?;
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the data dir {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read the data dir {}", dir.display()))?;
-        let kind = entry.file_type()?;
         let path = entry.path();
-        if kind.is_dir() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        refuse_link(&path, &meta)?;
+        check_owner(&path, &meta)?;
+        if meta.is_dir() {
             secure(&path, 0o700)?;
             for inner in std::fs::read_dir(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?
             {
-                let inner = inner?;
-                if inner.file_type()?.is_file() {
-                    secure(&inner.path(), 0o600)?;
+                let inner = inner?.path();
+                let meta = std::fs::symlink_metadata(&inner)?;
+                refuse_link(&inner, &meta)?;
+                check_owner(&inner, &meta)?;
+                if meta.is_file() {
+                    secure(&inner, 0o600)?;
                 }
             }
-        } else if kind.is_file() {
+        } else if meta.is_file() {
             secure(&path, 0o600)?;
         }
+    }
+    Ok(())
+}
+
+fn refuse_link(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+    if meta.file_type().is_symlink() {
+        bail!(
+            "{} is a symbolic link: callsign does not follow links inside its data dir (replace \
+             it with the file itself, or point --data-dir at the directory it is in)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Everything callsign keeps must belong to the user it runs as.
+fn check_owner(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "{} belongs to user id {}, not to the user callsign runs as ({me}): another user could \
+             read or replace the keys in it; chown it or use another --data-dir",
+            path.display(),
+            meta.uid()
+        );
     }
     Ok(())
 }
@@ -126,6 +162,47 @@ mod tests {
         assert_eq!(mode(&dir.join("tls")), 0o700);
         assert_eq!(mode(&dir.join("callsign.db")), 0o600);
         assert_eq!(mode(&dir.join("tls/ca-key.pem")), 0o600);
+    }
+
+    #[test]
+    fn links_inside_the_data_dir_are_refused() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("data");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(root.path().join("elsewhere"), b"x").expect("write");
+        std::os::unix::fs::symlink(root.path().join("elsewhere"), dir.join("endpoint"))
+            .expect("link");
+        let err = secure_data_dir(&dir).expect_err("a link");
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        // A linked data dir itself is fine.
+        std::fs::remove_file(dir.join("endpoint")).expect("rm");
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("link");
+        secure_data_dir(&link).expect("the dir behind a link");
+    }
+
+    #[test]
+    fn files_of_another_user_are_refused() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("data");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let db = dir.join("callsign.db");
+        std::fs::write(&db, b"x").expect("write");
+        let me = rustix::process::geteuid().as_raw();
+        // Only root can give a file away; elsewhere there is nothing to check here.
+        if me == 0 {
+            std::os::unix::fs::chown(&db, Some(65534), None).expect("chown");
+            let err = secure_data_dir(&dir).expect_err("not ours");
+            assert!(
+                format!("{err:#}").contains("belongs to user id 65534"),
+                "{err:#}"
+            );
+            std::os::unix::fs::chown(&dir, Some(65534), None).expect("chown");
+            let err = secure_data_dir(&dir).expect_err("not ours");
+            assert!(format!("{err:#}").contains("belongs to user id"), "{err:#}");
+        } else {
+            assert!(std::os::unix::fs::chown(&db, Some(me.wrapping_add(1)), None).is_err());
+        }
     }
 
     #[test]

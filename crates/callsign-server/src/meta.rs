@@ -53,8 +53,12 @@ impl Readiness {
 }
 
 /// `GET /ready` (readiness, no authentication): 200 when the store answered within the last
-/// second, 503 with `Retry-After` otherwise.
+/// second and can write, 503 with `Retry-After` otherwise. A node whose disk is full or
+/// read-only is not ready, so a balancer sends writes elsewhere; it stays alive (`/health`) and
+/// serves reads. Whether the store can write costs no I/O ([`callsign_store::Store::writable`]),
+/// so it is asked on every request, not cached.
 pub(crate) async fn ready(state: &AppState) -> Result<Response, ApiError> {
+    state.store.writable()?;
     if state.readiness.ready(state).await {
         Ok(json(
             StatusCode::OK,

@@ -75,6 +75,14 @@ impl LocalCaPaths {
     fn ca_names(&self) -> PathBuf {
         self.dir.join("ca.names")
     }
+
+    /// Whether the existing CA may certify every one of `names` (false if there is none).
+    pub fn ca_covers(&self, names: &[String]) -> bool {
+        std::fs::read_to_string(self.ca_names()).is_ok_and(|t| {
+            let known: Vec<&str> = t.lines().collect();
+            names.iter().all(|n| known.contains(&n.as_str()))
+        })
+    }
     fn server_cert(&self) -> PathBuf {
         self.dir.join("server.pem")
     }
@@ -221,6 +229,9 @@ fn ca_params(key: &KeyPair, now: OffsetDateTime, names: &[String]) -> Certificat
         KeyUsagePurpose::DigitalSignature,
     ];
     params.name_constraints = Some(name_constraints(names));
+    // Server authentication only: certificates it signs are no use for e-mail, code signing or
+    // client authentication, whose names the constraints above do not cover.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::hours(1);
     params.not_after = now + CA_VALIDITY;
     params

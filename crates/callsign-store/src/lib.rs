@@ -37,7 +37,7 @@ pub use seal::{
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. No variant carries HTTP meaning; the server maps them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached right now (retry later).
     #[error("storage unavailable: {0}")]
@@ -51,6 +51,23 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("storage failure: {0}")]
     Backend(String),
+}
+
+/// How an [`StoreError::Unavailable`] made by [`StoreError::cannot_write`] begins.
+pub(crate) const CANNOT_WRITE: &str = "the store cannot write: ";
+
+impl StoreError {
+    /// The store cannot write now (disk full, read-only file system, I/O error) and reports it
+    /// as a state of its own ([`Store::writable`], one log line when it starts and one when it
+    /// ends): an [`StoreError::Unavailable`], retried later, that need not be logged per request.
+    pub fn cannot_write(detail: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(format!("{CANNOT_WRITE}{detail}"))
+    }
+
+    /// Whether this is a [`StoreError::cannot_write`].
+    pub fn is_cannot_write(&self) -> bool {
+        matches!(self, StoreError::Unavailable(m) if m.starts_with(CANNOT_WRITE))
+    }
 }
 
 /// Milliseconds since the epoch, the precision both backends store.
@@ -481,6 +498,14 @@ pub trait Store:
 {
     /// Whether the backend answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether writes can succeed, as far as the backend knows without writing: the embedded
+    /// store answers a [`StoreError::cannot_write`] from the moment a write failed because its
+    /// disk is full, read-only or failing until a write (its own check once a second, or a
+    /// client's) succeeds again. No I/O; for readiness and metrics. Default: `Ok`.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Flushes lazily recorded data and stops background work. Idempotent.
     async fn close(&self);

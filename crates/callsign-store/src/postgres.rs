@@ -153,7 +153,9 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
         let code = db.code().code();
         let transient = code.starts_with("08") // connection exception
             || code.starts_with("57") // operator intervention: shutdown, query canceled (timeout)
-            || code.starts_with("53") // insufficient resources
+            || code.starts_with("53") // insufficient resources (53100: disk full)
+            || code == "25006" // read-only transaction (a standby, default_transaction_read_only)
+            || code == "58030" // I/O error
             || code == "40001" // serialization failure
             || code == "40P01"; // deadlock
         let text = format!("{}: {}", code, db.message());
@@ -420,8 +422,19 @@ async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
             .map_err(pg)
     }
     .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not record last-token times");
+    match result {
+        Ok(_) => {}
+        // The database is away (a restart, a switchover): kept for the next flush, as the
+        // embedded store does, so that a blip loses no acknowledged token's time.
+        Err(StoreError::Unavailable(e)) => {
+            tracing::debug!(error = %e, "last-token times kept for the next flush");
+            for (id, at) in pending {
+                if let Ok(at) = from_ms(at) {
+                    touched.record(&id, at);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record last-token times"),
     }
 }
 
@@ -913,6 +926,12 @@ impl KeyMaterialStore for PostgresStore {
                 .map_err(pg)? as usize;
         }
         tx.commit().await.map_err(pg)?;
+        // Rewrite both tables into new files so the old values' dead rows are gone from the
+        // heap (the WAL archive and earlier backups keep what they had).
+        client
+            .batch_execute("VACUUM FULL callsign_resources, callsign_signing_keys")
+            .await
+            .map_err(pg)?;
         Ok(n)
     }
 }

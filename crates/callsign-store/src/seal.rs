@@ -35,9 +35,17 @@ pub enum MasterKeyError {
     /// The file does not hold 32 bytes of base64.
     #[error("the master key file {0} must hold 32 random bytes in base64 (44 characters)")]
     Format(String),
-    /// Others can read the file.
-    #[error("the master key file {0} is readable by other users; run chmod 600 on it")]
+    /// Others can read the file, or it belongs to another user.
+    #[error(
+        "the master key file {0} is readable by other users or belongs to another user; it must be the \
+         running user's, mode 0600"
+    )]
     Readable(String),
+}
+
+/// The effective user id: the owner of a file this process creates.
+fn rustix_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// One master key: 32 bytes, and its id.
@@ -77,7 +85,13 @@ impl MasterKey {
             source,
         };
         let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(MasterKeyError::Format(shown));
+        }
         if meta.permissions().mode() & 0o077 != 0 {
+            return Err(MasterKeyError::Readable(shown));
+        }
+        if std::os::unix::fs::MetadataExt::uid(&meta) != rustix_uid() {
             return Err(MasterKeyError::Readable(shown));
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
@@ -172,9 +186,13 @@ impl Sealer {
             .chain(&self.previous)
             .find(|k| k.id == id)
             .ok_or_else(|| {
+                let given: Vec<&str> = std::iter::once(&self.current)
+                    .chain(&self.previous)
+                    .map(|k| k.id.as_str())
+                    .collect();
                 StoreError::Sealed(format!(
-                    "{slot} is sealed under master key {id}, not the one given ({})",
-                    self.current.id
+                    "{slot} is sealed under master key {id}, not under the one(s) given ({})",
+                    given.join(", ")
                 ))
             })?;
         let raw = STANDARD

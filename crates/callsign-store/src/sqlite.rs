@@ -8,12 +8,19 @@
 //!   they are primary-key lookups that WAL readers perform without waiting on the writer.
 //! * `last_token_issued_at` is kept in memory and written by the writer thread once a second, so
 //!   issuing a token costs no write.
+//! * **Faults**: a write that fails because the disk is full, the file system read-only or the
+//!   disk failing (`SQLITE_FULL`, `SQLITE_READONLY*`, `SQLITE_IOERR*`, `SQLITE_CANTOPEN`) is
+//!   [`StoreError::cannot_write`] and puts the store in a *cannot write* state ([`WriteHealth`]:
+//!   one log line when it starts, one when it ends, [`Store::writable`] meanwhile). Reads go on.
+//!   While in it, the writer thread tries a tiny durable write once a second when no client
+//!   write has failed in that second, so the store recovers by itself once the cause clears.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
@@ -29,7 +36,8 @@ use crate::{
     StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, unix_ms as ms,
 };
 use crate::{
-    KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
+    CANNOT_WRITE, KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource,
+    count_sealed,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -89,6 +97,8 @@ CREATE TABLE identity_tombstones (
 const READERS: usize = 4;
 const MAX_BATCH: usize = 512;
 const TOUCH_FLUSH: Duration = Duration::from_secs(1);
+/// How often a store that cannot write checks, by itself, whether it can again.
+const WRITE_CHECK: Duration = Duration::from_secs(1);
 
 /// The embedded SQLite store. Cheap to clone handles are not offered: share it in an `Arc`.
 pub struct SqliteStore {
@@ -98,6 +108,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     touched: Arc<PendingTokenTimes>,
     keys: KeyProtection,
+    health: Arc<WriteHealth>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -123,6 +134,9 @@ enum Job {
     PutAssignment(ResourceId, TeamsAssignment, Reply<bool>),
     DeleteAssignment(AssignmentKey, Reply<bool>),
     Flush(Reply<()>),
+    /// Runs SQL on the writer's connection, inside the batch (tests only).
+    #[cfg(test)]
+    Exec(&'static str, Reply<()>),
 }
 
 /// An assignment's primary key as stored: resource, tenant, object (lowercase hyphenated).
@@ -132,7 +146,32 @@ fn assignment_key(resource: ResourceId, tenant: Uuid, object: Uuid) -> Assignmen
     (resource.to_string(), tenant.to_string(), object.to_string())
 }
 
+/// What keeps SQLite from writing, for errors that say the store cannot write now (and may
+/// later): the disk is full, the file or file system is read-only, the disk fails, a file
+/// cannot be opened (or created). Corruption, constraint violations and the like are not.
+fn write_failure(e: &rusqlite::Error) -> Option<&'static str> {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return None;
+    };
+    match f.code {
+        rusqlite::ErrorCode::DiskFull => Some("disk full"),
+        rusqlite::ErrorCode::ReadOnly => Some("read-only"),
+        rusqlite::ErrorCode::SystemIoFailure => Some("I/O error"),
+        rusqlite::ErrorCode::CannotOpen => Some("cannot open its files"),
+        _ => None,
+    }
+}
+
 fn backend(e: rusqlite::Error) -> StoreError {
+    backend_ref(&e)
+}
+
+/// Busy and locked: unavailable; cannot write (see [`write_failure`]): unavailable too, as
+/// [`StoreError::cannot_write`]; anything else: a backend failure.
+fn backend_ref(e: &rusqlite::Error) -> StoreError {
+    if let Some(reason) = write_failure(e) {
+        return StoreError::cannot_write(format!("{reason} ({e})"));
+    }
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
@@ -146,6 +185,157 @@ fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// A read that failed for a reason [`backend`] calls "cannot write" (an I/O error, say) is
+/// plainly unavailable: only the writer, which reports the state, answers `cannot_write`.
+fn read_error(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) if m.starts_with(CANNOT_WRITE) => {
+            StoreError::Unavailable(m[CANNOT_WRITE.len()..].to_owned())
+        }
+        other => other,
+    }
+}
+
+/// Why a database cannot be opened for writing, in words an operator can act on: the path, and
+/// whether its directory is read-only or not writable by this user.
+fn open_error(path: &Path, e: StoreError) -> StoreError {
+    if !e.is_cannot_write() {
+        return e;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Ask the file system itself: its answer names the cause (read-only, permission denied).
+    let check = dir.join(format!(".callsign-write-check-{}", std::process::id()));
+    let why = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&check)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&check);
+            format!("{} is not writable", path.display())
+        }
+        Err(io) => format!("the directory {} is not writable ({io})", dir.display()),
+    };
+    StoreError::Backend(format!(
+        "cannot write the database {}: {why}; callsign writes the database and its -wal and \
+         -shm files there ({e})",
+        path.display()
+    ))
+}
+
+/// Whether the writer can write. Set by the writer thread from what its writes (and checks)
+/// meet; read by [`Store::writable`]. Entering the state, and leaving it, each log one line.
+#[derive(Debug)]
+struct WriteHealth {
+    path: PathBuf,
+    failing: AtomicBool,
+    /// What keeps it from writing, while it cannot.
+    cause: Mutex<Option<String>>,
+}
+
+impl WriteHealth {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            failing: AtomicBool::new(false),
+            cause: Mutex::new(None),
+        }
+    }
+
+    fn cause(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.cause().as_deref() {
+            Some(cause) => Err(StoreError::cannot_write(format!(
+                "{cause} at {}",
+                self.path.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A write failed with a [`StoreError::cannot_write`] (its detail: `cause`).
+    fn failed(&self, cause: &str) {
+        let mut current = self.cause();
+        if current.as_deref() != Some(cause) {
+            tracing::warn!(
+                path = %self.path.display(),
+                "the store cannot write: {cause} at {}; writes are refused as unavailable until \
+                 it can (checked every second), reads go on",
+                self.path.display()
+            );
+            *current = Some(cause.to_owned());
+        }
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// A write reached the disk.
+    fn wrote(&self) {
+        if !self.failing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut current = self.cause();
+        if current.take().is_some() {
+            tracing::info!(
+                path = %self.path.display(),
+                "the store can write again at {}",
+                self.path.display()
+            );
+        }
+        self.failing.store(false, Ordering::Release);
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Applies what a batch, a flush or a check met; true when it met a failure to write.
+    fn note(&self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Idle => false,
+            Outcome::Wrote => {
+                self.wrote();
+                false
+            }
+            Outcome::CannotWrite(cause) => {
+                self.failed(&cause);
+                true
+            }
+        }
+    }
+}
+
+/// What a writer-thread transaction tells about the store's ability to write.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Nothing was written (nothing to do, or only reads and no-ops).
+    Idle,
+    /// Something was committed.
+    Wrote,
+    /// A write failed with a [`StoreError::cannot_write`] of this detail.
+    CannotWrite(String),
+}
+
+impl Outcome {
+    /// The outcome of a failure: `CannotWrite` for a [`StoreError::cannot_write`].
+    fn of(e: &StoreError) -> Option<Outcome> {
+        match e {
+            StoreError::Unavailable(m) if e.is_cannot_write() => {
+                Some(Outcome::CannotWrite(m[CANNOT_WRITE.len()..].to_owned()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and starts the
     /// writer thread, with key material in plain text. Call from within a Tokio runtime or not;
@@ -155,21 +345,40 @@ impl SqliteStore {
     }
 
     /// [`SqliteStore::open`] with access keys and signing keys sealed as `keys` says.
+    /// A database that cannot be written (a read-only file or file system, a directory this user
+    /// cannot create the `-wal` and `-shm` files in) is refused with an error naming the path.
     pub fn open_with(path: impl AsRef<Path>, keys: KeyProtection) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut conn = Connection::open(&path).map_err(backend)?;
-        configure(&conn, false)?;
-        migrate(&mut conn)?;
+        let mut conn = Connection::open(&path)
+            .map_err(backend)
+            .map_err(|e| open_error(&path, e))?;
+        // SQLite opens a file it may not write read-only, silently: refuse it here rather than
+        // fail every write later.
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(backend)
+            .map_err(|e| open_error(&path, e))?
+        {
+            return Err(StoreError::Backend(format!(
+                "cannot write the database {}: it opens read-only (no write permission for this \
+                 user, or a read-only file system)",
+                path.display()
+            )));
+        }
+        configure(&conn, false).map_err(|e| open_error(&path, e))?;
+        migrate(&mut conn).map_err(|e| open_error(&path, e))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            readers.push(open_reader(&path)?);
+            readers.push(open_reader(&path).map_err(|e| open_error(&path, e))?);
         }
         let touched = Arc::new(PendingTokenTimes::default());
+        let health = Arc::new(WriteHealth::new(&path));
         let (tx, rx) = std_mpsc::channel();
         let thread_touched = Arc::clone(&touched);
+        let thread_health = Arc::clone(&health);
         let thread = std::thread::Builder::new()
             .name("callsign-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, thread_touched))
+            .spawn(move || writer_loop(conn, rx, thread_touched, thread_health))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path,
@@ -178,6 +387,7 @@ impl SqliteStore {
             readers: Mutex::new(readers),
             touched,
             keys,
+            health,
         })
     }
 
@@ -208,9 +418,9 @@ impl SqliteStore {
         let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
-            None => open_reader(&self.path)?,
+            None => open_reader(&self.path).map_err(read_error)?,
         };
-        let result = f(&conn);
+        let result = f(&conn).map_err(read_error);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < READERS {
             pool.push(conn);
@@ -298,14 +508,21 @@ fn identity_record(row: IdentityRow) -> Result<IdentityRecord, StoreError> {
     })
 }
 
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, touched: Arc<PendingTokenTimes>) {
-    let mut last_flush = std::time::Instant::now();
+fn writer_loop(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<Job>,
+    touched: Arc<PendingTokenTimes>,
+    health: Arc<WriteHealth>,
+) {
+    let mut last_flush = Instant::now();
+    // When a write last failed or the store last checked whether it can write.
+    let mut last_check = Instant::now();
     loop {
         let first = match rx.recv_timeout(TOUCH_FLUSH) {
             Ok(job) => Some(job),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                flush_touched(&mut conn, &touched);
+                health.note(flush_touched(&mut conn, &touched));
                 return;
             }
         };
@@ -319,19 +536,45 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, touched: Arc<P
                 }
             }
         }
-        run_batch(&mut conn, batch, &touched);
+        if health.note(run_batch(&mut conn, batch, &touched)) {
+            last_check = Instant::now();
+        }
         // Token times are written at most once a second, whatever the write load.
         if last_flush.elapsed() >= TOUCH_FLUSH {
-            flush_touched(&mut conn, &touched);
-            last_flush = std::time::Instant::now();
+            if health.note(flush_touched(&mut conn, &touched)) {
+                last_check = Instant::now();
+            }
+            last_flush = Instant::now();
+        }
+        // A store that cannot write checks by itself, once a second, unless a write has just
+        // failed (then that write was the check).
+        if health.is_failing() && last_check.elapsed() >= WRITE_CHECK {
+            health.note(check_writable(&mut conn));
+            last_check = Instant::now();
         }
     }
 }
 
-fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) {
+/// A tiny durable write (the schema version written again as it is), then a passive
+/// checkpoint: whether the database takes a commit and its WAL can be copied back into it.
+fn check_writable(conn: &mut Connection) -> Outcome {
+    let result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    })();
+    match result {
+        Ok(()) => Outcome::Wrote,
+        Err(e) => Outcome::of(&backend(e)).unwrap_or(Outcome::Idle),
+    }
+}
+
+fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome {
     let pending = touched.take();
     if pending.is_empty() {
-        return;
+        return Outcome::Idle;
     }
     // Best-effort data: committed without an fsync of its own (WAL, synchronous=NORMAL); the
     // next durable commit syncs it along. Acknowledged writes keep synchronous=FULL.
@@ -351,37 +594,83 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) {
     if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
         tracing::error!(error = %e, "could not restore synchronous=FULL");
     }
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not record last-token times");
+    match result {
+        Ok(()) => Outcome::Wrote,
+        Err(e) => {
+            let e = backend(e);
+            match Outcome::of(&e) {
+                // Kept for the next flush; the store logs its state once, not every second.
+                Some(outcome) => {
+                    for (id, at) in pending {
+                        if let Ok(at) = from_ms(at) {
+                            touched.record(&id, at);
+                        }
+                    }
+                    outcome
+                }
+                None => {
+                    tracing::warn!(error = %e, "could not record last-token times");
+                    Outcome::Idle
+                }
+            }
+        }
     }
 }
 
-/// One group commit: every job in its own savepoint, one fsync for all.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes) {
+/// One group commit: every job in its own savepoint, one fsync for all. Returns what it tells
+/// about the store's ability to write.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes) -> Outcome {
     if batch.is_empty() {
-        return;
+        return Outcome::Idle;
     }
+    let changes_before = conn.total_changes();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let msg = e.to_string();
+            let err = match backend(e) {
+                StoreError::Backend(msg) => StoreError::Unavailable(msg),
+                other => other,
+            };
             for job in batch {
-                fail(job, StoreError::Unavailable(msg.clone()));
+                fail(job, err.clone());
             }
-            return;
+            return Outcome::of(&err).unwrap_or(Outcome::Idle);
         }
     };
     let mut done: Vec<Box<dyn FnOnce(Option<StoreError>)>> = Vec::with_capacity(batch.len());
+    let mut failure = None;
+    let mut succeeded = false;
     for job in batch {
-        done.push(run_job(&tx, job, touched));
+        let (answer, outcome) = run_job(&tx, job, touched);
+        done.push(answer);
+        match outcome {
+            Ok(()) => succeeded = true,
+            Err(Some(cannot_write)) => failure = Some(cannot_write),
+            Err(None) => {}
+        }
     }
     match tx.commit() {
-        Ok(()) => done.into_iter().for_each(|f| f(None)),
+        Ok(()) => {
+            done.into_iter().for_each(|f| f(None));
+            match failure {
+                Some(cause) => Outcome::CannotWrite(cause),
+                None if succeeded && conn.total_changes() > changes_before => Outcome::Wrote,
+                None => Outcome::Idle,
+            }
+        }
         Err(e) => {
-            tracing::error!(error = %e, "commit failed");
-            let msg = e.to_string();
-            done.into_iter()
-                .for_each(|f| f(Some(StoreError::Backend(msg.clone()))));
+            let mut err = backend(e);
+            if let (Some(cause), false) = (&failure, err.is_cannot_write()) {
+                // A job could not write and took the transaction with it ("no transaction is
+                // active"): the batch failed for that.
+                err = StoreError::cannot_write(cause);
+            }
+            let outcome = Outcome::of(&err);
+            if outcome.is_none() {
+                tracing::error!(error = %err, "commit failed");
+            }
+            done.into_iter().for_each(|f| f(Some(err.clone())));
+            outcome.unwrap_or(Outcome::Idle)
         }
     }
 }
@@ -400,16 +689,22 @@ fn fail(job: Job, e: StoreError) {
         Job::PutAssignment(_, _, r) => drop(r.send(Err(e))),
         Job::DeleteAssignment(_, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
+        #[cfg(test)]
+        Job::Exec(_, r) => drop(r.send(Err(e))),
     }
 }
 
+/// What one job met: success, or a failure (with the detail of a
+/// [`StoreError::cannot_write`]).
+type JobOutcome = Result<(), Option<String>>;
+
 /// Runs one job in a savepoint and returns the function that answers it once the batch's fate
-/// is known (a commit failure turns every success into that failure).
+/// is known (a commit failure turns every success into that failure), and what it met.
 fn run_job(
     tx: &rusqlite::Transaction<'_>,
     job: Job,
     touched: &PendingTokenTimes,
-) -> Box<dyn FnOnce(Option<StoreError>)> {
+) -> (Box<dyn FnOnce(Option<StoreError>)>, JobOutcome) {
     fn in_savepoint<T>(
         tx: &rusqlite::Transaction<'_>,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
@@ -429,13 +724,21 @@ fn run_job(
     fn answer<T: Send + 'static>(
         reply: Reply<T>,
         result: Result<T, StoreError>,
-    ) -> Box<dyn FnOnce(Option<StoreError>)> {
-        Box::new(move |commit_error| {
+    ) -> (Box<dyn FnOnce(Option<StoreError>)>, JobOutcome) {
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match Outcome::of(e) {
+                Some(Outcome::CannotWrite(cause)) => Some(cause),
+                _ => None,
+            }),
+        };
+        let answer = Box::new(move |commit_error| {
             let _ = reply.send(match commit_error {
                 Some(e) => Err(e),
                 None => result,
             });
-        })
+        });
+        (answer, outcome)
     }
     match job {
         Job::Create(new, reply) => answer(reply, in_savepoint(tx, |tx| create(tx, &new))),
@@ -500,6 +803,8 @@ fn run_job(
             }),
         ),
         Job::Flush(reply) => answer(reply, Ok(())),
+        #[cfg(test)]
+        Job::Exec(sql, reply) => answer(reply, tx.execute_batch(sql).map_err(backend)),
     }
 }
 
@@ -1025,7 +1330,22 @@ impl KeyMaterialStore for SqliteStore {
         let resources = self.read(|c| read_resources(c, false))?;
         let keys = self.read(read_signing_keys)?;
         let plan = KeyRewrite::plan(&self.keys, resources, keys)?;
-        self.submit(|r| Job::RewriteKeys(plan, r)).await
+        let n = self.submit(|r| Job::RewriteKeys(plan, r)).await?;
+        // The old values must not linger: rebuild the file from live rows only, then empty the
+        // WAL that still holds the old pages.
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path).map_err(backend)?;
+            conn.busy_timeout(Duration::from_secs(30))
+                .map_err(backend)?;
+            conn.execute_batch("PRAGMA secure_delete=ON; VACUUM;")
+                .map_err(backend)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(backend)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("compaction task failed: {e}")))??;
+        Ok(n)
     }
 }
 
@@ -1096,6 +1416,10 @@ impl Store for SqliteStore {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 
+    fn writable(&self) -> Result<(), StoreError> {
+        self.health.check()
+    }
+
     async fn close(&self) {
         if self
             .writer
@@ -1117,5 +1441,173 @@ impl Store for SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsign_core::CustomId;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    fn new_identity(resource: ResourceId) -> NewIdentity {
+        NewIdentity {
+            id: IdentityId::new_random(resource),
+            custom_id: None,
+            created_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn a_full_read_only_or_failing_disk_is_cannot_write_and_corruption_is_not() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_READONLY_DBMOVED,
+            ffi::SQLITE_READONLY_DIRECTORY,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_SHMMAP,
+            ffi::SQLITE_CANTOPEN,
+        ] {
+            let e = backend(failure(code));
+            assert!(e.is_cannot_write(), "{code}: {e}");
+            assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e}");
+            // A read meeting the same error is plainly unavailable (only the writer reports
+            // the state).
+            let read = read_error(backend(failure(code)));
+            assert!(matches!(read, StoreError::Unavailable(_)) && !read.is_cannot_write());
+        }
+        for code in [ffi::SQLITE_BUSY, ffi::SQLITE_LOCKED] {
+            let e = backend(failure(code));
+            assert!(matches!(e, StoreError::Unavailable(_)) && !e.is_cannot_write());
+        }
+        for code in [
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_ERROR,
+        ] {
+            assert!(
+                matches!(backend(failure(code)), StoreError::Backend(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            Outcome::of(&backend(failure(ffi::SQLITE_FULL))),
+            Some(Outcome::CannotWrite(cause)) if cause.starts_with("disk full (")
+        ));
+        assert_eq!(Outcome::of(&backend(failure(ffi::SQLITE_BUSY))), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_database_refuses_writes_serves_reads_and_recovers_by_itself() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path().join("callsign.db")).expect("open");
+        let resource = ResourceId::new_random();
+        let kept = store
+            .create_identity(new_identity(resource))
+            .await
+            .expect("create")
+            .identity;
+        assert!(store.writable().is_ok());
+
+        // SQLite's own "database or disk is full", from the writer's real path: the database
+        // may not grow by a page.
+        store
+            .submit(|r| {
+                Job::Exec(
+                    "PRAGMA max_page_count = 1; SELECT 1 FROM pragma_max_page_count",
+                    r,
+                )
+            })
+            .await
+            .expect("limit");
+        let mut err = None;
+        for _ in 0..2_000 {
+            // Long custom ids fill pages quickly.
+            let mut new = new_identity(resource);
+            new.custom_id = Some(
+                CustomId::parse(&format!("{}{}", "x".repeat(150), new.id)).expect("custom id"),
+            );
+            if let Err(e) = store.create_identity(new).await {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.expect("the database filled up");
+        assert!(err.is_cannot_write(), "{err}");
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let state = store.writable().expect_err("not writable");
+        assert!(state.is_cannot_write(), "{state}");
+        assert!(state.to_string().contains("callsign.db"), "{state}");
+
+        // Reads, token times and the ping go on.
+        assert_eq!(
+            store
+                .get_identity(&kept.id)
+                .await
+                .expect("read")
+                .map(|r| r.id),
+            Some(kept.id)
+        );
+        store.record_token_issued(&kept.id, OffsetDateTime::now_utc());
+        store.ping().await.expect("ping");
+        assert!(
+            store
+                .get_identity(&kept.id)
+                .await
+                .expect("read")
+                .expect("there")
+                .last_token_issued_at
+                .is_some()
+        );
+
+        // Room again: the store finds out by itself, without a client write. (Its check, a
+        // one-page rewrite, would pass under this limit anyway; that it keeps failing while a
+        // real disk is full is what crates/callsign/tests/cli/faults.rs shows.)
+        store
+            .submit(|r| Job::Exec("PRAGMA max_page_count = 1073741823", r))
+            .await
+            .expect("room");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.writable().is_err() {
+            assert!(Instant::now() < deadline, "the store did not recover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store
+            .create_identity(new_identity(resource))
+            .await
+            .expect("writes work again");
+        assert_eq!(
+            store.revoke_tokens(&kept.id).await.expect("revoke"),
+            Some(1)
+        );
+        store.close().await;
+    }
+
+    #[test]
+    fn a_database_that_opens_read_only_or_cannot_be_created_is_refused_naming_the_path() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("callsign.db");
+        drop(SqliteStore::open(&path).expect("create"));
+        // A file SQLite may only read (as a file without write permission opens).
+        let uri = format!("file:{}?mode=ro", path.display());
+        let err = SqliteStore::open(&uri).expect_err("read-only").to_string();
+        assert!(err.contains("read-only"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        let missing = dir.path().join("gone/callsign.db");
+        let err = SqliteStore::open(&missing).expect_err("no dir").to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("directory {}", dir.path().join("gone").display())),
+            "{err}"
+        );
     }
 }

@@ -357,7 +357,36 @@ fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    // The parser's own message quotes the offending line, which may hold a database password:
+    // say where and what, never the line.
+    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let what = e.message().lines().next().unwrap_or("invalid").to_owned();
+        match line {
+            Some(l) => {
+                anyhow::anyhow!("invalid config file {} at line {l}: {what}", path.display())
+            }
+            None => anyhow::anyhow!("invalid config file {}: {what}", path.display()),
+        }
+    })?;
+    if file
+        .database_url
+        .as_deref()
+        .is_some_and(|u| callsign_store::mask_database_url(u) != u)
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "the config file {} holds a database password and others can read it (mode {:04o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(file)
 }
 
 const DEFAULT_DATA_DIR: &str = "./callsign-data";

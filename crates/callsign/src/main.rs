@@ -16,6 +16,7 @@ use config::{Cli, Command, ConnectionStringArgs, MigrateArgs, MigrateStoreArgs, 
 fn main() -> ExitCode {
     // Whatever this process creates (data dir, database, keys) is private to its user.
     callsign_server::restrict_umask();
+    warn_about_secrets_in_arguments();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -27,7 +28,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Commands that work on a store report what they notice (permissions tightened, keys not
+    // sealed); client and load commands keep to their one-line output.
+    if matches!(
+        cli.command,
+        Command::ConnectionString(_)
+            | Command::CaCert(_)
+            | Command::Migrate(_)
+            | Command::Seal(_)
+            | Command::RotateMasterKey(_)
+            | Command::MigrateStore(_)
+    ) {
+        init_command_logging();
+    }
     let result = runtime.block_on(async {
+        survive_file_size_limit();
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::ConnectionString(args) => print_connection_string(args).await,
@@ -47,6 +62,27 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every local user can read a process's arguments (`ps`, `/proc/PID/cmdline`): say so when a
+/// password or an access key is among them, and what to use instead.
+fn warn_about_secrets_in_arguments() {
+    for arg in std::env::args().skip(1) {
+        let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
+        if value.contains("://") && callsign_store::mask_database_url(value) != value {
+            eprintln!(
+                "warning: a database password on the command line is visible to every local user \
+                 (ps, /proc); pass the URL in CALLSIGN_DATABASE_URL or the config file instead"
+            );
+        }
+        if value.to_ascii_lowercase().contains("accesskey=") {
+            eprintln!(
+                "warning: an access key on the command line is visible to every local user (ps, \
+                 /proc); pass the connection string in COMMUNICATION_SERVICES_CONNECTION_STRING \
+                 instead"
+            );
         }
     }
 }
@@ -77,6 +113,49 @@ fn one_line(e: &anyhow::Error) -> String {
         );
     }
     out
+}
+
+/// A write past the file-size limit (`ulimit -f`, systemd's `LimitFSIZE`) raises SIGXFSZ, whose
+/// default action kills the process. With a handler registered the write fails with EFBIG
+/// instead: the store answers it as "cannot write" (503, not ready) and recovers once the limit
+/// is raised. Tokio keeps a signal handler for the life of the process, so the stream is
+/// dropped at once. (No `libc` here: SIGXFSZ is 25 on these targets.)
+fn survive_file_size_limit() {
+    #[cfg(all(
+        any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "macos",
+            target_os = "freebsd"
+        ),
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64",
+            target_arch = "powerpc64",
+            target_arch = "s390x",
+            target_arch = "loongarch64"
+        )
+    ))]
+    {
+        const SIGXFSZ: i32 = 25;
+        let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
+    }
+}
+
+/// Commands other than `serve` log warnings (a permission tightened, keys not sealed) to stderr,
+/// plainly.
+fn init_command_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
 }
 
 /// Logs go to stderr through a background writer thread, so a request never waits on the
@@ -114,11 +193,17 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let resolved = config::resolve_serve(args)?;
     let _log_guard = init_logging(resolved.log_json);
     let settings = resolved.settings;
     let data_dir = settings.data_dir.clone();
     let local_ca = matches!(settings.tls, callsign_server::TlsMode::LocalCa { .. });
+    let postgres = matches!(
+        settings.database,
+        callsign_server::Database::Postgres { .. }
+    );
+    let ca_before = std::fs::read(callsign_server::LocalCaPaths::new(&data_dir).ca_cert()).ok();
     let app = callsign_server::Application::build(settings).await?;
 
     // Lets `callsign connection-string` print the endpoint actually in use.
@@ -139,14 +224,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?;
         writeln!(out, "  {}", app.connection_string())?;
     } else {
-        writeln!(
-            out,
-            "callsign: connection string: callsign connection-string --data-dir {}",
-            data_dir.display()
-        )?;
+        if postgres {
+            writeln!(
+                out,
+                "callsign: connection string: callsign connection-string with the same \
+                 CALLSIGN_DATABASE_URL (or --database-url)"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "callsign: connection string: callsign connection-string --data-dir {}",
+                data_dir.display()
+            )?;
+        }
     }
     if local_ca {
         let ca = callsign_server::LocalCaPaths::new(&data_dir).ca_cert();
+        let ca_after = std::fs::read(&ca).ok();
+        if ca_before.is_some() && ca_before != ca_after {
+            writeln!(
+                out,
+                "callsign: the local CA was REPLACED (a name outside the old one's constraints was \
+                 asked for): clients must trust the new CA below"
+            )?;
+        }
         let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
         writeln!(
             out,
@@ -161,37 +262,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    app.serve(shutdown_signal()).await
+    app.serve(shutdown).await
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers for SIGTERM and SIGINT now (so a signal that arrives before serving starts is not
+/// fatal) and returns the future that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }
 
 async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
     let resolved = config::resolve_connection_string(args)?;
+    if let callsign_server::StoreLocation::DataDir(dir) = &resolved.store.location {
+        // A mistyped --data-dir must not quietly become a new deployment with new keys.
+        if !callsign_server::database_path(dir).exists() {
+            anyhow::bail!(
+                "there is no store in {}: start `callsign serve --data-dir {0}` first, or name \
+                 the right --data-dir / --database-url",
+                dir.display()
+            );
+        }
+    }
     let store = resolved.store.open().await?;
     let (resource, _) =
         callsign_server::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
@@ -289,11 +389,29 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     let from = callsign_server::StoreLocation::parse(&args.from).context("--from")?;
     let to = callsign_server::StoreLocation::parse(&args.to).context("--to")?;
     let options = callsign_server::PostgresOptions::default();
+    if args.from.trim_end_matches('/') == args.to.trim_end_matches('/') {
+        anyhow::bail!("--from and --to name the same store");
+    }
+    if let callsign_server::StoreLocation::DataDir(dir) = &from {
+        if !callsign_server::database_path(dir).exists() {
+            anyhow::bail!(
+                "--from {}: there is no store in that directory (nothing to copy)",
+                dir.display()
+            );
+        }
+    }
     let keys = config::key_protection(args.master_key_file.as_deref())?;
+    let keys_sealed = keys.is_sealed();
     let from = from
         .open(&options, keys.clone())
         .await
         .context("cannot open the source store")?;
+    // The source's keys must open (a sealed source needs its master key) before the target is
+    // created or touched.
+    if let Err(e) = from.default_resource().await {
+        from.close().await;
+        return Err(anyhow::Error::from(e).context("cannot read the source store"));
+    }
     let to = to
         .open(&options, keys)
         .await
@@ -302,7 +420,14 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
         batch: args.batch,
         force: args.force,
     };
-    let result = callsign_store::copy_store(from.as_ref(), to.as_ref(), &copy).await;
+    let sealing = keys_sealed;
+    let mut result = callsign_store::copy_store(from.as_ref(), to.as_ref(), &copy).await;
+    if sealing && result.is_ok() {
+        // The target may have held plain keys from an earlier copy: seal them too.
+        if let Err(e) = to.reseal_keys().await {
+            result = Err(e.into());
+        }
+    }
     from.close().await;
     to.close().await;
     let report = match result {
@@ -366,6 +491,7 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
 
 fn print_ca_cert(args: config::CaCertArgs) -> anyhow::Result<()> {
     let data_dir = config::resolve_data_dir(args.common)?;
+    callsign_server::secure_data_dir(&data_dir)?;
     let paths = callsign_server::LocalCaPaths::new(&data_dir);
     // Creating the CA here lets clients trust it before the first `serve`; an existing CA is
     // only printed (a running server may be using it).
@@ -377,6 +503,12 @@ fn print_ca_cert(args: config::CaCertArgs) -> anyhow::Result<()> {
             &data_dir,
             time::OffsetDateTime::now_utc(),
         )?;
+    } else if !paths.ca_covers(&args.tls_names) {
+        anyhow::bail!(
+            "the existing local CA cannot certify {}: `callsign serve --tls-name …` replaces it \
+             with one that can (clients must then trust the new CA)",
+            args.tls_names.join(", ")
+        );
     }
     let pem = std::fs::read_to_string(paths.ca_cert())
         .with_context(|| format!("cannot read {}", paths.ca_cert().display()))?;

@@ -4,7 +4,9 @@
 mod bench;
 mod client_commands;
 mod copies;
+mod failover;
 mod hostile;
+mod interrupted;
 mod nodes;
 mod permissions;
 mod sealing;

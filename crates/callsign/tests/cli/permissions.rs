@@ -86,3 +86,87 @@ fn serve_first_and_a_readable_existing_dir_is_tightened() {
     assert_private(&data, &["callsign.db", "tls/ca-key.pem"]);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn links_and_other_users_files_in_the_data_dir_are_refused() {
+    let root = tempfile::tempdir().expect("dir");
+    let data = root.path().join("data");
+    let d = data.to_str().expect("utf-8");
+    let (ok, _, err) = run(&["ca-cert", "--data-dir", d]);
+    assert!(ok, "{err}");
+    // A link planted where callsign writes would redirect the write elsewhere.
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, b"keep me").expect("write");
+    std::os::unix::fs::symlink(&victim, data.join("endpoint")).expect("link");
+    let out = std::process::Command::new(crate::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", d])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+    std::fs::remove_file(data.join("endpoint")).expect("rm");
+
+    // Files of another user (only root can make them).
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
+        == Some(0)
+    {
+        std::os::unix::fs::chown(data.join("tls/ca.pem"), Some(65534), None).expect("chown");
+        let (ok, _, err) = run(&["ca-cert", "--data-dir", d]);
+        assert!(!ok && err.contains("belongs to user id 65534"), "{err}");
+    }
+}
+
+#[test]
+fn mistakes_do_not_create_stores_or_show_passwords() {
+    let root = tempfile::tempdir().expect("dir");
+    let missing = root.path().join("typo");
+    let m = missing.to_str().expect("utf-8");
+    let (ok, _, err) = run(&["connection-string", "--data-dir", m]);
+    assert!(!ok && err.contains("there is no store"), "{err}");
+    let (ok, _, err) = run(&[
+        "migrate-store",
+        "--from",
+        m,
+        "--to",
+        root.path().join("t").to_str().expect("utf-8"),
+    ]);
+    assert!(!ok && err.contains("no store"), "{err}");
+    assert!(!missing.exists() && !root.path().join("t").exists());
+
+    // A config file with a password: refused when others can read it, and a parse error
+    // never quotes the line.
+    let cfg = root.path().join("callsign.toml");
+    std::fs::write(
+        &cfg,
+        "database_url = \"postgres://u:Sup3rSecret@127.0.0.1:1/db\"\nbogus_key = 1\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let c = cfg.to_str().expect("utf-8");
+    let (ok, _, err) = run(&["migrate", "--config", c]);
+    assert!(!ok && err.contains("bogus_key"), "{err}");
+    assert!(!err.contains("Sup3rSecret"), "{err}");
+    std::fs::write(
+        &cfg,
+        "database_url = \"postgres://u:Sup3rSecret@127.0.0.1:1/db\"\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (ok, _, err) = run(&["migrate", "--config", c]);
+    assert!(!ok && err.contains("others can read it"), "{err}");
+    assert!(!err.contains("Sup3rSecret"), "{err}");
+
+    // A password on the command line is visible to every local user: a warning says so.
+    let (ok, _, err) = run(&[
+        "migrate",
+        "--database-url",
+        "postgres://u:Sup3rSecret@127.0.0.1:1/db",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("visible to every local user"), "{err}");
+    assert!(!err.contains("Sup3rSecret"), "{err}");
+}

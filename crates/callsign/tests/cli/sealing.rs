@@ -199,6 +199,12 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
     let (ok, out, err) = run(&["seal", "--data-dir", d, "--master-key-file", f]);
     assert!(ok, "{err}");
     assert!(out.contains("sealed under master key"), "{out}");
+    // The plain values are gone from the files, not just superseded (no old page, no WAL frame).
+    let raw = database_bytes(&data);
+    assert!(
+        !contains(&raw, key.as_bytes()),
+        "the old access key lingers on disk"
+    );
     // Sealing again is harmless.
     let (ok, _, err) = run(&["seal", "--data-dir", d, "--master-key-file", f]);
     assert!(ok, "{err}");
@@ -269,4 +275,53 @@ fn a_postgres_store_is_sealed_and_refuses_nodes_without_the_key() {
     assert!(rt.block_on(introspect_active(&server, &data, &key, &token)));
     assert!(server.terminate().success());
     rt.block_on(db.drop_db());
+}
+
+#[test]
+fn copying_with_a_master_key_seals_a_target_that_held_plain_keys() {
+    let root = tempfile::tempdir().expect("dir");
+    let src = root.path().join("src");
+    let tgt = root.path().join("tgt");
+    let (s, t) = (src.to_str().expect("utf-8"), tgt.to_str().expect("utf-8"));
+    let server = Server::start(&src, &[]);
+    let key = key_of(&connection_string(&server));
+    runtime().block_on(create_with_token(&server, &src, &key));
+    assert!(server.terminate().success());
+    let (ok, _, err) = run(&["migrate-store", "--from", s, "--to", t]);
+    assert!(ok, "{err}");
+    assert!(contains(&database_bytes(&tgt), key.as_bytes()));
+
+    let master = root.path().join("master.key");
+    let m = master.to_str().expect("utf-8");
+    // Without its master key a sealed source is refused before the target is touched.
+    let (ok, _, err) = run(&["seal", "--data-dir", s, "--master-key-file", m]);
+    assert!(ok, "{err}");
+    let fresh = root.path().join("fresh");
+    let (ok, _, err) = run(&[
+        "migrate-store",
+        "--from",
+        s,
+        "--to",
+        fresh.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok && err.contains("sealed"), "{err}");
+    assert!(!fresh.exists(), "a failed copy created its target");
+
+    let (ok, _, err) = run(&[
+        "migrate-store",
+        "--from",
+        s,
+        "--to",
+        t,
+        "--master-key-file",
+        m,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        !contains(&database_bytes(&tgt), key.as_bytes()),
+        "the target still holds the plain access key"
+    );
+    let (ok, cs, err) = run(&["connection-string", "--data-dir", t, "--master-key-file", m]);
+    assert!(ok, "{err}");
+    assert_eq!(key_of(&cs), key);
 }
