@@ -30,6 +30,22 @@ impl Authenticated {
 /// The longest `Authorization` value considered (the SDKs send about 120 bytes).
 pub const MAX_AUTHORIZATION_LEN: usize = 512;
 
+/// base64(SHA-256("")).
+const EMPTY_BODY_HASH: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+/// Whether the request announces a non-empty body.
+fn declares_body(parts: &Parts) -> bool {
+    let length = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0)
+        || parts
+            .headers
+            .contains_key(axum::http::header::TRANSFER_ENCODING)
+}
+
 /// The longest `Host` value considered (a DNS name and a port).
 const MAX_HOST_LEN: usize = 270;
 
@@ -192,6 +208,14 @@ impl Authenticator {
             .ok_or(ApiError::Denied(
                 "the x-ms-content-sha256 header is missing or not a SHA-256 in base64",
             ))?;
+        // The signature covers the body's hash, not its length: a body announced where the
+        // signed hash is the empty body's cannot match, so it is refused before it is read (a
+        // replayed head must not hold a connection with a body that never ends).
+        if claimed_hash == EMPTY_BODY_HASH && declares_body(parts) {
+            return Err(ApiError::Denied(
+                "a body is sent where the signed hash is of no body",
+            ));
+        }
         let date_value = header(order.date_name())?
             .filter(|d| d.len() <= 64)
             .ok_or(ApiError::Denied("the signed date header is missing"))?;

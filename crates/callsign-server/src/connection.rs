@@ -1,28 +1,29 @@
 //! Connection lifecycle: a deadline at every stage and a cap on open connections.
 //!
-//! * Every connection's I/O passes through [`Tracked`], which notes when bytes last moved, and
-//!   every request through [`Counted`], which counts requests in flight. A watchdog per
-//!   connection closes it (HTTP/2: GOAWAY; HTTP/1: `Connection: close` then close) when it has
-//!   been quiet for the idle timeout with nothing in flight, or for the request timeout with a
-//!   request in flight (a handler or a response write that makes no progress).
+//! * Every request passes through [`Counted`], which counts requests in flight and notes when a
+//!   request last started or finished. A watchdog per connection closes it (HTTP/2: GOAWAY;
+//!   HTTP/1: `Connection: close` then close) when no request has started or finished for the
+//!   idle timeout with nothing in flight, or for the request timeout with one in flight. Bytes
+//!   alone (HTTP/2 PINGs, a window kept at zero so responses never leave) do not keep a
+//!   connection alive: only requests do.
 //! * The TLS handshake has its own deadline; the HTTP/1 request head has hyper's header read
 //!   timeout; request bodies are read under the body timeout (`http.rs`).
-//! * [`Connections`] admits at most `max` connections. At the cap it closes the connection that
-//!   has been idle longest and admits the new one; with none idle it refuses the new one at
-//!   once. The soft `RLIMIT_NOFILE` is raised to the hard limit at start and the cap derived
-//!   from it ([`derive_cap`]).
+//! * [`Connections`] admits at most `max` connections, and at most `per_address` from one client
+//!   address (IPv6: one /64). At the cap it closes the connection that has been idle longest at
+//!   once and admits the new one; with none idle it refuses the new one at once. Connections
+//!   being closed still count, up to a small slack, so file descriptors stay bounded. The soft
+//!   `RLIMIT_NOFILE` is raised to the hard limit at start and the cap derived from it
+//!   ([`derive_cap`]).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 /// Deadlines and caps of the connection layer; see the README's limits table.
@@ -47,6 +48,8 @@ pub struct ConnectionLimits {
     pub max_headers: usize,
     /// Most open connections; `None` derives it from `RLIMIT_NOFILE`.
     pub max_connections: Option<usize>,
+    /// Most open connections from one client address (IPv6: one /64).
+    pub max_connections_per_address: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 streams a client may reset before the server answers them, per connection
@@ -65,14 +68,20 @@ impl Default for ConnectionLimits {
             max_head_bytes: 32 * 1024,
             max_headers: 64,
             max_connections: None,
+            max_connections_per_address: 256,
             h2_max_concurrent_streams: 100,
             h2_max_pending_reset_streams: 20,
         }
     }
 }
 
-/// File descriptors kept back from the connection cap: the store, logs, TLS files, accept.
+/// File descriptors kept back from the connection cap: the store, logs, TLS files, accept, and
+/// the connections being closed ([`Connections`] lets them exceed the cap by a slack).
 const FD_RESERVE: u64 = 128;
+
+/// The cap unless told otherwise: about 2 GiB of connection state at the worst (an HTTP/2
+/// connection with every stream stalled holds about 200 KiB).
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort) and returns the soft limit
 /// in force afterwards (`None`: unlimited or unknown).
@@ -107,7 +116,7 @@ pub fn derive_cap(requested: Option<usize>, nofile: Option<u64>) -> usize {
             room
         }
         Some(r) => r.max(1),
-        None => room.min(100_000),
+        None => room.min(DEFAULT_MAX_CONNECTIONS),
     }
 }
 
@@ -115,7 +124,7 @@ pub fn derive_cap(requested: Option<usize>, nofile: Option<u64>) -> usize {
 #[derive(Debug)]
 pub(crate) struct ConnState {
     opened: Instant,
-    /// Milliseconds after `opened` when bytes last moved.
+    /// Milliseconds after `opened` when a request last started or finished.
     last_io_ms: AtomicU64,
     in_flight: AtomicUsize,
     closing: AtomicBool,
@@ -158,6 +167,12 @@ impl ConnState {
         self.in_flight.load(Ordering::Relaxed) == 0
     }
 
+    /// Asks the connection to close at once, dropping it without waiting (it is idle).
+    fn evict(&self) {
+        self.close_grace_ms.store(0, Ordering::Relaxed);
+        self.request_close();
+    }
+
     /// Asks the connection to close (idempotent).
     fn request_close(&self) {
         self.closing.store(true, Ordering::Relaxed);
@@ -188,8 +203,9 @@ impl ConnState {
 #[derive(Debug)]
 pub(crate) struct Connections {
     max: usize,
+    per_address: usize,
     next_id: AtomicU64,
-    live: Mutex<HashMap<u64, Arc<ConnState>>>,
+    live: Mutex<Live>,
     emptied: Notify,
     /// Connections refused at the cap (none idle to close).
     pub(crate) refused: AtomicU64,
@@ -197,36 +213,51 @@ pub(crate) struct Connections {
     pub(crate) evicted: AtomicU64,
 }
 
+/// The open connections and how many each client address holds.
+#[derive(Debug, Default)]
+struct Live {
+    by_id: HashMap<u64, Arc<ConnState>>,
+    by_address: HashMap<IpAddr, usize>,
+}
+
 /// A live connection's place in [`Connections`]; dropping it frees the place.
 pub(crate) struct Admitted {
     conns: Arc<Connections>,
     id: u64,
+    address: IpAddr,
     pub(crate) state: Arc<ConnState>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut live = self.conns.lock();
-        live.remove(&self.id);
-        if live.is_empty() {
+        live.by_id.remove(&self.id);
+        if let Some(n) = live.by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                live.by_address.remove(&self.address);
+            }
+        }
+        if live.by_id.is_empty() {
             self.conns.emptied.notify_waiters();
         }
     }
 }
 
 impl Connections {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, per_address: usize) -> Self {
         Self {
             max: max.max(1),
+            per_address: per_address.max(1),
             next_id: AtomicU64::new(0),
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Live::default()),
             emptied: Notify::new(),
             refused: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -237,28 +268,34 @@ impl Connections {
 
     /// Open connections.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
-    /// Admits a new connection, closing the longest-idle one at the cap; `None` when the cap is
-    /// reached and every connection is busy.
-    pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    /// Admits a new connection from `peer`, closing the longest-idle one at the cap; `None` when
+    /// the address holds its share already, or the cap is reached and every connection is busy.
+    /// Constant time below the cap; a scan for the longest-idle connection at it.
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        let address = crate::throttle::address_key(peer);
         let mut live = self.lock();
-        let open = live
-            .values()
-            .filter(|s| !s.closing.load(Ordering::Relaxed))
-            .count();
-        if open >= self.max {
+        if live.by_address.get(&address).copied().unwrap_or(0) >= self.per_address {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if live.by_id.len() >= self.max {
             let victim = live
+                .by_id
                 .values()
                 .filter(|s| s.is_idle() && !s.closing.load(Ordering::Relaxed))
                 .max_by_key(|s| s.quiet_for());
+            // Connections being closed still hold a descriptor: past a small slack over the
+            // cap, wait for them rather than evict more.
+            let slack = (self.max / 16).max(16);
             match victim {
-                Some(v) => {
-                    v.request_close();
+                Some(v) if live.by_id.len() < self.max + slack => {
+                    v.evict();
                     self.evicted.fetch_add(1, Ordering::Relaxed);
                 }
-                None => {
+                _ => {
                     self.refused.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
@@ -266,10 +303,12 @@ impl Connections {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::new());
-        live.insert(id, Arc::clone(&state));
+        live.by_id.insert(id, Arc::clone(&state));
+        *live.by_address.entry(address).or_insert(0) += 1;
         Some(Admitted {
             conns: Arc::clone(self),
             id,
+            address,
             state,
         })
     }
@@ -277,7 +316,7 @@ impl Connections {
     /// Asks every connection to close, letting what is in flight take up to `grace`.
     pub(crate) fn close_all(&self, grace: Duration) {
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        for s in self.lock().values() {
+        for s in self.lock().by_id.values() {
             s.close_grace_ms.store(grace_ms, Ordering::Relaxed);
             s.request_close();
         }
@@ -287,77 +326,11 @@ impl Connections {
     pub(crate) async fn drained(&self) {
         loop {
             let notified = self.emptied.notified();
-            if self.lock().is_empty() {
+            if self.lock().by_id.is_empty() {
                 return;
             }
             notified.await;
         }
-    }
-}
-
-/// An I/O stream that records when bytes move.
-#[derive(Debug)]
-pub(crate) struct Tracked<T> {
-    inner: T,
-    state: Arc<ConnState>,
-}
-
-impl<T> Tracked<T> {
-    pub(crate) fn new(inner: T, state: Arc<ConnState>) -> Self {
-        Self { inner, state }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.state.touch();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -400,6 +373,7 @@ where
     fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer.ip()));
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.state.touch();
         let guard = InFlight(Arc::clone(&self.state));
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -421,24 +395,60 @@ mod tests {
             derive_cap(Some(5000), Some(1024)),
             1024 - FD_RESERVE as usize
         );
-        assert_eq!(derive_cap(None, None), 100_000);
+        assert_eq!(derive_cap(None, None), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(derive_cap(Some(0), None), 1);
     }
 
     #[test]
     fn at_the_cap_the_longest_idle_connection_makes_room() {
-        let conns = Arc::new(Connections::new(2));
-        let a = conns.admit().expect("room");
-        let b = conns.admit().expect("room");
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        let conns = Arc::new(Connections::new(2, 100));
+        let a = conns.admit(ip).expect("room");
+        let b = conns.admit(ip).expect("room");
         b.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        let c = conns.admit().expect("a is idle and makes room");
+        let c = conns.admit(ip).expect("a is idle and makes room");
         assert!(a.state.closing.load(Ordering::Relaxed));
+        assert_eq!(
+            a.state.close_grace(),
+            Duration::ZERO,
+            "an idle victim goes at once"
+        );
         assert!(!b.state.closing.load(Ordering::Relaxed));
         c.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        assert!(conns.admit().is_none(), "every open connection is busy");
+        assert!(conns.admit(ip).is_none(), "every open connection is busy");
         assert_eq!(conns.refused.load(Ordering::Relaxed), 1);
         assert_eq!(conns.evicted.load(Ordering::Relaxed), 1);
         drop(a);
         assert_eq!(conns.len(), 2);
+    }
+
+    #[test]
+    fn one_address_gets_its_share_only() {
+        let conns = Arc::new(Connections::new(100, 2));
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        let a = conns.admit(ip).expect("room");
+        let _b = conns.admit(ip).expect("room");
+        assert!(conns.admit(ip).is_none());
+        assert!(conns.admit(IpAddr::from([192, 0, 2, 2])).is_some());
+        drop(a);
+        assert!(
+            conns.admit(ip).is_some(),
+            "a closed connection frees its share"
+        );
+    }
+
+    #[test]
+    fn closing_connections_count_beyond_a_slack() {
+        let ip = |i: u8| IpAddr::from([192, 0, 2, i]);
+        let conns = Arc::new(Connections::new(16, 100));
+        let mut held = Vec::new();
+        for i in 0..200u8 {
+            if let Some(a) = conns.admit(ip(i)) {
+                held.push(a);
+            }
+        }
+        // None of them ever finishes closing: the cap plus the slack bounds them.
+        assert!(held.len() <= 16 + 16, "{}", held.len());
+        assert!(conns.refused.load(Ordering::Relaxed) > 0);
     }
 }

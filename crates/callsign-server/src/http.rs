@@ -343,13 +343,21 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
             .authenticator
             .authenticate_head(&parts, now.into())
             .map_err(denied)?;
+        // A body that does not arrive in time counts against the address like a failed
+        // authentication: the head may be a replay, and its body was never the signed one.
         let body = read_body(
             body,
             &parts.headers,
             state.max_body_bytes,
             state.limits.body_timeout,
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            if let (ApiError::RequestTimeout, Some(ip)) = (&e, client) {
+                state.auth_failures.record(ip);
+            }
+            e
+        })?;
         let auth = head.body_matches(&body).map_err(denied)?;
         if !route.available_in(version) {
             return Err(not_in_version(version));

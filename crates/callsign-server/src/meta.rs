@@ -1,7 +1,7 @@
 //! Liveness, readiness, the public key set and token introspection.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -26,29 +26,47 @@ pub(crate) fn health() -> Response {
 const READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// The last store ping, shared by every readiness request: at most one ping a second, however
-/// many requests ask.
+/// many requests ask. The ping runs in its own task with a deadline, so a probe that gives up
+/// (or a client that disconnects) can neither cancel it half-way nor leave it marked as running.
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
+    inner: Arc<ReadinessInner>,
+}
+
+#[derive(Debug, Default)]
+struct ReadinessInner {
     last: Mutex<Option<(Instant, bool)>>,
     pinging: AtomicBool,
 }
 
+/// How long a readiness ping may take before the store counts as not answering.
+const PING_DEADLINE: Duration = Duration::from_secs(2);
+
 impl Readiness {
     async fn ready(&self, state: &AppState) -> bool {
-        let cached = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &self.inner;
+        let cached = *inner.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, ok)) = cached {
             if at.elapsed() < READINESS_TTL {
                 return ok;
             }
         }
-        if self.pinging.swap(true, Ordering::AcqRel) {
+        if inner.pinging.swap(true, Ordering::AcqRel) {
             // Another request is pinging: answer with what is known.
             return cached.is_none_or(|(_, ok)| ok);
         }
-        let ok = state.store.ping().await.is_ok();
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
-        self.pinging.store(false, Ordering::Release);
-        ok
+        let inner = Arc::clone(&self.inner);
+        let store = Arc::clone(&state.store);
+        let ping = tokio::spawn(async move {
+            let ok = matches!(
+                tokio::time::timeout(PING_DEADLINE, store.ping()).await,
+                Ok(Ok(()))
+            );
+            *inner.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
+            inner.pinging.store(false, Ordering::Release);
+            ok
+        });
+        ping.await.unwrap_or(false)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Authenticator;
-use crate::connection::{ConnState, ConnectionLimits, Connections, Counted, Tracked};
+use crate::connection::{ConnState, ConnectionLimits, Connections, Counted};
 use crate::state::AppState;
 use crate::tls::{self, TlsMode};
 
@@ -500,12 +500,13 @@ impl Application {
         let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
         let builder = http_builder(&limits);
         let nofile = crate::connection::raise_nofile_limit();
-        let conns = Arc::new(Connections::new(crate::connection::derive_cap(
-            limits.max_connections,
-            nofile,
-        )));
+        let conns = Arc::new(Connections::new(
+            crate::connection::derive_cap(limits.max_connections, nofile),
+            limits.max_connections_per_address,
+        ));
         tracing::info!(
             max_connections = conns.max(),
+            per_address = limits.max_connections_per_address,
             nofile = nofile.unwrap_or(0),
             "connection cap set"
         );
@@ -526,14 +527,15 @@ impl Application {
                 },
                 () = &mut shutdown => break,
             };
-            let Some(admitted) = conns.admit() else {
-                // At the cap with every connection busy: refuse at once (the socket closes).
+            let Some(admitted) = conns.admit(peer.ip()) else {
+                // At the cap with every connection busy, or this address holds its share:
+                // refuse at once (the socket closes).
                 tracing::debug!(%peer, "connection refused at the cap");
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let state = Arc::clone(&admitted.state);
-            let io = Tracked::new(stream, Arc::clone(&state));
+            let io = stream;
             let service = Counted::new(service.clone(), Arc::clone(&state), peer);
             let builder = builder.clone();
             let tls = tls.clone();

@@ -285,7 +285,7 @@ pub(crate) struct AuthFailures {
 
 /// The key failures are counted under: the address, or its /64 for IPv6 (one host usually has
 /// a whole /64).
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -343,20 +343,28 @@ impl AuthFailures {
         let key = address_key(ip);
         let mut buckets = self.lock();
         if buckets.len() >= MAX_TRACKED_ADDRESSES && !buckets.contains_key(&key) {
-            // Forget addresses whose buckets have refilled: they carry no state.
+            // Forget addresses whose buckets have refilled (they carry no state); if that frees
+            // too little, the eighth closest to refilled. Either way a scan frees at least an
+            // eighth of the table, so its cost is spread over that many new addresses.
             buckets.retain(|_, b| {
                 b.refill(rate, now);
                 b.tokens < rate.burst
             });
-            if buckets.len() >= MAX_TRACKED_ADDRESSES {
-                // Still full: forget the address closest to refilled.
-                let fullest = buckets
-                    .iter()
-                    .max_by(|a, b| a.1.tokens.total_cmp(&b.1.tokens))
-                    .map(|(k, _)| *k);
-                if let Some(k) = fullest {
-                    buckets.remove(&k);
-                }
+            let keep = MAX_TRACKED_ADDRESSES - MAX_TRACKED_ADDRESSES / 8;
+            if buckets.len() > keep {
+                let mut levels: Vec<f64> = buckets.values().map(|b| b.tokens).collect();
+                let cut = keep.min(levels.len() - 1);
+                let (_, threshold, _) = levels.select_nth_unstable_by(cut, f64::total_cmp);
+                let threshold = *threshold;
+                let mut to_free = buckets.len() - keep;
+                buckets.retain(|_, b| {
+                    if to_free > 0 && b.tokens >= threshold {
+                        to_free -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
             }
         }
         let bucket = buckets

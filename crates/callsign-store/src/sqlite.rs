@@ -146,6 +146,8 @@ fn assignment_key(resource: ResourceId, tenant: Uuid, object: Uuid) -> Assignmen
     (resource.to_string(), tenant.to_string(), object.to_string())
 }
 
+const DISK_FULL: &str = "disk full";
+
 /// What keeps SQLite from writing, for errors that say the store cannot write now (and may
 /// later): the disk is full, the file or file system is read-only, the disk fails, a file
 /// cannot be opened (or created). Corruption, constraint violations and the like are not.
@@ -154,7 +156,7 @@ fn write_failure(e: &rusqlite::Error) -> Option<&'static str> {
         return None;
     };
     match f.code {
-        rusqlite::ErrorCode::DiskFull => Some("disk full"),
+        rusqlite::ErrorCode::DiskFull => Some(DISK_FULL),
         rusqlite::ErrorCode::ReadOnly => Some("read-only"),
         rusqlite::ErrorCode::SystemIoFailure => Some("I/O error"),
         rusqlite::ErrorCode::CannotOpen => Some("cannot open its files"),
@@ -199,9 +201,9 @@ fn read_error(e: StoreError) -> StoreError {
 /// Why a database cannot be opened for writing, in words an operator can act on: the path, and
 /// whether its directory is read-only or not writable by this user.
 fn open_error(path: &Path, e: StoreError) -> StoreError {
-    if !e.is_cannot_write() {
+    let Some(Outcome::CannotWrite(cause)) = Outcome::of(&e) else {
         return e;
-    }
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -215,13 +217,16 @@ fn open_error(path: &Path, e: StoreError) -> StoreError {
     {
         Ok(_) => {
             let _ = std::fs::remove_file(&check);
-            format!("{} is not writable", path.display())
+            cause
         }
-        Err(io) => format!("the directory {} is not writable ({io})", dir.display()),
+        Err(io) => format!(
+            "the directory {} is not writable ({io}); callsign writes the database and its -wal \
+             and -shm files there",
+            dir.display()
+        ),
     };
     StoreError::Backend(format!(
-        "cannot write the database {}: {why}; callsign writes the database and its -wal and \
-         -shm files there ({e})",
+        "cannot write the database {}: {why}",
         path.display()
     ))
 }
@@ -371,8 +376,19 @@ impl SqliteStore {
         for _ in 0..READERS {
             readers.push(open_reader(&path).map_err(|e| open_error(&path, e))?);
         }
-        let touched = Arc::new(PendingTokenTimes::default());
+        // A write at every start: SQLite opens a database whose directory (or existing -wal
+        // file) is read-only without complaint, and only its first write would tell. Such a
+        // start is refused; one on a full disk is not (reads can be served): the store starts
+        // in its cannot-write state.
         let health = Arc::new(WriteHealth::new(&path));
+        match check_writable(&mut conn) {
+            Outcome::CannotWrite(cause) if cause.starts_with(DISK_FULL) => health.failed(&cause),
+            Outcome::CannotWrite(cause) => {
+                return Err(open_error(&path, StoreError::cannot_write(cause)));
+            }
+            Outcome::Wrote | Outcome::Idle => {}
+        }
+        let touched = Arc::new(PendingTokenTimes::default());
         let (tx, rx) = std_mpsc::channel();
         let thread_touched = Arc::clone(&touched);
         let thread_health = Arc::clone(&health);
@@ -637,7 +653,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes
             return Outcome::of(&err).unwrap_or(Outcome::Idle);
         }
     };
-    let mut done: Vec<Box<dyn FnOnce(Option<StoreError>)>> = Vec::with_capacity(batch.len());
+    let mut done: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut failure = None;
     let mut succeeded = false;
     for job in batch {
@@ -698,13 +714,16 @@ fn fail(job: Job, e: StoreError) {
 /// [`StoreError::cannot_write`]).
 type JobOutcome = Result<(), Option<String>>;
 
+/// Answers a job once its batch's fate is known (`Some`: the commit failed).
+type Answer = Box<dyn FnOnce(Option<StoreError>)>;
+
 /// Runs one job in a savepoint and returns the function that answers it once the batch's fate
 /// is known (a commit failure turns every success into that failure), and what it met.
 fn run_job(
     tx: &rusqlite::Transaction<'_>,
     job: Job,
     touched: &PendingTokenTimes,
-) -> (Box<dyn FnOnce(Option<StoreError>)>, JobOutcome) {
+) -> (Answer, JobOutcome) {
     fn in_savepoint<T>(
         tx: &rusqlite::Transaction<'_>,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
@@ -724,7 +743,7 @@ fn run_job(
     fn answer<T: Send + 'static>(
         reply: Reply<T>,
         result: Result<T, StoreError>,
-    ) -> (Box<dyn FnOnce(Option<StoreError>)>, JobOutcome) {
+    ) -> (Answer, JobOutcome) {
         let outcome = match &result {
             Ok(_) => Ok(()),
             Err(e) => Err(match Outcome::of(e) {

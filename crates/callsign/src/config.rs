@@ -194,9 +194,12 @@ pub struct LimitArgs {
     /// it gets 429; 0 turns the limit off [default: 60].
     #[arg(long, env = "CALLSIGN_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<u32>,
-    /// Most open connections [default: the open-file limit less 128, at most 100000].
+    /// Most open connections [default: 10000, or the open-file limit less 128 if lower].
     #[arg(long, env = "CALLSIGN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most open connections from one client address (IPv6: one /64) [default: 256].
+    #[arg(long, env = "CALLSIGN_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
     /// Largest request head (request line and headers) in bytes [default: 32768].
     #[arg(long, env = "CALLSIGN_MAX_HEAD_BYTES")]
     pub max_head_bytes: Option<usize>,
@@ -233,6 +236,9 @@ impl LimitArgs {
                 .auth_failures_per_minute
                 .or(file.auth_failures_per_minute),
             max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(file.max_connections_per_address),
             max_head_bytes: self.max_head_bytes.or(file.max_head_bytes),
             max_headers: self.max_headers.or(file.max_headers),
             idle_timeout_secs: self.idle_timeout_secs.or(file.idle_timeout_secs),
@@ -296,6 +302,12 @@ impl LimitArgs {
                 bail!("--max-connections must be at least 1");
             }
             l.max_connections = Some(n);
+        }
+        if let Some(n) = self.max_connections_per_address {
+            if n == 0 {
+                bail!("--max-connections-per-address must be at least 1");
+            }
+            l.max_connections_per_address = n;
         }
         if let Some(spec) = self.throttle {
             settings.throttle = callsign_server::ThrottleConfig::parse(&spec)?;

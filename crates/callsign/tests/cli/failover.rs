@@ -424,7 +424,7 @@ fn a_primary_switch_under_load_gives_503s_loses_nothing_and_recovers_without_res
 
         // 1. A fast restart: every session is ended (57P01), the server checkpoints and comes
         //    back on the same address.
-        cluster.must(&["restart", "-m", "fast"]);
+        tokio::task::block_in_place(|| cluster.must(&["restart", "-m", "fast"]));
         seen.progress(100, "a fast restart").await;
 
         // 2. A crash: the server dies at once and is down for a second; it recovers from its
@@ -435,7 +435,7 @@ fn a_primary_switch_under_load_gives_503s_loses_nothing_and_recovers_without_res
         seen.acked.lock().expect("lock").push(issued_to.clone());
         let issuing = tokio::spawn(ta.clone().issue_until_refused(issued_to.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        cluster.must(&["stop", "-m", "immediate"]);
+        tokio::task::block_in_place(|| cluster.must(&["stop", "-m", "immediate"]));
         let last_issued = issuing
             .await
             .expect("issuing task")
@@ -444,7 +444,7 @@ fn a_primary_switch_under_load_gives_503s_loses_nothing_and_recovers_without_res
         seen.unavailable_since(before, 8, "the crash").await;
         assert_eq!(ready(&ta).await, 503, "ready while the database is down");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        cluster.must(&["start"]);
+        tokio::task::block_in_place(|| cluster.must(&["start"]));
         seen.progress(100, "a crash restart").await;
         let pg = cluster.admin("callsign").await;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -471,12 +471,12 @@ fn a_primary_switch_under_load_gives_503s_loses_nothing_and_recovers_without_res
 
         // 3. A standby behind the same address, then promoted: while it is read-only, writes
         //    are refused with 503 (not 500), and once it is promoted they succeed again.
-        cluster.must(&["stop", "-m", "fast"]);
+        tokio::task::block_in_place(|| cluster.must(&["stop", "-m", "fast"]));
         std::fs::write(cluster.data().join("standby.signal"), b"").expect("standby.signal");
-        cluster.must(&["start"]);
+        tokio::task::block_in_place(|| cluster.must(&["start"]));
         let before = seen.unavailable.load(Ordering::Relaxed);
         seen.unavailable_since(before, 8, "the standby").await;
-        cluster.must(&["promote"]);
+        tokio::task::block_in_place(|| cluster.must(&["promote"]));
         seen.progress(100, "the promotion").await;
 
         seen.stop.store(true, Ordering::Relaxed);

@@ -74,36 +74,31 @@ fn kill_ladder(args: &[&str], mut after_kill: impl FnMut()) -> Ladder {
     }
 }
 
-/// The advisory lock PostgreSQL stores take for migrations, key bootstrap and re-sealing
-/// (`LOCK_KEY` in callsign-store's postgres.rs).
-const LOCK_KEY: i64 = 0x6361_6c6c_7369_676e;
-
-/// A kill ladder with its kill points placed where the work is: before each run the test takes
-/// the store's advisory lock (migrations, key bootstrap and re-sealing take it), so the run
-/// waits for it; the test releases it and kills the run 0, 0.25, 0.31, … ms later (each delay
-/// 25% longer than the last), calling `before_each` before every run and `after_kill` after
-/// every kill, until a run finishes by itself. That run must succeed. Returns the kills.
-fn lock_ladder(
+/// A kill ladder with its kill points placed at the run's own statements: the test watches the
+/// run's sessions (`application_name` callsign) in `pg_stat_activity` and kills the run as soon
+/// as it has seen `k` distinct session states (a statement starting, running, a transaction
+/// waiting for its next statement) for k = 1, 2, 3, …, calling `before_each` before every run
+/// and `after_kill` after every kill, until three runs in a row finish first (how many states
+/// the test catches varies from run to run). Those runs must succeed. Returns the kills.
+fn statement_ladder(
     rt: &tokio::runtime::Runtime,
     url: &str,
     args: &[&str],
     mut before_each: impl FnMut(),
     mut after_kill: impl FnMut(),
 ) -> usize {
-    let holder = rt.block_on(pg_connect(url));
+    let watcher = rt.block_on(pg_connect(url));
     let started = Instant::now();
-    let mut delay = Duration::ZERO;
     let mut killed = 0;
-    loop {
+    let mut finished_in_a_row = 0;
+    let mut most_states = 0;
+    for k in 1.. {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "`callsign {}` never finished by itself ({killed} kills)",
             args[0]
         );
         before_each();
-        // Taken once the previous (killed) run's session is gone.
-        rt.block_on(holder.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]))
-            .expect("lock");
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "warn")
@@ -112,40 +107,34 @@ fn lock_ladder(
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn callsign");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let waiting: i64 = rt
-                .block_on(holder.query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                     WHERE l.locktype = 'advisory' AND NOT l.granted
-                       AND d.datname = current_database()",
+        let mut states = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let finished = loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break true;
+            }
+            assert!(Instant::now() < deadline, "the run did not end");
+            for row in rt
+                .block_on(watcher.query(
+                    "SELECT concat_ws(' ', pid, state, query_start, left(query, 80))
+                     FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'callsign'",
                     &[],
                 ))
-                .expect("pg_locks")
-                .get(0);
-            if waiting > 0 {
-                break;
+                .expect("pg_stat_activity")
+            {
+                states.insert(row.get::<_, String>(0));
             }
-            assert!(
-                child.try_wait().expect("try_wait").is_none(),
-                "`callsign {}` ended without waiting for the lock",
-                args[0]
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the run never waited for the lock"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        rt.block_on(holder.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]))
-            .expect("unlock");
-        std::thread::sleep(delay);
-        if child.try_wait().expect("try_wait").is_none() {
+            if states.len() >= k {
+                break false;
+            }
+        };
+        if !finished {
             child.kill().expect("kill -9");
             let _ = child.wait();
             killed += 1;
+            finished_in_a_row = 0;
             after_kill();
-            delay = (delay * 5 / 4).max(Duration::from_micros(250));
             continue;
         }
         let out = child.wait_with_output().expect("output");
@@ -155,13 +144,19 @@ fn lock_ladder(
             args[0],
             String::from_utf8_lossy(&out.stderr)
         );
-        eprintln!(
-            "callsign {}: {killed} runs killed up to {delay:?} after taking the lock, then one \
-             finished",
-            args[0]
-        );
-        return killed;
+        most_states = most_states.max(states.len());
+        finished_in_a_row += 1;
+        if finished_in_a_row == 3 {
+            eprintln!(
+                "callsign {}: {killed} runs killed at one of their first {} session states \
+                 seen, then three finished (up to {most_states} states seen)",
+                args[0],
+                k - 3
+            );
+            return killed;
+        }
     }
+    unreachable!()
 }
 
 async fn pg_connect(url: &str) -> tokio_postgres::Client {
@@ -170,6 +165,32 @@ async fn pg_connect(url: &str) -> tokio_postgres::Client {
         .expect("connect");
     tokio::spawn(conn);
     client
+}
+
+/// Waits until the database has seen every killed run go: no callsign session is left in it.
+/// A session whose client was killed may still finish a statement, even a `COMMIT` the client
+/// sent just before; only then is what the kill left final.
+async fn pg_settled(pg: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'callsign'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if sessions == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a killed run's session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn pg_has_table(pg: &tokio_postgres::Client, table: &str) -> bool {
@@ -193,6 +214,7 @@ const PG_TABLES: &[&[&str]] = &[
 /// The applied migrations, checked against the tables: applied in order (1..=n), each wholly
 /// (all its tables there) and nothing of a migration not recorded. Returns n.
 async fn pg_schema_consistent(pg: &tokio_postgres::Client) -> usize {
+    pg_settled(pg).await;
     let versions: Vec<i32> = if pg_has_table(pg, "callsign_schema_migrations").await {
         pg.query(
             "SELECT version FROM callsign_schema_migrations ORDER BY version",
@@ -239,7 +261,7 @@ struct Contents {
 /// nothing in the data dir itself; the copy lives as long as the temp dir.
 fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
     let scratch = tempfile::tempdir().expect("dir");
-    for suffix in ["", "-wal"] {
+    for suffix in ["", "-wal", "-journal"] {
         let from = data_dir.join(format!("callsign.db{suffix}"));
         if from.exists() {
             std::fs::copy(&from, scratch.path().join(format!("callsign.db{suffix}")))
@@ -248,6 +270,59 @@ fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
     }
     let db = rusqlite::Connection::open(scratch.path().join("callsign.db")).expect("open");
     (scratch, db)
+}
+
+/// The tables each SQLite migration creates (version 1, 2, 3).
+const SQLITE_TABLES: &[&[&str]] = &[
+    &["resources", "signing_keys", "identities"],
+    &["teams_assignments"],
+    &["identity_tombstones"],
+];
+
+/// A data dir's schema, checked against `PRAGMA user_version` as [`pg_schema_consistent`]
+/// does; 0 without a database. Returns the version.
+fn sqlite_schema_consistent(data_dir: &Path) -> usize {
+    if !data_dir.join("callsign.db").exists() {
+        return 0;
+    }
+    let (_scratch, db) = sqlite_copy(data_dir);
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    let version = usize::try_from(version).expect("version");
+    for (i, tables) in SQLITE_TABLES.iter().enumerate() {
+        for table in *tables {
+            let present: bool = db
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .expect("sqlite_master");
+            assert_eq!(
+                present,
+                i < version,
+                "migration {} half-applied: table {table}",
+                i + 1
+            );
+        }
+    }
+    version
+}
+
+/// Checks that `now`, a copy cut short, holds nothing the source does not: never another
+/// resource, and only identities, keys and tombstones as they are on the source.
+fn part_of(now: &Contents, expected: &Contents) {
+    if let Some(resource) = &now.resource {
+        assert_eq!(Some(resource), expected.resource.as_ref());
+    }
+    assert!(now.kids.is_subset(&expected.kids));
+    assert!(now.tombstones.is_subset(&expected.tombstones));
+    assert!(
+        now.identities
+            .iter()
+            .all(|(id, v)| expected.identities.get(id) == Some(v))
+    );
 }
 
 fn sqlite_contents(data_dir: &Path) -> Contents {
@@ -285,6 +360,7 @@ fn sqlite_contents(data_dir: &Path) -> Contents {
 }
 
 async fn pg_contents(pg: &tokio_postgres::Client) -> Contents {
+    pg_settled(pg).await;
     let resource = pg
         .query_opt(
             "SELECT id, primary_key, secondary_key FROM callsign_resources WHERE is_default",
@@ -417,7 +493,7 @@ fn migrate_killed_at_any_point_completes_on_a_rerun() {
         ))
         .expect("reset");
     };
-    let killed = lock_ladder(&rt, &url, &args, reset, || {
+    let killed = statement_ladder(&rt, &url, &args, reset, || {
         applied.insert(rt.block_on(pg_schema_consistent(&pg)));
         let (ok, _, err) = run(&args);
         assert!(ok, "{err}");
@@ -543,22 +619,12 @@ fn migrate_store_to_postgres_killed_at_any_point_completes_on_a_rerun() {
     let mut partial = BTreeSet::new();
     let ladder = kill_ladder(&args, || {
         rt.block_on(async {
-            // Never a half-applied migration, never another resource, never more than the
-            // source has.
+            // Never a half-applied migration, nothing the source does not have.
             if pg_schema_consistent(&pg).await < PG_TABLES.len() {
                 return;
             }
             let now = pg_contents(&pg).await;
-            if let Some(resource) = &now.resource {
-                assert_eq!(Some(resource), expected.resource.as_ref());
-            }
-            assert!(now.kids.is_subset(&expected.kids));
-            assert!(now.tombstones.is_subset(&expected.tombstones));
-            assert!(
-                now.identities
-                    .iter()
-                    .all(|(id, v)| expected.identities.get(id) == Some(v))
-            );
+            part_of(&now, &expected);
             partial.insert(now.identities.len());
         });
     });
@@ -602,8 +668,17 @@ fn migrate_store_to_a_data_dir_killed_at_any_point_completes_on_a_rerun() {
     let target = root.path().join("target");
     let t = target.to_str().expect("utf-8");
     let args = ["migrate-store", "--from", &url, "--to", t];
-    let ladder = kill_ladder(&args, || {});
+    let mut partial = BTreeSet::new();
+    let ladder = kill_ladder(&args, || {
+        if sqlite_schema_consistent(&target) >= SQLITE_TABLES.len() {
+            let now = sqlite_contents(&target);
+            part_of(&now, &expected);
+            partial.insert(now.identities.len());
+        }
+    });
     assert!(ladder.killed > 0);
+    eprintln!("identities on the target when killed: {partial:?}");
+    assert!(sqlite_schema_consistent(&target) >= SQLITE_TABLES.len());
     assert_eq!(sqlite_contents(&target), expected);
     let (ok, out, err) = run(&args);
     assert!(ok, "{err}");
@@ -667,6 +742,7 @@ impl KeyStore<'_> {
             }
             KeyStore::Postgres(url) => rt.block_on(async {
                 let pg = pg_connect(url).await;
+                pg_settled(&pg).await;
                 let mut texts = Vec::new();
                 for row in pg
                     .query(
@@ -739,7 +815,7 @@ fn seal_and_rotate_killed(rt: &tokio::runtime::Runtime, store: &KeyStore<'_>, da
     args.extend(store.args());
     let mut seen = BTreeSet::new();
     if let KeyStore::Postgres(url) = store {
-        lock_ladder(
+        statement_ladder(
             rt,
             url,
             &args,
@@ -771,7 +847,7 @@ fn seal_and_rotate_killed(rt: &tokio::runtime::Runtime, store: &KeyStore<'_>, da
     args.extend(store.args());
     let mut seen = BTreeSet::new();
     if let KeyStore::Postgres(url) = store {
-        lock_ladder(
+        statement_ladder(
             rt,
             url,
             &args,

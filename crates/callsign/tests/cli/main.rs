@@ -5,6 +5,7 @@ mod bench;
 mod client_commands;
 mod copies;
 mod failover;
+mod faults;
 mod hostile;
 mod interrupted;
 mod nodes;
