@@ -221,3 +221,22 @@ async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
     assert_eq!(app.introspect(t).await["active"], true);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_announced_under_the_empty_body_hash_is_refused_unread() {
+    let app = spawn_app().await;
+    // A correctly signed request for no body, replayed with a body announced: the signature
+    // does not cover the length, so this is what a replayer could send.
+    let r = TestApp::reply(
+        app.signed(Method::POST, CREATE, None, &app.primary_key)
+            .header("content-type", "application/json")
+            .body(r#"{"createTokenWithScopes": ["chat"]}"#)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    r.assert_error(401, "Denied");
+    assert_eq!(identity_count(&app), 0);
+    app.stop().await;
+}
