@@ -352,11 +352,10 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
             state.limits.body_timeout,
         )
         .await
-        .map_err(|e| {
-            if let (ApiError::RequestTimeout, Some(ip)) = (&e, client) {
+        .inspect_err(|e| {
+            if let (ApiError::RequestTimeout, Some(ip)) = (e, client) {
                 state.auth_failures.record(ip);
             }
-            e
         })?;
         let auth = head.body_matches(&body).map_err(denied)?;
         if !route.available_in(version) {

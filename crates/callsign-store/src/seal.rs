@@ -107,26 +107,48 @@ impl MasterKey {
         Ok(Self::from_bytes(array))
     }
 
-    /// Writes a new random key to `path` (mode 0600, refusing to overwrite) and returns it.
+    /// Writes a new random key to `path` (mode 0600, refusing to overwrite) and returns it. The
+    /// file appears whole or not at all (written to a temporary file, synced, linked into place,
+    /// the directory synced), so a crash never leaves an empty key file, nor loses one that a
+    /// seal then used.
     pub fn generate_file(path: &Path) -> Result<Self, MasterKeyError> {
         use std::io::Write as _;
         let mut bytes = Zeroizing::new([0u8; 32]);
         aws_lc_rs::rand::fill(bytes.as_mut()).unwrap_or_else(|_| panic!("the system RNG failed"));
         let text = Zeroizing::new(STANDARD.encode(bytes.as_ref()));
         let shown = path.display().to_string();
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(path).map_err(|source| MasterKeyError::Io {
+        let io = |source| MasterKeyError::Io {
             path: shown.clone(),
             source,
-        })?;
-        f.write_all(format!("{}\n", text.as_str()).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|source| MasterKeyError::Io {
-                path: shown,
-                source,
-            })?;
+        };
+        if path.exists() {
+            return Err(io(std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("master-key"),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let written = (|| -> std::io::Result<()> {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            f.write_all(format!("{}\n", text.as_str()).as_bytes())?;
+            f.sync_all()?;
+            // A hard link refuses to replace an existing file, unlike a rename.
+            std::fs::hard_link(&tmp, path)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(io)?;
         Ok(Self::from_bytes(&bytes))
     }
 
