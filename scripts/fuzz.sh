@@ -7,38 +7,34 @@
 #   CASES=20000 bash scripts/fuzz.sh     # a quick pass
 #
 # Builds the property tests once with the `fuzz` cargo profile (release optimisation, overflow
-# checks and debug assertions on), then runs each test binary with PROPTEST_CASES=$CASES under the
-# `fuzz` nextest profile (each test is stopped after an hour). Prints, and writes to
-# target/fuzz/summary.txt, the wall time and outcome of each binary and the time of each test.
-# Exits non-zero if any property fails; proptest then prints the minimal failing input and
-# records it under the crate's proptest-regressions.
+# checks and debug assertions on) into a nextest archive, so that edits made while it runs change
+# nothing, then runs each test binary from it with PROPTEST_CASES=$CASES under the `fuzz` nextest
+# profile (each test is stopped after an hour). Prints, and writes to target/fuzz-run/summary.txt,
+# the wall time and outcome of each binary and the time of each test. Exits non-zero if any
+# property fails; proptest then prints the minimal failing input.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 CASES=${CASES:-1000000}
-OUT=target/fuzz
+OUT=target/fuzz-run
+ARCHIVE=$OUT/properties.tar.zst
 mkdir -p "$OUT"
 
-# name | cargo-nextest arguments selecting the binary and its property tests
+# name | nextest filter selecting that binary's property tests
 TARGETS=(
-    "callsign-hmac|-p callsign-hmac --test properties"
-    "callsign-core|-p callsign-core --test properties"
-    "callsign-api|-p callsign-api --test properties"
-    "callsign-server|-p callsign-server --lib -E test(/^properties::/)"
+    "callsign-hmac|package(callsign-hmac) & binary(properties)"
+    "callsign-core|package(callsign-core) & binary(properties)"
+    "callsign-api|package(callsign-api) & binary(properties)"
+    "callsign-server|package(callsign-server) & kind(lib) & test(/^properties::/)"
 )
 
-nextest() {
-    cargo nextest run --cargo-profile fuzz --profile fuzz --no-fail-fast "$@"
-}
-
 echo "==> building the property tests (cargo profile fuzz)"
-for t in "${TARGETS[@]}"; do
-    read -r -a args <<<"${t#*|}"
-    if ! nextest --no-run "${args[@]}"; then
-        echo "!!! build of ${t%%|*} failed"
-        exit 1
-    fi
-done
+if ! cargo nextest archive --cargo-profile fuzz --archive-file "$ARCHIVE" \
+    -p callsign-hmac -p callsign-core -p callsign-api -p callsign-server \
+    --lib --test properties; then
+    echo "!!! build failed"
+    exit 1
+fi
 
 summary="$OUT/summary.txt"
 {
@@ -49,19 +45,20 @@ failed=()
 total_start=$(date +%s)
 for t in "${TARGETS[@]}"; do
     name=${t%%|*}
-    read -r -a args <<<"${t#*|}"
+    filter=${t#*|}
     log="$OUT/$name.log"
     echo
-    echo "==> $name: ${args[*]} (PROPTEST_CASES=$CASES)"
+    echo "==> $name: $filter (PROPTEST_CASES=$CASES)"
     start=$(date +%s)
-    PROPTEST_CASES=$CASES nextest "${args[@]}" 2>&1 | tee "$log"
+    PROPTEST_CASES=$CASES cargo nextest run --archive-file "$ARCHIVE" --workspace-remap . \
+        --profile fuzz --no-fail-fast -E "$filter" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     secs=$(($(date +%s) - start))
     outcome=$(grep -E '^ +Summary' "$log" | tail -1 | sed -E 's/^ +Summary \[ *[0-9.]+s\] //')
     [ -n "$outcome" ] || outcome="no summary (exit $rc)"
     [ "$rc" -eq 0 ] || failed+=("$name")
     printf '%-16s %9ss  %s\n' "$name" "$secs" "$outcome" >>"$summary"
-    grep -E '^ +(PASS|FAIL|SIGSEGV|SIGABRT|TIMEOUT)' "$log" |
+    grep -E '^ +(PASS|FAIL|SIGSEGV|SIGABRT|SIGKILL|TIMEOUT)' "$log" |
         sed -E 's/^ +([A-Z]+) \[ *([0-9.]+s)\] \( *[0-9]+\/[0-9]+\) [^ ]+ /    \1 \2 /' >>"$summary"
 done
 echo "total: $(($(date +%s) - total_start))s" >>"$summary"

@@ -173,10 +173,11 @@ pub(crate) async fn introspect(
     dir: &Directory<'_>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let req: Option<IntrospectRequest> = if body.is_empty() {
-        None
-    } else {
+    // A JSON object only: serde would read `["<jwt>"]` as the struct's fields in order.
+    let req: Option<IntrospectRequest> = if body.trim_ascii_start().first() == Some(&b'{') {
         serde_json::from_slice(body).ok()
+    } else {
+        None
     };
     let req = req
         .ok_or_else(|| ApiError::validation("The body must be {\"token\": \"<jwt>\"}.", "token"))?;
