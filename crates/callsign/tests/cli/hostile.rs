@@ -13,10 +13,11 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::nodes::TestDb;
 use crate::{Server, client, key_of, run, runtime, signed};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
@@ -645,12 +646,63 @@ fn a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeout() {
 // ---------------------------------------------------------------------------------------------
 // 4. Idle HTTP/2 connection
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
+const H2_ACK: u8 = 0x1;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+const H2_SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+
+/// One HTTP/2 frame, byte for byte.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame length");
+    assert!(len < 1 << 24, "frame too long");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A received HTTP/2 frame.
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Removes the complete frames at the front of `buf` and returns them.
+fn h2_take_frames(buf: &mut Vec<u8>) -> Vec<H2Frame> {
+    let mut frames = Vec::new();
+    while buf.len() >= 9 {
+        let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+        if buf.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+        frames.push(H2Frame {
+            kind: buf[3],
+            flags: buf[4],
+            stream,
+            payload: buf[9..9 + len].to_vec(),
+        });
+        buf.drain(..9 + len);
+    }
+    frames
+}
+
+/// The acknowledgement of a PING from the peer.
+fn h2_ping_ack(payload: &[u8]) -> Vec<u8> {
+    h2_frame(H2_PING, H2_ACK, 0, payload)
+}
+
 #[test]
 fn an_idle_http2_connection_gets_goaway_then_is_closed() {
-    const SETTINGS: u8 = 0x4;
-    const PING: u8 = 0x6;
-    const GOAWAY: u8 = 0x7;
-    const ACK: u8 = 0x1;
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), &["--idle-timeout-secs", "2"]);
     let addr = addr(&server);
@@ -659,10 +711,8 @@ fn an_idle_http2_connection_gets_goaway_then_is_closed() {
     let (goaway_after, closed_after) = rt.block_on(async {
         let mut s = connect(&tls, addr).await;
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .expect("preface");
-        s.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+        s.write_all(H2_PREFACE).await.expect("preface");
+        s.write_all(&h2_frame(H2_SETTINGS, 0, 0, &[]))
             .await
             .expect("settings");
         s.flush().await.expect("flush");
@@ -678,18 +728,10 @@ fn an_idle_http2_connection_gets_goaway_then_is_closed() {
                 Ok(Ok(n)) => n,
             };
             buf.extend_from_slice(&chunk[..n]);
-            while buf.len() >= 9 {
-                let len =
-                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let payload = buf[9..9 + len].to_vec();
-                buf.drain(..9 + len);
-                match kind {
-                    SETTINGS if flags & ACK == 0 => {
-                        s.write_all(&[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0])
+            for frame in h2_take_frames(&mut buf) {
+                match frame.kind {
+                    H2_SETTINGS if frame.flags & H2_ACK == 0 => {
+                        s.write_all(&h2_frame(H2_SETTINGS, H2_ACK, 0, &[]))
                             .await
                             .expect("settings ack");
                         s.flush().await.expect("flush");
@@ -697,14 +739,12 @@ fn an_idle_http2_connection_gets_goaway_then_is_closed() {
                             since = Instant::now();
                         }
                     }
-                    PING if flags & ACK == 0 && goaway_after.is_some() => {
+                    H2_PING if frame.flags & H2_ACK == 0 && goaway_after.is_some() => {
                         // The graceful shutdown's PING: answering it lets the server finish.
-                        let mut ack = vec![0, 0, 8, PING, ACK, 0, 0, 0, 0];
-                        ack.extend_from_slice(&payload);
-                        let _ = s.write_all(&ack).await;
+                        let _ = s.write_all(&h2_ping_ack(&frame.payload)).await;
                         let _ = s.flush().await;
                     }
-                    GOAWAY if goaway_after.is_none() => goaway_after = Some(since.elapsed()),
+                    H2_GOAWAY if goaway_after.is_none() => goaway_after = Some(since.elapsed()),
                     _ => {}
                 }
             }
@@ -717,6 +757,148 @@ fn an_idle_http2_connection_gets_goaway_then_is_closed() {
     let goaway_after = goaway_after.expect("a GOAWAY frame before the close");
     assert_closed_by_deadline("idle HTTP/2 connection (GOAWAY)", goaway_after);
     assert!(closed_after <= BOUND, "closed after {closed_after:?}");
+}
+
+/// A request HEADERS block for `GET path` over https, HPACK by hand: indexed `:method GET` (2)
+/// and `:scheme https` (7), then `:path` (4) and `:authority` (1) as literals without indexing,
+/// so every block stands alone (no dynamic table).
+fn h2_get_headers(path: &str, authority: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87];
+    for (index, value) in [(0x04u8, path), (0x01, authority)] {
+        let len = u8::try_from(value.len()).expect("short value");
+        assert!(len < 0x7f, "a one-byte HPACK length");
+        block.push(index);
+        block.push(len);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// A client that opens streams it never lets the server answer (its window is zero) and keeps
+/// the connection busy with PINGs: the idle deadline must close it all the same, since only
+/// requests starting or finishing count as activity, not bytes moving.
+#[test]
+fn an_http2_connection_with_stalled_streams_kept_busy_by_pings_is_closed() {
+    const STREAMS: u32 = 8;
+    const PING_EVERY: Duration = Duration::from_millis(500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        dir.path(),
+        &["--idle-timeout-secs", "2", "--request-timeout-secs", "2"],
+    );
+    let host = server.host();
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"h2");
+    let rt = runtime();
+    let outcome = rt.block_on(async {
+        let mut s = connect(&tls, addr).await;
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let mut hello = H2_PREFACE.to_vec();
+        let mut window_zero = H2_SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+        window_zero.extend_from_slice(&0u32.to_be_bytes());
+        hello.extend(h2_frame(H2_SETTINGS, 0, 0, &window_zero));
+        let block = h2_get_headers("/health", &host);
+        for i in 0..STREAMS {
+            hello.extend(h2_frame(
+                H2_HEADERS,
+                H2_END_STREAM | H2_END_HEADERS,
+                2 * i + 1,
+                &block,
+            ));
+        }
+        s.write_all(&hello)
+            .await
+            .expect("preface, settings, requests");
+        s.flush().await.expect("flush");
+        let since = Instant::now();
+
+        let mut pings = tokio::time::interval(PING_EVERY);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent: u64 = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let mut answered = std::collections::BTreeSet::new();
+        let mut data_frames = 0;
+        let mut goaway = None;
+        let deadline = tokio::time::sleep(BOUND);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => panic!(
+                    "HTTP/2 connection with stalled streams still open after {:?} \
+                     ({sent} PINGs sent, GOAWAY {goaway:?})",
+                    since.elapsed()
+                ),
+                _ = pings.tick() => {
+                    sent += 1;
+                    // Once the server is gone a write may fail; the read below sees the end.
+                    let _ = s.write_all(&h2_frame(H2_PING, 0, 0, &sent.to_be_bytes())).await;
+                    let _ = s.flush().await;
+                }
+                read = s.read(&mut chunk) => {
+                    let n = match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    for frame in h2_take_frames(&mut buf) {
+                        let reply = match frame.kind {
+                            H2_SETTINGS if frame.flags & H2_ACK == 0 => {
+                                Some(h2_frame(H2_SETTINGS, H2_ACK, 0, &[]))
+                            }
+                            H2_PING if frame.flags & H2_ACK == 0 => {
+                                Some(h2_ping_ack(&frame.payload))
+                            }
+                            H2_HEADERS => {
+                                answered.insert(frame.stream);
+                                None
+                            }
+                            H2_DATA => {
+                                data_frames += 1;
+                                None
+                            }
+                            H2_GOAWAY => {
+                                goaway.get_or_insert((since.elapsed(), sent));
+                                None
+                            }
+                            _ => None,
+                        };
+                        if let Some(reply) = reply {
+                            let _ = s.write_all(&reply).await;
+                            let _ = s.flush().await;
+                        }
+                    }
+                }
+            }
+        }
+        (goaway, since.elapsed(), sent, answered, data_frames)
+    });
+    let (goaway, closed_after, sent, answered, data_frames) = outcome;
+    eprintln!(
+        "stalled HTTP/2 streams: GOAWAY (after, PINGs sent by then) {goaway:?}, closed after \
+         {closed_after:?}, {sent} PINGs sent in all, response heads on streams {answered:?}, \
+         {data_frames} DATA frames"
+    );
+    // The requests reached the handler, and the zero window kept every response body back.
+    assert!(!answered.is_empty(), "no response HEADERS at all");
+    assert_eq!(
+        data_frames, 0,
+        "a response body left despite the zero window"
+    );
+    let (goaway_after, pings_by_then) = goaway.expect("a GOAWAY frame before the close");
+    assert!(
+        pings_by_then >= 3,
+        "only {pings_by_then} PINGs before the GOAWAY: the test did not keep the connection busy"
+    );
+    assert!(
+        (AT_LEAST..=Duration::from_secs(6)).contains(&goaway_after),
+        "GOAWAY after {goaway_after:?}, expected about 2 s (the idle deadline)"
+    );
+    // The GOAWAY, then at most the 5 s grace for streams that cannot finish.
+    assert!(
+        closed_after <= Duration::from_secs(11),
+        "closed only after {closed_after:?}, although the client did nothing but PING"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1027,4 +1209,185 @@ fn a_health_flood_is_answered_in_bounded_memory() {
     assert_eq!(ok, CONNECTIONS * PER_CONNECTION);
     assert!(hwm < 100 * KIB_PER_MIB, "peak RSS {hwm} KiB");
     assert!(rss < 100 * KIB_PER_MIB, "RSS {rss} KiB");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Readiness probes that give up while the database does not answer
+
+/// A TCP relay to PostgreSQL that can stall. While stalled, the relayed connections stay open
+/// and carry nothing, and new ones are accepted and held silent: the database neither answers
+/// nor refuses (`nodes::Relay::cut` closes everything, so a ping fails at once and never hangs).
+/// Restoring closes what was held, as after a network partition, and relays again.
+struct StallingRelay {
+    port: u16,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallingRelay {
+    async fn start(target: u16) -> StallingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stalled, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(Self::relay(inbound, target, watch.clone()));
+            }
+        });
+        StallingRelay { port, stalled }
+    }
+
+    async fn relay(
+        mut inbound: TcpStream,
+        target: u16,
+        mut stalled: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if !*stalled.borrow_and_update() {
+            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                return;
+            };
+            let mut until_stalled = stalled.clone();
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                _ = until_stalled.wait_for(|s| *s) => {}
+            }
+        }
+        // Both ends stay open and silent until restored (or the relay is gone), then close.
+        let _ = stalled.wait_for(|s| !*s).await;
+    }
+
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    fn restore(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+/// The port of a `postgres://` URL.
+fn postgres_port(url: &str) -> u16 {
+    let config: tokio_postgres::Config = url.parse().expect("database url");
+    config.get_ports().first().copied().unwrap_or(5432)
+}
+
+/// `GET /ready`: the status, or `None` when the client gave up (its timeout) or failed.
+async fn ready_status(http: &reqwest::Client, endpoint: &str) -> Option<u16> {
+    match http.get(format!("{endpoint}ready")).send().await {
+        Ok(r) => Some(r.status().as_u16()),
+        Err(_) => None,
+    }
+}
+
+/// Polls `/ready` until it answers `want`; panics after `limit`. Returns how long it took.
+async fn ready_becomes(
+    http: &reqwest::Client,
+    endpoint: &str,
+    want: u16,
+    limit: Duration,
+    why: &str,
+) -> Duration {
+    let since = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let got = ready_status(http, endpoint).await;
+        if got == Some(want) {
+            return since.elapsed();
+        }
+        seen.push(got);
+        assert!(
+            since.elapsed() < limit,
+            "/ready never answered {want} within {limit:?} {why}; answers: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Readiness pings the store in a task of its own with a deadline: probes that give up while
+/// the database does not answer can neither leave the ping marked as running (so that /ready
+/// would repeat its last answer for good) nor keep it waiting forever.
+#[test]
+fn readiness_probes_that_give_up_while_the_database_hangs_do_not_freeze_readiness() {
+    let rt = runtime();
+    let (db, relay) = rt.block_on(async {
+        let db = TestDb::create().await;
+        let relay = StallingRelay::start(postgres_port(&db.url())).await;
+        (db, relay)
+    });
+    let direct = db.url();
+    let url = direct.replacen(
+        &format!("@127.0.0.1:{}/", postgres_port(&direct)),
+        &format!("@127.0.0.1:{}/", relay.port),
+        1,
+    );
+    assert_ne!(url, direct, "the database url goes through the relay");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &["--database-url", &url]);
+    let endpoint = server.endpoint.clone();
+    let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca.pem");
+    let with_timeout = |timeout: Duration| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
+            .timeout(timeout)
+            .build()
+            .expect("client")
+    };
+    // A probe that gives up after 100 ms, and one that waits long enough for any answer (the
+    // ping's deadline is 2 s).
+    let impatient = with_timeout(Duration::from_millis(100));
+    let patient = with_timeout(Duration::from_secs(5));
+
+    rt.block_on(async {
+        ready_becomes(
+            &patient,
+            &endpoint,
+            200,
+            Duration::from_secs(10),
+            "at start",
+        )
+        .await;
+
+        relay.stall();
+        let stalled_at = Instant::now();
+        // Let the answer cached while healthy expire, so the next probe starts a ping.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let mut gave_up = 0;
+        for _ in 0..6 {
+            if ready_status(&impatient, &endpoint).await.is_none() {
+                gave_up += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(
+            gave_up >= 1,
+            "no probe was left waiting on a ping: the database did not hang"
+        );
+
+        // Past the ping's 2 s deadline: not ready, although every ping so far was abandoned.
+        tokio::time::sleep(Duration::from_millis(2100).saturating_sub(stalled_at.elapsed())).await;
+        ready_becomes(
+            &patient,
+            &endpoint,
+            503,
+            Duration::from_secs(6),
+            "while the database hung (readiness stuck on its last answer?)",
+        )
+        .await;
+        let not_ready = stalled_at.elapsed();
+
+        relay.restore();
+        let ready_again = ready_becomes(
+            &patient,
+            &endpoint,
+            200,
+            Duration::from_secs(10),
+            "after the database came back (readiness stuck?)",
+        )
+        .await;
+        eprintln!(
+            "readiness: {gave_up} of 6 probes gave up; 503 {not_ready:?} after the stall; \
+             ready again {ready_again:?} after the restore"
+        );
+    });
+    assert!(server.terminate().success());
+    rt.block_on(db.drop_db());
 }
