@@ -552,7 +552,7 @@ fn writer_loop(
                 }
             }
         }
-        if health.note(run_batch(&mut conn, batch, &touched)) {
+        if run_batch(&mut conn, batch, &touched, &health) {
             last_check = Instant::now();
         }
         // Token times are written at most once a second, whatever the write load.
@@ -633,11 +633,17 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
     }
 }
 
-/// One group commit: every job in its own savepoint, one fsync for all. Returns what it tells
-/// about the store's ability to write.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes) -> Outcome {
+/// One group commit: every job in its own savepoint, one fsync for all. What the batch tells
+/// about the store's ability to write is noted in `health` before any job is answered (a client
+/// told "cannot write" finds the store in that state); true when it met a failure to write.
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    touched: &PendingTokenTimes,
+    health: &WriteHealth,
+) -> bool {
     if batch.is_empty() {
-        return Outcome::Idle;
+        return false;
     }
     let changes_before = conn.total_changes();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
@@ -647,10 +653,11 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes
                 StoreError::Backend(msg) => StoreError::Unavailable(msg),
                 other => other,
             };
+            let failed = health.note(Outcome::of(&err).unwrap_or(Outcome::Idle));
             for job in batch {
                 fail(job, err.clone());
             }
-            return Outcome::of(&err).unwrap_or(Outcome::Idle);
+            return failed;
         }
     };
     let mut done: Vec<Answer> = Vec::with_capacity(batch.len());
@@ -667,12 +674,13 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes
     }
     match tx.commit() {
         Ok(()) => {
-            done.into_iter().for_each(|f| f(None));
-            match failure {
+            let failed = health.note(match failure {
                 Some(cause) => Outcome::CannotWrite(cause),
                 None if succeeded && conn.total_changes() > changes_before => Outcome::Wrote,
                 None => Outcome::Idle,
-            }
+            });
+            done.into_iter().for_each(|f| f(None));
+            failed
         }
         Err(e) => {
             let mut err = backend(e);
@@ -685,8 +693,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, touched: &PendingTokenTimes
             if outcome.is_none() {
                 tracing::error!(error = %err, "commit failed");
             }
+            let failed = health.note(outcome.unwrap_or(Outcome::Idle));
             done.into_iter().for_each(|f| f(Some(err.clone())));
-            outcome.unwrap_or(Outcome::Idle)
+            failed
         }
     }
 }
