@@ -242,8 +242,25 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let (route, result) = handle(&state, req).await;
     // Causes and reasons are logged here, with the request id; the body never carries them.
     let reason = match &result {
-        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => {
+        Err(e @ ApiError::Internal(_)) => {
             tracing::warn!(id = %request_id, route, cause = %e.cause(), "request failed");
+            ""
+        }
+        Err(e @ ApiError::Unavailable(_)) => {
+            // An outage fails every request the same way: one warning a few seconds with the
+            // cause and how many were refused since, the rest at debug level.
+            match state.outage_log.due() {
+                Some(refused) => tracing::warn!(
+                    id = %request_id,
+                    route,
+                    cause = %e.cause(),
+                    refused_since_last_warning = refused,
+                    "the store is unavailable; requests answer 503"
+                ),
+                None => {
+                    tracing::debug!(id = %request_id, route, cause = %e.cause(), "request failed")
+                }
+            }
             ""
         }
         Err(ApiError::Denied(reason)) => reason,

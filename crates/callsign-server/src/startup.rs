@@ -418,6 +418,7 @@ impl Application {
             throttle: crate::throttle::Throttle::new(settings.throttle.clone()),
             auth_failures: crate::throttle::AuthFailures::new(settings.auth_failures_per_minute),
             readiness: crate::meta::Readiness::default(),
+            outage_log: crate::state::OutageLog::default(),
         });
         tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");
         Ok(Self {

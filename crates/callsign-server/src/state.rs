@@ -23,6 +23,29 @@ pub struct AppState {
     pub(crate) throttle: crate::throttle::Throttle,
     pub(crate) auth_failures: crate::throttle::AuthFailures,
     pub(crate) readiness: crate::meta::Readiness,
+    pub(crate) outage_log: OutageLog,
+}
+
+/// Rate-limits the warning an unavailable store gives, per request otherwise.
+#[derive(Debug, Default)]
+pub(crate) struct OutageLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl OutageLog {
+    /// `Some(requests refused since the last warning)` when a warning is due (every 5 s at
+    /// most), else counts this one and returns `None`.
+    pub(crate) fn due(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(5)) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(std::time::Instant::now());
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl AppState {

@@ -239,7 +239,14 @@ struct WriteHealth {
     failing: AtomicBool,
     /// What keeps it from writing, while it cannot.
     cause: Mutex<Option<String>>,
+    /// When a write last failed: near a full disk some writes still fit, and the state must not
+    /// flap (nor the log fill) with each of them.
+    last_failure: Mutex<Option<std::time::Instant>>,
 }
+
+/// A failing store counts as writing again only after this long without a failed write, so
+/// the state (and its two log lines) changes at most about once per this period.
+const RECOVERY_QUIET: Duration = Duration::from_secs(2);
 
 impl WriteHealth {
     fn new(path: &Path) -> Self {
@@ -247,6 +254,7 @@ impl WriteHealth {
             path: path.to_path_buf(),
             failing: AtomicBool::new(false),
             cause: Mutex::new(None),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -269,14 +277,18 @@ impl WriteHealth {
 
     /// A write failed with a [`StoreError::cannot_write`] (its detail: `cause`).
     fn failed(&self, cause: &str) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
         let mut current = self.cause();
         if current.as_deref() != Some(cause) {
-            tracing::warn!(
-                path = %self.path.display(),
-                "the store cannot write: {cause} at {}; writes are refused as unavailable until \
-                 it can (checked every second), reads go on",
-                self.path.display()
-            );
+            {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "the store cannot write: {cause} at {}; writes are refused as unavailable \
+                     until it can (checked every second), reads go on",
+                    self.path.display()
+                );
+            }
             *current = Some(cause.to_owned());
         }
         self.failing.store(true, Ordering::Release);
@@ -287,13 +299,24 @@ impl WriteHealth {
         if !self.failing.load(Ordering::Acquire) {
             return;
         }
+        let recent = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < RECOVERY_QUIET);
+        if recent {
+            // One write that still fitted near a full disk is not a recovery.
+            return;
+        }
         let mut current = self.cause();
         if current.take().is_some() {
-            tracing::info!(
-                path = %self.path.display(),
-                "the store can write again at {}",
-                self.path.display()
-            );
+            {
+                tracing::info!(
+                    path = %self.path.display(),
+                    "the store can write again at {}",
+                    self.path.display()
+                );
+            }
         }
         self.failing.store(false, Ordering::Release);
     }

@@ -425,6 +425,25 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     let file = load_file(args.common.config.as_deref())?;
     let data_dir = data_dir(&args.common, &file);
     let mut settings = Settings::new(data_dir.clone());
+    // A new embedded deployment sealed from its first start: `serve --master-key-file F` makes F.
+    let key_file = args
+        .db
+        .master_key_file
+        .clone()
+        .or(file.master_key_file.clone());
+    if let Some(key_file) = key_file {
+        let new_store = args.db.database_url.is_none()
+            && file.database_url.is_none()
+            && !callsign_server::database_path(&data_dir).exists();
+        if new_store && !key_file.exists() {
+            let key = MasterKey::generate_file(&key_file)?;
+            eprintln!(
+                "callsign: created the master key {} (id {}); keep a copy apart from the store's backups",
+                key_file.display(),
+                key.id()
+            );
+        }
+    }
     let location = resolve_store(&args.db, &file, data_dir)?;
     settings.keys = location.keys.clone();
     if let StoreLocation::Postgres(url) = location.location {

@@ -324,15 +324,41 @@ fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_server::Mast
     }
 }
 
+/// Checks, before a master key file is created for it, that the store exists and can be
+/// written: a mistyped --data-dir must not become a new sealed store, nor a read-only one leave
+/// a key file that seals nothing.
+async fn check_store_for_sealing(resolved: &config::ResolvedStore) -> anyhow::Result<()> {
+    if let callsign_server::StoreLocation::DataDir(dir) = &resolved.location {
+        if !callsign_server::database_path(dir).exists() {
+            anyhow::bail!(
+                "there is no store in {}: start `callsign serve --data-dir {0}` first, or name the \
+                 right --data-dir / --database-url",
+                dir.display()
+            );
+        }
+    }
+    let probe = resolved
+        .location
+        .open(&resolved.options, callsign_server::KeyProtection::plain())
+        .await?;
+    let writable = probe.writable();
+    probe.close().await;
+    writable.map_err(|e| anyhow::anyhow!("the store cannot be written: {e}"))
+}
+
 async fn seal(args: MigrateArgs) -> anyhow::Result<()> {
     let Some(path) = args.db.master_key_file.clone() else {
         anyhow::bail!(
             "--master-key-file (or CALLSIGN_MASTER_KEY_FILE) names the master key to seal with"
         );
     };
+    // Resolved without the key (its file may not exist yet), checked before it is created.
+    let mut args = args;
+    args.db.master_key_file = None;
+    let mut resolved = config::resolve_migrate(args)?;
+    check_store_for_sealing(&resolved).await?;
     let key = master_key_at(&path)?;
     let id = key.id().to_owned();
-    let mut resolved = config::resolve_migrate(args)?;
     resolved.keys = callsign_server::KeyProtection::sealed(callsign_server::Sealer::new(key));
     reseal(&resolved, &id).await
 }

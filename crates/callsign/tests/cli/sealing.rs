@@ -93,28 +93,11 @@ fn an_embedded_store_sealed_from_the_start_holds_no_usable_key() {
     let root = tempfile::tempdir().expect("dir");
     let data = root.path().join("data");
     let master = root.path().join("master.key");
-    let (ok, out, err) = run(&[
-        "seal",
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--master-key-file",
-        master.to_str().expect("utf-8"),
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains("created the master key"), "{out}");
     let m = master.to_str().expect("utf-8");
+    // A new deployment sealed from its first start: serve makes the master key file.
     let server = Server::start(&data, &["--master-key-file", m]);
-    // `seal` made the resource, so serve does not print it: ask for it.
-    let (ok, cs, err) = run(&[
-        "connection-string",
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--master-key-file",
-        m,
-        "--endpoint",
-        &server.endpoint,
-    ]);
-    assert!(ok, "{err}");
+    assert!(master.exists(), "serve created the master key file");
+    let cs = connection_string(&server);
     let key = key_of(&cs);
     let rt = runtime();
     let token = rt.block_on(create_with_token(&server, &data, &key));
@@ -148,14 +131,16 @@ fn an_embedded_store_sealed_from_the_start_holds_no_usable_key() {
     let err = serve_fails(&data, &[]);
     assert!(err.contains("sealed under master key"), "{err}");
     let other = root.path().join("other.key");
-    let (ok, _, _) = run(&[
-        "seal",
-        "--data-dir",
-        root.path().join("scratch").to_str().expect("utf-8"),
-        "--master-key-file",
-        other.to_str().expect("utf-8"),
-    ]);
-    assert!(ok);
+    {
+        use base64::Engine as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            &other,
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        )
+        .expect("write");
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let err = serve_fails(
         &data,
         &["--master-key-file", other.to_str().expect("utf-8")],
@@ -324,4 +309,21 @@ fn copying_with_a_master_key_seals_a_target_that_held_plain_keys() {
     let (ok, cs, err) = run(&["connection-string", "--data-dir", t, "--master-key-file", m]);
     assert!(ok, "{err}");
     assert_eq!(key_of(&cs), key);
+}
+
+#[test]
+fn sealing_refuses_a_missing_store_and_creates_no_key_for_it() {
+    let root = tempfile::tempdir().expect("dir");
+    let missing = root.path().join("typo");
+    let key = root.path().join("k.key");
+    let (ok, _, err) = run(&[
+        "seal",
+        "--data-dir",
+        missing.to_str().expect("utf-8"),
+        "--master-key-file",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok && err.contains("there is no store"), "{err}");
+    assert!(!missing.exists(), "a store was created");
+    assert!(!key.exists(), "a key file was created for nothing");
 }
