@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 
 use callsign_server::ApiVersion;
 
-use crate::helpers::{TestApp, enc, spawn_app};
+use crate::helpers::{TestApp, enc, identity_count, spawn_app};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
 
@@ -16,16 +16,6 @@ fn matrix_versions() -> impl Iterator<Item = ApiVersion> {
     ApiVersion::ALL
         .into_iter()
         .filter(|v| *v >= ApiVersion::V2023_10_01)
-}
-
-fn identity_count(app: &TestApp) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        app.data_dir.path().join("callsign.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
-    conn.query_row("SELECT count(*) FROM identities", [], |r| r.get(0))
-        .expect("count")
 }
 
 fn issue_path(id: &str) -> String {

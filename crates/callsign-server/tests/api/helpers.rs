@@ -319,6 +319,17 @@ impl Drop for TestApp {
     }
 }
 
+/// How many identities the server's database holds, read straight from the file.
+pub fn identity_count(app: &TestApp) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        app.data_dir.path().join("callsign.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open db");
+    conn.query_row("SELECT count(*) FROM identities", [], |r| r.get(0))
+        .expect("count")
+}
+
 /// Percent-encodes `:` as the sync SDKs do.
 pub fn enc(id: &str) -> String {
     id.replace(':', "%3A")

@@ -9,19 +9,9 @@ use callsign_core::SystemClock;
 use callsign_server::ThrottleConfig;
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{TestApp, enc, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, enc, identity_count, spawn_app, spawn_app_with};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
-
-fn identity_count(app: &TestApp) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        app.data_dir.path().join("callsign.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
-    conn.query_row("SELECT count(*) FROM identities", [], |r| r.get(0))
-        .expect("count")
-}
 
 async fn with_auth(app: &TestApp, authorization: &str) -> crate::helpers::Reply {
     TestApp::reply(

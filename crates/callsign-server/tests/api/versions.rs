@@ -5,22 +5,12 @@ use callsign_server::{ApiVersion, CustomIdField};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{TestApp, enc, spawn_app};
+use crate::helpers::{TestApp, enc, identity_count, spawn_app};
 
 const TENANT: &str = "c70d068c-2f32-484d-9455-73070cd5aadd";
 const OBJECT: &str = "b27b64b9-39d2-44a3-869d-67700b74e805";
 const CLIENT_A: &str = "2a4f0d5e-8a7e-4b1a-9f2b-1c3d4e5f6a7b";
 const CLIENT_B: &str = "7e6d5c4b-3a29-4817-8f6e-5d4c3b2a1908";
-
-fn identity_count(app: &TestApp) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        app.data_dir.path().join("callsign.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
-    conn.query_row("SELECT count(*) FROM identities", [], |r| r.get(0))
-        .expect("count")
-}
 
 fn assignment_path(v: ApiVersion, tenant: &str, object: &str) -> String {
     format!("/access/teamsExtension/tenants/{tenant}/assignments/{object}?api-version={v}")
