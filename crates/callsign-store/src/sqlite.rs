@@ -610,6 +610,19 @@ fn check_writable(conn: &mut Connection) -> Outcome {
     }
 }
 
+/// Makes sure commits are fsync'd (`synchronous=FULL`, value 2), setting it back if needed.
+fn ensure_full_sync(conn: &Connection) -> rusqlite::Result<()> {
+    let level: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    if level != 2 {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let level: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+        if level != 2 {
+            return Err(rusqlite::Error::InvalidQuery);
+        }
+    }
+    Ok(())
+}
+
 fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome {
     let pending = touched.take();
     if pending.is_empty() {
@@ -631,6 +644,7 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
         tx.commit()
     })();
     if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+        // The next batch checks again and refuses to acknowledge anything until it holds.
         tracing::error!(error = %e, "could not restore synchronous=FULL");
     }
     match result {
@@ -666,6 +680,18 @@ fn run_batch(
     health: &WriteHealth,
 ) -> bool {
     if batch.is_empty() {
+        return false;
+    }
+    // Durability fails closed: nothing is acknowledged unless commits are fsync'd
+    // (`synchronous=FULL`; the token-time flush lowers it for itself and restores it).
+    if let Err(e) = ensure_full_sync(conn) {
+        tracing::error!(error = %e, "synchronous=FULL cannot be restored; writes are refused");
+        for job in batch {
+            fail(
+                job,
+                StoreError::Unavailable(format!("durable commits are not possible: {e}")),
+            );
+        }
         return false;
     }
     let changes_before = conn.total_changes();
@@ -1492,6 +1518,24 @@ impl Store for SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_left_at_normal_sync_is_put_back_before_a_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = Connection::open(dir.path().join("x.db")).expect("open");
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .expect("normal");
+        ensure_full_sync(&conn).expect("restored");
+        let level: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("level");
+        assert_eq!(level, 2);
     }
 }
 
