@@ -126,6 +126,16 @@ impl SignedOrder {
     }
 }
 
+/// What a request signs, as received.
+struct SignedValues<'a> {
+    method: &'a str,
+    target: &'a str,
+    received_host: &'a str,
+    date: &'a str,
+    content_hash: &'a str,
+    order: SignedOrder,
+}
+
 /// Checks request signatures for one resource.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
@@ -233,27 +243,39 @@ impl Authenticator {
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .filter(|h| h.len() <= MAX_HOST_LEN && !h.contains('/'))
             .ok_or(ApiError::Denied("the Host header is missing or too long"))?;
-        let hosts = self.host_candidates(received_host);
-
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let targets = path_candidates(target);
-        let method = parts.method.as_str();
-        for key in &self.keys {
-            for target in &targets {
-                let prefix = key.after(&[method, "\n", target, "\n"]);
-                for host in &hosts {
-                    let values = order.values(date_value, host, claimed_hash);
-                    let rest = [values[0], ";", values[1], ";", values[2]];
-                    if prefix.verify_rest(&rest, &signature) {
-                        return Ok(HeadVerified {
-                            resource: self.resource,
-                            claimed_hash: claimed_hash.to_owned(),
-                        });
-                    }
-                }
-            }
+        let signed = SignedValues {
+            method: parts.method.as_str(),
+            target,
+            received_host,
+            date: date_value,
+            content_hash: claimed_hash,
+            order,
+        };
+        if self.signature_matches(&signed, &signature) {
+            Ok(HeadVerified {
+                resource: self.resource,
+                claimed_hash: claimed_hash.to_owned(),
+            })
+        } else {
+            Err(ApiError::Denied("the signature does not match"))
         }
-        Err(ApiError::Denied("the signature does not match"))
+    }
+
+    /// Tries every key over every host and path candidate; the path prefix of the string to
+    /// sign is hashed once per key and path, only the short suffix per host.
+    fn signature_matches(&self, v: &SignedValues<'_>, signature: &[u8; 32]) -> bool {
+        let hosts = self.host_candidates(v.received_host);
+        let targets = path_candidates(v.target);
+        self.keys.iter().any(|key| {
+            targets.iter().any(|target| {
+                let prefix = key.after(&[v.method, "\n", target, "\n"]);
+                hosts.iter().any(|host| {
+                    let values = v.order.values(v.date, host, v.content_hash);
+                    prefix.verify_rest(&[values[0], ";", values[1], ";", values[2]], signature)
+                })
+            })
+        })
     }
 
     /// [`Authenticator::authenticate_head`] and [`HeadVerified::body_matches`] in one, for

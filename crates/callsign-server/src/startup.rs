@@ -205,6 +205,49 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Reloads the signing keys from the store every `REFRESH_EVERY` (other nodes may add some).
+fn spawn_key_refresher(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::keys::REFRESH_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
+                tracing::warn!(error = %e, "could not reload the signing keys");
+            }
+        }
+    })
+}
+
+/// One accepted connection, from its TLS handshake (when TLS is on) to its close; its place
+/// under the cap is held until then.
+async fn connection_task(
+    admitted: crate::connection::Admitted,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: Counted<TowerToHyperService<axum::Router>>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+) {
+    let state = Arc::clone(&admitted.state);
+    match tls {
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)) => r,
+                () = state.expired(&limits) => return,
+            };
+            let Ok(Ok(stream)) = handshake else {
+                tracing::debug!(%peer, "TLS handshake failed or timed out");
+                return;
+            };
+            serve_connection(&builder, stream, service, &state, &limits).await;
+        }
+        None => serve_connection(&builder, stream, service, &state, &limits).await,
+    }
+    drop(admitted);
+}
+
 /// Serves one connection until it ends, its deadline passes or it is asked to close; then
 /// closes gracefully (HTTP/2 GOAWAY) and, if the peer does not finish within a few seconds,
 /// drops it.
@@ -485,19 +528,7 @@ impl Application {
             limits,
             ..
         } = self;
-        let refresher = {
-            let state = Arc::clone(&state);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(crate::keys::REFRESH_EVERY);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
-                        tracing::warn!(error = %e, "could not reload the signing keys");
-                    }
-                }
-            })
-        };
+        let refresher = spawn_key_refresher(Arc::clone(&state));
         let service = TowerToHyperService::new(crate::http::router(Arc::clone(&state)));
         let builder = http_builder(&limits);
         let nofile = crate::connection::raise_nofile_limit();
@@ -535,29 +566,16 @@ impl Application {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let state = Arc::clone(&admitted.state);
-            let io = stream;
-            let service = Counted::new(service.clone(), Arc::clone(&state), peer);
-            let builder = builder.clone();
-            let tls = tls.clone();
-            let limits = limits.clone();
-            tokio::spawn(async move {
-                let _admitted = admitted;
-                match tls {
-                    Some(acceptor) => {
-                        let handshake = tokio::select! {
-                            r = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)) => r,
-                            () = state.expired(&limits) => return,
-                        };
-                        let Ok(Ok(stream)) = handshake else {
-                            tracing::debug!(%peer, "TLS handshake failed or timed out");
-                            return;
-                        };
-                        serve_connection(&builder, stream, service, &state, &limits).await;
-                    }
-                    None => serve_connection(&builder, io, service, &state, &limits).await,
-                }
-            });
+            let service = Counted::new(service.clone(), Arc::clone(&admitted.state), peer);
+            tokio::spawn(connection_task(
+                admitted,
+                stream,
+                peer,
+                service,
+                builder.clone(),
+                tls.clone(),
+                limits.clone(),
+            ));
         }
         drop(listener);
         tracing::info!(

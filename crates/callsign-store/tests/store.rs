@@ -1046,34 +1046,7 @@ async fn postgres_reports_corrupt_assignments() {
 async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
     let (sqlite, dir) = make_sqlite().await;
     let (pg, db) = make_postgres().await;
-    let resource = ResourceRecord {
-        id: ResourceId::new_random(),
-        primary_key: AccessKey::generate(),
-        secondary_key: AccessKey::generate(),
-        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
-    };
-    sqlite
-        .bootstrap_default_resource(resource.clone())
-        .await
-        .expect("bootstrap");
-    sqlite
-        .add_signing_key(StoredSigningKey {
-            kid: "k1".into(),
-            alg: Algorithm::Es256,
-            pkcs8: vec![1, 2, 3],
-            created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
-        })
-        .await
-        .expect("key");
-    let mut ids = Vec::new();
-    for i in 0..120 {
-        let custom = (i % 3 == 0).then(|| format!("c{i}"));
-        let c = sqlite
-            .create_identity(new_identity(resource.id, custom.as_deref()))
-            .await
-            .expect("create");
-        ids.push(c.identity.id);
-    }
+    let (resource, ids) = started_deployment(sqlite.as_ref(), 120).await;
     sqlite.revoke_tokens(&ids[7]).await.expect("revoke");
     let mut assignments = Vec::new();
     for i in 0..5u128 {

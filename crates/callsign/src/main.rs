@@ -309,6 +309,61 @@ async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<(
     Ok(())
 }
 
+/// Why `migrate-store` refused a target, with a few of the ids concerned.
+fn report_divergence(
+    created_on_target: usize,
+    deleted_on_target: usize,
+    examples: &[callsign_store::DivergedId],
+) -> std::io::Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "callsign: the target has diverged from the source since the last copy:"
+    )?;
+    writeln!(
+        err,
+        "  {created_on_target} identities created on the target (unknown to the source)"
+    )?;
+    writeln!(
+        err,
+        "  {deleted_on_target} identities deleted on the target (alive on the source)"
+    )?;
+    for example in examples {
+        writeln!(err, "  {example}")?;
+    }
+    Ok(())
+}
+
+/// What `migrate-store` did, for the operator.
+fn print_copy_report(report: &callsign_store::CopyReport) {
+    println!(
+        "callsign: copied {} signing key(s), {} of {} identities ({} already there, {} revocation epoch(s) raised) and {} Teams assignment(s)",
+        report.signing_keys,
+        report.identities_inserted,
+        report.identities_read,
+        report
+            .identities_read
+            .saturating_sub(report.identities_inserted)
+            .saturating_sub(report.skipped_deleted)
+            .saturating_sub(report.custom_id_conflicts),
+        report.epochs_raised,
+        report.assignments
+    );
+    println!(
+        "callsign: {} deletion(s) read, {} new, {} identities deleted on the target",
+        report.tombstones_read, report.tombstones_inserted, report.identities_deleted
+    );
+    if report.created_on_target + report.deleted_on_target > 0 {
+        println!(
+            "callsign: --force: kept {} identities created on the target; {} deleted on the target stay deleted ({} not copied); {} not copied because their custom id is taken on the target",
+            report.created_on_target,
+            report.deleted_on_target,
+            report.skipped_deleted,
+            report.custom_id_conflicts
+        );
+    }
+}
+
 /// Reads the master key file, creating it (0600) first if it does not exist.
 fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_server::MasterKey> {
     if path.exists() {
@@ -463,22 +518,7 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
             deleted_on_target,
             examples,
         }) => {
-            let mut err = std::io::stderr().lock();
-            writeln!(
-                err,
-                "callsign: the target has diverged from the source since the last copy:"
-            )?;
-            writeln!(
-                err,
-                "  {created_on_target} identities created on the target (unknown to the source)"
-            )?;
-            writeln!(
-                err,
-                "  {deleted_on_target} identities deleted on the target (alive on the source)"
-            )?;
-            for example in &examples {
-                writeln!(err, "  {example}")?;
-            }
+            report_divergence(created_on_target, deleted_on_target, &examples)?;
             anyhow::bail!(
                 "nothing was copied; rerun with --force to copy anyway (identities created on the \
                  target are kept, identities deleted on the target stay deleted)"
@@ -486,32 +526,7 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    println!(
-        "callsign: copied {} signing key(s), {} of {} identities ({} already there, {} revocation epoch(s) raised) and {} Teams assignment(s)",
-        report.signing_keys,
-        report.identities_inserted,
-        report.identities_read,
-        report
-            .identities_read
-            .saturating_sub(report.identities_inserted)
-            .saturating_sub(report.skipped_deleted)
-            .saturating_sub(report.custom_id_conflicts),
-        report.epochs_raised,
-        report.assignments
-    );
-    println!(
-        "callsign: {} deletion(s) read, {} new, {} identities deleted on the target",
-        report.tombstones_read, report.tombstones_inserted, report.identities_deleted
-    );
-    if report.created_on_target + report.deleted_on_target > 0 {
-        println!(
-            "callsign: --force: kept {} identities created on the target; {} deleted on the target stay deleted ({} not copied); {} not copied because their custom id is taken on the target",
-            report.created_on_target,
-            report.deleted_on_target,
-            report.skipped_deleted,
-            report.custom_id_conflicts
-        );
-    }
+    print_copy_report(&report);
     Ok(())
 }
 

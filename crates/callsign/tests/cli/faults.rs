@@ -133,50 +133,9 @@ fn chmod(path: &Path, mode: u32) {
 
 /// `callsign serve` on `data`, started through `command` (the binary itself, or a wrapper that
 /// executes it), its log (`RUST_LOG=info`) going to `log`.
-fn start(mut command: Command, data: &Path, log: &Path) -> Server {
+fn start(command: Command, data: &Path, log: &Path) -> Server {
     let log = std::fs::File::create(log).expect("log file");
-    let mut child = command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn callsign serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !lines
-        .last()
-        .is_some_and(|l| l.contains("export REQUESTS_CA_BUNDLE"))
-    {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server printed its banner");
-        lines.push(line);
-    }
-    let endpoint = lines[0]
-        .split_whitespace()
-        .find(|w| w.starts_with("http"))
-        .expect("endpoint in the first line")
-        .to_owned();
-    Server {
-        child,
-        endpoint,
-        stdout: lines,
-    }
+    Server::start_through(command, data, &[], "info", Stdio::from(log))
 }
 
 /// An answer, read whole.

@@ -43,7 +43,19 @@ impl Server {
         log_level: &str,
         stderr: Stdio,
     ) -> Server {
-        let mut child = Command::new(BIN)
+        Self::start_through(Command::new(BIN), data_dir, extra, log_level, stderr)
+    }
+
+    /// Starts `callsign serve` through `command`: the binary itself, or a wrapper that executes
+    /// it (`prlimit … callsign`).
+    pub(crate) fn start_through(
+        mut command: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        log_level: &str,
+        stderr: Stdio,
+    ) -> Server {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
