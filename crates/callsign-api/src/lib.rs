@@ -8,13 +8,13 @@
 //! service does.
 //!
 //! ```
-//! use callsign_api::{ErrorResponse, IssueTokenRequest};
+//! use callsign_api::{ErrorCode, ErrorResponse, IssueTokenRequest};
 //!
 //! let req: IssueTokenRequest = serde_json::from_str(r#"{"scopes": ["chat"], "expiresInMinutes": null}"#).unwrap();
 //! assert_eq!(req.scopes.as_deref(), Some(&["chat".to_string()][..]));
 //! assert_eq!(req.expires_in_minutes, None);
 //!
-//! let err = ErrorResponse::new("IdentityNotFound", "Identity not found.");
+//! let err = ErrorResponse::new(ErrorCode::IdentityNotFound, "Identity not found.");
 //! assert_eq!(
 //!     serde_json::to_string(&err).unwrap(),
 //!     r#"{"error":{"code":"IdentityNotFound","message":"Identity not found."}}"#
@@ -23,8 +23,12 @@
 
 use serde::{Deserialize, Serialize};
 
+mod code;
+mod scope;
 mod version;
 
+pub use code::{ErrorCode, InactiveReason};
+pub use scope::{Scope, UnknownScope};
 pub use version::{ApiVersion, CustomIdField, Operation, UnknownApiVersion};
 
 /// The api-version callsign's own client speaks unless told otherwise.
@@ -64,13 +68,21 @@ impl ErrorResponse {
 /// One error: a machine-readable code, a human message and optionally the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// Machine-readable code, e.g. `ValidationError`, `IdentityNotFound`, `Denied`.
+    /// Machine-readable code, e.g. `ValidationError`, `IdentityNotFound`, `Denied`: one of
+    /// [`ErrorCode`] from callsign, possibly another from another service.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
     /// The request field the error is about, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+}
+
+impl ErrorDetail {
+    /// The code as one of callsign's, if it is one.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_wire(&self.code)
+    }
 }
 
 /// `POST /identities` body (api-version 2021-03-07 and later).
@@ -212,10 +224,9 @@ pub struct IntrospectResponse {
     /// True when the signature is ours, the token has not expired, its identity exists and its
     /// tokens have not been revoked since it was issued.
     pub active: bool,
-    /// Why the token is not active: `malformed`, `signature`, `expired`, `revoked`,
-    /// `identityNotFound`, `foreignResource`.
+    /// Why the token is not active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<InactiveReason>,
     /// The identity the token was issued to, when the signature is valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,

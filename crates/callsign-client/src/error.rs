@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use callsign_api::ErrorResponse;
+use callsign_api::{ErrorCode, ErrorResponse};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,13 @@ impl Error {
         }
     }
 
+    /// The service's error code as one of callsign's [`ErrorCode`]s, if it sent one of those.
+    /// Compare against this rather than against string literals:
+    /// `e.error_code() == Some(ErrorCode::IdentityNotFound)`.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code().and_then(ErrorCode::from_wire)
+    }
+
     /// The service's error message, if the service sent one.
     pub fn service_message(&self) -> Option<&str> {
         match self {
@@ -137,6 +144,7 @@ mod tests {
         );
         assert_eq!(e.status(), Some(400));
         assert_eq!(e.code(), Some("ValidationError"));
+        assert_eq!(e.error_code(), Some(ErrorCode::ValidationError));
         assert_eq!(e.service_message(), Some("bad"));
         assert_eq!(e.target(), Some("scopes"));
         assert_eq!(

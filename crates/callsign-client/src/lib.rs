@@ -47,7 +47,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use callsign_client::{
-//!     CommunicationIdentityClient, CommunicationTokenScope, ConnectionString, Error,
+//!     CommunicationIdentityClient, CommunicationTokenScope, ConnectionString, Error, ErrorCode,
 //! };
 //!
 //! let cs = ConnectionString::parse(&std::env::var("COMMUNICATION_SERVICES_CONNECTION_STRING")?)?;
@@ -65,7 +65,7 @@
 //! match client.get_token(&user, &[CommunicationTokenScope::Chat], None).await {
 //!     Err(e @ Error::Service { .. }) => {
 //!         assert_eq!(e.status(), Some(404));
-//!         assert_eq!(e.code(), Some("IdentityNotFound"));
+//!         assert_eq!(e.error_code(), Some(ErrorCode::IdentityNotFound));
 //!     }
 //!     other => panic!("{other:?}"),
 //! }
@@ -86,6 +86,7 @@ pub mod signing;
 mod token;
 
 pub use callsign_api as api;
+pub use callsign_api::ErrorCode;
 pub use client::{
     API_VERSION, ApiVersion, CUSTOM_ID_API_VERSION, CommunicationIdentityClient,
     CommunicationIdentityClientBuilder, CommunicationUserDetails, DEFAULT_TIMEOUT,

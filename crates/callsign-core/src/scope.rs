@@ -1,63 +1,6 @@
 //! Token scopes.
 
-use std::fmt;
-
-/// One scope an access token grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    /// Full chat.
-    Chat,
-    /// Full calling.
-    Voip,
-    /// Chat without creating, deleting or updating threads (2023-10-01+).
-    ChatJoin,
-    /// `chat.join` without adding or removing participants (2023-10-01+).
-    ChatJoinLimited,
-    /// Calling without starting new calls (2023-10-01+).
-    VoipJoin,
-}
-
-impl Scope {
-    /// Every scope, in wire order.
-    pub const ALL: [Scope; 5] = [
-        Scope::Chat,
-        Scope::Voip,
-        Scope::ChatJoin,
-        Scope::ChatJoinLimited,
-        Scope::VoipJoin,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Chat => "chat",
-            Scope::Voip => "voip",
-            Scope::ChatJoin => "chat.join",
-            Scope::ChatJoinLimited => "chat.join.limited",
-            Scope::VoipJoin => "voip.join",
-        }
-    }
-
-    /// Whether the scope exists only from api-version 2023-10-01 on.
-    pub fn is_join_scope(self) -> bool {
-        matches!(
-            self,
-            Scope::ChatJoin | Scope::ChatJoinLimited | Scope::VoipJoin
-        )
-    }
-
-    fn from_wire(s: &str) -> Option<Scope> {
-        Scope::ALL
-            .into_iter()
-            .find(|scope| scope.as_str().eq_ignore_ascii_case(s))
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use callsign_api::Scope;
 
 /// A non-empty set of scopes, kept in the order first requested, without repeats.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -514,9 +514,9 @@ impl TokenVerifier {
         }
     }
 
-    /// Checks the signature and expiry and returns the claims. Revocation is the caller's next
-    /// step: [`token_in_force`].
-    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, VerifyError> {
+    /// Checks the signature and expiry and returns the claims read into domain types. Revocation
+    /// is the caller's next step: [`token_in_force`].
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<VerifiedToken, VerifyError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -545,7 +545,50 @@ impl TokenVerifier {
         if now.unix_timestamp() >= claims.exp {
             return Err(VerifyError::Expired);
         }
-        Ok(claims)
+        VerifiedToken::from_claims(&claims, header.kid)
+    }
+}
+
+/// A token whose signature and expiry checked out, its claims read into domain types: nothing
+/// downstream parses a claim string again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The identity it was issued to (`sub`).
+    pub identity: IdentityId,
+    /// What it grants (`acsScope`).
+    pub scopes: Scopes,
+    /// When it was issued (`iat`).
+    pub issued_at: OffsetDateTime,
+    /// When it expires (`exp`).
+    pub expires_at: OffsetDateTime,
+    /// The identity's revocation epoch when it was issued; see [`token_in_force`].
+    pub epoch: u64,
+    /// Its unique id (`jti`).
+    pub jti: Uuid,
+    /// The id of the key that signed it.
+    pub kid: String,
+}
+
+impl VerifiedToken {
+    /// Reads signed claims; claims that do not fit together (an id that does not parse, a
+    /// resource other than the identity's, unknown scopes) make the token malformed.
+    fn from_claims(claims: &Claims, kid: String) -> Result<Self, VerifyError> {
+        let identity = IdentityId::parse(&claims.sub).map_err(|_| VerifyError::Malformed)?;
+        if claims.resource_id != identity.resource().to_string()
+            || claims.skypeid != identity.skype_id()
+        {
+            return Err(VerifyError::Malformed);
+        }
+        let time = |t| OffsetDateTime::from_unix_timestamp(t).map_err(|_| VerifyError::Malformed);
+        Ok(Self {
+            scopes: Scopes::from_claim(&claims.acs_scope).map_err(|_| VerifyError::Malformed)?,
+            issued_at: time(claims.iat)?,
+            expires_at: time(claims.exp)?,
+            epoch: claims.epoch,
+            jti: Uuid::parse_str(&claims.jti).map_err(|_| VerifyError::Malformed)?,
+            identity,
+            kid,
+        })
     }
 }
 
@@ -588,6 +631,12 @@ mod tests {
 
     /// Mimics the Python SDK: standard-alphabet, non-strict base64 of the payload plus `==`, then
     /// ASCII decoding and JSON.
+    /// The payload of `token` as JSON, decoded without verifying.
+    fn payload_claims(token: &str) -> serde_json::Value {
+        let payload = token.split('.').nth(1).expect("payload");
+        serde_json::from_slice(&B64URL.decode(payload).expect("base64url")).expect("json")
+    }
+
     fn python_reads_exp(token: &str) -> Option<i64> {
         let payload = token.split('.').nth(1)?;
         // Non-strict decoding discards characters outside the standard alphabet.
@@ -612,14 +661,26 @@ mod tests {
                 .issue(&id, &scopes(), ExpiresIn::DEFAULT, 3, now)
                 .expect("issues");
             let verifier = TokenVerifier::new([issuer.key().verifying_key()]);
-            let claims = verifier.verify(&t.token, now).expect("verifies");
-            assert_eq!(claims.sub, id.to_string());
-            assert_eq!(claims.skypeid, id.skype_id());
-            assert_eq!(claims.exp - claims.iat, 86_400);
-            assert_eq!(claims.csi, claims.iat.to_string());
-            assert_eq!(claims.acs_scope, "chat,voip");
-            assert_eq!(claims.epoch, 3);
-            assert_eq!(t.expires_at.unix_timestamp(), claims.exp);
+            let verified = verifier.verify(&t.token, now).expect("verifies");
+            assert_eq!(verified.identity, id);
+            assert_eq!(verified.issued_at, now);
+            assert_eq!(
+                verified.expires_at - verified.issued_at,
+                time::Duration::DAY
+            );
+            assert_eq!(verified.scopes, scopes());
+            assert_eq!(verified.epoch, 3);
+            assert_eq!(verified.jti, t.jti);
+            assert_eq!(verified.kid, issuer.key().kid());
+            assert_eq!(t.expires_at, verified.expires_at);
+            let claims = payload_claims(&t.token);
+            assert_eq!(claims["sub"], id.to_string());
+            assert_eq!(claims["skypeid"], id.skype_id());
+            assert_eq!(
+                claims["csi"],
+                claims["iat"].as_i64().expect("iat").to_string()
+            );
+            assert_eq!(claims["acsScope"], "chat,voip");
             // Reloading the stored key gives the same kid.
             let reloaded = SigningKey::from_pkcs8(alg, issuer.key().pkcs8_der()).expect("reloads");
             assert_eq!(reloaded.kid(), issuer.key().kid());

@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use callsign_api::ErrorResponse;
+use callsign_api::{ErrorCode, ErrorResponse};
 use callsign_store::StoreError;
 
 /// A request failure.
@@ -76,16 +76,16 @@ pub enum ApiError {
     },
     /// 503 `ServiceUnavailable` with `Retry-After`: storage is unreachable for now.
     #[error("The service is temporarily unavailable. Retry later.")]
-    Unavailable(String),
+    Unavailable(#[source] anyhow::Error),
     /// 503 `ServiceUnavailable` with `Retry-After`, as [`ApiError::Unavailable`]: the store
     /// cannot write now (disk full, read-only, I/O error; [`StoreError::cannot_write`]). The
     /// store logs that state once when it starts and once when it ends, so the cause is not
     /// logged again per request.
     #[error("The service is temporarily unavailable. Retry later.")]
-    CannotWrite(String),
-    /// 500 `InternalError`: opaque to the client, cause logged.
+    CannotWrite(#[source] anyhow::Error),
+    /// 500 `InternalError`: opaque to the client, cause (with its whole source chain) logged.
     #[error("An internal error occurred.")]
-    Internal(String),
+    Internal(#[source] anyhow::Error),
 }
 
 impl ApiError {
@@ -122,38 +122,43 @@ impl ApiError {
     }
 
     /// The ACS error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Validation { .. } => "ValidationError",
-            ApiError::MissingApiVersion => "MissingApiVersionParameter",
-            ApiError::UnsupportedApiVersion(_) => "UnsupportedApiVersion",
-            ApiError::Denied(_) => "Denied",
-            ApiError::IdentityNotOwned => "IdentityNotOwned",
-            ApiError::InvalidAccessToken => "InvalidAccessToken",
-            ApiError::IdentityNotFound => "IdentityNotFound",
-            ApiError::AssignmentNotFound => "AssignmentNotFound",
-            ApiError::NotFound => "NotFound",
-            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
-            ApiError::RequestTimeout => "RequestTimeout",
-            ApiError::PayloadTooLarge(_) => "RequestEntityTooLarge",
-            ApiError::UriTooLong(_) => "UriTooLong",
-            ApiError::UnsupportedMediaType => "UnsupportedMediaType",
-            ApiError::TooManyRequests { .. } => "TooManyRequests",
-            ApiError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
-            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => "ServiceUnavailable",
-            ApiError::Internal(_) => "InternalError",
+            ApiError::Validation { .. } => ErrorCode::ValidationError,
+            ApiError::MissingApiVersion => ErrorCode::MissingApiVersionParameter,
+            ApiError::UnsupportedApiVersion(_) => ErrorCode::UnsupportedApiVersion,
+            ApiError::Denied(_) => ErrorCode::Denied,
+            ApiError::IdentityNotOwned => ErrorCode::IdentityNotOwned,
+            ApiError::InvalidAccessToken => ErrorCode::InvalidAccessToken,
+            ApiError::IdentityNotFound => ErrorCode::IdentityNotFound,
+            ApiError::AssignmentNotFound => ErrorCode::AssignmentNotFound,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::RequestTimeout => ErrorCode::RequestTimeout,
+            ApiError::PayloadTooLarge(_) => ErrorCode::RequestEntityTooLarge,
+            ApiError::UriTooLong(_) => ErrorCode::UriTooLong,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+            ApiError::HeadersTooLarge { .. } => ErrorCode::RequestHeaderFieldsTooLarge,
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => ErrorCode::ServiceUnavailable,
+            ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
 
-    /// What is logged about the failure and never sent: the cause of a 5xx, the reason of a
-    /// 401 `Denied`; empty otherwise.
-    pub fn cause(&self) -> &str {
+    /// A 500 with `cause` (logged, never sent).
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(cause.into())
+    }
+
+    /// What is logged about the failure and never sent: the cause of a 5xx with its source
+    /// chain (`outer: inner: root`), the reason of a 401 `Denied`; empty otherwise.
+    pub fn cause(&self) -> String {
         match self {
             ApiError::Internal(cause)
             | ApiError::Unavailable(cause)
-            | ApiError::CannotWrite(cause) => cause,
-            ApiError::Denied(reason) => reason,
-            _ => "",
+            | ApiError::CannotWrite(cause) => format!("{cause:#}"),
+            ApiError::Denied(reason) => (*reason).to_owned(),
+            _ => String::new(),
         }
     }
 
@@ -172,11 +177,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         if e.is_cannot_write() {
-            return ApiError::CannotWrite(e.to_string());
-        }
-        match e {
-            StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
-            other => ApiError::Internal(other.to_string()),
+            ApiError::CannotWrite(e.into())
+        } else if matches!(e, StoreError::Unavailable(..)) {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
         }
     }
 }
@@ -214,10 +219,22 @@ mod tests {
 
     #[test]
     fn internal_errors_are_opaque() {
-        let e = ApiError::Internal("disk I/O error at /secret/path".into());
+        let e = ApiError::internal(anyhow::anyhow!("disk I/O error at /secret/path"));
         let body = serde_json::to_string(&e.body()).expect("json");
         assert!(!body.contains("secret"));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn the_logged_cause_keeps_the_whole_source_chain() {
+        let root = std::io::Error::other("no space left on device");
+        let e = ApiError::internal(anyhow::Error::new(root).context("writing the identity"));
+        assert_eq!(e.cause(), "writing the identity: no space left on device");
+        let body = serde_json::to_string(&e.body()).expect("json");
+        assert!(!body.contains("space"), "{body}");
+        // The chain is also there for whoever walks `source()`.
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "writing the identity");
     }
 
     #[test]
@@ -243,7 +260,7 @@ mod tests {
         let e = ApiError::from(StoreError::cannot_write("read-only"));
         let body = serde_json::to_string(&e.body()).expect("json");
         assert!(!body.contains("read-only"), "{body}");
-        assert_eq!(e.code(), "ServiceUnavailable");
+        assert_eq!(e.code(), ErrorCode::ServiceUnavailable);
         // Other store failures keep their mapping.
         let busy = ApiError::from(StoreError::Unavailable("database is locked".into()));
         assert!(matches!(busy, ApiError::Unavailable(_)));
@@ -256,6 +273,6 @@ mod tests {
     fn validation_errors_carry_their_target() {
         let e = ApiError::validation("bad", "scopes");
         assert_eq!(e.body().error.target.as_deref(), Some("scopes"));
-        assert_eq!(e.code(), "ValidationError");
+        assert_eq!(e.code(), ErrorCode::ValidationError);
     }
 }

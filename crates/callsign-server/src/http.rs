@@ -5,6 +5,7 @@
 //! (`/identities/8%3Aacs%3A…/:issueAccessToken` and `/identities/8:acs:…/:issueAccessToken`), and
 //! because every wrong method or path must still answer with the ACS error body.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,34 +14,30 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
+use crate::auth::Authenticated;
 use crate::connection::ClientAddr;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Directory};
 use crate::throttle::OperationClass;
 use crate::version::{self, ApiVersion, Operation};
 use crate::{identities, meta, teams};
 
 /// The whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
-        .with_state(state)
+    Router::new().fallback(dispatch).with_state(state)
 }
 
-fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = payload
+/// The text of a panic payload, for the log.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
         .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic payload".to_owned());
-    tracing::error!(panic = %message, "a request handler panicked");
-    ApiError::Internal("handler panicked".into()).into_response()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-text panic payload")
 }
 
 /// A JSON response with the content type the real service sends.
@@ -244,7 +241,17 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         .cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (route, result) = handle(&state, req).await;
+    // A bug in a handler becomes an opaque 500 on this request, logged with its id, rather than a
+    // dropped connection.
+    let (route, result) = match AssertUnwindSafe(handle(&state, req)).catch_unwind().await {
+        Ok(handled) => handled,
+        Err(payload) => {
+            let panic = panic_message(payload.as_ref());
+            tracing::error!(id = %request_id, panic, "a request handler panicked");
+            let cause = anyhow::anyhow!("the handler panicked: {panic}");
+            ("panicked", Err(ApiError::Internal(cause)))
+        }
+    };
     // Causes and reasons are logged here, with the request id; the body never carries them.
     let reason = match &result {
         Err(e @ ApiError::Internal(_)) => {
@@ -330,84 +337,112 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
         Err(e) => return ("unmatched", Err(e)),
     };
     let name = route.name();
-    let result = async {
-        match route {
-            Route::Health => return Ok(meta::health()),
-            Route::Ready => return meta::ready(state).await,
-            Route::Jwks => return Ok(meta::jwks(state)),
-            _ => {}
-        }
-        let version = version::from_query(parts.uri.query())?;
-        if route == Route::TeamsExtensionExchange && teams::is_bearer(&parts.headers) {
-            // The Teams Phone token arrives as a bearer instead of an HMAC signature. No issuer
-            // that can vouch for such tokens is configured, so it is refused as ACS refuses a
-            // token it cannot accept, before any signature work.
-            if !route.available_in(version) {
-                return Err(not_in_version(version));
-            }
-            return Err(ApiError::InvalidAccessToken);
-        }
-        let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
-        // An address that keeps failing gets 429 before any signature work.
-        if let Some(ip) = client {
-            state.auth_failures.check(ip)?;
-        }
-        let now = state.clock.now();
-        let denied = |e: ApiError| {
-            if let (ApiError::Denied(_), Some(ip)) = (&e, client) {
-                state.auth_failures.record(ip);
-            }
-            e
-        };
-        // The head is authenticated before the body is read: an unauthenticated client never
-        // makes the server buffer or hash a body.
-        let head = state
-            .authenticator
-            .authenticate_head(&parts, now.into())
-            .map_err(denied)?;
-        // A body that does not arrive in time counts against the address like a failed
-        // authentication: the head may be a replay, and its body was never the signed one.
-        let body = read_body(
-            body,
-            &parts.headers,
-            state.max_body_bytes,
-            state.limits.body_timeout,
-        )
-        .await
-        .inspect_err(|e| {
-            if let (ApiError::RequestTimeout, Some(ip)) = (e, client) {
-                state.auth_failures.record(ip);
-            }
-        })?;
-        let auth = head.body_matches(&body).map_err(denied)?;
+    let result = match route {
+        Route::Health => Ok(meta::health()),
+        Route::Ready => meta::ready(state).await,
+        Route::Jwks => Ok(meta::jwks(state)),
+        route => handle_versioned(state, route, parts, body).await,
+    };
+    (name, result)
+}
+
+/// A route of the API proper: api-version, authentication, then the operation.
+async fn handle_versioned(
+    state: &AppState,
+    route: Route,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let version = version::from_query(parts.uri.query())?;
+    if route == Route::TeamsExtensionExchange && teams::is_bearer(&parts.headers) {
+        // The Teams Phone token arrives as a bearer instead of an HMAC signature. No issuer that
+        // can vouch for such tokens is configured, so it is refused as ACS refuses a token it
+        // cannot accept, before any signature work.
         if !route.available_in(version) {
             return Err(not_in_version(version));
         }
-        check_content_type(&parts.headers, &body)?;
-        let dir = state.directory(&auth);
-        if let Some(class) = route.throttle_class() {
-            dir.throttle(class)?;
-        }
-        match route {
-            Route::Create => identities::create(&dir, version, &body).await,
-            Route::Get(id) => identities::get(&dir, version, &id).await,
-            Route::Delete(id) => identities::delete(&dir, &id).await,
-            Route::LegacyRevoke(id) => identities::legacy_revoke(&dir, &id, &body, now).await,
-            Route::LegacyIssue(id) => identities::legacy_issue(&dir, &id, &body).await,
-            Route::Issue(id) => identities::issue(&dir, version, &id, &body).await,
-            Route::Revoke(id) => identities::revoke(&dir, &id).await,
-            Route::TeamsExchange | Route::TeamsExtensionExchange => {
-                Err(ApiError::InvalidAccessToken)
-            }
-            Route::AssignmentGet(tenant, object) => teams::get(&dir, &tenant, &object).await,
-            Route::AssignmentPut(tenant, object) => teams::put(&dir, &tenant, &object, &body).await,
-            Route::AssignmentDelete(tenant, object) => teams::delete(&dir, &tenant, &object).await,
-            Route::Introspect => meta::introspect(state, &dir, &body).await,
-            Route::Health | Route::Ready | Route::Jwks => Err(ApiError::NotFound),
-        }
+        return Err(ApiError::InvalidAccessToken);
     }
-    .await;
-    (name, result)
+    let now = state.clock.now();
+    let (auth, body) = authenticate(state, &parts, body, now).await?;
+    if !route.available_in(version) {
+        return Err(not_in_version(version));
+    }
+    check_content_type(&parts.headers, &body)?;
+    let dir = state.directory(&auth);
+    if let Some(class) = route.throttle_class() {
+        dir.throttle(class)?;
+    }
+    run(state, &dir, route, version, &body, now).await
+}
+
+/// Authenticates the head, then reads the body and checks it against the signed hash. Failures
+/// count against the client's address, which is turned away before any signature work once it
+/// has failed too often.
+async fn authenticate(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    now: time::OffsetDateTime,
+) -> Result<(Authenticated, bytes::Bytes), ApiError> {
+    let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+    if let Some(ip) = client {
+        state.auth_failures.check(ip)?;
+    }
+    let denied = |e: ApiError| {
+        if let (ApiError::Denied(_), Some(ip)) = (&e, client) {
+            state.auth_failures.record(ip);
+        }
+        e
+    };
+    // The head is authenticated before the body is read: an unauthenticated client never makes
+    // the server buffer or hash a body.
+    let head = state
+        .authenticator
+        .authenticate_head(parts, now.into())
+        .map_err(denied)?;
+    // A body that does not arrive in time counts against the address like a failed
+    // authentication: the head may be a replay, and its body was never the signed one.
+    let body = read_body(
+        body,
+        &parts.headers,
+        state.max_body_bytes,
+        state.limits.body_timeout,
+    )
+    .await
+    .inspect_err(|e| {
+        if let (ApiError::RequestTimeout, Some(ip)) = (e, client) {
+            state.auth_failures.record(ip);
+        }
+    })?;
+    let auth = head.body_matches(&body).map_err(denied)?;
+    Ok((auth, body))
+}
+
+/// The operation itself, on an authenticated request whose body has been read.
+async fn run(
+    state: &AppState,
+    dir: &Directory<'_>,
+    route: Route,
+    version: ApiVersion,
+    body: &[u8],
+    now: time::OffsetDateTime,
+) -> Result<Response, ApiError> {
+    match route {
+        Route::Create => identities::create(dir, version, body).await,
+        Route::Get(id) => identities::get(dir, version, &id).await,
+        Route::Delete(id) => identities::delete(dir, &id).await,
+        Route::LegacyRevoke(id) => identities::legacy_revoke(dir, &id, body, now).await,
+        Route::LegacyIssue(id) => identities::legacy_issue(dir, &id, body).await,
+        Route::Issue(id) => identities::issue(dir, version, &id, body).await,
+        Route::Revoke(id) => identities::revoke(dir, &id).await,
+        Route::TeamsExchange | Route::TeamsExtensionExchange => Err(ApiError::InvalidAccessToken),
+        Route::AssignmentGet(tenant, object) => teams::get(dir, &tenant, &object).await,
+        Route::AssignmentPut(tenant, object) => teams::put(dir, &tenant, &object, body).await,
+        Route::AssignmentDelete(tenant, object) => teams::delete(dir, &tenant, &object).await,
+        Route::Introspect => meta::introspect(state, dir, body).await,
+        Route::Health | Route::Ready | Route::Jwks => Err(ApiError::NotFound),
+    }
 }
 
 fn not_in_version(version: ApiVersion) -> ApiError {

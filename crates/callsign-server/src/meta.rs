@@ -8,9 +8,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use callsign_api::{IntrospectRequest, IntrospectResponse, Jwk, Jwks};
+use callsign_api::{InactiveReason, IntrospectRequest, IntrospectResponse, Jwk, Jwks};
+use callsign_core::format_expires_on;
 use callsign_core::token::{PublicParts, VerifyError, VerifyingKey, token_in_force};
-use callsign_core::{IdentityId, Scopes, format_expires_on};
 
 use crate::error::ApiError;
 use crate::http::json;
@@ -83,7 +83,9 @@ pub(crate) async fn ready(state: &AppState) -> Result<Response, ApiError> {
             &serde_json::json!({"status": "ready"}),
         ))
     } else {
-        Err(ApiError::Unavailable("the store does not answer".into()))
+        Err(ApiError::Unavailable(anyhow::anyhow!(
+            "the store does not answer"
+        )))
     }
 }
 
@@ -155,10 +157,10 @@ fn token_kid(token: &str) -> Option<String> {
     v.get("kid")?.as_str().map(str::to_owned)
 }
 
-fn inactive(reason: &str) -> IntrospectResponse {
+fn inactive(reason: InactiveReason) -> IntrospectResponse {
     IntrospectResponse {
         active: false,
-        reason: Some(reason.into()),
+        reason: Some(reason),
         id: None,
         scopes: None,
         expires_on: None,
@@ -188,39 +190,35 @@ pub(crate) async fn introspect(
     {
         state.keys.refresh_if_stale(state.store.as_ref()).await?;
     }
-    let claims = match state.keys.get().verifier.verify(&req.token, now) {
-        Ok(c) => c,
-        Err(VerifyError::Malformed) => return Ok(json(StatusCode::OK, &inactive("malformed"))),
-        Err(VerifyError::Signature) => return Ok(json(StatusCode::OK, &inactive("signature"))),
-        Err(VerifyError::Expired) => return Ok(json(StatusCode::OK, &inactive("expired"))),
+    let token = match state.keys.get().verifier.verify(&req.token, now) {
+        Ok(token) => token,
+        Err(e) => {
+            let reason = match e {
+                VerifyError::Malformed => InactiveReason::Malformed,
+                VerifyError::Signature => InactiveReason::Signature,
+                VerifyError::Expired => InactiveReason::Expired,
+            };
+            return Ok(json(StatusCode::OK, &inactive(reason)));
+        }
     };
-    let Ok(id) = IdentityId::parse(&claims.sub) else {
-        return Ok(json(StatusCode::OK, &inactive("malformed")));
-    };
-    let mut response = IntrospectResponse {
-        active: false,
-        reason: None,
-        id: Some(claims.sub.clone()),
-        scopes: Scopes::from_claim(&claims.acs_scope)
-            .ok()
-            .map(|s| s.iter().map(|x| x.as_str().to_owned()).collect()),
-        expires_on: time::OffsetDateTime::from_unix_timestamp(claims.exp)
-            .ok()
-            .map(format_expires_on),
-    };
-    let reason = if !dir.owns(&id) {
-        Some("foreignResource")
+    let reason = if !dir.owns(&token.identity) {
+        Some(InactiveReason::ForeignResource)
     } else {
-        match dir.get(&id).await {
-            Err(ApiError::IdentityNotFound) => Some("identityNotFound"),
+        match dir.get(&token.identity).await {
+            Err(ApiError::IdentityNotFound) => Some(InactiveReason::IdentityNotFound),
             Err(e) => return Err(e),
-            Ok(identity) if !token_in_force(claims.epoch, identity.revocation_epoch) => {
-                Some("revoked")
+            Ok(identity) if !token_in_force(token.epoch, identity.revocation_epoch) => {
+                Some(InactiveReason::Revoked)
             }
             Ok(_) => None,
         }
     };
-    response.active = reason.is_none();
-    response.reason = reason.map(str::to_owned);
+    let response = IntrospectResponse {
+        active: reason.is_none(),
+        reason,
+        id: Some(token.identity.to_string()),
+        scopes: Some(token.scopes.iter().map(|s| s.as_str().to_owned()).collect()),
+        expires_on: Some(format_expires_on(token.expires_at)),
+    };
     Ok(json(StatusCode::OK, &response))
 }

@@ -173,7 +173,9 @@ impl Directory<'_> {
                 identity.revocation_epoch,
                 now,
             )
-            .map_err(|e| ApiError::Internal(format!("token signing failed: {e}")))?;
+            .map_err(|e| {
+                ApiError::internal(anyhow::Error::new(e).context("token signing failed"))
+            })?;
         self.state.store.record_token_issued(&identity.id, now);
         Ok(token)
     }
