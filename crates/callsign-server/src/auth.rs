@@ -179,76 +179,18 @@ impl Authenticator {
         parts: &Parts,
         now: SystemTime,
     ) -> Result<HeadVerified, ApiError> {
-        // A header that decides authentication must appear once: with two, which one was
-        // signed would be a guess.
-        let header = |name: &str| -> Result<Option<&str>, ApiError> {
-            let mut values = parts.headers.get_all(name).iter();
-            let first = values.next();
-            if values.next().is_some() {
-                return Err(ApiError::Denied(
-                    "a header used for authentication appears twice",
-                ));
-            }
-            Ok(first.and_then(|v| v.to_str().ok()))
-        };
-        let value = header("authorization")?
-            .ok_or(ApiError::Denied("the Authorization header is missing"))?;
-        if value.len() > MAX_AUTHORIZATION_LEN {
-            return Err(ApiError::Denied("the Authorization header is too long"));
-        }
-        let auth = Authorization::parse(value).map_err(|_| {
-            ApiError::Denied(
-                "the Authorization header is not HMAC-SHA256 SignedHeaders=...&Signature=...",
-            )
-        })?;
-        let order = SignedOrder::of(&auth.signed_headers).ok_or(ApiError::Denied(
-            "SignedHeaders must be exactly x-ms-date (or date), host and x-ms-content-sha256, each once",
-        ))?;
-        let mut signature = [0u8; 32];
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode_slice(auth.signature.as_bytes(), &mut signature)
-            .ok()
-            .filter(|n| auth.signature.len() <= 44 && *n == 32);
-        if decoded.is_none() {
-            return Err(ApiError::Denied("the signature is not 32 bytes of base64"));
-        }
-
-        let claimed_hash = header("x-ms-content-sha256")?
-            .filter(|h| h.len() == 44)
-            .ok_or(ApiError::Denied(
-                "the x-ms-content-sha256 header is missing or not a SHA-256 in base64",
-            ))?;
-        // The signature covers the body's hash, not its length: a body announced where the
-        // signed hash is the empty body's cannot match, so it is refused before it is read (a
-        // replayed head must not hold a connection with a body that never ends).
-        if claimed_hash == EMPTY_BODY_HASH && declares_body(parts) {
-            return Err(ApiError::Denied(
-                "a body is sent where the signed hash is of no body",
-            ));
-        }
-        let date_value = header(order.date_name())?
-            .filter(|d| d.len() <= 64)
-            .ok_or(ApiError::Denied("the signed date header is missing"))?;
-        let date = parse_date(date_value).ok_or(ApiError::Denied(
-            "the signed date header is not an RFC 1123 date",
-        ))?;
-        let skew = now.duration_since(date).unwrap_or_else(|e| e.duration());
-        if skew > self.max_skew {
-            return Err(ApiError::Denied(
-                "the request date is more than 15 minutes from the server's time",
-            ));
-        }
-
-        let received_host = header("host")?
+        let (order, signature) = signed_order_and_signature(parts)?;
+        let claimed_hash = claimed_content_hash(parts)?;
+        let date = self.signed_date(parts, order, now)?;
+        let received_host = single_header(parts, "host")?
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .filter(|h| h.len() <= MAX_HOST_LEN && !h.contains('/'))
             .ok_or(ApiError::Denied("the Host header is missing or too long"))?;
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let signed = SignedValues {
             method: parts.method.as_str(),
-            target,
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             received_host,
-            date: date_value,
+            date,
             content_hash: claimed_hash,
             order,
         };
@@ -260,6 +202,28 @@ impl Authenticator {
         } else {
             Err(ApiError::Denied("the signature does not match"))
         }
+    }
+
+    /// The signed date header's value, if it is a date within the allowed skew of `now`.
+    fn signed_date<'a>(
+        &self,
+        parts: &'a Parts,
+        order: SignedOrder,
+        now: SystemTime,
+    ) -> Result<&'a str, ApiError> {
+        let value = single_header(parts, order.date_name())?
+            .filter(|d| d.len() <= 64)
+            .ok_or(ApiError::Denied("the signed date header is missing"))?;
+        let date = parse_date(value).ok_or(ApiError::Denied(
+            "the signed date header is not an RFC 1123 date",
+        ))?;
+        let skew = now.duration_since(date).unwrap_or_else(|e| e.duration());
+        if skew > self.max_skew {
+            return Err(ApiError::Denied(
+                "the request date is more than 15 minutes from the server's time",
+            ));
+        }
+        Ok(value)
     }
 
     /// Tries every key over every host and path candidate; the path prefix of the string to
@@ -319,6 +283,63 @@ fn has_port(host: &str) -> bool {
         Some(i) => !host[i..].contains(']') && host[i + 1..].chars().all(|c| c.is_ascii_digit()),
         None => false,
     }
+}
+
+/// The value of a header that decides authentication. It must appear at most once: with two,
+/// which one was signed would be a guess.
+fn single_header<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = parts.headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::Denied(
+            "a header used for authentication appears twice",
+        ));
+    }
+    Ok(first.and_then(|v| v.to_str().ok()))
+}
+
+/// The `Authorization` header read: which headers were signed, in which order, and the 32-byte
+/// signature. Bounded: the value is at most [`MAX_AUTHORIZATION_LEN`] bytes.
+fn signed_order_and_signature(parts: &Parts) -> Result<(SignedOrder, [u8; 32]), ApiError> {
+    let value = single_header(parts, "authorization")?
+        .ok_or(ApiError::Denied("the Authorization header is missing"))?;
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(ApiError::Denied("the Authorization header is too long"));
+    }
+    let auth = Authorization::parse(value).map_err(|_| {
+        ApiError::Denied(
+            "the Authorization header is not HMAC-SHA256 SignedHeaders=...&Signature=...",
+        )
+    })?;
+    let order = SignedOrder::of(&auth.signed_headers).ok_or(ApiError::Denied(
+        "SignedHeaders must be exactly x-ms-date (or date), host and x-ms-content-sha256, each once",
+    ))?;
+    let mut signature = [0u8; 32];
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode_slice(auth.signature.as_bytes(), &mut signature)
+        .ok()
+        .filter(|n| auth.signature.len() <= 44 && *n == 32);
+    if decoded.is_none() {
+        return Err(ApiError::Denied("the signature is not 32 bytes of base64"));
+    }
+    Ok((order, signature))
+}
+
+/// The claimed `x-ms-content-sha256`. The signature covers the body's hash, not its length: a
+/// body announced where the signed hash is the empty body's cannot match, so it is refused
+/// before it is read (a replayed head must not hold a connection with a body that never ends).
+fn claimed_content_hash(parts: &Parts) -> Result<&str, ApiError> {
+    let claimed = single_header(parts, "x-ms-content-sha256")?
+        .filter(|h| h.len() == 44)
+        .ok_or(ApiError::Denied(
+            "the x-ms-content-sha256 header is missing or not a SHA-256 in base64",
+        ))?;
+    if claimed == EMPTY_BODY_HASH && declares_body(parts) {
+        return Err(ApiError::Denied(
+            "a body is sent where the signed hash is of no body",
+        ));
+    }
+    Ok(claimed)
 }
 
 /// The request-target as sent, then without its leading `/` (Python ≤1.3 over http), then

@@ -249,39 +249,54 @@ fn ensure_local_ca(
             names.push(n.clone());
         }
     }
-    // The CA is kept while it may certify every requested name.
+    let (ca_key, ca_names) = ca_for(paths, &names, now)?;
+    if server_cert_is_fresh(paths, &names, now) {
+        return Ok(());
+    }
+    issue_server_cert(paths, &names, now, ca_key, &ca_names)
+}
+
+/// The CA key and the names it may certify: the existing CA while it may certify every one of
+/// `names`, otherwise a new one (which makes any older server certificate stale).
+fn ca_for(
+    paths: &LocalCaPaths,
+    names: &[String],
+    now: OffsetDateTime,
+) -> anyhow::Result<(KeyPair, Vec<String>)> {
     let constrained_to: Option<Vec<String>> = std::fs::read_to_string(paths.ca_names())
         .ok()
         .map(|t| t.lines().map(str::to_owned).collect());
     let covers = constrained_to
         .as_ref()
         .is_some_and(|c| names.iter().all(|n| c.contains(n)));
-    let (ca_key, ca_names) = if covers && paths.ca_key().exists() && paths.ca_cert().exists() {
+    if covers && paths.ca_key().exists() && paths.ca_cert().exists() {
         let pem = std::fs::read_to_string(paths.ca_key())?;
         let key = KeyPair::from_pem(&pem).context("the local CA key does not parse")?;
-        (key, constrained_to.unwrap_or_default())
-    } else {
-        if paths.ca_cert().exists() {
-            tracing::warn!(
-                path = %paths.ca_cert().display(),
-                names = ?names,
-                "the local CA cannot certify every requested name; a new name-constrained CA \
-                 replaces it: clients must trust the new ca.pem"
-            );
-        }
-        let key = KeyPair::generate().context("cannot generate the CA key")?;
-        let cert = ca_params(&key, now, &names)
-            .self_signed(&key)
-            .context("cannot make the CA certificate")?;
-        write_atomically(&paths.ca_key(), &key.serialize_pem(), PRIVATE)?;
-        write_atomically(&paths.ca_cert(), &cert.pem(), PUBLIC)?;
-        write_atomically(&paths.ca_names(), &names.join("\n"), PUBLIC)?;
-        // A new CA invalidates any older server certificate.
-        let _ = std::fs::remove_file(paths.server_names());
-        tracing::info!(path = %paths.ca_cert().display(), "created a local certificate authority");
-        (key, names.clone())
-    };
+        return Ok((key, constrained_to.unwrap_or_default()));
+    }
+    if paths.ca_cert().exists() {
+        tracing::warn!(
+            path = %paths.ca_cert().display(),
+            names = ?names,
+            "the local CA cannot certify every requested name; a new name-constrained CA \
+             replaces it: clients must trust the new ca.pem"
+        );
+    }
+    let key = KeyPair::generate().context("cannot generate the CA key")?;
+    let cert = ca_params(&key, now, names)
+        .self_signed(&key)
+        .context("cannot make the CA certificate")?;
+    write_atomically(&paths.ca_key(), &key.serialize_pem(), PRIVATE)?;
+    write_atomically(&paths.ca_cert(), &cert.pem(), PUBLIC)?;
+    write_atomically(&paths.ca_names(), &names.join("\n"), PUBLIC)?;
+    // A new CA invalidates any older server certificate.
+    let _ = std::fs::remove_file(paths.server_names());
+    tracing::info!(path = %paths.ca_cert().display(), "created a local certificate authority");
+    Ok((key, names.to_vec()))
+}
 
+/// Whether the server certificate on disk is for exactly `names` and not yet due for renewal.
+fn server_cert_is_fresh(paths: &LocalCaPaths, names: &[String], now: OffsetDateTime) -> bool {
     let wanted = names.join("\n");
     let current = std::fs::read_to_string(paths.server_names()).ok();
     let fresh = current.as_deref().and_then(|c| {
@@ -289,12 +304,19 @@ fn ensure_local_ca(
         let expiry = OffsetDateTime::from_unix_timestamp(expiry.parse().ok()?).ok()?;
         Some(stored_names == wanted && expiry - RENEW_BEFORE > now)
     });
-    if fresh == Some(true) && paths.server_cert().exists() && paths.server_key().exists() {
-        return Ok(());
-    }
+    fresh == Some(true) && paths.server_cert().exists() && paths.server_key().exists()
+}
 
-    let issuer = Issuer::new(ca_params(&ca_key, now, &ca_names), ca_key);
-    let mut params = CertificateParams::new(names.clone()).context("invalid TLS name")?;
+/// Issues and writes a server certificate for `names`, signed by the local CA.
+fn issue_server_cert(
+    paths: &LocalCaPaths,
+    names: &[String],
+    now: OffsetDateTime,
+    ca_key: KeyPair,
+    ca_names: &[String],
+) -> anyhow::Result<()> {
+    let issuer = Issuer::new(ca_params(&ca_key, now, ca_names), ca_key);
+    let mut params = CertificateParams::new(names.to_vec()).context("invalid TLS name")?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "callsign");
     dn.push(DnType::CommonName, names[0].clone());
@@ -313,7 +335,11 @@ fn ensure_local_ca(
     write_atomically(&paths.server_cert(), &cert.pem(), PUBLIC)?;
     write_atomically(
         &paths.server_names(),
-        &format!("{}\n{wanted}", params.not_after.unix_timestamp()),
+        &format!(
+            "{}\n{}",
+            params.not_after.unix_timestamp(),
+            names.join("\n")
+        ),
         PUBLIC,
     )?;
     tracing::info!(names = ?names, "issued a server certificate from the local CA");
