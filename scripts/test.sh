@@ -4,7 +4,8 @@
 #   bash scripts/test.sh
 #
 # Steps: PostgreSQL available and running (installed from Debian packages if missing),
-# formatting and lint checks, the Rust test suites (unit, black-box, store conformance on SQLite
+# formatting and lint checks, licenses and banned crates (cargo deny, installed if missing),
+# the Rust test suites (unit, black-box, store conformance on SQLite
 # and PostgreSQL, CLI and crash tests, doc tests), then the compatibility suites that drive the
 # released ACS SDKs (pinned, in venvs and node_modules) against the real server.
 set -uo pipefail
@@ -48,6 +49,14 @@ ensure_nextest() {
     cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
 
+# Licenses, banned crates and sources (deny.toml). Advisories need the network: left out.
+cargo_deny() {
+    if ! cargo deny --version >/dev/null 2>&1; then
+        cargo install --locked cargo-deny --version 0.20.2 || return 1
+    fi
+    cargo deny --locked check licenses bans sources
+}
+
 step "PostgreSQL" ensure_postgres
 # The pinned SDKs first: the Rust client's signing cross-check runs the released Python SDK.
 step "SDK installs (venvs, node_modules)" bash compat/run.sh --install-only
@@ -58,6 +67,7 @@ export CALLSIGN_TEST_DATABASE_URL=${CALLSIGN_TEST_DATABASE_URL:-postgres://postg
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build" cargo build --workspace --locked
+step "cargo deny" cargo_deny
 step "cargo-nextest" ensure_nextest
 step "Rust tests" cargo nextest run --workspace --locked --no-fail-fast
 step "Rust doc tests" cargo test --workspace --doc --locked
