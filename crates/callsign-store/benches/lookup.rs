@@ -4,7 +4,9 @@
 use std::hint::black_box;
 
 use callsign_core::{IdentityId, ResourceId};
-use callsign_store::{IdentityRecord, IdentityStore as _, SqliteStore, Store as _};
+use callsign_store::{
+    BulkIdentities as _, IdentityRecord, IdentityStore as _, SqliteStore, Store as _,
+};
 use criterion::Criterion;
 use time::OffsetDateTime;
 

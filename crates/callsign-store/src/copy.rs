@@ -5,7 +5,10 @@ use std::fmt;
 
 use callsign_core::IdentityId;
 
-use crate::{Store, StoreError};
+use crate::{
+    AssignmentStore, BulkIdentities, BulkStore, ResourceRecord, ResourceStore, SigningKeyStore,
+    StoreError,
+};
 
 /// How many ids of each kind of divergence a [`CopyError::Diverged`] names.
 const EXAMPLES: usize = 5;
@@ -127,21 +130,12 @@ pub enum CopyError {
 /// or deleted on either side. The comparison holds the target's ids in memory (about 33 bytes
 /// each). Run it with the source stopped: what the source changes during a copy may be missed.
 pub async fn copy_store(
-    from: &dyn Store,
-    to: &dyn Store,
+    from: &dyn BulkStore,
+    to: &dyn BulkStore,
     options: &CopyOptions,
 ) -> Result<CopyReport, CopyError> {
     let batch = options.batch.max(1);
-    let resource = from
-        .default_resource()
-        .await?
-        .ok_or(CopyError::EmptySource)?;
-    match to.default_resource().await? {
-        Some(existing) if existing != resource => {
-            return Err(CopyError::DifferentResource(existing.id.to_string()));
-        }
-        _ => {}
-    }
+    let resource = source_resource(from, to).await?;
     let mut report = CopyReport::default();
     let divergence = compare(from, to, batch).await?;
     if divergence.created + divergence.deleted > 0 {
@@ -155,25 +149,64 @@ pub async fn copy_store(
         report.created_on_target = divergence.created;
         report.deleted_on_target = divergence.deleted;
     }
-
     let winner = to.bootstrap_default_resource(resource.clone()).await?;
     if winner != resource {
         return Err(CopyError::DifferentResource(winner.id.to_string()));
     }
+    report.signing_keys = copy_signing_keys(from, to).await?;
+    // Deletes first: they take identities out of the target before identities are copied.
+    copy_tombstones(from, to, batch, &mut report).await?;
+    copy_identities(from, to, batch, &mut report).await?;
+    report.assignments = copy_assignments(from, to).await?;
+    Ok(report)
+}
+
+/// The source's default resource, checked against the target's (if it has one yet).
+async fn source_resource(
+    from: &dyn ResourceStore,
+    to: &dyn ResourceStore,
+) -> Result<ResourceRecord, CopyError> {
+    let resource = from
+        .default_resource()
+        .await?
+        .ok_or(CopyError::EmptySource)?;
+    match to.default_resource().await? {
+        Some(existing) if existing != resource => {
+            Err(CopyError::DifferentResource(existing.id.to_string()))
+        }
+        _ => Ok(resource),
+    }
+}
+
+/// Adds the source's signing keys the target lacks; returns how many.
+async fn copy_signing_keys(
+    from: &dyn SigningKeyStore,
+    to: &dyn SigningKeyStore,
+) -> Result<usize, StoreError> {
     let present: HashSet<String> = to
         .signing_keys()
         .await?
         .into_iter()
         .map(|k| k.kid.clone())
         .collect();
+    let mut added = 0;
     // Oldest first, so the target's "newest" order matches the source's.
     for key in from.signing_keys().await?.into_iter().rev() {
         if !present.contains(&key.kid) {
             to.add_signing_key(key).await?;
-            report.signing_keys += 1;
+            added += 1;
         }
     }
-    // Deletes first: they take identities out of the target before identities are copied.
+    Ok(added)
+}
+
+/// Copies every tombstone, deleting the target's identities they name.
+async fn copy_tombstones(
+    from: &dyn BulkIdentities,
+    to: &dyn BulkIdentities,
+    batch: usize,
+    report: &mut CopyReport,
+) -> Result<(), StoreError> {
     let mut after = None;
     loop {
         let page = from.list_tombstones(after.as_ref(), batch).await?;
@@ -184,6 +217,16 @@ pub async fn copy_store(
         report.tombstones_inserted += done.inserted;
         report.identities_deleted += done.identities_deleted;
     }
+    Ok(())
+}
+
+/// Copies every identity (see [`BulkIdentities::import_identities`]).
+async fn copy_identities(
+    from: &dyn BulkIdentities,
+    to: &dyn BulkIdentities,
+    batch: usize,
+    report: &mut CopyReport,
+) -> Result<(), StoreError> {
     let mut after = None;
     loop {
         let page = from.list_identities(after.as_ref(), batch).await?;
@@ -196,17 +239,26 @@ pub async fn copy_store(
         report.skipped_deleted += done.skipped_deleted;
         report.custom_id_conflicts += done.custom_id_conflicts;
     }
-    // An assignment the target has already is kept as it is: it may be newer than the source's.
+    Ok(())
+}
+
+/// Adds the source's Teams assignments the target lacks; returns how many. An assignment the
+/// target has already is kept as it is: it may be newer than the source's.
+async fn copy_assignments(
+    from: &dyn BulkIdentities,
+    to: &dyn AssignmentStore,
+) -> Result<usize, StoreError> {
+    let mut added = 0;
     for (resource, assignment) in from.all_assignments().await? {
         let present = to
             .get_assignment(resource, assignment.tenant_id, assignment.object_id)
             .await?
             .is_some();
         if !present && to.put_assignment(resource, assignment).await? {
-            report.assignments += 1;
+            added += 1;
         }
     }
-    Ok(report)
+    Ok(added)
 }
 
 /// How the target differs from the source in ways a copy cannot reconcile by itself.
@@ -229,7 +281,11 @@ impl IdSet {
 
 /// Reads both stores (writing nothing) and finds the target's identities the source does not
 /// know of and the target's tombstones for identities alive on the source.
-async fn compare(from: &dyn Store, to: &dyn Store, batch: usize) -> Result<Divergence, StoreError> {
+async fn compare(
+    from: &dyn BulkIdentities,
+    to: &dyn BulkIdentities,
+    batch: usize,
+) -> Result<Divergence, StoreError> {
     let mut alive = Vec::new();
     let mut after = None;
     loop {

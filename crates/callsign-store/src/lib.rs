@@ -2,7 +2,9 @@
 //!
 //! The traits speak domain types only ([`callsign_core`]); no HTTP, no wire format. A backend is
 //! one type implementing all of them ([`Store`]); the server holds it as `Arc<dyn Store>` and
-//! never asks which backend it is.
+//! never asks which backend it is. Each function takes the narrowest of them it uses. Bulk export
+//! and import ([`BulkIdentities`]) are not part of [`Store`]: only the copy and seed paths, which
+//! open a [`BulkStore`], reach them.
 //!
 //! Invariants every backend keeps:
 //! * an acknowledged write is durable (SQLite: WAL with `synchronous=FULL`, group commit);
@@ -19,7 +21,7 @@ mod seal;
 mod sqlite;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
@@ -36,37 +38,162 @@ pub use seal::{
 };
 pub use sqlite::SqliteStore;
 
+/// The cause under a [`StoreError`] (a database driver's error, an I/O error), kept for the
+/// chain [`std::error::Error::source`] walks. Shared, so that one failure of a group commit can
+/// answer every write in it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What can go wrong in a store. No variant carries HTTP meaning; the server maps them.
+///
+/// `detail` says what failed in words of the store; the driver's or the system's own error, when
+/// there is one, is the [`source`](std::error::Error::source), so a caller printing the chain
+/// sees it. Neither ever holds a secret: database URLs are masked ([`mask_database_url`]) and no
+/// key material is ever formatted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The backend cannot be reached right now (retry later).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    /// The backend cannot be reached right now, or cannot write now (retry later).
+    #[error("storage unavailable: {}{detail}", if *.cannot_write { CANNOT_WRITE } else { "" })]
+    Unavailable {
+        /// What is unavailable.
+        detail: String,
+        /// Whether this is a [`StoreError::cannot_write`].
+        cannot_write: bool,
+        /// The underlying error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// Stored data does not parse (a bug or a hand-edited database).
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    #[error("stored data is corrupt: {detail}")]
+    Corrupt {
+        /// What does not parse.
+        detail: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// Key material is sealed under a master key this process does not have.
-    #[error("{0}")]
-    Sealed(String),
+    #[error("{detail}")]
+    Sealed {
+        /// Which key, and under which master key.
+        detail: String,
+    },
     /// Any other backend failure.
-    #[error("storage failure: {0}")]
-    Backend(String),
+    #[error("storage failure: {detail}")]
+    Backend {
+        /// What failed.
+        detail: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
-/// How an [`StoreError::Unavailable`] made by [`StoreError::cannot_write`] begins.
-pub(crate) const CANNOT_WRITE: &str = "the store cannot write: ";
+/// How the message of a [`StoreError::cannot_write`] goes on after "storage unavailable: ".
+const CANNOT_WRITE: &str = "the store cannot write: ";
 
 impl StoreError {
+    /// The backend cannot be reached right now.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            detail: detail.into(),
+            cannot_write: false,
+            source: None,
+        }
+    }
+
     /// The store cannot write now (disk full, read-only file system, I/O error) and reports it
     /// as a state of its own ([`Store::writable`], one log line when it starts and one when it
     /// ends): an [`StoreError::Unavailable`], retried later, that need not be logged per request.
-    pub fn cannot_write(detail: impl std::fmt::Display) -> Self {
-        StoreError::Unavailable(format!("{CANNOT_WRITE}{detail}"))
+    pub fn cannot_write(detail: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            detail: detail.into(),
+            cannot_write: true,
+            source: None,
+        }
+    }
+
+    /// Stored data does not parse.
+    pub fn corrupt(detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// Key material is sealed under a master key this process does not have.
+    pub fn sealed(detail: impl Into<String>) -> Self {
+        StoreError::Sealed {
+            detail: detail.into(),
+        }
+    }
+
+    /// Any other backend failure.
+    pub fn backend(detail: impl Into<String>) -> Self {
+        StoreError::Backend {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// This error with `cause` as its source (a [`StoreError::Sealed`] keeps none).
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        match &mut self {
+            StoreError::Unavailable { source, .. }
+            | StoreError::Corrupt { source, .. }
+            | StoreError::Backend { source, .. } => *source = Some(Arc::new(cause)),
+            StoreError::Sealed { .. } => {}
+        }
+        self
+    }
+
+    /// Whether this is a [`StoreError::Unavailable`] (a [`StoreError::cannot_write`] included).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
     }
 
     /// Whether this is a [`StoreError::cannot_write`].
     pub fn is_cannot_write(&self) -> bool {
-        matches!(self, StoreError::Unavailable(m) if m.starts_with(CANNOT_WRITE))
+        matches!(
+            self,
+            StoreError::Unavailable {
+                cannot_write: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether this is a [`StoreError::Corrupt`].
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. })
+    }
+
+    /// Whether this is a [`StoreError::Sealed`].
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, StoreError::Sealed { .. })
+    }
+
+    /// Whether this is a [`StoreError::Backend`].
+    pub fn is_backend(&self) -> bool {
+        matches!(self, StoreError::Backend { .. })
+    }
+
+    /// What the error says without its category: its detail, then each cause in turn
+    /// (`detail: cause: cause`).
+    pub fn detail_chain(&self) -> String {
+        let detail = match self {
+            StoreError::Unavailable { detail, .. }
+            | StoreError::Corrupt { detail, .. }
+            | StoreError::Sealed { detail }
+            | StoreError::Backend { detail, .. } => detail,
+        };
+        let mut text = detail.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
     }
 }
 
@@ -78,7 +205,19 @@ pub(crate) fn unix_ms(t: OffsetDateTime) -> i64 {
 /// The inverse of [`unix_ms`].
 pub(crate) fn from_unix_ms(v: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|_| StoreError::Corrupt(format!("timestamp {v} out of range")))
+        .map_err(|e| StoreError::corrupt(format!("timestamp {v} out of range")).caused_by(e))
+}
+
+/// A stored custom id of the identity `id`: one that does not parse is corrupt data.
+pub(crate) fn stored_custom_id(
+    id: &str,
+    raw: Option<String>,
+) -> Result<Option<CustomId>, StoreError> {
+    raw.map(|c| {
+        CustomId::parse(&c)
+            .map_err(|e| StoreError::corrupt(format!("custom id of {id}")).caused_by(e))
+    })
+    .transpose()
 }
 
 /// `last_token_issued_at` values not yet written: issuing a token records here, a background
@@ -137,7 +276,7 @@ pub struct IdentityRecord {
     /// Its id.
     pub id: IdentityId,
     /// Its custom id, if created with one.
-    pub custom_id: Option<String>,
+    pub custom_id: Option<CustomId>,
     /// Creation time (millisecond precision).
     pub created_at: OffsetDateTime,
     /// Incremented by every revoke; see `callsign_core::token::token_in_force`.
@@ -156,7 +295,7 @@ pub struct Tombstone {
     pub deleted_at: OffsetDateTime,
 }
 
-/// What an [`IdentityStore::import_identities`] did with its records.
+/// What a [`BulkIdentities::import_identities`] did with its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ImportReport {
     /// Records stored as new identities.
@@ -170,7 +309,7 @@ pub struct ImportReport {
     pub custom_id_conflicts: usize,
 }
 
-/// What an [`IdentityStore::import_tombstones`] did.
+/// What a [`BulkIdentities::import_tombstones`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TombstoneReport {
     /// Tombstones that were not here yet.
@@ -249,39 +388,6 @@ pub trait IdentityStore: Send + Sync {
 
     /// Notes that a token was issued (best effort, not durable, never fails the caller).
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime);
-
-    /// Up to `limit` identities with ids greater than `after`, in id order (export, migration).
-    async fn list_identities(
-        &self,
-        after: Option<&IdentityId>,
-        limit: usize,
-    ) -> Result<Vec<IdentityRecord>, StoreError>;
-
-    /// Stores identities as they are (epoch, custom id and times included). A record whose id
-    /// has a tombstone here is skipped (a deleted identity is never brought back); one whose id
-    /// exists already only raises the stored revocation epoch to its own when that is higher
-    /// (so a revoke is never undone); one whose custom id another identity of its resource holds
-    /// here is skipped. For migration between backends and bulk seeding, not for serving
-    /// requests.
-    async fn import_identities(
-        &self,
-        records: Vec<IdentityRecord>,
-    ) -> Result<ImportReport, StoreError>;
-
-    /// Up to `limit` tombstones with ids greater than `after`, in id order (export, migration).
-    async fn list_tombstones(
-        &self,
-        after: Option<&IdentityId>,
-        limit: usize,
-    ) -> Result<Vec<Tombstone>, StoreError>;
-
-    /// Stores tombstones (keeping one present already) and deletes the identities they name,
-    /// in one transaction: a delete made on another store takes effect here. For migration
-    /// between backends, not for serving requests.
-    async fn import_tombstones(
-        &self,
-        tombstones: Vec<Tombstone>,
-    ) -> Result<TombstoneReport, StoreError>;
 }
 
 /// Resources and their access keys.
@@ -340,10 +446,6 @@ pub trait AssignmentStore: Send + Sync {
         tenant: Uuid,
         object: Uuid,
     ) -> Result<bool, StoreError>;
-
-    /// Every assignment of every resource, in `(resource, tenant, object)` order (export,
-    /// migration).
-    async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
 }
 
 /// A resource as stored: its access keys in their stored form (sealed or plain).
@@ -381,7 +483,7 @@ impl KeyProtection {
         let id = s.id.to_string();
         let key = |stored: &str, which: &str| {
             let text = self.load_text(stored, &access_key_slot(&id, which))?;
-            AccessKey::parse(&text).map_err(|_| StoreError::Corrupt(format!("{which} access key")))
+            AccessKey::parse(&text).map_err(|_| StoreError::corrupt(format!("{which} access key")))
         };
         Ok(ResourceRecord {
             id: s.id,
@@ -491,11 +593,9 @@ pub(crate) fn count_sealed(resources: &[StoredResource], keys: &[StoredSigningKe
     status
 }
 
-/// A complete backend.
+/// Whether a backend can serve.
 #[async_trait]
-pub trait Store:
-    IdentityStore + ResourceStore + SigningKeyStore + AssignmentStore + KeyMaterialStore
-{
+pub trait StoreHealth: Send + Sync {
     /// Whether the backend answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -506,7 +606,61 @@ pub trait Store:
     fn writable(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+/// A complete backend, as a server serves it: everything but [`BulkIdentities`].
+#[async_trait]
+pub trait Store:
+    IdentityStore + ResourceStore + SigningKeyStore + AssignmentStore + KeyMaterialStore + StoreHealth
+{
     /// Flushes lazily recorded data and stops background work. Idempotent.
     async fn close(&self);
 }
+
+/// Bulk export and import of the directory, for moving a deployment between backends
+/// ([`copy_store`]) and for seeding; never for serving requests.
+#[async_trait]
+pub trait BulkIdentities: Send + Sync {
+    /// Up to `limit` identities with ids greater than `after`, in id order (export, migration).
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRecord>, StoreError>;
+
+    /// Stores identities as they are (epoch, custom id and times included). A record whose id
+    /// has a tombstone here is skipped (a deleted identity is never brought back); one whose id
+    /// exists already only raises the stored revocation epoch to its own when that is higher
+    /// (so a revoke is never undone); one whose custom id another identity of its resource holds
+    /// here is skipped. For migration between backends and bulk seeding, not for serving
+    /// requests.
+    async fn import_identities(
+        &self,
+        records: Vec<IdentityRecord>,
+    ) -> Result<ImportReport, StoreError>;
+
+    /// Up to `limit` tombstones with ids greater than `after`, in id order (export, migration).
+    async fn list_tombstones(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError>;
+
+    /// Stores tombstones (keeping one present already) and deletes the identities they name,
+    /// in one transaction: a delete made on another store takes effect here. For migration
+    /// between backends, not for serving requests.
+    async fn import_tombstones(
+        &self,
+        tombstones: Vec<Tombstone>,
+    ) -> Result<TombstoneReport, StoreError>;
+
+    /// Every assignment of every resource, in `(resource, tenant, object)` order (export,
+    /// migration).
+    async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
+}
+
+/// A backend with its bulk capability: what the copy and seed paths open. The server holds only
+/// the [`Store`] part.
+pub trait BulkStore: Store + BulkIdentities {}
+
+impl<T: Store + BulkIdentities + ?Sized> BulkStore for T {}

@@ -89,7 +89,7 @@ impl fmt::Display for SslMode {
 }
 
 fn invalid(message: &str) -> StoreError {
-    StoreError::Backend(format!("invalid database URL: {message}"))
+    StoreError::backend(format!("invalid database URL: {message}"))
 }
 
 /// How the server certificate is checked.
@@ -145,7 +145,24 @@ fn configure_with_home(
         Some(value) => SslMode::parse(value)?,
         None => SslMode::Prefer,
     };
-    // As libpq, `sslmode` does not apply to Unix-domain sockets (PostgreSQL has no TLS there).
+    set_transport_mode(&mut config, mode);
+    let verification = verification(mode, stripped.sslrootcert, home)?;
+    let tls = client_config(mode, &verification)?;
+    let target = describe_hosts(&config);
+    Ok((
+        config,
+        PgTls {
+            mode,
+            verification,
+            target,
+            connector: MakeRustlsConnect::new(tls),
+        },
+    ))
+}
+
+/// Tells `tokio_postgres` whether to try TLS: as libpq, `sslmode` does not apply to
+/// Unix-domain sockets (PostgreSQL has no TLS there).
+fn set_transport_mode(config: &mut tokio_postgres::Config, mode: SslMode) {
     let only_sockets = config.get_hostaddrs().is_empty()
         && !config.get_hosts().is_empty()
         && config
@@ -160,14 +177,23 @@ fn configure_with_home(
             tokio_postgres::config::SslMode::Require
         }
     });
-    if stripped.sslrootcert.as_deref() == Some("system") {
+}
+
+/// How `mode` checks the server certificate, given the `sslrootcert` of the URL and the home
+/// directory holding libpq's default `~/.postgresql/root.crt`.
+fn verification(
+    mode: SslMode,
+    sslrootcert: Option<String>,
+    home: Option<&Path>,
+) -> Result<Verification, StoreError> {
+    if sslrootcert.as_deref() == Some("system") {
         return Err(invalid(
             "sslrootcert=system is not supported; give the path of a PEM file of root certificates",
         ));
     }
-    let explicit_root = stripped.sslrootcert.map(PathBuf::from);
+    let explicit_root = sslrootcert.map(PathBuf::from);
     let default_root = home.map(|h| h.join(".postgresql").join("root.crt"));
-    let verification = match mode {
+    Ok(match mode {
         SslMode::Disable | SslMode::Prefer => Verification::None,
         // libpq: with a root certificate file, `require` behaves as `verify-ca`.
         SslMode::Require => match explicit_root {
@@ -203,9 +229,13 @@ fn configure_with_home(
                 Verification::Chain(root)
             }
         }
-    };
+    })
+}
+
+/// The rustls client configuration that checks the server as `verification` says.
+fn client_config(mode: SslMode, verification: &Verification) -> Result<ClientConfig, StoreError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match &verification {
+    let verifier: Arc<dyn ServerCertVerifier> = match verification {
         Verification::None => Arc::new(AnyCertificate(Arc::clone(&provider))),
         Verification::Chain(root) => Arc::new(ChainOnly(webpki_verifier(
             mode,
@@ -216,22 +246,13 @@ fn configure_with_home(
     };
     let mut tls = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(format!("cannot set up TLS: {e}")))?
+        .map_err(|e| StoreError::backend("cannot set up TLS").caused_by(e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     // What PostgreSQL 17 expects with `sslnegotiation=direct`; earlier servers ignore it.
     tls.alpn_protocols = vec![b"postgresql".to_vec()];
-    let target = describe_hosts(&config);
-    Ok((
-        config,
-        PgTls {
-            mode,
-            verification,
-            target,
-            connector: MakeRustlsConnect::new(tls),
-        },
-    ))
+    Ok(tls)
 }
 
 fn webpki_verifier(
@@ -239,24 +260,27 @@ fn webpki_verifier(
     root: &Path,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<WebPkiServerVerifier>, StoreError> {
-    let problem = |what: String| {
-        StoreError::Backend(format!(
-            "cannot use sslrootcert {} for sslmode={mode}: {what}",
+    let unusable = || {
+        StoreError::backend(format!(
+            "cannot use sslrootcert {} for sslmode={mode}",
             root.display()
         ))
     };
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(root).map_err(|e| problem(e.to_string()))?;
+    let certs = CertificateDer::pem_file_iter(root).map_err(|e| unusable().caused_by(e))?;
     for cert in certs {
-        let cert = cert.map_err(|e| problem(e.to_string()))?;
-        roots.add(cert).map_err(|e| problem(e.to_string()))?;
+        let cert = cert.map_err(|e| unusable().caused_by(e))?;
+        roots.add(cert).map_err(|e| unusable().caused_by(e))?;
     }
     if roots.is_empty() {
-        return Err(problem("the file holds no PEM certificate".into()));
+        return Err(StoreError::backend(format!(
+            "cannot use sslrootcert {} for sslmode={mode}: the file holds no PEM certificate",
+            root.display()
+        )));
     }
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .map_err(|e| problem(e.to_string()))
+        .map_err(|e| unusable().caused_by(e))
 }
 
 /// `host:port[,host:port…]` of a configuration.
@@ -314,7 +338,7 @@ impl PgTls {
     pub(crate) fn connect_error(&self, e: &deadpool_postgres::PoolError) -> Option<StoreError> {
         match e {
             deadpool_postgres::PoolError::Backend(e) => match self.explain(e) {
-                Some(message) => Some(StoreError::Backend(message)),
+                Some(message) => Some(StoreError::backend(message)),
                 None if e.as_db_error().is_some() => None,
                 None => {
                     let cause = with_causes(e);
@@ -324,13 +348,13 @@ impl PgTls {
                     } else {
                         String::new()
                     };
-                    Some(StoreError::Unavailable(format!(
+                    Some(StoreError::unavailable(format!(
                         "cannot connect to PostgreSQL at {}{mode}: {cause}",
                         self.target
                     )))
                 }
             },
-            deadpool_postgres::PoolError::Timeout(_) => Some(StoreError::Unavailable(format!(
+            deadpool_postgres::PoolError::Timeout(_) => Some(StoreError::unavailable(format!(
                 "cannot connect to PostgreSQL at {}: no connection within the connect timeout",
                 self.target
             ))),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -25,9 +25,10 @@ use uuid::Uuid;
 
 use crate::pg_tls;
 use crate::{
-    AssignmentStore, Created, IdentityRecord, IdentityStore, ImportReport, NewIdentity,
-    PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError,
-    StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, unix_ms as ms,
+    AssignmentStore, BulkIdentities, Created, IdentityRecord, IdentityStore, ImportReport,
+    NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store,
+    StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms,
+    stored_custom_id, unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
@@ -158,21 +159,21 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
             || code == "58030" // I/O error
             || code == "40001" // serialization failure
             || code == "40P01"; // deadlock
-        let text = format!("{}: {}", code, db.message());
+        let detail = format!("PostgreSQL error {code}");
         return if transient {
-            StoreError::Unavailable(text)
+            StoreError::unavailable(detail).caused_by(e)
         } else {
-            StoreError::Backend(text)
+            StoreError::backend(detail).caused_by(e)
         };
     }
     // No server error: the connection itself failed or was closed.
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable("PostgreSQL connection").caused_by(e)
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
-        other => StoreError::Unavailable(format!("database connection pool: {other}")),
+        other => StoreError::unavailable("database connection pool").caused_by(other),
     }
 }
 
@@ -196,11 +197,11 @@ fn identity(row: &tokio_postgres::Row) -> Result<IdentityRecord, StoreError> {
     let epoch: i64 = row.try_get(3).map_err(pg)?;
     Ok(IdentityRecord {
         id: IdentityId::parse(&id)
-            .map_err(|_| StoreError::Corrupt(format!("identity id {id:?}")))?,
-        custom_id: row.try_get(1).map_err(pg)?,
+            .map_err(|_| StoreError::corrupt(format!("identity id {id:?}")))?,
+        custom_id: stored_custom_id(&id, row.try_get(1).map_err(pg)?)?,
         created_at: from_ms(row.try_get(2).map_err(pg)?)?,
         revocation_epoch: u64::try_from(epoch)
-            .map_err(|_| StoreError::Corrupt(format!("negative revocation epoch for {id}")))?,
+            .map_err(|_| StoreError::corrupt(format!("negative revocation epoch for {id}")))?,
         last_token_issued_at: row
             .try_get::<_, Option<i64>>(4)
             .map_err(pg)?
@@ -213,7 +214,7 @@ fn identity(row: &tokio_postgres::Row) -> Result<IdentityRecord, StoreError> {
 fn resource(row: &tokio_postgres::Row) -> Result<StoredResource, StoreError> {
     let id: String = row.try_get(0).map_err(pg)?;
     Ok(StoredResource {
-        id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
+        id: ResourceId::parse(&id).map_err(|_| StoreError::corrupt("resource id"))?,
         primary: row.try_get(1).map_err(pg)?,
         secondary: row.try_get(2).map_err(pg)?,
         created_at: from_ms(row.try_get(3).map_err(pg)?)?,
@@ -225,7 +226,7 @@ fn signing_key(row: &tokio_postgres::Row) -> Result<StoredSigningKey, StoreError
     Ok(StoredSigningKey {
         kid: row.try_get(0).map_err(pg)?,
         alg: Algorithm::from_jose_name(&alg)
-            .ok_or_else(|| StoreError::Corrupt(format!("signing key algorithm {alg:?}")))?,
+            .ok_or_else(|| StoreError::corrupt(format!("signing key algorithm {alg:?}")))?,
         pkcs8: row.try_get(2).map_err(pg)?,
         created_at: from_ms(row.try_get(3).map_err(pg)?)?,
     })
@@ -238,7 +239,7 @@ fn assignment(row: &tokio_postgres::Row) -> Result<(ResourceId, TeamsAssignment)
     let guid = |what: &str, i: usize| -> Result<Uuid, StoreError> {
         let s: String = row.try_get(i).map_err(pg)?;
         callsign_core::parse_guid(&s)
-            .ok_or_else(|| StoreError::Corrupt(format!("assignment {what} {s:?}")))
+            .ok_or_else(|| StoreError::corrupt(format!("assignment {what} {s:?}")))
     };
     let principal: String = row.try_get(3).map_err(pg)?;
     let clients: Option<Vec<String>> = row.try_get(4).map_err(pg)?;
@@ -247,19 +248,19 @@ fn assignment(row: &tokio_postgres::Row) -> Result<(ResourceId, TeamsAssignment)
             ids.iter()
                 .map(|id| {
                     callsign_core::parse_guid(id)
-                        .ok_or_else(|| StoreError::Corrupt(format!("assignment client id {id:?}")))
+                        .ok_or_else(|| StoreError::corrupt(format!("assignment client id {id:?}")))
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
     Ok((
         ResourceId::parse(&resource)
-            .map_err(|_| StoreError::Corrupt(format!("assignment resource id {resource:?}")))?,
+            .map_err(|_| StoreError::corrupt(format!("assignment resource id {resource:?}")))?,
         TeamsAssignment {
             tenant_id: guid("tenant id", 1)?,
             object_id: guid("object id", 2)?,
             principal_type: PrincipalType::parse(&principal).ok_or_else(|| {
-                StoreError::Corrupt(format!("assignment principal type {principal:?}"))
+                StoreError::corrupt(format!("assignment principal type {principal:?}"))
             })?,
             client_ids,
         },
@@ -292,7 +293,7 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+            .map_err(|e| StoreError::backend("cannot build the connection pool").caused_by(e))?;
         // The first connection, so that a TLS failure (untrusted certificate, wrong host name, a
         // server without TLS) is reported as such, not as a passing outage. It stays pooled.
         drop(
@@ -371,7 +372,7 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
     if let Some(newest) = known.keys().max()
         && *newest > PostgresStore::latest_migration()
     {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "the database schema (version {newest}) is newer than this callsign (version {}); upgrade callsign",
             PostgresStore::latest_migration()
         )));
@@ -381,7 +382,7 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
         match known.get(version) {
             Some(existing) if *existing == sum => continue,
             Some(_) => {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::backend(format!(
                     "migration {version} ({name}) differs from the one applied to this database"
                 )));
             }
@@ -426,7 +427,7 @@ async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
         Ok(_) => {}
         // The database is away (a restart, a switchover): kept for the next flush, as the
         // embedded store does, so that a blip loses no acknowledged token's time.
-        Err(StoreError::Unavailable(e)) => {
+        Err(e) if e.is_unavailable() => {
             tracing::debug!(error = %e, "last-token times kept for the next flush");
             for (id, at) in pending {
                 if let Ok(at) = from_ms(at) {
@@ -468,7 +469,7 @@ impl IdentityStore for PostgresStore {
         }
         // The insert yielded to an existing row; with a custom id that is the identity asked for.
         let Some(custom) = custom else {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "identity id {id} already exists"
             )));
         };
@@ -482,7 +483,7 @@ impl IdentityStore for PostgresStore {
             .await
             .map_err(pg)?
             .ok_or_else(|| {
-                StoreError::Unavailable("the identity with this custom id was deleted concurrently".into())
+                StoreError::unavailable("the identity with this custom id was deleted concurrently")
             })?;
         Ok(Created {
             identity: identity(&row)?,
@@ -523,7 +524,7 @@ impl IdentityStore for PostgresStore {
             .map_err(pg)?;
         row.map(|r| {
             let epoch: i64 = r.try_get(0).map_err(pg)?;
-            u64::try_from(epoch).map_err(|_| StoreError::Corrupt("negative epoch".into()))
+            u64::try_from(epoch).map_err(|_| StoreError::corrupt("negative epoch"))
         })
         .transpose()
     }
@@ -552,196 +553,6 @@ impl IdentityStore for PostgresStore {
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
         self.touched.record(id, at);
-    }
-
-    async fn list_identities(
-        &self,
-        after: Option<&IdentityId>,
-        limit: usize,
-    ) -> Result<Vec<IdentityRecord>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE id > $1 ORDER BY id LIMIT $2"
-                ),
-                &[&after, &limit],
-            )
-            .await
-            .map_err(pg)?;
-        rows.iter().map(identity).collect()
-    }
-
-    async fn import_identities(
-        &self,
-        records: Vec<IdentityRecord>,
-    ) -> Result<ImportReport, StoreError> {
-        if records.is_empty() {
-            return Ok(ImportReport::default());
-        }
-        let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
-        let resources: Vec<String> = records
-            .iter()
-            .map(|r| r.id.resource().to_string())
-            .collect();
-        let customs: Vec<Option<String>> = records.iter().map(|r| r.custom_id.clone()).collect();
-        let created: Vec<i64> = records.iter().map(|r| ms(r.created_at)).collect();
-        let epochs: Vec<i64> = records
-            .iter()
-            .map(|r| i64::try_from(r.revocation_epoch).unwrap_or(i64::MAX))
-            .collect();
-        let last: Vec<Option<i64>> = records
-            .iter()
-            .map(|r| r.last_token_issued_at.map(ms))
-            .collect();
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(pg)?;
-        // Tombstoned ids are left out; present ones get the higher epoch; the rest is inserted
-        // (a custom id held by another identity makes the insert do nothing).
-        let row = tx
-            .query_one(
-                "WITH input AS (
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
-                     AS t(id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
-                 ),
-                 live AS (
-                   SELECT * FROM input i
-                   WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones t WHERE t.id = i.id)
-                 ),
-                 present AS (
-                   SELECT count(*) AS n FROM live l JOIN callsign_identities c ON c.id = l.id
-                 ),
-                 raised AS (
-                   UPDATE callsign_identities c SET revocation_epoch = l.revocation_epoch
-                   FROM live l WHERE c.id = l.id AND c.revocation_epoch < l.revocation_epoch
-                   RETURNING c.id
-                 ),
-                 inserted AS (
-                   INSERT INTO callsign_identities
-                     (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
-                   SELECT * FROM live
-                   ON CONFLICT DO NOTHING
-                   RETURNING id
-                 )
-                 SELECT (SELECT count(*) FROM input) - (SELECT count(*) FROM live),
-                        (SELECT n FROM present),
-                        (SELECT count(*) FROM raised),
-                        (SELECT coalesce(array_agg(id), '{}') FROM inserted)",
-                &[&ids, &resources, &customs, &created, &epochs, &last],
-            )
-            .await
-            .map_err(pg)?;
-        let count = |i: usize| -> Result<usize, StoreError> {
-            let n: i64 = row.try_get(i).map_err(pg)?;
-            Ok(usize::try_from(n).unwrap_or(0))
-        };
-        let tombstoned = count(0)?;
-        let present = count(1)?;
-        let mut report = ImportReport {
-            epochs_raised: count(2)?,
-            ..ImportReport::default()
-        };
-        let inserted: Vec<String> = row.try_get(3).map_err(pg)?;
-        // A delete that committed while the insert ran (its identity gone, its tombstone not
-        // visible to the statement above) must not be undone: a later statement sees it.
-        let undone = if inserted.is_empty() {
-            0
-        } else {
-            tx.execute(
-                "DELETE FROM callsign_identities c USING callsign_identity_tombstones t
-                 WHERE c.id = t.id AND c.id = ANY($1)",
-                &[&inserted],
-            )
-            .await
-            .map_err(pg)?
-        };
-        tx.commit().await.map_err(pg)?;
-        let undone = usize::try_from(undone).unwrap_or(0);
-        report.inserted = inserted.len().saturating_sub(undone);
-        report.skipped_deleted = tombstoned + undone;
-        // Neither tombstoned, present nor inserted: another identity holds the custom id.
-        report.custom_id_conflicts = ids
-            .len()
-            .saturating_sub(tombstoned)
-            .saturating_sub(present)
-            .saturating_sub(inserted.len());
-        Ok(report)
-    }
-
-    async fn list_tombstones(
-        &self,
-        after: Option<&IdentityId>,
-        limit: usize,
-    ) -> Result<Vec<Tombstone>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                "SELECT id, deleted_at_ms FROM callsign_identity_tombstones WHERE id > $1
-                 ORDER BY id LIMIT $2",
-                &[&after, &limit],
-            )
-            .await
-            .map_err(pg)?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0).map_err(pg)?;
-                Ok(Tombstone {
-                    id: IdentityId::parse(&id)
-                        .map_err(|_| StoreError::Corrupt(format!("tombstone id {id:?}")))?,
-                    deleted_at: from_ms(row.try_get(1).map_err(pg)?)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn import_tombstones(
-        &self,
-        tombstones: Vec<Tombstone>,
-    ) -> Result<TombstoneReport, StoreError> {
-        if tombstones.is_empty() {
-            return Ok(TombstoneReport::default());
-        }
-        for t in &tombstones {
-            self.touched.forget(&t.id);
-        }
-        let ids: Vec<String> = tombstones.iter().map(|t| t.id.to_string()).collect();
-        let resources: Vec<String> = tombstones
-            .iter()
-            .map(|t| t.id.resource().to_string())
-            .collect();
-        let deleted: Vec<i64> = tombstones.iter().map(|t| ms(t.deleted_at)).collect();
-        let client = self.pool.get().await.map_err(pool_error)?;
-        // One statement: the tombstones and the deletes they imply commit together.
-        let row = client
-            .query_one(
-                "WITH input AS (
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-                     AS t(id, resource_id, deleted_at_ms)
-                 ),
-                 stored AS (
-                   INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
-                   SELECT * FROM input ON CONFLICT DO NOTHING RETURNING id
-                 ),
-                 gone AS (
-                   DELETE FROM callsign_identities c USING input i WHERE c.id = i.id RETURNING c.id
-                 )
-                 SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM gone)",
-                &[&ids, &resources, &deleted],
-            )
-            .await
-            .map_err(pg)?;
-        let count = |i: usize| -> Result<usize, StoreError> {
-            let n: i64 = row.try_get(i).map_err(pg)?;
-            Ok(usize::try_from(n).unwrap_or(0))
-        };
-        Ok(TombstoneReport {
-            inserted: count(0)?,
-            identities_deleted: count(1)?,
-        })
     }
 }
 
@@ -1037,6 +848,152 @@ impl AssignmentStore for PostgresStore {
             .map_err(pg)?;
         Ok(n > 0)
     }
+}
+
+#[async_trait]
+impl BulkIdentities for PostgresStore {
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE id > $1 ORDER BY id LIMIT $2"
+                ),
+                &[&after, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(identity).collect()
+    }
+
+    async fn import_identities(
+        &self,
+        records: Vec<IdentityRecord>,
+    ) -> Result<ImportReport, StoreError> {
+        if records.is_empty() {
+            return Ok(ImportReport::default());
+        }
+        let columns = ImportColumns::of(&records);
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let row = tx
+            .query_one(
+                IMPORT_IDENTITIES,
+                &[
+                    &columns.ids,
+                    &columns.resources,
+                    &columns.customs,
+                    &columns.created,
+                    &columns.epochs,
+                    &columns.last,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let count = |i: usize| -> Result<usize, StoreError> {
+            let n: i64 = row.try_get(i).map_err(pg)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        };
+        let tombstoned = count(0)?;
+        let present = count(1)?;
+        let mut report = ImportReport {
+            epochs_raised: count(2)?,
+            ..ImportReport::default()
+        };
+        let inserted: Vec<String> = row.try_get(3).map_err(pg)?;
+        let undone = undo_deleted_inserts(&tx, &inserted).await?;
+        tx.commit().await.map_err(pg)?;
+        report.inserted = inserted.len().saturating_sub(undone);
+        report.skipped_deleted = tombstoned + undone;
+        // Neither tombstoned, present nor inserted: another identity holds the custom id.
+        report.custom_id_conflicts = columns
+            .ids
+            .len()
+            .saturating_sub(tombstoned)
+            .saturating_sub(present)
+            .saturating_sub(inserted.len());
+        Ok(report)
+    }
+
+    async fn list_tombstones(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "SELECT id, deleted_at_ms FROM callsign_identity_tombstones WHERE id > $1
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(pg)?;
+                Ok(Tombstone {
+                    id: IdentityId::parse(&id)
+                        .map_err(|_| StoreError::corrupt(format!("tombstone id {id:?}")))?,
+                    deleted_at: from_ms(row.try_get(1).map_err(pg)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn import_tombstones(
+        &self,
+        tombstones: Vec<Tombstone>,
+    ) -> Result<TombstoneReport, StoreError> {
+        if tombstones.is_empty() {
+            return Ok(TombstoneReport::default());
+        }
+        for t in &tombstones {
+            self.touched.forget(&t.id);
+        }
+        let ids: Vec<String> = tombstones.iter().map(|t| t.id.to_string()).collect();
+        let resources: Vec<String> = tombstones
+            .iter()
+            .map(|t| t.id.resource().to_string())
+            .collect();
+        let deleted: Vec<i64> = tombstones.iter().map(|t| ms(t.deleted_at)).collect();
+        let client = self.pool.get().await.map_err(pool_error)?;
+        // One statement: the tombstones and the deletes they imply commit together.
+        let row = client
+            .query_one(
+                "WITH input AS (
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                     AS t(id, resource_id, deleted_at_ms)
+                 ),
+                 stored AS (
+                   INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
+                   SELECT * FROM input ON CONFLICT DO NOTHING RETURNING id
+                 ),
+                 gone AS (
+                   DELETE FROM callsign_identities c USING input i WHERE c.id = i.id RETURNING c.id
+                 )
+                 SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM gone)",
+                &[&ids, &resources, &deleted],
+            )
+            .await
+            .map_err(pg)?;
+        let count = |i: usize| -> Result<usize, StoreError> {
+            let n: i64 = row.try_get(i).map_err(pg)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        };
+        Ok(TombstoneReport {
+            inserted: count(0)?,
+            identities_deleted: count(1)?,
+        })
+    }
 
     async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
@@ -1054,14 +1011,104 @@ impl AssignmentStore for PostgresStore {
     }
 }
 
+/// Imports identities in one statement: tombstoned ids are left out; present ones get the
+/// higher epoch; the rest is inserted (a custom id held by another identity makes the insert do
+/// nothing). Answers the counts of tombstoned, present and raised records and the inserted ids.
+const IMPORT_IDENTITIES: &str = "WITH input AS (
+   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+     AS t(id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+ ),
+ live AS (
+   SELECT * FROM input i
+   WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones t WHERE t.id = i.id)
+ ),
+ present AS (
+   SELECT count(*) AS n FROM live l JOIN callsign_identities c ON c.id = l.id
+ ),
+ raised AS (
+   UPDATE callsign_identities c SET revocation_epoch = l.revocation_epoch
+   FROM live l WHERE c.id = l.id AND c.revocation_epoch < l.revocation_epoch
+   RETURNING c.id
+ ),
+ inserted AS (
+   INSERT INTO callsign_identities
+     (id, resource_id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms)
+   SELECT * FROM live
+   ON CONFLICT DO NOTHING
+   RETURNING id
+ )
+ SELECT (SELECT count(*) FROM input) - (SELECT count(*) FROM live),
+        (SELECT n FROM present),
+        (SELECT count(*) FROM raised),
+        (SELECT coalesce(array_agg(id), '{}') FROM inserted)";
+
+/// Identity records as the column arrays [`IMPORT_IDENTITIES`] takes.
+struct ImportColumns<'a> {
+    ids: Vec<String>,
+    resources: Vec<String>,
+    customs: Vec<Option<&'a str>>,
+    created: Vec<i64>,
+    epochs: Vec<i64>,
+    last: Vec<Option<i64>>,
+}
+
+impl<'a> ImportColumns<'a> {
+    fn of(records: &'a [IdentityRecord]) -> Self {
+        Self {
+            ids: records.iter().map(|r| r.id.to_string()).collect(),
+            resources: records
+                .iter()
+                .map(|r| r.id.resource().to_string())
+                .collect(),
+            customs: records
+                .iter()
+                .map(|r| r.custom_id.as_ref().map(CustomId::as_str))
+                .collect(),
+            created: records.iter().map(|r| ms(r.created_at)).collect(),
+            epochs: records
+                .iter()
+                .map(|r| i64::try_from(r.revocation_epoch).unwrap_or(i64::MAX))
+                .collect(),
+            last: records
+                .iter()
+                .map(|r| r.last_token_issued_at.map(ms))
+                .collect(),
+        }
+    }
+}
+
+/// Deletes again the just inserted identities that have a tombstone by now: a delete that
+/// committed while the import ran (its identity gone, its tombstone not visible to the import's
+/// statement) must not be undone, and a later statement sees it. Returns how many.
+async fn undo_deleted_inserts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    inserted: &[String],
+) -> Result<usize, StoreError> {
+    if inserted.is_empty() {
+        return Ok(0);
+    }
+    let undone = tx
+        .execute(
+            "DELETE FROM callsign_identities c USING callsign_identity_tombstones t
+             WHERE c.id = t.id AND c.id = ANY($1)",
+            &[&inserted],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(usize::try_from(undone).unwrap_or(0))
+}
+
 #[async_trait]
-impl Store for PostgresStore {
+impl StoreHealth for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client.execute("SELECT 1", &[]).await.map_err(pg)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for PostgresStore {
     async fn close(&self) {
         let flusher = self
             .flusher

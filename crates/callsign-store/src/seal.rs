@@ -212,25 +212,25 @@ impl Sealer {
                     .chain(&self.previous)
                     .map(|k| k.id.as_str())
                     .collect();
-                StoreError::Sealed(format!(
+                StoreError::sealed(format!(
                     "{slot} is sealed under master key {id}, not under the one(s) given ({})",
                     given.join(", ")
                 ))
             })?;
         let raw = STANDARD
             .decode(body)
-            .map_err(|_| StoreError::Corrupt(format!("sealed {slot} is not base64")))?;
+            .map_err(|_| StoreError::corrupt(format!("sealed {slot} is not base64")))?;
         if raw.len() < NONCE_LEN {
-            return Err(StoreError::Corrupt(format!("sealed {slot} is truncated")));
+            return Err(StoreError::corrupt(format!("sealed {slot} is truncated")));
         }
         let nonce = Nonce::try_assume_unique_for_key(&raw[..NONCE_LEN])
-            .map_err(|_| StoreError::Corrupt(format!("sealed {slot} has a bad nonce")))?;
+            .map_err(|_| StoreError::corrupt(format!("sealed {slot} has a bad nonce")))?;
         let mut buf = Zeroizing::new(raw[NONCE_LEN..].to_vec());
         let plain_len = key
             .key
             .open_in_place(nonce, Aad::from(slot.as_bytes()), &mut buf)
             .map_err(|_| {
-                StoreError::Corrupt(format!(
+                StoreError::corrupt(format!(
                     "sealed {slot} does not open: tampered, or moved from another slot"
                 ))
             })?
@@ -244,7 +244,7 @@ fn parse(sealed: &str) -> Result<(&str, &str), StoreError> {
     sealed
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split_once(':'))
-        .ok_or_else(|| StoreError::Corrupt("a sealed value is malformed".into()))
+        .ok_or_else(|| StoreError::corrupt("a sealed value is malformed"))
 }
 
 /// Whether a stored text is sealed.
@@ -317,7 +317,7 @@ impl KeyProtection {
         let bytes = sealer.open(stored, slot)?;
         String::from_utf8(bytes.to_vec())
             .map(Zeroizing::new)
-            .map_err(|_| StoreError::Corrupt(format!("sealed {slot} is not text")))
+            .map_err(|_| StoreError::corrupt(format!("sealed {slot} is not text")))
     }
 
     /// The bytes to store for secret bytes (a signing key).
@@ -334,7 +334,7 @@ impl KeyProtection {
             return Ok(Zeroizing::new(stored.to_vec()));
         }
         let text = std::str::from_utf8(stored)
-            .map_err(|_| StoreError::Corrupt(format!("sealed {slot} is not text")))?;
+            .map_err(|_| StoreError::corrupt(format!("sealed {slot} is not text")))?;
         let sealer = self
             .sealer
             .as_ref()
@@ -344,7 +344,7 @@ impl KeyProtection {
 }
 
 fn no_master_key(stored: &str, slot: &str) -> StoreError {
-    StoreError::Sealed(format!(
+    StoreError::sealed(format!(
         "{slot} is sealed under master key {}; start with --master-key-file naming that key",
         sealed_by(stored).unwrap_or("?")
     ))
@@ -372,12 +372,12 @@ mod tests {
         );
         assert!(matches!(
             s.open(&sealed, "access-key:r:secondary"),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::Corrupt { .. })
         ));
         let other = Sealer::new(key(2));
         assert!(matches!(
             other.open(&sealed, "access-key:r:primary"),
-            Err(StoreError::Sealed(_))
+            Err(StoreError::Sealed { .. })
         ));
         let rotated = Sealer::new(key(2)).with_previous(key(1));
         assert_eq!(
@@ -405,7 +405,7 @@ mod tests {
         assert!(is_sealed_bytes(&stored));
         assert!(matches!(
             plain.load_bytes(&stored, "signing-key:a"),
-            Err(StoreError::Sealed(_))
+            Err(StoreError::Sealed { .. })
         ));
         assert_eq!(
             sealed

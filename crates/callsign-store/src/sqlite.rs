@@ -24,20 +24,20 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
-    AssignmentStore, Created, IdentityRecord, IdentityStore, ImportReport, NewIdentity,
-    PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store, StoreError,
-    StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, unix_ms as ms,
+    AssignmentStore, BulkIdentities, Created, IdentityRecord, IdentityStore, ImportReport,
+    NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store,
+    StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms,
+    stored_custom_id, unix_ms as ms,
 };
 use crate::{
-    CANNOT_WRITE, KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource,
-    count_sealed,
+    KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -164,26 +164,23 @@ fn write_failure(e: &rusqlite::Error) -> Option<&'static str> {
     }
 }
 
-fn backend(e: rusqlite::Error) -> StoreError {
-    backend_ref(&e)
-}
-
 /// Busy and locked: unavailable; cannot write (see [`write_failure`]): unavailable too, as
-/// [`StoreError::cannot_write`]; anything else: a backend failure.
-fn backend_ref(e: &rusqlite::Error) -> StoreError {
-    if let Some(reason) = write_failure(e) {
-        return StoreError::cannot_write(format!("{reason} ({e})"));
+/// [`StoreError::cannot_write`]; anything else: a backend failure. The SQLite error is the
+/// source.
+fn backend(e: rusqlite::Error) -> StoreError {
+    if let Some(reason) = write_failure(&e) {
+        return StoreError::cannot_write(reason).caused_by(e);
     }
-    match e {
+    match &e {
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
                 f.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ) =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::unavailable("SQLite").caused_by(e)
         }
-        _ => StoreError::Backend(e.to_string()),
+        _ => StoreError::backend("SQLite").caused_by(e),
     }
 }
 
@@ -191,9 +188,11 @@ fn backend_ref(e: &rusqlite::Error) -> StoreError {
 /// plainly unavailable: only the writer, which reports the state, answers `cannot_write`.
 fn read_error(e: StoreError) -> StoreError {
     match e {
-        StoreError::Unavailable(m) if m.starts_with(CANNOT_WRITE) => {
-            StoreError::Unavailable(m[CANNOT_WRITE.len()..].to_owned())
-        }
+        StoreError::Unavailable { detail, source, .. } => StoreError::Unavailable {
+            detail,
+            cannot_write: false,
+            source,
+        },
         other => other,
     }
 }
@@ -201,7 +200,12 @@ fn read_error(e: StoreError) -> StoreError {
 /// Why a database cannot be opened for writing, in words an operator can act on: the path, and
 /// whether its directory is read-only or not writable by this user.
 fn open_error(path: &Path, e: StoreError) -> StoreError {
-    let Some(Outcome::CannotWrite(cause)) = Outcome::of(&e) else {
+    let StoreError::Unavailable {
+        detail,
+        cannot_write: true,
+        source,
+    } = e
+    else {
         return e;
     };
     let dir = match path.parent() {
@@ -210,25 +214,26 @@ fn open_error(path: &Path, e: StoreError) -> StoreError {
     };
     // Ask the file system itself: its answer names the cause (read-only, permission denied).
     let check = dir.join(format!(".callsign-write-check-{}", std::process::id()));
-    let why = match std::fs::OpenOptions::new()
+    match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&check)
     {
         Ok(_) => {
             let _ = std::fs::remove_file(&check);
-            cause
+            StoreError::Backend {
+                detail: format!("cannot write the database {}: {detail}", path.display()),
+                source,
+            }
         }
-        Err(io) => format!(
-            "the directory {} is not writable ({io}); callsign writes the database and its -wal \
-             and -shm files there",
+        Err(io) => StoreError::backend(format!(
+            "cannot write the database {}: the directory {} is not writable; callsign writes \
+             the database and its -wal and -shm files there",
+            path.display(),
             dir.display()
-        ),
-    };
-    StoreError::Backend(format!(
-        "cannot write the database {}: {why}",
-        path.display()
-    ))
+        ))
+        .caused_by(io),
+    }
 }
 
 /// Whether the writer can write. Set by the writer thread from what its writes (and checks)
@@ -353,14 +358,21 @@ enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome of a failure: `CannotWrite` for a [`StoreError::cannot_write`].
+    /// The outcome of a failure: `CannotWrite` for a [`StoreError::cannot_write`], its detail
+    /// followed by its cause, if any, in parentheses ("disk full (database or disk is full)").
     fn of(e: &StoreError) -> Option<Outcome> {
-        match e {
-            StoreError::Unavailable(m) if e.is_cannot_write() => {
-                Some(Outcome::CannotWrite(m[CANNOT_WRITE.len()..].to_owned()))
-            }
-            _ => None,
-        }
+        let StoreError::Unavailable {
+            detail,
+            cannot_write: true,
+            source,
+        } = e
+        else {
+            return None;
+        };
+        Some(Outcome::CannotWrite(match source {
+            Some(cause) => format!("{detail} ({cause})"),
+            None => detail.clone(),
+        }))
     }
 }
 
@@ -387,7 +399,7 @@ impl SqliteStore {
             .map_err(backend)
             .map_err(|e| open_error(&path, e))?
         {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "cannot write the database {}: it opens read-only (no write permission for this \
                  user, or a read-only file system)",
                 path.display()
@@ -418,7 +430,7 @@ impl SqliteStore {
         let thread = std::thread::Builder::new()
             .name("callsign-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, thread_touched, thread_health))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::backend("cannot start the writer thread").caused_by(e))?;
         Ok(Self {
             path,
             writer: Mutex::new(Some(tx)),
@@ -441,13 +453,13 @@ impl SqliteStore {
             let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let sender = guard
                 .as_ref()
-                .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+                .ok_or_else(|| StoreError::unavailable("the store is closed"))?;
             sender
                 .send(make(tx))
-                .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
+                .map_err(|_| StoreError::unavailable("the writer thread has stopped"))?;
         }
         rx.await
-            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the writer thread has stopped"))?
     }
 
     fn read<T>(
@@ -475,7 +487,7 @@ fn configure(conn: &Connection, read_only: bool) -> Result<(), StoreError> {
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(backend)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "could not switch the database to WAL mode (got {mode})"
             )));
         }
@@ -508,7 +520,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "the database schema (version {applied}) is newer than this callsign (version {}); upgrade callsign",
             MIGRATIONS.len()
         )));
@@ -538,11 +550,11 @@ fn identity_record(row: IdentityRow) -> Result<IdentityRecord, StoreError> {
     let (id, custom_id, created, epoch, last) = row;
     Ok(IdentityRecord {
         id: IdentityId::parse(&id)
-            .map_err(|_| StoreError::Corrupt(format!("identity id {id:?}")))?,
-        custom_id,
+            .map_err(|_| StoreError::corrupt(format!("identity id {id:?}")))?,
+        custom_id: stored_custom_id(&id, custom_id)?,
         created_at: from_ms(created)?,
         revocation_epoch: u64::try_from(epoch)
-            .map_err(|_| StoreError::Corrupt(format!("negative revocation epoch for {id}")))?,
+            .map_err(|_| StoreError::corrupt(format!("negative revocation epoch for {id}")))?,
         last_token_issued_at: last.map(from_ms).transpose()?,
     })
 }
@@ -686,11 +698,9 @@ fn run_batch(
     // (`synchronous=FULL`; the token-time flush lowers it for itself and restores it).
     if let Err(e) = ensure_full_sync(conn) {
         tracing::error!(error = %e, "synchronous=FULL cannot be restored; writes are refused");
+        let err = StoreError::unavailable("durable commits are not possible").caused_by(e);
         for job in batch {
-            fail(
-                job,
-                StoreError::Unavailable(format!("durable commits are not possible: {e}")),
-            );
+            fail(job, err.clone());
         }
         return false;
     }
@@ -699,7 +709,11 @@ fn run_batch(
         Ok(tx) => tx,
         Err(e) => {
             let err = match backend(e) {
-                StoreError::Backend(msg) => StoreError::Unavailable(msg),
+                StoreError::Backend { detail, source } => StoreError::Unavailable {
+                    detail,
+                    cannot_write: false,
+                    source,
+                },
                 other => other,
             };
             let failed = health.note(Outcome::of(&err).unwrap_or(Outcome::Idle));
@@ -775,6 +789,46 @@ type JobOutcome = Result<(), Option<String>>;
 /// Answers a job once its batch's fate is known (`Some`: the commit failed).
 type Answer = Box<dyn FnOnce(Option<StoreError>)>;
 
+/// Runs `f` in a savepoint of `tx`: a failing job leaves nothing of itself in the batch.
+fn in_savepoint<T>(
+    tx: &rusqlite::Transaction<'_>,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.execute_batch("SAVEPOINT job").map_err(backend)?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE job").map_err(backend)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+/// The function that answers a job with `result` once its batch's fate is known, and what the
+/// job met.
+fn answer<T: Send + 'static>(
+    reply: Reply<T>,
+    result: Result<T, StoreError>,
+) -> (Answer, JobOutcome) {
+    let outcome = match &result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match Outcome::of(e) {
+            Some(Outcome::CannotWrite(cause)) => Some(cause),
+            _ => None,
+        }),
+    };
+    let answer = Box::new(move |commit_error| {
+        let _ = reply.send(match commit_error {
+            Some(e) => Err(e),
+            None => result,
+        });
+    });
+    (answer, outcome)
+}
+
 /// Runs one job in a savepoint and returns the function that answers it once the batch's fate
 /// is known (a commit failure turns every success into that failure), and what it met.
 fn run_job(
@@ -782,41 +836,6 @@ fn run_job(
     job: Job,
     touched: &PendingTokenTimes,
 ) -> (Answer, JobOutcome) {
-    fn in_savepoint<T>(
-        tx: &rusqlite::Transaction<'_>,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        tx.execute_batch("SAVEPOINT job").map_err(backend)?;
-        match f(tx) {
-            Ok(v) => {
-                tx.execute_batch("RELEASE job").map_err(backend)?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
-                Err(e)
-            }
-        }
-    }
-    fn answer<T: Send + 'static>(
-        reply: Reply<T>,
-        result: Result<T, StoreError>,
-    ) -> (Answer, JobOutcome) {
-        let outcome = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(match Outcome::of(e) {
-                Some(Outcome::CannotWrite(cause)) => Some(cause),
-                _ => None,
-            }),
-        };
-        let answer = Box::new(move |commit_error| {
-            let _ = reply.send(match commit_error {
-                Some(e) => Err(e),
-                None => result,
-            });
-        });
-        (answer, outcome)
-    }
     match job {
         Job::Create(new, reply) => answer(reply, in_savepoint(tx, |tx| create(tx, &new))),
         Job::Revoke(id, reply) => answer(
@@ -827,7 +846,7 @@ fn run_job(
                 )
                 .and_then(|mut s| s.query_row([id.to_string()], |r| r.get::<_, i64>(0)).optional())
                 .map_err(backend)?
-                .map(|e| u64::try_from(e).map_err(|_| StoreError::Corrupt("negative epoch".into())))
+                .map(|e| u64::try_from(e).map_err(|_| StoreError::corrupt("negative epoch")))
                 .transpose()
             }),
         ),
@@ -905,7 +924,7 @@ fn decode_client_ids(raw: Option<String>) -> Result<Option<Vec<Uuid>>, StoreErro
     raw.split(',')
         .map(|id| {
             callsign_core::parse_guid(id)
-                .ok_or_else(|| StoreError::Corrupt(format!("assignment client id {id:?}")))
+                .ok_or_else(|| StoreError::corrupt(format!("assignment client id {id:?}")))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -955,16 +974,16 @@ fn assignment_record(row: AssignmentRow) -> Result<(ResourceId, TeamsAssignment)
     let (resource, tenant, object, principal, clients) = row;
     let guid = |what: &str, s: &str| {
         callsign_core::parse_guid(s)
-            .ok_or_else(|| StoreError::Corrupt(format!("assignment {what} {s:?}")))
+            .ok_or_else(|| StoreError::corrupt(format!("assignment {what} {s:?}")))
     };
     Ok((
         ResourceId::parse(&resource)
-            .map_err(|_| StoreError::Corrupt(format!("assignment resource id {resource:?}")))?,
+            .map_err(|_| StoreError::corrupt(format!("assignment resource id {resource:?}")))?,
         TeamsAssignment {
             tenant_id: guid("tenant id", &tenant)?,
             object_id: guid("object id", &object)?,
             principal_type: PrincipalType::parse(&principal).ok_or_else(|| {
-                StoreError::Corrupt(format!("assignment principal type {principal:?}"))
+                StoreError::corrupt(format!("assignment principal type {principal:?}"))
             })?,
             client_ids: decode_client_ids(clients)?,
         },
@@ -1001,7 +1020,7 @@ fn read_signing_keys(c: &Connection) -> Result<Vec<StoredSigningKey>, StoreError
         let (kid, alg, pkcs8, created) = row.map_err(backend)?;
         keys.push(StoredSigningKey {
             alg: Algorithm::from_jose_name(&alg)
-                .ok_or_else(|| StoreError::Corrupt(format!("signing key algorithm {alg:?}")))?,
+                .ok_or_else(|| StoreError::corrupt(format!("signing key algorithm {alg:?}")))?,
             kid,
             pkcs8,
             created_at: from_ms(created)?,
@@ -1026,7 +1045,7 @@ fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, 
         return Ok(Created {
             identity: IdentityRecord {
                 id: new.id,
-                custom_id: custom,
+                custom_id: new.custom_id.clone(),
                 created_at: from_ms(ms(new.created_at))?,
                 revocation_epoch: 0,
                 last_token_issued_at: None,
@@ -1035,7 +1054,7 @@ fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, 
         });
     }
     let Some(custom) = custom else {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "identity id {} already exists",
             new.id
         )));
@@ -1049,7 +1068,7 @@ fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, 
                 .optional()
         })
         .map_err(backend)?
-        .ok_or_else(|| StoreError::Backend(format!("identity id {} already exists", new.id)))?;
+        .ok_or_else(|| StoreError::backend(format!("identity id {} already exists", new.id)))?;
     Ok(Created {
         identity: identity_record(row)?,
         created: false,
@@ -1117,7 +1136,7 @@ fn import(
             .execute(params![
                 id,
                 r.id.resource().to_string(),
-                r.custom_id,
+                r.custom_id.as_ref().map(CustomId::as_str),
                 ms(r.created_at),
                 epoch,
                 r.last_token_issued_at.map(ms),
@@ -1177,8 +1196,7 @@ fn bootstrap(
         ],
     )
     .map_err(backend)?;
-    read_default_resource(tx)?
-        .ok_or_else(|| StoreError::Backend("the default resource vanished".into()))
+    read_default_resource(tx)?.ok_or_else(|| StoreError::backend("the default resource vanished"))
 }
 
 /// Every resource, access keys in their stored form.
@@ -1206,7 +1224,7 @@ fn read_resources(
     for row in rows {
         let (id, primary, secondary, created) = row.map_err(backend)?;
         out.push(StoredResource {
-            id: ResourceId::parse(&id).map_err(|_| StoreError::Corrupt("resource id".into()))?,
+            id: ResourceId::parse(&id).map_err(|_| StoreError::corrupt("resource id"))?,
             primary,
             secondary,
             created_at: from_ms(created)?,
@@ -1239,8 +1257,8 @@ fn rewrite_keys(tx: &rusqlite::Transaction<'_>, plan: &KeyRewrite) -> Result<usi
             .map_err(backend)?;
     }
     if n != plan.len() {
-        return Err(StoreError::Backend(
-            "keys changed while being re-sealed; run the command again".into(),
+        return Err(StoreError::backend(
+            "keys changed while being re-sealed; run the command again",
         ));
     }
     Ok(n)
@@ -1281,75 +1299,6 @@ impl IdentityStore for SqliteStore {
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
         self.touched.record(id, at);
-    }
-
-    async fn list_identities(
-        &self,
-        after: Option<&IdentityId>,
-        limit: usize,
-    ) -> Result<Vec<IdentityRecord>, StoreError> {
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {IDENTITY_COLUMNS} FROM identities WHERE id > ?1 ORDER BY id LIMIT ?2"
-                ))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![after, limit], identity_from_row)
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(identity_record(row.map_err(backend)?)?);
-            }
-            Ok(out)
-        })
-    }
-
-    async fn import_identities(
-        &self,
-        records: Vec<IdentityRecord>,
-    ) -> Result<ImportReport, StoreError> {
-        self.submit(|r| Job::Import(records, r)).await
-    }
-
-    async fn list_tombstones(
-        &self,
-        after: Option<&IdentityId>,
-        limit: usize,
-    ) -> Result<Vec<Tombstone>, StoreError> {
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, deleted_at_ms FROM identity_tombstones WHERE id > ?1 ORDER BY id LIMIT ?2",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![after, limit], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, deleted) = row.map_err(backend)?;
-                out.push(Tombstone {
-                    id: IdentityId::parse(&id)
-                        .map_err(|_| StoreError::Corrupt(format!("tombstone id {id:?}")))?,
-                    deleted_at: from_ms(deleted)?,
-                });
-            }
-            Ok(out)
-        })
-    }
-
-    async fn import_tombstones(
-        &self,
-        tombstones: Vec<Tombstone>,
-    ) -> Result<TombstoneReport, StoreError> {
-        self.submit(|r| Job::ImportTombstones(tombstones, r)).await
     }
 }
 
@@ -1421,7 +1370,7 @@ impl KeyMaterialStore for SqliteStore {
                 .map_err(backend)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("compaction task failed: {e}")))??;
+        .map_err(|e| StoreError::backend("compaction task failed").caused_by(e))??;
         Ok(n)
     }
 }
@@ -1468,6 +1417,78 @@ impl AssignmentStore for SqliteStore {
         let key = assignment_key(resource, tenant, object);
         self.submit(|r| Job::DeleteAssignment(key, r)).await
     }
+}
+
+#[async_trait]
+impl BulkIdentities for SqliteStore {
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRecord>, StoreError> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM identities WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![after, limit], identity_from_row)
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(identity_record(row.map_err(backend)?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn import_identities(
+        &self,
+        records: Vec<IdentityRecord>,
+    ) -> Result<ImportReport, StoreError> {
+        self.submit(|r| Job::Import(records, r)).await
+    }
+
+    async fn list_tombstones(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, deleted_at_ms FROM identity_tombstones WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, deleted) = row.map_err(backend)?;
+                out.push(Tombstone {
+                    id: IdentityId::parse(&id)
+                        .map_err(|_| StoreError::corrupt(format!("tombstone id {id:?}")))?,
+                    deleted_at: from_ms(deleted)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn import_tombstones(
+        &self,
+        tombstones: Vec<Tombstone>,
+    ) -> Result<TombstoneReport, StoreError> {
+        self.submit(|r| Job::ImportTombstones(tombstones, r)).await
+    }
 
     async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError> {
         self.read(|c| {
@@ -1488,7 +1509,7 @@ impl AssignmentStore for SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl StoreHealth for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
     }
@@ -1496,7 +1517,10 @@ impl Store for SqliteStore {
     fn writable(&self) -> Result<(), StoreError> {
         self.health.check()
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn close(&self) {
         if self
             .writer
@@ -1572,15 +1596,15 @@ mod tests {
         ] {
             let e = backend(failure(code));
             assert!(e.is_cannot_write(), "{code}: {e}");
-            assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e}");
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{code}: {e}");
             // A read meeting the same error is plainly unavailable (only the writer reports
             // the state).
             let read = read_error(backend(failure(code)));
-            assert!(matches!(read, StoreError::Unavailable(_)) && !read.is_cannot_write());
+            assert!(matches!(read, StoreError::Unavailable { .. }) && !read.is_cannot_write());
         }
         for code in [ffi::SQLITE_BUSY, ffi::SQLITE_LOCKED] {
             let e = backend(failure(code));
-            assert!(matches!(e, StoreError::Unavailable(_)) && !e.is_cannot_write());
+            assert!(matches!(e, StoreError::Unavailable { .. }) && !e.is_cannot_write());
         }
         for code in [
             ffi::SQLITE_CORRUPT,
@@ -1589,7 +1613,7 @@ mod tests {
             ffi::SQLITE_ERROR,
         ] {
             assert!(
-                matches!(backend(failure(code)), StoreError::Backend(_)),
+                matches!(backend(failure(code)), StoreError::Backend { .. }),
                 "{code}"
             );
         }
@@ -1598,6 +1622,10 @@ mod tests {
             Some(Outcome::CannotWrite(cause)) if cause.starts_with("disk full (")
         ));
         assert_eq!(Outcome::of(&backend(failure(ffi::SQLITE_BUSY))), None);
+        // SQLite's own error stays the source, for whoever prints the chain.
+        let e = backend(failure(ffi::SQLITE_CORRUPT));
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert!(e.detail_chain().ends_with(&cause.to_string()), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

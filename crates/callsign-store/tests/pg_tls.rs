@@ -191,7 +191,17 @@ async fn connect_error(url: &str) -> String {
             store.close().await;
             panic!("connected with {}", mask_database_url(url));
         }
-        Err(e) => e.to_string(),
+        // Everything a caller printing the error and its sources would show.
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut next = std::error::Error::source(&e);
+            while let Some(cause) = next {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                next = cause.source();
+            }
+            text
+        }
     }
 }
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use callsign_core::token::Algorithm;
 use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use callsign_store::{
-    AssignmentStore, CopyError, CopyOptions, DivergedId, IdentityRecord, IdentityStore,
-    ImportReport, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store,
-    StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId, IdentityRecord,
+    IdentityStore, ImportReport, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord,
+    SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -23,7 +23,7 @@ fn new_identity(resource: ResourceId, custom: Option<&str>) -> NewIdentity {
     }
 }
 
-async fn create_then_get_returns_the_identity(store: Arc<dyn Store>) {
+async fn create_then_get_returns_the_identity(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let new = new_identity(r, None);
     let created = store.create_identity(new.clone()).await.expect("create");
@@ -40,7 +40,7 @@ async fn create_then_get_returns_the_identity(store: Arc<dyn Store>) {
     assert_eq!(store.get_identity(&other).await.expect("get"), None);
 }
 
-async fn custom_id_is_idempotent_per_resource(store: Arc<dyn Store>) {
+async fn custom_id_is_idempotent_per_resource(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let first = store
         .create_identity(new_identity(r, Some("alice@example.com")))
@@ -54,7 +54,7 @@ async fn custom_id_is_idempotent_per_resource(store: Arc<dyn Store>) {
     assert!(!again.created);
     assert_eq!(again.identity.id, first.identity.id);
     assert_eq!(
-        again.identity.custom_id.as_deref(),
+        again.identity.custom_id.as_ref().map(CustomId::as_str),
         Some("alice@example.com")
     );
     // Another resource may use the same custom id for its own identity.
@@ -69,7 +69,7 @@ async fn custom_id_is_idempotent_per_resource(store: Arc<dyn Store>) {
     assert_ne!(elsewhere.identity.id, first.identity.id);
 }
 
-async fn concurrent_creates_with_one_custom_id_yield_one_identity(store: Arc<dyn Store>) {
+async fn concurrent_creates_with_one_custom_id_yield_one_identity(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -92,7 +92,7 @@ async fn concurrent_creates_with_one_custom_id_yield_one_identity(store: Arc<dyn
     assert_eq!(created, 1);
 }
 
-async fn revoke_increments_the_epoch(store: Arc<dyn Store>) {
+async fn revoke_increments_the_epoch(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
         .create_identity(new_identity(r, None))
@@ -111,7 +111,7 @@ async fn revoke_increments_the_epoch(store: Arc<dyn Store>) {
     assert_eq!(store.revoke_tokens(&unknown).await.expect("revoke"), None);
 }
 
-async fn concurrent_revokes_are_all_counted(store: Arc<dyn Store>) {
+async fn concurrent_revokes_are_all_counted(store: Arc<dyn BulkStore>) {
     let c = store
         .create_identity(new_identity(ResourceId::new_random(), None))
         .await
@@ -130,7 +130,7 @@ async fn concurrent_revokes_are_all_counted(store: Arc<dyn Store>) {
     assert_eq!(epochs, (1..=50).collect::<Vec<u64>>());
 }
 
-async fn delete_removes_everything(store: Arc<dyn Store>) {
+async fn delete_removes_everything(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
         .create_identity(new_identity(r, Some("carol")))
@@ -151,7 +151,7 @@ async fn delete_removes_everything(store: Arc<dyn Store>) {
     assert_ne!(again.identity.id, id);
 }
 
-async fn last_token_time_is_visible(store: Arc<dyn Store>) {
+async fn last_token_time_is_visible(store: Arc<dyn BulkStore>) {
     let c = store
         .create_identity(new_identity(ResourceId::new_random(), None))
         .await
@@ -166,7 +166,7 @@ async fn last_token_time_is_visible(store: Arc<dyn Store>) {
     assert_eq!(got.last_token_issued_at, Some(at));
 }
 
-async fn default_resource_is_bootstrapped_once(store: Arc<dyn Store>) {
+async fn default_resource_is_bootstrapped_once(store: Arc<dyn BulkStore>) {
     assert_eq!(store.default_resource().await.expect("read"), None);
     let candidate = |id| ResourceRecord {
         id,
@@ -188,7 +188,7 @@ async fn default_resource_is_bootstrapped_once(store: Arc<dyn Store>) {
     assert_eq!(store.default_resource().await.expect("read"), Some(first));
 }
 
-async fn signing_keys_come_back_newest_first(store: Arc<dyn Store>) {
+async fn signing_keys_come_back_newest_first(store: Arc<dyn BulkStore>) {
     assert!(store.signing_keys().await.expect("read").is_empty());
     let key = |kid: &str, secs| StoredSigningKey {
         kid: kid.into(),
@@ -215,7 +215,7 @@ async fn signing_keys_come_back_newest_first(store: Arc<dyn Store>) {
     );
 }
 
-async fn signing_key_bootstrap_agrees_on_one_key_per_algorithm(store: Arc<dyn Store>) {
+async fn signing_key_bootstrap_agrees_on_one_key_per_algorithm(store: Arc<dyn BulkStore>) {
     let key = |kid: &str, alg| StoredSigningKey {
         kid: kid.into(),
         alg,
@@ -247,7 +247,7 @@ async fn signing_key_bootstrap_agrees_on_one_key_per_algorithm(store: Arc<dyn St
     assert_eq!(store.signing_keys().await.expect("read").len(), 2);
 }
 
-async fn identities_export_and_import_losslessly(store: Arc<dyn Store>) {
+async fn identities_export_and_import_losslessly(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let mut originals = Vec::new();
     for i in 0..25 {
@@ -308,7 +308,7 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn Store>) {
     }
 }
 
-async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn Store>) {
+async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
         .create_identity(new_identity(r, Some("erin")))
@@ -368,7 +368,7 @@ async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn Store>) {
     assert_eq!(store.get_identity(&record.id).await.expect("get"), None);
 }
 
-async fn reimport_keeps_the_higher_epoch(store: Arc<dyn Store>) {
+async fn reimport_keeps_the_higher_epoch(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
         .create_identity(new_identity(r, None))
@@ -445,7 +445,7 @@ async fn reimport_keeps_the_higher_epoch(store: Arc<dyn Store>) {
     );
 }
 
-async fn imported_tombstones_delete_and_list_in_pages(store: Arc<dyn Store>) {
+async fn imported_tombstones_delete_and_list_in_pages(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let mut alive = Vec::new();
     for i in 0..5 {
@@ -537,7 +537,7 @@ fn assignment(
     }
 }
 
-async fn assignment_put_creates_then_replaces(store: Arc<dyn Store>) {
+async fn assignment_put_creates_then_replaces(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
     assert_eq!(
@@ -580,7 +580,7 @@ async fn assignment_put_creates_then_replaces(store: Arc<dyn Store>) {
     );
 }
 
-async fn assignment_delete_removes_it(store: Arc<dyn Store>) {
+async fn assignment_delete_removes_it(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
     assert!(
@@ -611,7 +611,7 @@ async fn assignment_delete_removes_it(store: Arc<dyn Store>) {
     assert!(store.put_assignment(r, a).await.expect("put again"));
 }
 
-async fn assignments_are_per_resource(store: Arc<dyn Store>) {
+async fn assignments_are_per_resource(store: Arc<dyn BulkStore>) {
     let (mine, theirs) = (ResourceId::new_random(), ResourceId::new_random());
     let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
     let a = assignment(tenant, object, PrincipalType::User, None);
@@ -658,7 +658,7 @@ async fn assignments_are_per_resource(store: Arc<dyn Store>) {
     );
 }
 
-async fn assignment_client_ids_round_trip_exactly(store: Arc<dyn Store>) {
+async fn assignment_client_ids_round_trip_exactly(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let tenant = Uuid::new_v4();
     // Absent, empty, one and two ids (order and separators) are four different answers.
@@ -691,7 +691,7 @@ async fn assignment_client_ids_round_trip_exactly(store: Arc<dyn Store>) {
     }
 }
 
-async fn concurrent_first_puts_of_one_assignment_create_once(store: Arc<dyn Store>) {
+async fn concurrent_first_puts_of_one_assignment_create_once(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
     let mut tasks = Vec::new();
@@ -725,7 +725,7 @@ async fn concurrent_first_puts_of_one_assignment_create_once(store: Arc<dyn Stor
     );
 }
 
-async fn all_assignments_lists_every_resource_in_order(store: Arc<dyn Store>) {
+async fn all_assignments_lists_every_resource_in_order(store: Arc<dyn BulkStore>) {
     assert!(store.all_assignments().await.expect("list").is_empty());
     let mut expected = Vec::new();
     for _ in 0..3 {
@@ -810,7 +810,7 @@ impl Guard {
     }
 }
 
-async fn make_sqlite() -> (Arc<dyn Store>, Guard) {
+async fn make_sqlite() -> (Arc<dyn BulkStore>, Guard) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path().join("callsign.db")).expect("open");
     (Arc::new(store), Guard::Dir(dir))
@@ -823,7 +823,7 @@ fn admin_url() -> String {
 }
 
 /// A fresh, empty database on the test server.
-async fn make_postgres() -> (Arc<dyn Store>, Guard) {
+async fn make_postgres() -> (Arc<dyn BulkStore>, Guard) {
     let admin_url = admin_url();
     let name = format!("callsign_test_{}", uuid::Uuid::new_v4().simple());
     let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -954,7 +954,7 @@ async fn sqlite_data_survives_reopening() {
         .expect("get")
         .expect("present");
     assert_eq!(got.revocation_epoch, 1);
-    assert_eq!(got.custom_id.as_deref(), Some("dave"));
+    assert_eq!(got.custom_id.as_ref().map(CustomId::as_str), Some("dave"));
     store.close().await;
 }
 
@@ -982,13 +982,19 @@ async fn sqlite_reports_corrupt_assignments() {
         drop(conn);
         let store = SqliteStore::open(&path).expect("reopen");
         let err = store.all_assignments().await.expect_err(corruption);
-        assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+        assert!(
+            matches!(err, StoreError::Corrupt { .. }),
+            "{corruption}: {err}"
+        );
         if !corruption.starts_with("object_id") {
             let err = store
                 .get_assignment(r, a.tenant_id, a.object_id)
                 .await
                 .expect_err(corruption);
-            assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+            assert!(
+                matches!(err, StoreError::Corrupt { .. }),
+                "{corruption}: {err}"
+            );
         }
         store.close().await;
         drop(store);
@@ -1024,19 +1030,86 @@ async fn postgres_reports_corrupt_assignments() {
             .await
             .expect("corrupt");
         let err = store.all_assignments().await.expect_err(corruption);
-        assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+        assert!(
+            matches!(err, StoreError::Corrupt { .. }),
+            "{corruption}: {err}"
+        );
         if !corruption.starts_with("object_id") {
             let err = store
                 .get_assignment(r, a.tenant_id, a.object_id)
                 .await
                 .expect_err(corruption);
-            assert!(matches!(err, StoreError::Corrupt(_)), "{corruption}: {err}");
+            assert!(
+                matches!(err, StoreError::Corrupt { .. }),
+                "{corruption}: {err}"
+            );
         }
         client
             .batch_execute("DELETE FROM callsign_teams_assignments")
             .await
             .expect("clean");
     }
+    drop(client);
+    store.close().await;
+    guard.cleanup().await;
+}
+
+/// A hand-edited custom id that breaks the rules (a control character) reads as corrupt data,
+/// its cause in the error's source chain.
+fn assert_corrupt_custom_id(err: StoreError) {
+    assert!(err.is_corrupt(), "{err}");
+    let cause = std::error::Error::source(&err).expect("a cause");
+    assert!(cause.to_string().contains("control"), "{cause}");
+}
+
+#[tokio::test]
+async fn sqlite_reports_a_corrupt_custom_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("callsign.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let created = store
+        .create_identity(new_identity(ResourceId::new_random(), Some("erin")))
+        .await
+        .expect("create")
+        .identity;
+    store.close().await;
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute(
+        "UPDATE identities SET custom_id = 'er' || char(10) || 'in'",
+        [],
+    )
+    .expect("corrupt");
+    drop(conn);
+    let store = SqliteStore::open(&path).expect("reopen");
+    assert_corrupt_custom_id(store.get_identity(&created.id).await.expect_err("corrupt"));
+    assert_corrupt_custom_id(store.list_identities(None, 10).await.expect_err("corrupt"));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_reports_a_corrupt_custom_id() {
+    let (store, guard) = make_postgres().await;
+    let Guard::Database { admin_url, name } = &guard else {
+        unreachable!()
+    };
+    let created = store
+        .create_identity(new_identity(ResourceId::new_random(), Some("erin")))
+        .await
+        .expect("create")
+        .identity;
+    let mut config: tokio_postgres::Config = admin_url.parse().expect("url");
+    config.dbname(name);
+    let (client, conn) = tokio_postgres::connect(&pg_url(&config, name), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute("UPDATE callsign_identities SET custom_id = 'er' || chr(10) || 'in'")
+        .await
+        .expect("corrupt");
+    assert_corrupt_custom_id(store.get_identity(&created.id).await.expect_err("corrupt"));
+    assert_corrupt_custom_id(store.list_identities(None, 10).await.expect_err("corrupt"));
     drop(client);
     store.close().await;
     guard.cleanup().await;
@@ -1141,7 +1214,7 @@ const FORCE: CopyOptions = CopyOptions {
 
 /// A started deployment: its resource, a signing key and `n` identities (every third with a
 /// custom id `c<i>`), in creation order.
-async fn started_deployment(store: &dyn Store, n: usize) -> (ResourceRecord, Vec<IdentityId>) {
+async fn started_deployment(store: &dyn BulkStore, n: usize) -> (ResourceRecord, Vec<IdentityId>) {
     let resource = ResourceRecord {
         id: ResourceId::new_random(),
         primary_key: AccessKey::generate(),
@@ -1174,7 +1247,7 @@ async fn started_deployment(store: &dyn Store, n: usize) -> (ResourceRecord, Vec
 }
 
 /// Every tombstone id of a store, sorted.
-async fn tombstone_ids(store: &dyn Store) -> Vec<IdentityId> {
+async fn tombstone_ids(store: &dyn BulkStore) -> Vec<IdentityId> {
     let mut ids: Vec<IdentityId> = store
         .list_tombstones(None, usize::MAX)
         .await
@@ -1188,7 +1261,10 @@ async fn tombstone_ids(store: &dyn Store) -> Vec<IdentityId> {
 
 /// Delete on the source after a first copy, copy again (and again): the identity is deleted on
 /// the target and stays deleted.
-async fn a_repeated_copy_never_brings_back_a_deleted_identity(from: &dyn Store, to: &dyn Store) {
+async fn a_repeated_copy_never_brings_back_a_deleted_identity(
+    from: &dyn BulkStore,
+    to: &dyn BulkStore,
+) {
     let (resource, ids) = started_deployment(from, 30).await;
     let first = callsign_store::copy_store(from, to, &batch_of(7))
         .await
@@ -1241,7 +1317,7 @@ async fn a_repeated_copy_never_brings_back_a_deleted_identity(from: &dyn Store, 
 
 /// Revoke on the source after a first copy: the next copy raises the target's epoch, so tokens
 /// issued before the revoke are refused on the target too; a higher epoch on the target stays.
-async fn a_repeated_copy_carries_a_revoke(from: &dyn Store, to: &dyn Store) {
+async fn a_repeated_copy_carries_a_revoke(from: &dyn BulkStore, to: &dyn BulkStore) {
     let (_, ids) = started_deployment(from, 10).await;
     callsign_store::copy_store(from, to, &batch_of(4))
         .await
@@ -1286,7 +1362,7 @@ async fn a_repeated_copy_carries_a_revoke(from: &dyn Store, to: &dyn Store) {
 
 /// Identities created and deleted on the target since the last copy: reported, nothing written;
 /// with `force` the copy goes ahead and the target's changes are kept.
-async fn a_diverged_target_is_refused_unless_forced(from: &dyn Store, to: &dyn Store) {
+async fn a_diverged_target_is_refused_unless_forced(from: &dyn BulkStore, to: &dyn BulkStore) {
     let (resource, ids) = started_deployment(from, 12).await;
     callsign_store::copy_store(from, to, &batch_of(5))
         .await
