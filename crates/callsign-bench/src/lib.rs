@@ -8,7 +8,7 @@
 //!   from `/proc/<pid>/stat` over the measured window only, next to the cost of one bare ES256
 //!   signature measured in the same run.
 //! * [`seed`] writes many identities straight into a store with
-//!   [`callsign_store::IdentityStore::import_identities`] in large batches. Seeded ids are a pure
+//!   [`callsign_store::BulkIdentities::import_identities`] in large batches. Seeded ids are a pure
 //!   function of the resource and an index ([`seeded_identity`]), so `bench --seeded N` can pick
 //!   any of them at random without a list.
 //!

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use callsign_core::{IdentityId, ResourceId, SystemClock};
 use callsign_server::{PostgresOptions, StoreLocation, ensure_default_resource};
-use callsign_store::IdentityRecord;
+use callsign_store::{BulkIdentities, BulkStore, IdentityRecord};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -94,7 +94,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<SeedReport> {
 }
 
 async fn seed_into(
-    store: &std::sync::Arc<dyn callsign_store::Store>,
+    store: &std::sync::Arc<dyn BulkStore>,
     args: &SeedArgs,
 ) -> anyhow::Result<SeedReport> {
     let (resource, _) = ensure_default_resource(store.as_ref(), &SystemClock).await?;
@@ -134,10 +134,9 @@ async fn seed_into(
                     last_token_issued_at: None,
                 })
                 .collect();
-            let store = std::sync::Arc::clone(store);
+            let bulk: std::sync::Arc<dyn BulkIdentities> = std::sync::Arc::clone(store) as _;
             in_flight.spawn(async move {
-                store
-                    .import_identities(records)
+                bulk.import_identities(records)
                     .await
                     .map(|report| report.inserted)
             });

@@ -167,7 +167,7 @@ async fn seeded_identities_are_stored_and_servable() {
 
     {
         let store = callsign_server::open_embedded_store(dir.path()).expect("store");
-        use callsign_store::IdentityStore as _;
+        use callsign_store::{BulkIdentities as _, IdentityStore as _};
         let all = store.list_identities(None, 5_000).await.expect("list");
         assert_eq!(all.len(), 1_000);
         for i in [0, 1, 499, 999] {

@@ -175,10 +175,11 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// The cause (logged, never sent) is the store error with its whole source chain.
     fn from(e: StoreError) -> Self {
         if e.is_cannot_write() {
             ApiError::CannotWrite(e.into())
-        } else if matches!(e, StoreError::Unavailable(..)) {
+        } else if e.is_unavailable() {
             ApiError::Unavailable(e.into())
         } else {
             ApiError::Internal(e.into())
@@ -262,11 +263,26 @@ mod tests {
         assert!(!body.contains("read-only"), "{body}");
         assert_eq!(e.code(), ErrorCode::ServiceUnavailable);
         // Other store failures keep their mapping.
-        let busy = ApiError::from(StoreError::Unavailable("database is locked".into()));
+        let busy = ApiError::from(StoreError::unavailable("database is locked"));
         assert!(matches!(busy, ApiError::Unavailable(_)));
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let corrupt = ApiError::from(StoreError::Corrupt("bad row".into()));
+        let corrupt = ApiError::from(StoreError::corrupt("bad row"));
         assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_store_failure_keeps_its_cause_for_the_log_and_out_of_the_body() {
+        let e = ApiError::from(
+            StoreError::backend("SQLite").caused_by(std::io::Error::other("disk I/O error")),
+        );
+        assert!(matches!(e, ApiError::Internal(_)), "{e:?}");
+        assert!(
+            e.cause().ends_with("SQLite: disk I/O error"),
+            "{}",
+            e.cause()
+        );
+        let body = serde_json::to_string(&e.body()).expect("json");
+        assert!(!body.contains("disk"), "{body}");
     }
 
     #[test]

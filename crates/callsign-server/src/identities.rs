@@ -20,10 +20,11 @@ use crate::version::{ApiVersion, CustomIdField};
 /// The wire identity, with the custom id under the name `version` gives it.
 fn wire_identity(
     id: String,
-    custom_id: Option<String>,
+    custom_id: Option<CustomId>,
     last_token_issued_at: Option<String>,
     version: ApiVersion,
 ) -> Identity {
+    let custom_id = custom_id.map(|c| c.as_str().to_owned());
     let (custom_id, external_id) = match version.custom_id_field() {
         Some(CustomIdField::CustomId) => (custom_id, None),
         Some(CustomIdField::ExternalId) => (None, custom_id),

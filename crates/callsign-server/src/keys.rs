@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use callsign_core::Clock;
 use callsign_core::token::{Algorithm, SigningKey, TokenVerifier, VerifyingKey};
-use callsign_store::{Store, StoreError, StoredSigningKey};
+use callsign_store::{SigningKeyStore, StoreError, StoredSigningKey};
 
 use crate::meta::jwks_document;
 
@@ -55,7 +55,7 @@ impl Keys {
     }
 
     /// Reloads from the store.
-    pub(crate) async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+    pub(crate) async fn refresh(&self, store: &dyn SigningKeyStore) -> Result<(), StoreError> {
         let set = load(store, &self.active_kid).await?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -63,7 +63,10 @@ impl Keys {
     }
 
     /// Reloads if the last reload is older than a second (for an unknown `kid`).
-    pub(crate) async fn refresh_if_stale(&self, store: &dyn Store) -> Result<(), StoreError> {
+    pub(crate) async fn refresh_if_stale(
+        &self,
+        store: &dyn SigningKeyStore,
+    ) -> Result<(), StoreError> {
         let stale = self
             .last_refresh
             .lock()
@@ -78,7 +81,7 @@ impl Keys {
 }
 
 /// Loads every stored key; the active key first.
-async fn load(store: &dyn Store, active_kid: &str) -> Result<KeySet, StoreError> {
+async fn load(store: &dyn SigningKeyStore, active_kid: &str) -> Result<KeySet, StoreError> {
     let mut keys = Vec::new();
     for stored in store.signing_keys().await? {
         match SigningKey::from_pkcs8(stored.alg, &stored.pkcs8) {
@@ -89,13 +92,14 @@ async fn load(store: &dyn Store, active_kid: &str) -> Result<KeySet, StoreError>
         }
     }
     keys.sort_by_key(|k| k.kid() != active_kid);
-    KeySet::build(keys).map_err(|e| StoreError::Backend(e.to_string()))
+    KeySet::build(keys)
+        .map_err(|e| StoreError::backend("cannot publish the signing keys").caused_by(e))
 }
 
 /// The signing key for `alg` (the newest stored one, or a new one that all nodes agree on) and
 /// the verifying set.
 pub(crate) async fn bootstrap(
-    store: &dyn Store,
+    store: &dyn SigningKeyStore,
     alg: Algorithm,
     clock: &dyn Clock,
 ) -> anyhow::Result<(SigningKey, Keys)> {

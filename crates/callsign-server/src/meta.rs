@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use callsign_api::{InactiveReason, IntrospectRequest, IntrospectResponse, Jwk, Jwks};
 use callsign_core::format_expires_on;
 use callsign_core::token::{PublicParts, VerifyError, VerifyingKey, token_in_force};
+use callsign_store::StoreHealth;
 
 use crate::error::ApiError;
 use crate::http::json;
@@ -56,7 +57,7 @@ impl Readiness {
             return cached.is_none_or(|(_, ok)| ok);
         }
         let inner = Arc::clone(&self.inner);
-        let store = Arc::clone(&state.store);
+        let store: Arc<dyn StoreHealth> = Arc::clone(&state.store) as Arc<dyn StoreHealth>;
         let ping = tokio::spawn(async move {
             let ok = matches!(
                 tokio::time::timeout(PING_DEADLINE, store.ping()).await,
@@ -73,7 +74,7 @@ impl Readiness {
 /// `GET /ready` (readiness, no authentication): 200 when the store answered within the last
 /// second and can write, 503 with `Retry-After` otherwise. A node whose disk is full or
 /// read-only is not ready, so a balancer sends writes elsewhere; it stays alive (`/health`) and
-/// serves reads. Whether the store can write costs no I/O ([`callsign_store::Store::writable`]),
+/// serves reads. Whether the store can write costs no I/O ([`StoreHealth::writable`]),
 /// so it is asked on every request, not cached.
 pub(crate) async fn ready(state: &AppState) -> Result<Response, ApiError> {
     state.store.writable()?;

@@ -11,7 +11,8 @@ use callsign_core::token::{Algorithm, TokenIssuer};
 use callsign_core::{AccessKey, Clock, ResourceId, SystemClock};
 use callsign_hmac::AccessKeyMac;
 use callsign_store::{
-    KeyProtection, PostgresOptions, PostgresStore, ResourceRecord, SqliteStore, Store,
+    BulkStore, KeyProtection, PostgresOptions, PostgresStore, ResourceRecord, ResourceStore,
+    SqliteStore, Store,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -101,7 +102,7 @@ impl StoreLocation {
         &self,
         options: &PostgresOptions,
         keys: KeyProtection,
-    ) -> anyhow::Result<Arc<dyn Store>> {
+    ) -> anyhow::Result<Arc<dyn BulkStore>> {
         Ok(match self {
             StoreLocation::DataDir(dir) => Arc::new(open_embedded_store_with(dir, keys)?),
             StoreLocation::Postgres(url) => {
@@ -353,7 +354,7 @@ pub fn open_embedded_store_with(
 
 /// The default resource, created on first use. Returns it and whether it was just created.
 pub async fn ensure_default_resource(
-    store: &dyn Store,
+    store: &dyn ResourceStore,
     clock: &dyn Clock,
 ) -> anyhow::Result<(ResourceRecord, bool)> {
     if let Some(r) = store.default_resource().await? {

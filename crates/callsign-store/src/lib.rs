@@ -136,11 +136,14 @@ impl StoreError {
     }
 
     /// This error with `cause` as its source (a [`StoreError::Sealed`] keeps none).
-    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn caused_by(
+        mut self,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         match &mut self {
             StoreError::Unavailable { source, .. }
             | StoreError::Corrupt { source, .. }
-            | StoreError::Backend { source, .. } => *source = Some(Arc::new(cause)),
+            | StoreError::Backend { source, .. } => *source = Some(Arc::from(cause.into())),
             StoreError::Sealed { .. } => {}
         }
         self

@@ -513,7 +513,9 @@ pub struct ResolvedStore {
 impl ResolvedStore {
     /// Opens the store with its key protection.
     pub async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn callsign_store::Store>> {
-        self.location.open(&self.options, self.keys.clone()).await
+        let store: std::sync::Arc<dyn callsign_store::Store> =
+            self.location.open(&self.options, self.keys.clone()).await?;
+        Ok(store)
     }
 }
 
