@@ -214,7 +214,7 @@ fn spawn_key_refresher(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
-                tracing::warn!(error = %e, "could not reload the signing keys");
+                tracing::warn!(error = %e.chain(), "could not reload the signing keys");
             }
         }
     })
@@ -426,7 +426,7 @@ impl Application {
                 "some keys are not sealed yet; run callsign seal with this master key"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot tell whether the keys are sealed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "cannot tell whether the keys are sealed"),
         }
         let (active, keys) =
             crate::keys::bootstrap(store.as_ref(), settings.signing_alg, clock.as_ref()).await?;

@@ -180,6 +180,19 @@ impl StoreError {
         matches!(self, StoreError::Backend { .. })
     }
 
+    /// The error, then each cause in turn (`storage failure: detail: cause: cause`): what a log
+    /// line shows.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
+    }
+
     /// What the error says without its category: its detail, then each cause in turn
     /// (`detail: cause: cause`).
     pub fn detail_chain(&self) -> String {

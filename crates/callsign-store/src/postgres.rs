@@ -148,6 +148,22 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// What the server answered: its SQLSTATE and message, without the DETAIL that can quote the
+/// values of a row (access keys and signing keys included), so that no chain of causes shows one.
+#[derive(Debug)]
+struct ServerAnswer {
+    code: String,
+    message: String,
+}
+
+impl std::fmt::Display for ServerAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ServerAnswer {}
+
 /// Classifies a database error: connection-level trouble is worth a retry, the rest is not.
 fn pg(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
@@ -159,11 +175,14 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
             || code == "58030" // I/O error
             || code == "40001" // serialization failure
             || code == "40P01"; // deadlock
-        let detail = format!("PostgreSQL error {code}");
+        let answer = ServerAnswer {
+            code: code.to_owned(),
+            message: db.message().to_owned(),
+        };
         return if transient {
-            StoreError::unavailable(detail).caused_by(e)
+            StoreError::unavailable("PostgreSQL").caused_by(answer)
         } else {
-            StoreError::backend(detail).caused_by(e)
+            StoreError::backend("PostgreSQL").caused_by(answer)
         };
     }
     // No server error: the connection itself failed or was closed.
@@ -428,14 +447,14 @@ async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
         // The database is away (a restart, a switchover): kept for the next flush, as the
         // embedded store does, so that a blip loses no acknowledged token's time.
         Err(e) if e.is_unavailable() => {
-            tracing::debug!(error = %e, "last-token times kept for the next flush");
+            tracing::debug!(error = %e.chain(), "last-token times kept for the next flush");
             for (id, at) in pending {
                 if let Ok(at) = from_ms(at) {
                     touched.record(&id, at);
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "could not record last-token times"),
+        Err(e) => tracing::warn!(error = %e.chain(), "could not record last-token times"),
     }
 }
 
@@ -1134,5 +1153,38 @@ impl Drop for PostgresStore {
         {
             f.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_error_keeps_its_code_and_message_but_never_the_row_values() {
+        let url = std::env::var("CALLSIGN_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let e = client
+            .batch_execute(
+                "CREATE TEMPORARY TABLE held (k TEXT PRIMARY KEY);
+                 INSERT INTO held VALUES ('s3cret-key'), ('s3cret-key');",
+            )
+            .await
+            .expect_err("a duplicate key");
+        let detail = e.as_db_error().and_then(|db| db.detail()).unwrap_or("");
+        assert!(
+            detail.contains("s3cret-key"),
+            "the server quotes the row: {detail}"
+        );
+        let err = pg(e);
+        assert!(err.is_backend(), "{err}");
+        let chain = err.detail_chain();
+        assert!(chain.contains("23505"), "{chain}");
+        assert!(chain.contains("duplicate key"), "{chain}");
+        assert!(!chain.contains("s3cret"), "{chain}");
     }
 }

@@ -674,7 +674,7 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
                     outcome
                 }
                 None => {
-                    tracing::warn!(error = %e, "could not record last-token times");
+                    tracing::warn!(error = %e.chain(), "could not record last-token times");
                     Outcome::Idle
                 }
             }
@@ -754,7 +754,7 @@ fn run_batch(
             }
             let outcome = Outcome::of(&err);
             if outcome.is_none() {
-                tracing::error!(error = %err, "commit failed");
+                tracing::error!(error = %err.chain(), "commit failed");
             }
             let failed = health.note(outcome.unwrap_or(Outcome::Idle));
             done.into_iter().for_each(|f| f(Some(err.clone())));
