@@ -24,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 mod code;
+pub mod connection_string;
 mod scope;
 mod version;
 

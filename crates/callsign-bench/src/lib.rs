@@ -1,7 +1,7 @@
 //! Load generation and bulk seeding for callsign.
 //!
 //! * [`bench`] drives a running server the way real clients do: every request freshly
-//!   HMAC-signed ([`callsign_hmac::sign_request`]), HTTP/1.1 keep-alive over TLS, one connection
+//!   HMAC-signed ([`callsign_client::signing::sign`]), HTTP/1.1 keep-alive over TLS, one connection
 //!   per worker, for a fixed time or a fixed number of requests after a warm-up that is not
 //!   counted. It reports throughput, an HDR latency histogram summary, errors by status and, when
 //!   the server runs on this machine (`--server-pid`), the server's CPU time per operation taken
@@ -112,8 +112,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub allow_remote: bool,
     /// api-version to send.
-    #[arg(long, default_value = callsign_server::ApiVersion::CLIENT_DEFAULT.as_str())]
-    pub api_version: callsign_server::ApiVersion,
+    #[arg(long, default_value = callsign_api::ApiVersion::CLIENT_DEFAULT.as_str())]
+    pub api_version: callsign_api::ApiVersion,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -140,7 +140,7 @@ impl BenchArgs {
             database_process: None,
             no_baseline: false,
             allow_remote: false,
-            api_version: callsign_server::ApiVersion::CLIENT_DEFAULT,
+            api_version: callsign_api::ApiVersion::CLIENT_DEFAULT,
             json: false,
             quiet: false,
         }

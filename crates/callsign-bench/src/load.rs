@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use callsign_api::ApiVersion;
 use callsign_core::token::{Algorithm, SigningKey};
 use callsign_core::{IdentityId, ResourceId};
-use callsign_server::ApiVersion;
 use hdrhistogram::Histogram;
 use reqwest::Method;
 use serde::Deserialize;
@@ -256,12 +256,10 @@ async fn worker(
     };
     let mut rng = Rng::new(seed);
     // Open the keep-alive connection (TCP and TLS) before anything is timed.
-    if let Ok(r) = client
-        .get(format!("{}/health", shared.target.base))
-        .send()
-        .await
-    {
-        let _ = r.bytes().await;
+    if let Ok(url) = shared.target.url("/health") {
+        if let Ok(r) = client.get(url).send().await {
+            let _ = r.bytes().await;
+        }
     }
     start.wait().await;
     loop {
@@ -673,7 +671,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let other_cores_busy = (machine_cores_busy - accounted / window).max(0.0);
     Ok(Report {
         workload: args.workload.name().into(),
-        endpoint: format!("{}/", target.base),
+        endpoint: target.endpoint().to_string(),
         connections: args.connections,
         warmup_s: args.warmup,
         elapsed_s: elapsed,

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use callsign_core::{IdentityId, ResourceId, SystemClock};
-use callsign_server::{PostgresOptions, StoreLocation, ensure_default_resource};
-use callsign_store::{BulkIdentities, BulkStore, IdentityRecord};
+use callsign_store::{
+    BulkIdentities, BulkStore, IdentityRecord, KeyProtection, PostgresOptions, StoreLocation,
+    ensure_default_resource,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -83,10 +85,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<SeedReport> {
     };
     // A benchmark tool: it reads the resource id, so it works on stores without a master key.
     let store = location
-        .open(
-            &PostgresOptions::default(),
-            callsign_server::KeyProtection::plain(),
-        )
+        .open(&PostgresOptions::default(), KeyProtection::plain())
         .await?;
     let result = seed_into(&store, &args).await;
     store.close().await;

@@ -5,37 +5,16 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use callsign_hmac::{AccessKeyMac, sign_request};
+use callsign_client::ConnectionString;
+use callsign_client::signing::{sign, signing_host};
+use reqwest::Url;
 
 /// Where requests go and how they are signed.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    /// `https://host:port`, no trailing slash.
-    pub(crate) base: String,
-    /// The authority clients sign (`host[:port]`).
-    pub(crate) host: String,
-    pub(crate) key: AccessKeyMac,
+    /// The endpoint and the key requests are signed with.
+    credentials: ConnectionString,
     ca_pem: Option<Vec<u8>>,
-}
-
-/// Splits `endpoint=…;accesskey=…` (any order, any case of the names).
-pub(crate) fn parse_connection_string(s: &str) -> anyhow::Result<(String, String)> {
-    let mut endpoint = None;
-    let mut key = None;
-    for part in s.trim().split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((name, value)) = part.split_once('=') else {
-            bail!("the connection string is not endpoint=…;accesskey=…");
-        };
-        match name.trim().to_ascii_lowercase().as_str() {
-            "endpoint" => endpoint = Some(value.trim().to_owned()),
-            "accesskey" => key = Some(value.trim().to_owned()),
-            _ => {}
-        }
-    }
-    match (endpoint, key) {
-        (Some(e), Some(k)) if !e.is_empty() && !k.is_empty() => Ok((e, k)),
-        _ => bail!("the connection string lacks endpoint= or accesskey="),
-    }
 }
 
 /// The host part of an authority, without port or IPv6 brackets.
@@ -62,19 +41,8 @@ impl Target {
         data_dir: Option<&Path>,
         allow_remote: bool,
     ) -> anyhow::Result<Self> {
-        let (endpoint, key) = parse_connection_string(connection_string)?;
-        let key = AccessKeyMac::from_base64(&key).context("the access key is not base64")?;
-        let (scheme, rest) = endpoint
-            .split_once("://")
-            .context("the endpoint is not an http:// or https:// URL")?;
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme != "https" && scheme != "http" {
-            bail!("the endpoint is not an http:// or https:// URL");
-        }
-        let host = rest.split('/').next().unwrap_or(rest).to_owned();
-        if host.is_empty() {
-            bail!("the endpoint has no host");
-        }
+        let credentials = ConnectionString::parse(connection_string)?;
+        let host = signing_host(credentials.endpoint());
         if !allow_remote && !is_loopback(&host) {
             bail!(
                 "refusing to load {host}: not a loopback address (pass --allow-remote to drive another machine)"
@@ -84,18 +52,28 @@ impl Target {
             .map(Path::to_path_buf)
             .or_else(|| data_dir.map(|d| d.join("tls").join("ca.pem")));
         let ca_pem = match ca_path {
-            Some(p) if scheme == "https" => Some(
+            Some(p) if credentials.endpoint().scheme() == "https" => Some(
                 std::fs::read(&p)
                     .with_context(|| format!("cannot read the CA certificate {}", p.display()))?,
             ),
             _ => None,
         };
         Ok(Self {
-            base: format!("{scheme}://{host}"),
-            host,
-            key,
+            credentials,
             ca_pem,
         })
+    }
+
+    /// The endpoint, ending with `/`.
+    pub(crate) fn endpoint(&self) -> &Url {
+        self.credentials.endpoint()
+    }
+
+    /// The URL of `path_and_query` (which starts with `/`) under the endpoint.
+    pub(crate) fn url(&self, path_and_query: &str) -> anyhow::Result<Url> {
+        self.endpoint()
+            .join(path_and_query.trim_start_matches('/'))
+            .with_context(|| format!("{path_and_query} is not a path under the endpoint"))
     }
 
     /// A client that keeps one keep-alive HTTP/1.1 connection.
@@ -121,17 +99,17 @@ impl Target {
         method: reqwest::Method,
         path_and_query: &str,
         body: &'static [u8],
-    ) -> reqwest::Result<(u16, bytes::Bytes)> {
-        let signed = sign_request(
-            &self.key,
+    ) -> anyhow::Result<(u16, bytes::Bytes)> {
+        let url = self.url(path_and_query)?;
+        let signed = sign(
+            &self.credentials,
             method.as_str(),
-            path_and_query,
-            &self.host,
+            &url,
             body,
             SystemTime::now(),
         );
         let mut req = client
-            .request(method, format!("{}{}", self.base, path_and_query))
+            .request(method, url)
             .header("x-ms-date", signed.date)
             .header("x-ms-content-sha256", signed.content_hash)
             .header("authorization", signed.authorization);
@@ -151,11 +129,22 @@ mod tests {
 
     #[test]
     fn connection_strings_parse_in_any_order() {
-        let (e, k) = parse_connection_string("accesskey=YWJj;endpoint=https://127.0.0.1:8443/")
-            .expect("parses");
-        assert_eq!(e, "https://127.0.0.1:8443/");
-        assert_eq!(k, "YWJj");
-        assert!(parse_connection_string("endpoint=https://x/").is_err());
+        let target = Target::new(
+            "accesskey=YWJj;endpoint=https://127.0.0.1:8443/",
+            None,
+            None,
+            false,
+        )
+        .expect("parses");
+        assert_eq!(target.endpoint().as_str(), "https://127.0.0.1:8443/");
+        assert_eq!(
+            target
+                .url("/identities?api-version=2023-10-01")
+                .expect("url")
+                .as_str(),
+            "https://127.0.0.1:8443/identities?api-version=2023-10-01"
+        );
+        assert!(Target::new("endpoint=https://x/", None, None, true).is_err());
     }
 
     #[test]

@@ -166,7 +166,7 @@ async fn seeded_identities_are_stored_and_servable() {
     );
 
     {
-        let store = callsign_server::open_embedded_store(dir.path()).expect("store");
+        let store = callsign_store::open_embedded_store(dir.path()).expect("store");
         use callsign_store::{BulkIdentities as _, IdentityStore as _};
         let all = store.list_identities(None, 5_000).await.expect("list");
         assert_eq!(all.len(), 1_000);

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use callsign_api::connection_string::ConnectionStringParts;
 use callsign_hmac::AccessKeyMac;
 use reqwest::Url;
 
@@ -10,10 +11,10 @@ use crate::Error;
 
 /// A parsed connection string: the resource's endpoint and its access key.
 ///
-/// Parsed the way the Azure SDKs read it: `;`-separated `key=value` pairs, keys compared without
-/// regard to case, the value being everything after the *first* `=` (so the `=` padding of a
-/// base64 key survives), unknown keys ignored, and the last of a repeated key winning. An
-/// endpoint without a scheme gets `https://`, as the Python SDK does; unlike the Python SDK an
+/// Parsed the way the Azure SDKs read it ([`callsign_api::connection_string`], the grammar the
+/// server writes): `;`-separated `key=value` pairs, keys compared without regard to case, the
+/// value being everything after the *first* `=` (so the `=` padding of a base64 key survives),
+/// unknown keys ignored, and the last of a repeated key winning. An endpoint without a scheme gets `https://`, as the Python SDK does; unlike the Python SDK an
 /// explicit `http://` endpoint is kept (useful for a server behind a TLS-terminating proxy, or
 /// for tests).
 ///
@@ -60,25 +61,10 @@ impl ConnectionString {
     /// no query, fragment or credentials), or the key is not base64. The message never contains
     /// the key.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let mut endpoint = None;
-        let mut key = None;
-        for part in s.split(';') {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let Some((name, value)) = part.split_once('=') else {
-                return Err(invalid(
-                    "expected `key=value` pairs separated by `;`, e.g. `endpoint=https://host/;accesskey=...`",
-                ));
-            };
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("endpoint") {
-                endpoint = Some(value.trim());
-            } else if name.eq_ignore_ascii_case("accesskey") {
-                key = Some(value.trim());
-            }
-        }
+        let ConnectionStringParts {
+            endpoint,
+            access_key: key,
+        } = ConnectionStringParts::split(s).map_err(|e| invalid(e.to_string()))?;
         let endpoint = match endpoint {
             Some(e) if !e.is_empty() => parse_endpoint(e)?,
             Some(_) => return Err(invalid("the endpoint is empty")),

@@ -19,13 +19,14 @@
 mod auth;
 mod connection;
 mod error;
-mod files;
 mod http;
 mod identities;
 mod keys;
 mod meta;
 #[cfg(test)]
 mod properties;
+mod serve;
+mod settings;
 mod startup;
 mod state;
 mod teams;
@@ -37,11 +38,8 @@ pub use callsign_core::token::Algorithm;
 pub use callsign_store::{KeyProtection, MasterKey, PostgresOptions, Sealer};
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
-pub use files::{restrict_umask, secure_data_dir};
-pub use startup::{
-    Application, Database, Settings, StoreLocation, connection_string, database_path, endpoint_for,
-    ensure_default_resource, open_embedded_store, open_embedded_store_with,
-};
+pub use settings::Settings;
+pub use startup::Application;
 pub use throttle::{OperationClass, Rate, ThrottleConfig};
 pub use tls::{LocalCaPaths, TlsMode};
 pub use version::{ApiVersion, CustomIdField, Operation};

@@ -108,7 +108,7 @@ pub fn server_config(
         }
         TlsMode::LocalCa { extra_names } => {
             // Whichever command makes the CA first (`serve` or `ca-cert`) makes it private.
-            crate::files::secure_data_dir(data_dir)?;
+            callsign_store::files::secure_data_dir(data_dir)?;
             let paths = LocalCaPaths::new(data_dir);
             ensure_local_ca(&paths, extra_names, now)?;
             (
@@ -242,7 +242,7 @@ fn ensure_local_ca(
     extra: &[String],
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
-    crate::files::create_private_dir(&paths.dir)?;
+    callsign_store::files::create_private_dir(&paths.dir)?;
     let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
     for n in extra {
         if !names.contains(n) {

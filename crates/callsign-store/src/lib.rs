@@ -14,7 +14,10 @@
 //!   [`Tombstone`] in the same transaction: a deleted id is never created or imported again
 //!   (its custom id is free for a new identity).
 
+mod bootstrap;
 mod copy;
+pub mod files;
+mod location;
 mod pg_tls;
 mod postgres;
 mod seal;
@@ -29,7 +32,13 @@ use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId, TeamsAssignment
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use bootstrap::ensure_default_resource;
 pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
+pub use files::{DataDirError, restrict_umask, secure_data_dir};
+pub use location::{
+    Database, OpenError, StoreLocation, UnknownScheme, database_path, open_embedded_store,
+    open_embedded_store_with,
+};
 pub use pg_tls::mask_url as mask_database_url;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use seal::{

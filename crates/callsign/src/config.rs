@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use callsign_server::{
-    Algorithm, Database, KeyProtection, MasterKey, PostgresOptions, Sealer, Settings,
-    StoreLocation, TlsMode,
+    Algorithm, KeyProtection, MasterKey, PostgresOptions, Sealer, Settings, TlsMode,
 };
+use callsign_store::{Database, StoreLocation};
 use serde::Deserialize;
 
 /// Self-hosted identity and access-token service, wire-compatible with Azure Communication
@@ -434,7 +434,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     if let Some(key_file) = key_file {
         let new_store = args.db.database_url.is_none()
             && file.database_url.is_none()
-            && !callsign_server::database_path(&data_dir).exists();
+            && !callsign_store::database_path(&data_dir).exists();
         if new_store && !key_file.exists() {
             let key = MasterKey::generate_file(&key_file)?;
             eprintln!(
@@ -616,7 +616,7 @@ pub fn resolve_connection_string(
                     let plain = file.plain_http
                         || std::env::var("CALLSIGN_PLAIN_HTTP")
                             .is_ok_and(|v| v == "true" || v == "1");
-                    callsign_server::endpoint_for(listen, !plain)
+                    callsign_client::api::connection_string::endpoint_for(listen, !plain)
                 }
             }
         }

@@ -15,7 +15,7 @@ use config::{Cli, Command, ConnectionStringArgs, MigrateArgs, MigrateStoreArgs, 
 
 fn main() -> ExitCode {
     // Whatever this process creates (data dir, database, keys) is private to its user.
-    callsign_server::restrict_umask();
+    callsign_store::restrict_umask();
     warn_about_secrets_in_arguments();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -199,10 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = resolved.settings;
     let data_dir = settings.data_dir.clone();
     let local_ca = matches!(settings.tls, callsign_server::TlsMode::LocalCa { .. });
-    let postgres = matches!(
-        settings.database,
-        callsign_server::Database::Postgres { .. }
-    );
+    let postgres = matches!(settings.database, callsign_store::Database::Postgres { .. });
     let ca_before = std::fs::read(callsign_server::LocalCaPaths::new(&data_dir).ca_cert()).ok();
     let app = callsign_server::Application::build(settings).await?;
 
@@ -282,9 +279,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
     let resolved = config::resolve_connection_string(args)?;
-    if let callsign_server::StoreLocation::DataDir(dir) = &resolved.store.location {
+    if let callsign_store::StoreLocation::DataDir(dir) = &resolved.store.location {
         // A mistyped --data-dir must not quietly become a new deployment with new keys.
-        if !callsign_server::database_path(dir).exists() {
+        if !callsign_store::database_path(dir).exists() {
             anyhow::bail!(
                 "there is no store in {}: start `callsign serve --data-dir {0}` first, or name \
                  the right --data-dir / --database-url",
@@ -294,7 +291,7 @@ async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<(
     }
     let store = resolved.store.open().await?;
     let (resource, _) =
-        callsign_server::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
+        callsign_store::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
             .await?;
     let key = if resolved.secondary {
         &resource.secondary_key
@@ -303,7 +300,7 @@ async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<(
     };
     println!(
         "{}",
-        callsign_server::connection_string(&resolved.endpoint, key)
+        callsign_client::api::connection_string::format(&resolved.endpoint, key.expose())
     );
     store.close().await;
     Ok(())
@@ -383,8 +380,8 @@ fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_server::Mast
 /// written: a mistyped --data-dir must not become a new sealed store, nor a read-only one leave
 /// a key file that seals nothing.
 async fn check_store_for_sealing(resolved: &config::ResolvedStore) -> anyhow::Result<()> {
-    if let callsign_server::StoreLocation::DataDir(dir) = &resolved.location {
-        if !callsign_server::database_path(dir).exists() {
+    if let callsign_store::StoreLocation::DataDir(dir) = &resolved.location {
+        if !callsign_store::database_path(dir).exists() {
             anyhow::bail!(
                 "there is no store in {}: start `callsign serve --data-dir {0}` first, or name the \
                  right --data-dir / --database-url",
@@ -444,7 +441,7 @@ async fn reseal(resolved: &config::ResolvedStore, id: &str) -> anyhow::Result<()
     let store = resolved.open().await?;
     let result = async {
         // A store nobody has started yet gets its resource and keys first, sealed.
-        callsign_server::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
+        callsign_store::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
             .await?;
         let n = store.reseal_keys().await?;
         anyhow::Ok(n)
@@ -467,14 +464,14 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     // Both locations are checked before either store is opened (opening a data dir creates it).
-    let from = callsign_server::StoreLocation::parse(&args.from).context("--from")?;
-    let to = callsign_server::StoreLocation::parse(&args.to).context("--to")?;
+    let from = callsign_store::StoreLocation::parse(&args.from).context("--from")?;
+    let to = callsign_store::StoreLocation::parse(&args.to).context("--to")?;
     let options = callsign_server::PostgresOptions::default();
     if args.from.trim_end_matches('/') == args.to.trim_end_matches('/') {
         anyhow::bail!("--from and --to name the same store");
     }
-    if let callsign_server::StoreLocation::DataDir(dir) = &from {
-        if !callsign_server::database_path(dir).exists() {
+    if let callsign_store::StoreLocation::DataDir(dir) = &from {
+        if !callsign_store::database_path(dir).exists() {
             anyhow::bail!(
                 "--from {}: there is no store in that directory (nothing to copy)",
                 dir.display()
@@ -532,7 +529,7 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
 
 fn print_ca_cert(args: config::CaCertArgs) -> anyhow::Result<()> {
     let data_dir = config::resolve_data_dir(args.common)?;
-    callsign_server::secure_data_dir(&data_dir)?;
+    callsign_store::secure_data_dir(&data_dir)?;
     let paths = callsign_server::LocalCaPaths::new(&data_dir);
     // Creating the CA here lets clients trust it before the first `serve`; an existing CA is
     // only printed (a running server may be using it).

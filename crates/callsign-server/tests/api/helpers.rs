@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use callsign_core::{Clock, SystemClock};
 use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
-use callsign_server::{Application, Settings, open_embedded_store};
+use callsign_server::{Application, Settings};
+use callsign_store::open_embedded_store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;

@@ -6,12 +6,40 @@
 //! others can read is tightened with a warning, or refused with an error naming the path when
 //! it cannot be.
 
-use std::path::Path;
-
-use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
 
 /// Mode bits of group and others.
 const SHARED_BITS: u32 = 0o077;
+
+/// Why a data dir cannot be used: the message names the path and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// A file system call on `path` failed.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was being done, e.g. `create the data dir`.
+        action: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The file system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file system call failed before a path could be named.
+    #[error(transparent)]
+    Unnamed(#[from] std::io::Error),
+    /// A path is a link, belongs to another user or cannot be made private.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError {
+    move |source| DataDirError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Makes every file and directory this process creates private to its user.
 pub fn restrict_umask() {
@@ -19,24 +47,22 @@ pub fn restrict_umask() {
 }
 
 /// Creates `dir` (and missing parents) with mode 0700.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .with_context(|| format!("cannot create the data dir {}", dir.display()))
+        .map_err(io_error("create the data dir", dir))
 }
 
 /// Creates `file` empty with mode 0600 unless it exists (so that SQLite, which gives its WAL and
 /// SHM files the database file's mode, keeps all three private).
-pub fn create_private_file(file: &Path) -> anyhow::Result<()> {
+pub fn create_private_file(file: &Path) -> Result<(), DataDirError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(false);
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(file)
-        .map(drop)
-        .with_context(|| format!("cannot create {}", file.display()))
+    opts.open(file).map(drop).map_err(io_error("create", file))
 }
 
 /// Creates the data dir if needed, then checks it, every directory in it and every file in
@@ -44,25 +70,22 @@ pub fn create_private_file(file: &Path) -> anyhow::Result<()> {
 /// must not be a symbolic link (writing through one would reach a file elsewhere, with its
 /// owner's permissions); each is made private (0700 / 0600), tightened with a warning where
 /// others could read, an error where that fails.
-pub fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn secure_data_dir(dir: &Path) -> Result<(), DataDirError> {
     create_private_dir(dir)?;
     // The data dir itself may be reached through a link (`/var/lib/callsign -> /data/…`);
     // what it points to is checked.
     check_owner(dir, &std::fs::metadata(dir)?)?;
     secure(dir, 0o700)?;
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the data dir {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(io_error("read the data dir", dir))?;
     for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read the data dir {}", dir.display()))?;
+        let entry = entry.map_err(io_error("read the data dir", dir))?;
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path)?;
         refuse_link(&path, &meta)?;
         check_owner(&path, &meta)?;
         if meta.is_dir() {
             secure(&path, 0o700)?;
-            for inner in std::fs::read_dir(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-            {
+            for inner in std::fs::read_dir(&path).map_err(io_error("read", &path))? {
                 let inner = inner?.path();
                 let meta = std::fs::symlink_metadata(&inner)?;
                 refuse_link(&inner, &meta)?;
@@ -78,37 +101,37 @@ pub fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn refuse_link(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+fn refuse_link(path: &Path, meta: &std::fs::Metadata) -> Result<(), DataDirError> {
     if meta.file_type().is_symlink() {
-        bail!(
+        return Err(DataDirError::Refused(format!(
             "{} is a symbolic link: callsign does not follow links inside its data dir (replace \
              it with the file itself, or point --data-dir at the directory it is in)",
             path.display()
-        );
+        )));
     }
     Ok(())
 }
 
 /// Everything callsign keeps must belong to the user it runs as.
-fn check_owner(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+fn check_owner(path: &Path, meta: &std::fs::Metadata) -> Result<(), DataDirError> {
     use std::os::unix::fs::MetadataExt as _;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
-        bail!(
+        return Err(DataDirError::Refused(format!(
             "{} belongs to user id {}, not to the user callsign runs as ({me}): another user could \
              read or replace the keys in it; chown it or use another --data-dir",
             path.display(),
             meta.uid()
-        );
+        )));
     }
     Ok(())
 }
 
 /// Removes group and other bits from one path.
-fn secure(path: &Path, private_mode: u32) -> anyhow::Result<()> {
+fn secure(path: &Path, private_mode: u32) -> Result<(), DataDirError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("cannot read the permissions of {}", path.display()))?;
+    let meta =
+        std::fs::symlink_metadata(path).map_err(io_error("read the permissions of", path))?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & SHARED_BITS == 0 {
         return Ok(());
@@ -124,12 +147,12 @@ fn secure(path: &Path, private_mode: u32) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(e) => bail!(
+        Err(e) => Err(DataDirError::Refused(format!(
             "{} has mode {mode:04o}: others can read it, and it cannot be made private ({e}); \
              fix its owner or permissions (chmod {:o}) and start again",
             path.display(),
             private_mode
-        ),
+        ))),
     }
 }
 

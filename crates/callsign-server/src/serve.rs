@@ -1,0 +1,262 @@
+//! The accept loop: admits connections under the cap, serves each (TLS or plain) through one
+//! connection function, and drains them on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::connection::{Admitted, ConnState, ConnectionLimits, Connections, Counted};
+use crate::state::AppState;
+
+/// What serving needs besides the listener: the state, TLS and the limits.
+pub(crate) struct Serving {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) shutdown_grace: Duration,
+}
+
+type Service = Counted<TowerToHyperService<axum::Router>>;
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight requests
+/// finish (up to the grace period) and closes the store.
+pub(crate) async fn run(
+    listener: TcpListener,
+    serving: Serving,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let refresher = spawn_key_refresher(Arc::clone(&serving.state));
+    let conns = Arc::new(connection_cap(&serving.limits));
+    accept_until(&listener, &serving, &conns, shutdown).await;
+    drop(listener);
+    tracing::info!(
+        open = conns.len(),
+        "shutting down: draining in-flight requests"
+    );
+    conns.close_all(serving.shutdown_grace);
+    tokio::select! {
+        () = conns.drained() => {}
+        () = tokio::time::sleep(serving.shutdown_grace) => {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+    refresher.abort();
+    serving.state.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The connection cap: the configured one, lowered to what the file descriptor limit allows.
+fn connection_cap(limits: &ConnectionLimits) -> Connections {
+    let nofile = crate::connection::raise_nofile_limit();
+    let conns = Connections::new(
+        crate::connection::derive_cap(limits.max_connections, nofile),
+        limits.max_connections_per_address,
+    );
+    tracing::info!(
+        max_connections = conns.max(),
+        per_address = limits.max_connections_per_address,
+        nofile = nofile.unwrap_or(0),
+        "connection cap set"
+    );
+    conns
+}
+
+/// Accepts connections until `shutdown` completes, each served by a task of its own.
+async fn accept_until(
+    listener: &TcpListener,
+    serving: &Serving,
+    conns: &Arc<Connections>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let service = TowerToHyperService::new(crate::http::router(Arc::clone(&serving.state)));
+    let builder = http_builder(&serving.limits);
+    tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    backoff.reset();
+                    conn
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(admitted) = conns.admit(peer.ip()) else {
+            // At the cap with every connection busy, or this address holds its share:
+            // refuse at once (the socket closes).
+            tracing::debug!(%peer, "connection refused at the cap");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = Counted::new(service.clone(), Arc::clone(&admitted.state), peer);
+        tokio::spawn(connection_task(
+            admitted,
+            stream,
+            peer,
+            service,
+            builder.clone(),
+            serving.tls.clone(),
+            serving.limits.clone(),
+        ));
+    }
+}
+
+/// The HTTP/1 and HTTP/2 settings that bound a connection's work (see [`ConnectionLimits`]).
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper (h2: the peer, told by SETTINGS) refuses heads over twice the limit while reading
+        // them, with a bare 431; the dispatcher refuses heads over the limit proper with the ACS
+        // error body (see `http.rs`), so the buffer a client can fill stays bounded.
+        .max_buf_size((limits.max_head_bytes * 2).max(8192))
+        .max_headers((limits.max_headers * 2).max(100));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes * 2).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(None);
+    builder
+}
+
+/// Reloads the signing keys from the store every `REFRESH_EVERY` (other nodes may add some).
+fn spawn_key_refresher(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::keys::REFRESH_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
+                tracing::warn!(error = %e.chain(), "could not reload the signing keys");
+            }
+        }
+    })
+}
+
+/// One accepted connection, from its TLS handshake (when TLS is on) to its close; its place
+/// under the cap is held until then.
+async fn connection_task(
+    admitted: Admitted,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Service,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+) {
+    let state = Arc::clone(&admitted.state);
+    if let Some(io) = handshake(stream, peer, tls, &state, &limits).await {
+        serve_connection(&builder, io, service, &state, &limits).await;
+    }
+    drop(admitted);
+}
+
+/// The connection's stream: the TCP stream itself without TLS, else the TLS stream once the
+/// handshake is done within its deadline (`None` if it fails or times out).
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    state: &ConnState,
+    limits: &ConnectionLimits,
+) -> Option<Box<dyn Io>> {
+    let Some(acceptor) = tls else {
+        return Some(Box::new(stream));
+    };
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)) => r,
+        () = state.expired(limits) => return None,
+    };
+    match handshake {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        _ => {
+            tracing::debug!(%peer, "TLS handshake failed or timed out");
+            None
+        }
+    }
+}
+
+/// Serves one connection until it ends, its deadline passes or it is asked to close; then
+/// closes gracefully (HTTP/2 GOAWAY) and, if the peer does not finish within a few seconds,
+/// drops it.
+async fn serve_connection<I: Io>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: Service,
+    state: &ConnState,
+    limits: &ConnectionLimits,
+) {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = state.expired(limits) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout(state.close_grace(), conn)
+        .await
+        .is_err()
+    {
+        tracing::debug!("connection did not close in time; dropped");
+    }
+}
+
+/// Accept failures (EMFILE, ENFILE, ...): exponential backoff from 10 ms to 1 s, counted, logged
+/// at most once a second.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    consecutive: u32,
+    total: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.consecutive = 0;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        self.total += 1;
+        self.consecutive = self.consecutive.saturating_add(1);
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %e, failures = self.total, "accept failed; backing off");
+            self.last_log = Some(std::time::Instant::now());
+        }
+        let exp = self.consecutive.min(7);
+        let delay = Duration::from_millis(10 * (1u64 << exp)).min(Duration::from_secs(1));
+        tokio::time::sleep(delay).await;
+    }
+}

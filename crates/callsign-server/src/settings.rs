@@ -1,0 +1,70 @@
+//! Everything `callsign serve` can be told, with its defaults.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use callsign_core::token::Algorithm;
+use callsign_store::{Database, KeyProtection};
+
+use crate::connection::ConnectionLimits;
+use crate::throttle::ThrottleConfig;
+use crate::tls::TlsMode;
+
+/// Everything `callsign serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the embedded database and TLS material live.
+    pub data_dir: PathBuf,
+    /// The store.
+    pub database: Database,
+    /// TLS source.
+    pub tls: TlsMode,
+    /// Algorithm of new tokens.
+    pub signing_alg: Algorithm,
+    /// The `resourceLocation` claim.
+    pub location: String,
+    /// The `iss` claim; defaults to `urn:callsign:<resourceId>`.
+    pub issuer: Option<String>,
+    /// Extra `host[:port]` values clients may sign (a proxy's public name).
+    pub public_hosts: Vec<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Connection deadlines and caps.
+    pub limits: ConnectionLimits,
+    /// Whether access keys and signing keys are sealed under a master key.
+    pub keys: KeyProtection,
+    /// Throttling per resource and operation class (off by default).
+    pub throttle: ThrottleConfig,
+    /// Failed authentications one client address may make per minute before it gets 429
+    /// (0: no limit).
+    pub auth_failures_per_minute: u32,
+}
+
+impl Settings {
+    /// The defaults, with the data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
+            data_dir: data_dir.into(),
+            database: Database::Embedded,
+            tls: TlsMode::LocalCa {
+                extra_names: Vec::new(),
+            },
+            signing_alg: Algorithm::Es256,
+            location: "local".into(),
+            issuer: None,
+            public_hosts: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            limits: ConnectionLimits::default(),
+            keys: KeyProtection::plain(),
+            throttle: ThrottleConfig::off(),
+            auth_failures_per_minute: 60,
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The default resource every deployment starts with.
+
+use callsign_core::{AccessKey, Clock, ResourceId};
+
+use crate::{ResourceRecord, ResourceStore, StoreError};
+
+/// The default resource, created on first use. Returns it and whether it was just created.
+///
+/// Several nodes starting at once on an empty database agree on one resource: each offers a
+/// candidate and the store keeps the first.
+pub async fn ensure_default_resource(
+    store: &dyn ResourceStore,
+    clock: &dyn Clock,
+) -> Result<(ResourceRecord, bool), StoreError> {
+    if let Some(r) = store.default_resource().await? {
+        return Ok((r, false));
+    }
+    let candidate = ResourceRecord {
+        id: ResourceId::new_random(),
+        primary_key: AccessKey::generate(),
+        secondary_key: AccessKey::generate(),
+        created_at: clock.now(),
+    };
+    let winner = store.bootstrap_default_resource(candidate.clone()).await?;
+    let created = winner.id == candidate.id;
+    Ok((winner, created))
+}
