@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 use crate::report::{DatabaseUsage, Latency, OpReport, Report, ServerUsage};
 use crate::target::Target;
@@ -136,6 +137,8 @@ struct Shared {
     /// Identities only ever deleted (never issued to), so a delete cannot race an issue.
     doomed: Mutex<Vec<String>>,
     exhausted: AtomicBool,
+    /// How many workers run (one per connection).
+    workers: usize,
     finished_workers: AtomicUsize,
 }
 
@@ -268,33 +271,62 @@ async fn worker(
             break;
         }
         let measured = phase == MEASURE;
-        if measured {
-            if let Some(limit) = shared.limit {
-                if shared.started_measured.fetch_add(1, Ordering::AcqRel) >= limit {
-                    break;
-                }
-            }
+        if measured && shared.limit_reached() {
+            break;
         }
-        let mut op = shared.choose(&mut rng);
+        let op = shared.next_op(&mut rng);
+        let started = Instant::now();
+        let outcome = shared.run_op(&client, op, &mut rng).await;
+        let micros = started.elapsed().as_micros() as u64;
+        if !shared
+            .record(&mut result, op, outcome, micros, measured)
+            .await
+        {
+            break;
+        }
+    }
+    shared.finished_workers.fetch_add(1, Ordering::AcqRel);
+    result
+}
+
+impl Shared {
+    /// Claims one measured request; false once --requests have been started.
+    fn limit_reached(&self) -> bool {
+        self.limit
+            .is_some_and(|limit| self.started_measured.fetch_add(1, Ordering::AcqRel) >= limit)
+    }
+
+    /// The next operation of this worker.
+    fn next_op(&self, rng: &mut Rng) -> Op {
+        let op = self.choose(rng);
         if op == Op::Delete
-            && shared.workload == Workload::Mix
-            && shared
+            && self.workload == Workload::Mix
+            && self
                 .doomed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty()
         {
             // Nothing deletable yet: create one instead (it becomes deletable).
-            op = Op::CreateToken;
+            return Op::CreateToken;
         }
-        let started = Instant::now();
-        let outcome = shared.run_op(&client, op, &mut rng).await;
-        let micros = started.elapsed().as_micros() as u64;
+        op
+    }
+
+    /// Counts what one request did (in the measured window only); false when the worker must
+    /// stop (nothing left to work on).
+    async fn record(
+        &self,
+        result: &mut WorkerResult,
+        op: Op,
+        outcome: Outcome,
+        micros: u64,
+        measured: bool,
+    ) -> bool {
         match outcome {
             Outcome::Ok(created) => {
                 if let Some(id) = created {
-                    shared
-                        .doomed
+                    self.doomed
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(id);
@@ -305,31 +337,30 @@ async fn worker(
                         .entry(op)
                         .or_insert_with(histogram)
                         .saturating_record(micros.max(1));
-                    shared.done_measured.fetch_add(1, Ordering::Relaxed);
+                    self.done_measured.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Outcome::Status(status) => {
                 if measured {
                     *result.errors.entry(status.to_string()).or_default() += 1;
-                    shared.errors_measured.fetch_add(1, Ordering::Relaxed);
+                    self.errors_measured.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Outcome::Transport => {
                 if measured {
                     *result.errors.entry("transport".into()).or_default() += 1;
-                    shared.errors_measured.fetch_add(1, Ordering::Relaxed);
+                    self.errors_measured.fetch_add(1, Ordering::Relaxed);
                 }
                 // Do not spin on a server that is gone.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Outcome::Exhausted => {
-                shared.exhausted.store(true, Ordering::Release);
-                break;
+                self.exhausted.store(true, Ordering::Release);
+                return false;
             }
         }
+        true
     }
-    shared.finished_workers.fetch_add(1, Ordering::AcqRel);
-    result
 }
 
 /// Creates `count` identities over `connections` connections, returning their encoded ids.
@@ -427,6 +458,49 @@ fn progress(label: &str, since: Instant, ops: u64, last_ops: u64, last: Instant,
 
 /// Runs one workload against a running server and returns the report.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
+    let duration = measured_window(&args)?;
+    let probe = Probe {
+        server_pid: args.server_pid.map(|p| p.to_string()),
+        database_process: args.database_process.clone(),
+    };
+    if let Some(pid) = &probe.server_pid {
+        procfs::cpu_seconds(pid).context("--server-pid must be a process on this machine")?;
+    }
+    let target = Target::new(
+        &args.connection_string,
+        args.ca_cert.as_deref(),
+        args.data_dir.as_deref(),
+        args.allow_remote,
+    )?;
+
+    // The baseline first, while the server is idle.
+    let es256_sign_us = if args.no_baseline {
+        None
+    } else {
+        Some(es256_sign_cost(Duration::from_secs(1))?)
+    };
+
+    let shared = Arc::new(prepare(&args, target).await?);
+    let barrier = Arc::new(Barrier::new(args.connections + 1));
+    let workers = spawn_workers(&shared, &barrier)?;
+    let (before, started) =
+        start_measuring(&shared, &barrier, args.warmup, args.quiet, &probe).await?;
+    let elapsed = measure(&shared, started, duration, args.quiet).await;
+    let after = probe.sample()?;
+    shared.phase.store(STOP, Ordering::Release);
+
+    let merged = collect(workers).await?;
+    let window = Window {
+        elapsed,
+        duration,
+        before,
+        after,
+    };
+    assemble(&args, &shared, &window, merged, es256_sign_us)
+}
+
+/// Checks the arguments; returns the measured window in seconds.
+fn measured_window(args: &BenchArgs) -> anyhow::Result<f64> {
     if args.connections == 0 || args.connections > 4096 {
         bail!("--connections must be between 1 and 4096");
     }
@@ -450,25 +524,12 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if args.seeded == Some(0) {
         bail!("--seeded must be at least 1");
     }
-    let server_pid = args.server_pid.map(|p| p.to_string());
-    if let Some(pid) = &server_pid {
-        procfs::cpu_seconds(pid).context("--server-pid must be a process on this machine")?;
-    }
-    let target = Target::new(
-        &args.connection_string,
-        args.ca_cert.as_deref(),
-        args.data_dir.as_deref(),
-        args.allow_remote,
-    )?;
-    let quiet = args.quiet;
+    Ok(duration)
+}
 
-    // The baseline first, while the server is idle.
-    let es256_sign_us = if args.no_baseline {
-        None
-    } else {
-        Some(es256_sign_cost(Duration::from_secs(1))?)
-    };
-
+/// Makes the identities the workload needs (the pool, or the seeded range, and those to
+/// delete) and the state the workers share.
+async fn prepare(args: &BenchArgs, target: Target) -> anyhow::Result<Shared> {
     let identities = match (args.workload, args.seeded) {
         (Workload::Issue | Workload::Revoke, Some(count)) => Identities::Seeded {
             resource: learn_resource(&target, args.api_version).await?,
@@ -480,7 +541,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
                 args.api_version,
                 args.pool.unwrap_or(1000).max(1),
                 args.connections,
-                quiet,
+                args.quiet,
             )
             .await?,
         ),
@@ -498,12 +559,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         args.api_version,
         doomed_count,
         args.connections,
-        quiet,
+        args.quiet,
     )
     .await?;
-
-    let shared = Arc::new(Shared {
-        target: target.clone(),
+    Ok(Shared {
+        target,
         api_version: args.api_version,
         workload: args.workload,
         phase: AtomicU8::new(if args.warmup > 0.0 { WARMUP } else { MEASURE }),
@@ -514,72 +574,80 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         identities,
         doomed: Mutex::new(doomed),
         exhausted: AtomicBool::new(false),
+        workers: args.connections,
         finished_workers: AtomicUsize::new(0),
-    });
+    })
+}
 
-    let barrier = Arc::new(Barrier::new(args.connections + 1));
-    let mut workers = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        let client = target.client()?;
+/// One worker per connection, each waiting at `barrier`.
+fn spawn_workers(
+    shared: &Arc<Shared>,
+    barrier: &Arc<Barrier>,
+) -> anyhow::Result<Vec<JoinHandle<WorkerResult>>> {
+    let mut workers = Vec::with_capacity(shared.workers);
+    for i in 0..shared.workers {
+        let client = shared.target.client()?;
         let seed = (i as u64 + 1) ^ (u64::from(std::process::id()) << 20);
         workers.push(tokio::spawn(worker(
-            Arc::clone(&shared),
+            Arc::clone(shared),
             client,
-            Arc::clone(&barrier),
+            Arc::clone(barrier),
             seed,
         )));
     }
-    let database_cpu = || -> anyhow::Result<Option<(f64, usize)>> {
-        args.database_process
-            .as_deref()
-            .map(procfs::cpu_seconds_of_command)
-            .transpose()
-    };
-    type Snapshot = (
-        Option<(f64, u64)>,
-        Option<(f64, usize)>,
-        (f64, f64),
-        Instant,
-    );
-    let snapshot = || -> anyhow::Result<Snapshot> {
-        let server = match &server_pid {
-            Some(pid) => Some((procfs::cpu_seconds(pid)?, procfs::memory_kib(pid)?.0)),
-            None => None,
-        };
-        let cpu = (
-            procfs::cpu_seconds("self")?,
-            procfs::machine_busy_seconds()?,
-        );
-        Ok((server, database_cpu()?, cpu, Instant::now()))
-    };
-    let tick = Duration::from_millis(50);
-    let all_done = |s: &Shared| s.finished_workers.load(Ordering::Acquire) == args.connections;
-    let (server_before, database_before, client_before, started) = if args.warmup > 0.0 {
-        barrier.wait().await;
-        let started = Instant::now();
-        let mut last = Instant::now();
-        while started.elapsed().as_secs_f64() < args.warmup && !all_done(&shared) {
-            tokio::time::sleep(tick).await;
-            if !quiet && last.elapsed() >= Duration::from_secs(1) {
-                last = Instant::now();
-                eprintln!("bench: warm-up {:>5.1} s", started.elapsed().as_secs_f64());
-            }
-        }
-        let measured = snapshot()?;
-        shared.phase.store(MEASURE, Ordering::Release);
-        measured
-    } else {
-        // No warm-up: the workers start measured the moment they are let go.
-        let measured = snapshot()?;
-        barrier.wait().await;
-        measured
-    };
+    Ok(workers)
+}
 
+/// How often the controller looks at the workers.
+const TICK: Duration = Duration::from_millis(50);
+
+impl Shared {
+    /// Whether every worker has stopped.
+    fn all_done(&self) -> bool {
+        self.finished_workers.load(Ordering::Acquire) == self.workers
+    }
+}
+
+/// Lets the workers go and runs the warm-up, if any; returns the usage when the measured window
+/// opened and the moment it did.
+async fn start_measuring(
+    shared: &Shared,
+    barrier: &Barrier,
+    warmup: f64,
+    quiet: bool,
+    probe: &Probe,
+) -> anyhow::Result<(Usage, Instant)> {
+    if warmup <= 0.0 {
+        // No warm-up: the workers start measured the moment they are let go.
+        let measured = probe.sample()?;
+        let started = Instant::now();
+        barrier.wait().await;
+        return Ok((measured, started));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while started.elapsed().as_secs_f64() < warmup && !shared.all_done() {
+        tokio::time::sleep(TICK).await;
+        if !quiet && last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!("bench: warm-up {:>5.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+    let measured = probe.sample()?;
+    let started = Instant::now();
+    shared.phase.store(MEASURE, Ordering::Release);
+    Ok((measured, started))
+}
+
+/// Waits out the measured window (or until every worker has stopped), with a progress line a
+/// second; returns its length in seconds.
+async fn measure(shared: &Shared, started: Instant, duration: f64, quiet: bool) -> f64 {
     let mut last = Instant::now();
     let mut last_ops = 0;
     loop {
-        tokio::time::sleep(tick).await;
-        if started.elapsed().as_secs_f64() >= duration || all_done(&shared) {
+        tokio::time::sleep(TICK).await;
+        if started.elapsed().as_secs_f64() >= duration || shared.all_done() {
             break;
         }
         if !quiet && last.elapsed() >= Duration::from_secs(1) {
@@ -596,34 +664,122 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
             last_ops = ops;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let server_after = match &server_pid {
-        Some(pid) => Some((procfs::cpu_seconds(pid)?, procfs::memory_kib(pid)?)),
-        None => None,
-    };
-    let database_after = database_cpu()?;
-    let client_after = procfs::cpu_seconds("self")?;
-    let machine_after = procfs::machine_busy_seconds()?;
-    let (client_before, machine_before) = client_before;
-    shared.phase.store(STOP, Ordering::Release);
+    started.elapsed().as_secs_f64()
+}
 
-    let mut by_op: HashMap<Op, Histogram<u64>> = HashMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+/// What the workers measured, merged.
+async fn collect(workers: Vec<JoinHandle<WorkerResult>>) -> anyhow::Result<WorkerResult> {
+    let mut merged = WorkerResult {
+        by_op: HashMap::new(),
+        errors: BTreeMap::new(),
+    };
     for w in workers {
         let r = w.await.context("a worker failed")?;
         for (op, h) in r.by_op {
-            by_op
+            merged
+                .by_op
                 .entry(op)
                 .or_insert_with(histogram)
                 .add(h)
                 .map_err(|e| anyhow::anyhow!("merging histograms: {e}"))?;
         }
         for (k, v) in r.errors {
-            *errors.entry(k).or_default() += v;
+            *merged.errors.entry(k).or_default() += v;
         }
     }
+    Ok(merged)
+}
+
+/// Which processes' usage is read around the measured window (same machine only).
+struct Probe {
+    server_pid: Option<String>,
+    database_process: Option<String>,
+}
+
+/// CPU seconds and memory at one edge of the measured window.
+struct Usage {
+    /// The server's CPU seconds and its resident memory now and at its peak, KiB.
+    server: Option<(f64, (u64, u64))>,
+    /// The database processes' CPU seconds and how many there are.
+    database: Option<(f64, usize)>,
+    /// This process's CPU seconds.
+    client_cpu: f64,
+    /// CPU seconds the whole machine has been busy.
+    machine_busy: f64,
+}
+
+impl Probe {
+    fn sample(&self) -> anyhow::Result<Usage> {
+        let server = match &self.server_pid {
+            Some(pid) => Some((procfs::cpu_seconds(pid)?, procfs::memory_kib(pid)?)),
+            None => None,
+        };
+        let database = self
+            .database_process
+            .as_deref()
+            .map(procfs::cpu_seconds_of_command)
+            .transpose()?;
+        Ok(Usage {
+            server,
+            database,
+            client_cpu: procfs::cpu_seconds("self")?,
+            machine_busy: procfs::machine_busy_seconds()?,
+        })
+    }
+}
+
+/// The measured window: its length, the planned length and the usage at both edges.
+struct Window {
+    elapsed: f64,
+    duration: f64,
+    before: Usage,
+    after: Usage,
+}
+
+impl Window {
+    /// `n` per second of the window.
+    fn rate(&self, n: f64) -> f64 {
+        n / self.elapsed.max(1e-9)
+    }
+
+    fn server(&self, pid: Option<u32>, per_op: impl Fn(f64) -> f64) -> Option<ServerUsage> {
+        match (pid, self.before.server, self.after.server) {
+            (Some(pid), Some((cpu0, (rss0, _))), Some((cpu1, (rss, peak)))) => Some(ServerUsage {
+                pid,
+                cpu_s: cpu1 - cpu0,
+                cpu_us_per_op: per_op((cpu1 - cpu0) * 1e6),
+                cores_busy: self.rate(cpu1 - cpu0),
+                rss_before_kib: rss0,
+                rss_kib: rss,
+                rss_peak_kib: peak,
+            }),
+            _ => None,
+        }
+    }
+
+    fn database(&self, name: Option<&str>, per_op: impl Fn(f64) -> f64) -> Option<DatabaseUsage> {
+        match (name, self.before.database, self.after.database) {
+            (Some(name), Some((cpu0, _)), Some((cpu1, processes))) => Some(DatabaseUsage {
+                process: name.to_owned(),
+                processes,
+                cpu_s: cpu1 - cpu0,
+                cpu_us_per_op: per_op((cpu1 - cpu0) * 1e6),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The report of a run.
+fn assemble(
+    args: &BenchArgs,
+    shared: &Shared,
+    window: &Window,
+    merged: WorkerResult,
+    es256_sign_us: Option<f64>,
+) -> anyhow::Result<Report> {
     let mut total = histogram();
-    for h in by_op.values() {
+    for h in merged.by_op.values() {
         total
             .add(h)
             .map_err(|e| anyhow::anyhow!("merging histograms: {e}"))?;
@@ -632,77 +788,65 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let per_op = |n: f64| if ops == 0 { 0.0 } else { n / ops as f64 };
     let stopped_by = if shared.exhausted.load(Ordering::Acquire) {
         "pool exhausted"
-    } else if elapsed >= duration {
+    } else if window.elapsed >= window.duration {
         "duration"
     } else {
         "requests"
     };
-    let server = match (args.server_pid, server_before, server_after) {
-        (Some(pid), Some((cpu0, rss0)), Some((cpu1, (rss, peak)))) => Some(ServerUsage {
-            pid,
-            cpu_s: cpu1 - cpu0,
-            cpu_us_per_op: per_op((cpu1 - cpu0) * 1e6),
-            cores_busy: (cpu1 - cpu0) / elapsed.max(1e-9),
-            rss_before_kib: rss0,
-            rss_kib: rss,
-            rss_peak_kib: peak,
-        }),
-        _ => None,
-    };
-    let database = match (&args.database_process, database_before, database_after) {
-        (Some(name), Some((cpu0, _)), Some((cpu1, processes))) => Some(DatabaseUsage {
-            process: name.clone(),
-            processes,
-            cpu_s: cpu1 - cpu0,
-            cpu_us_per_op: per_op((cpu1 - cpu0) * 1e6),
-        }),
-        _ => None,
-    };
+    let server = window.server(args.server_pid, per_op);
+    let database = window.database(args.database_process.as_deref(), per_op);
     let server_cpu_over_es256 = match (&server, es256_sign_us) {
         (Some(s), Some(sign)) if ops > 0 && sign > 0.0 => Some(s.cpu_us_per_op / sign),
         _ => None,
     };
-    let error_total = errors.values().sum();
-    let window = elapsed.max(1e-9);
-    let machine_cores_busy = (machine_after - machine_before) / window;
-    let accounted = (client_after - client_before)
+    let client_cpu = window.after.client_cpu - window.before.client_cpu;
+    let machine_cores_busy = window.rate(window.after.machine_busy - window.before.machine_busy);
+    let accounted = client_cpu
         + server.as_ref().map_or(0.0, |s| s.cpu_s)
         + database.as_ref().map_or(0.0, |d| d.cpu_s);
-    let other_cores_busy = (machine_cores_busy - accounted / window).max(0.0);
+    let other_cores_busy = (machine_cores_busy - window.rate(accounted)).max(0.0);
     Ok(Report {
         workload: args.workload.name().into(),
-        endpoint: target.endpoint().to_string(),
+        endpoint: shared.target.endpoint().to_string(),
         connections: args.connections,
         warmup_s: args.warmup,
-        elapsed_s: elapsed,
+        elapsed_s: window.elapsed,
         stopped_by: stopped_by.into(),
         identities: shared.identities.len(),
         ops,
-        ops_per_s: ops as f64 / elapsed.max(1e-9),
+        ops_per_s: window.rate(ops as f64),
         latency_us: Latency::from_histogram(&total),
-        errors,
-        error_total,
-        by_op: by_op
-            .iter()
-            .map(|(op, h)| {
-                (
-                    op.name().to_owned(),
-                    OpReport {
-                        ops: h.len(),
-                        ops_per_s: h.len() as f64 / elapsed.max(1e-9),
-                        latency_us: Latency::from_histogram(h),
-                    },
-                )
-            })
-            .collect(),
+        error_total: merged.errors.values().sum(),
+        errors: merged.errors,
+        by_op: by_op_reports(&merged.by_op, window),
         server,
         database,
-        client_cpu_us_per_op: per_op((client_after - client_before) * 1e6),
+        client_cpu_us_per_op: per_op(client_cpu * 1e6),
         machine_cores_busy,
         other_cores_busy,
         es256_sign_us,
         server_cpu_over_es256,
     })
+}
+
+/// Each operation type's share of the run.
+fn by_op_reports(
+    by_op: &HashMap<Op, Histogram<u64>>,
+    window: &Window,
+) -> BTreeMap<String, OpReport> {
+    by_op
+        .iter()
+        .map(|(op, h)| {
+            (
+                op.name().to_owned(),
+                OpReport {
+                    ops: h.len(),
+                    ops_per_s: window.rate(h.len() as f64),
+                    latency_us: Latency::from_histogram(h),
+                },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

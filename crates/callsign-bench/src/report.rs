@@ -155,6 +155,14 @@ impl Report {
     /// The report as a few aligned lines.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
+        self.write_throughput(&mut s);
+        self.write_errors(&mut s);
+        self.write_usage(&mut s);
+        s
+    }
+
+    /// The run, its throughput and its latency (per operation type too, for a mix).
+    fn write_throughput(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "callsign bench: {}, {} connections, {:.1} s measured after {:.1} s warm-up, stopped by {} ({})",
@@ -186,6 +194,10 @@ impl Report {
                 );
             }
         }
+    }
+
+    /// Failed requests by status.
+    fn write_errors(&self, s: &mut String) {
         if self.errors.is_empty() {
             let _ = writeln!(s, "  errors        none");
         } else {
@@ -196,6 +208,10 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "  errors        {}", list.join(", "));
         }
+    }
+
+    /// What the server, the database, this process and the machine spent.
+    fn write_usage(&self, s: &mut String) {
         if let Some(server) = &self.server {
             let _ = writeln!(
                 s,
@@ -232,7 +248,6 @@ impl Report {
             "  machine       {:.2} cores busy, {:.2} of them by other processes",
             self.machine_cores_busy, self.other_cores_busy
         );
-        s
     }
 }
 

@@ -98,11 +98,7 @@ async fn seed_into(
 ) -> anyhow::Result<SeedReport> {
     let (resource, _) = ensure_default_resource(store.as_ref(), &SystemClock).await?;
     let resource_id = resource.id;
-    // Millisecond precision, as stored.
-    let now = OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
+    let now = now_ms();
     let started = Instant::now();
     let end = args
         .start
@@ -123,16 +119,7 @@ async fn seed_into(
                     inserted += done.context("an import task failed")?? as u64;
                 }
             }
-            let records: Vec<IdentityRecord> = chunk
-                .iter()
-                .map(|user| IdentityRecord {
-                    id: identity(resource_id, *user),
-                    custom_id: None,
-                    created_at: now,
-                    revocation_epoch: 0,
-                    last_token_issued_at: None,
-                })
-                .collect();
+            let records = records(resource_id, chunk, now);
             let bulk: std::sync::Arc<dyn BulkIdentities> = std::sync::Arc::clone(store) as _;
             in_flight.spawn(async move {
                 bulk.import_identities(records)
@@ -141,14 +128,7 @@ async fn seed_into(
             });
             if !args.quiet && last_progress.elapsed() >= Duration::from_secs(2) {
                 last_progress = Instant::now();
-                let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "seed: {:>10} of {} written, {:.1} s, {:.0}/s",
-                    inserted,
-                    args.count,
-                    secs,
-                    inserted as f64 / secs
-                );
+                progress(inserted, args.count, started);
             }
         }
         window_start = window_end;
@@ -165,6 +145,38 @@ async fn seed_into(
         elapsed_s: elapsed,
         per_s: args.count as f64 / elapsed.max(1e-9),
     })
+}
+
+/// Now, to the millisecond (the precision stored).
+fn now_ms() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now)
+}
+
+/// The records of `users`, fresh identities of `resource` created at `now`.
+fn records(resource: ResourceId, users: &[Uuid], now: OffsetDateTime) -> Vec<IdentityRecord> {
+    users
+        .iter()
+        .map(|user| IdentityRecord {
+            id: identity(resource, *user),
+            custom_id: None,
+            created_at: now,
+            revocation_epoch: 0,
+            last_token_issued_at: None,
+        })
+        .collect()
+}
+
+fn progress(inserted: u64, count: u64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "seed: {:>10} of {} written, {:.1} s, {:.0}/s",
+        inserted,
+        count,
+        secs,
+        inserted as f64 / secs
+    );
 }
 
 #[cfg(test)]
