@@ -425,25 +425,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     let file = load_file(args.common.config.as_deref())?;
     let data_dir = data_dir(&args.common, &file);
     let mut settings = Settings::new(data_dir.clone());
-    // A new embedded deployment sealed from its first start: `serve --master-key-file F` makes F.
-    let key_file = args
-        .db
-        .master_key_file
-        .clone()
-        .or(file.master_key_file.clone());
-    if let Some(key_file) = key_file {
-        let new_store = args.db.database_url.is_none()
-            && file.database_url.is_none()
-            && !callsign_store::database_path(&data_dir).exists();
-        if new_store && !key_file.exists() {
-            let key = MasterKey::generate_file(&key_file)?;
-            eprintln!(
-                "callsign: created the master key {} (id {}); keep a copy apart from the store's backups",
-                key_file.display(),
-                key.id()
-            );
-        }
-    }
+    create_key_of_new_store(&args.db, &file, &data_dir)?;
     let location = resolve_store(&args.db, &file, data_dir)?;
     settings.keys = location.keys.clone();
     if let StoreLocation::Postgres(url) = location.location {
@@ -456,22 +438,17 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse()?,
     };
-    let cert = args.tls_cert.or(file.tls_cert);
-    let key = args.tls_key.or(file.tls_key);
-    let plain = args.plain_http || file.plain_http;
-    settings.tls = match (plain, cert, key) {
-        (true, None, None) => TlsMode::Plain,
-        (true, _, _) => bail!("--plain-http cannot be combined with --tls-cert/--tls-key"),
-        (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
-        (false, None, None) => TlsMode::LocalCa {
-            extra_names: if args.tls_names.is_empty() {
-                file.tls_names
-            } else {
-                args.tls_names
-            },
-        },
-        _ => bail!("--tls-cert and --tls-key go together"),
+    let names = if args.tls_names.is_empty() {
+        file.tls_names
+    } else {
+        args.tls_names
     };
+    settings.tls = tls_mode(
+        args.plain_http || file.plain_http,
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+        names,
+    )?;
     if let Some(alg) = args.signing_alg.or(file.signing_alg) {
         settings.signing_alg = Algorithm::from_jose_name(&alg).with_context(|| {
             format!("unknown signing algorithm {alg:?}: use es256, eddsa or rs256")
@@ -500,6 +477,46 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     Ok(ResolvedServe {
         settings,
         log_json: args.log_json || file.log_json,
+    })
+}
+
+/// A new embedded deployment sealed from its first start: `serve --master-key-file F` makes F.
+fn create_key_of_new_store(
+    db: &DatabaseArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let Some(key_file) = db.master_key_file.clone().or(file.master_key_file.clone()) else {
+        return Ok(());
+    };
+    let new_store = db.database_url.is_none()
+        && file.database_url.is_none()
+        && !callsign_store::database_path(data_dir).exists();
+    if new_store && !key_file.exists() {
+        let key = MasterKey::generate_file(&key_file)?;
+        eprintln!(
+            "callsign: created the master key {} (id {}); keep a copy apart from the store's backups",
+            key_file.display(),
+            key.id()
+        );
+    }
+    Ok(())
+}
+
+/// Where the server's certificate comes from: none (`plain`), the files given, or the local CA
+/// (with `names` besides the default ones).
+fn tls_mode(
+    plain: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    names: Vec<String>,
+) -> anyhow::Result<TlsMode> {
+    Ok(match (plain, cert, key) {
+        (true, None, None) => TlsMode::Plain,
+        (true, _, _) => bail!("--plain-http cannot be combined with --tls-cert/--tls-key"),
+        (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+        (false, None, None) => TlsMode::LocalCa { extra_names: names },
+        _ => bail!("--tls-cert and --tls-key go together"),
     })
 }
 
