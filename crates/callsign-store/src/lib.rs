@@ -4,7 +4,9 @@
 //! one type implementing all of them ([`Store`]); the server holds it as `Arc<dyn Store>` and
 //! never asks which backend it is. Each function takes the narrowest of them it uses. Bulk export
 //! and import ([`BulkIdentities`]) are not part of [`Store`]: only the copy and seed paths, which
-//! open a [`BulkStore`], reach them.
+//! open a [`BulkStore`], reach them. [`StoreLocation`] names which store to open (a data dir or a
+//! `postgres://` URL; a mistyped scheme is an error) and [`ensure_default_resource`] makes the
+//! resource a new store starts with.
 //!
 //! Invariants every backend keeps:
 //! * an acknowledged write is durable (SQLite: WAL with `synchronous=FULL`, group commit);
