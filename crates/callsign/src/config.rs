@@ -13,6 +13,32 @@ use callsign_server::{
 use callsign_store::{Database, StoreLocation};
 use serde::Deserialize;
 
+/// `--signing-alg` / `signing_alg`: the algorithm new tokens are signed with. Names in any case
+/// (`ES256` too), as JOSE spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningAlg {
+    /// ECDSA P-256 with SHA-256: small, fast tokens; what ACS uses.
+    #[serde(alias = "ES256")]
+    Es256,
+    /// Ed25519.
+    #[serde(alias = "EdDSA", alias = "EDDSA")]
+    Eddsa,
+    /// RSA 2048 with SHA-256, for verifiers that know nothing else.
+    #[serde(alias = "RS256")]
+    Rs256,
+}
+
+impl From<SigningAlg> for Algorithm {
+    fn from(alg: SigningAlg) -> Algorithm {
+        match alg {
+            SigningAlg::Es256 => Algorithm::Es256,
+            SigningAlg::Eddsa => Algorithm::EdDsa,
+            SigningAlg::Rs256 => Algorithm::Rs256,
+        }
+    }
+}
+
 /// Self-hosted identity and access-token service, wire-compatible with Azure Communication
 /// Services Identity.
 #[derive(Debug, clap::Parser)]
@@ -155,9 +181,9 @@ pub struct ServeArgs {
     /// Speak plain HTTP (only behind a TLS-terminating proxy: the Python SDK always uses HTTPS).
     #[arg(long, env = "CALLSIGN_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
     pub plain_http: bool,
-    /// Algorithm for new tokens: es256, eddsa or rs256 [default: es256].
-    #[arg(long, env = "CALLSIGN_SIGNING_ALG")]
-    pub signing_alg: Option<String>,
+    /// Algorithm for new tokens [default: es256].
+    #[arg(long, env = "CALLSIGN_SIGNING_ALG", value_enum, ignore_case = true)]
+    pub signing_alg: Option<SigningAlg>,
     /// The resourceLocation claim [default: local].
     #[arg(long, env = "CALLSIGN_LOCATION")]
     pub location: Option<String>,
@@ -350,7 +376,7 @@ pub struct FileConfig {
     pub tls_names: Vec<String>,
     #[serde(default)]
     pub plain_http: bool,
-    pub signing_alg: Option<String>,
+    pub signing_alg: Option<SigningAlg>,
     pub location: Option<String>,
     pub issuer: Option<String>,
     #[serde(default)]
@@ -450,9 +476,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
         names,
     )?;
     if let Some(alg) = args.signing_alg.or(file.signing_alg) {
-        settings.signing_alg = Algorithm::from_jose_name(&alg).with_context(|| {
-            format!("unknown signing algorithm {alg:?}: use es256, eddsa or rs256")
-        })?;
+        settings.signing_alg = alg.into();
     }
     if let Some(location) = args.location.or(file.location) {
         settings.location = location;
@@ -686,6 +710,21 @@ mod tests {
             DEFAULT_LISTEN.parse::<SocketAddr>().expect("addr")
         );
         assert_eq!(d.settings.signing_alg, Algorithm::Es256);
+        let upper = resolve_serve(serve_args(&["--signing-alg", "RS256"])).expect("resolves");
+        assert_eq!(upper.settings.signing_alg, Algorithm::Rs256);
+    }
+
+    #[test]
+    fn an_unknown_signing_algorithm_is_refused_naming_the_choices() {
+        let err = Cli::try_parse_from(["callsign", "serve", "--signing-alg", "hs256"])
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("es256") && text.contains("eddsa"), "{text}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("callsign.toml");
+        std::fs::write(&file, "signing_alg = \"hs256\"\n").expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        assert!(resolve_serve(serve_args(&["--config", cfg])).is_err());
     }
 
     #[test]
@@ -698,10 +737,6 @@ mod tests {
             .err()
             .expect("refused");
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
-        let err = resolve_serve(serve_args(&["--signing-alg", "hs256"]))
-            .err()
-            .expect("refused");
-        assert!(format!("{err:#}").contains("hs256"));
         assert!(
             Cli::try_parse_from([
                 "callsign",
