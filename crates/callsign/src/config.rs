@@ -18,13 +18,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SigningAlg {
-    /// ECDSA P-256 with SHA-256: small, fast tokens; what ACS uses.
+    /// ECDSA P-256 with SHA-256: small tokens, fast to sign.
     #[serde(alias = "ES256")]
     Es256,
     /// Ed25519.
     #[serde(alias = "EdDSA", alias = "EDDSA")]
     Eddsa,
-    /// RSA 2048 with SHA-256, for verifiers that know nothing else.
+    /// RSA 2048 with SHA-256, as ACS signs its tokens; for verifiers that know nothing else.
     #[serde(alias = "RS256")]
     Rs256,
 }
