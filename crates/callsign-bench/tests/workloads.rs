@@ -1,50 +1,14 @@
 //! Every workload runs briefly against a real server started on port 0, and seeding writes the
 //! identities it promises. These prove the tools work; they assert no speed.
 
-use std::path::Path;
-
 use callsign_bench::{BenchArgs, Report, SeedArgs, Workload, bench, seed, seeded_identity};
-use callsign_core::{IdentityId, ResourceId};
-use callsign_server::{Application, Settings};
-use tokio::sync::oneshot;
+use callsign_core::ResourceId;
+use callsign_testkit::{Backend, Reply, TestApp, TestDatabase, enc, spawn_app};
+use reqwest::Method;
 
-struct Running {
-    connection_string: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(dir: &Path) -> Running {
-        let mut settings = Settings::new(dir);
-        settings.listen = "127.0.0.1:0".parse().expect("addr");
-        let app = Application::build(settings).await.expect("server builds");
-        let connection_string = app.connection_string();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(app.serve(async {
-            let _ = rx.await;
-        }));
-        Running {
-            connection_string,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task
-            .await
-            .expect("join")
-            .expect("server stops cleanly");
-    }
-}
-
-fn brief(workload: Workload, running: &Running, dir: &Path) -> BenchArgs {
-    let mut args = BenchArgs::new(workload, running.connection_string.clone());
-    args.data_dir = Some(dir.to_path_buf());
+fn brief(workload: Workload, app: &TestApp) -> BenchArgs {
+    let mut args = BenchArgs::new(workload, app.connection_string.clone());
+    args.data_dir = Some(app.data_dir.path().to_path_buf());
     args.connections = 2;
     args.requests = Some(200);
     args.duration = Some(15.0);
@@ -77,8 +41,8 @@ fn check(report: &Report, want_ops: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_workload_runs_briefly_without_errors() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let running = Running::start(dir.path()).await;
+    // On SQLite: the load generator speaks HTTP only, whatever the server stores in.
+    let app = spawn_app(Backend::Sqlite).await;
     for workload in [
         Workload::Create,
         Workload::CreateToken,
@@ -87,7 +51,7 @@ async fn every_workload_runs_briefly_without_errors() {
         Workload::Delete,
         Workload::Mix,
     ] {
-        let report = bench(brief(workload, &running, dir.path()))
+        let report = bench(brief(workload, &app))
             .await
             .unwrap_or_else(|e| panic!("{workload:?}: {e:#}"));
         assert_eq!(report.workload, workload.name());
@@ -99,7 +63,7 @@ async fn every_workload_runs_briefly_without_errors() {
     }
 
     // A duration-bounded run with a warm-up and the signature baseline.
-    let mut args = brief(Workload::Issue, &running, dir.path());
+    let mut args = brief(Workload::Issue, &app);
     args.requests = None;
     args.duration = Some(0.5);
     args.warmup = 0.2;
@@ -112,13 +76,13 @@ async fn every_workload_runs_briefly_without_errors() {
     assert!(report.server_cpu_over_es256.is_some());
 
     // A delete pool smaller than the request count ends the run early, without errors.
-    let mut args = brief(Workload::Delete, &running, dir.path());
+    let mut args = brief(Workload::Delete, &app);
     args.pool = Some(30);
     let report = bench(args).await.expect("short pool");
     assert_eq!(report.stopped_by, "pool exhausted");
     check(&report, 30);
 
-    running.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,62 +95,72 @@ async fn remote_endpoints_are_refused_without_the_flag() {
     assert!(format!("{err:#}").contains("--allow-remote"), "{err:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seeded_identities_are_stored_and_servable() {
+async fn get_identity(app: &TestApp, id: &str) -> Reply {
+    let target = format!("/identities/{}?api-version=2025-03-02-preview", enc(id));
+    app.send(Method::GET, &target, None).await
+}
+
+/// Seeds 1,000 identities into a new store on `backend` (twice: the second run adds none), then
+/// serves them.
+async fn seeded_identities_are_stored_and_servable(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let report = seed(SeedArgs {
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestDatabase::create().await),
+    };
+    let seed_args = |batch, json| SeedArgs {
         count: 1_000,
         start: 0,
         data_dir: Some(dir.path().to_path_buf()),
-        database_url: None,
-        batch: 300,
-        json: false,
+        database_url: database.as_ref().map(TestDatabase::url),
+        batch,
+        json,
         quiet: true,
-    })
-    .await
-    .expect("seeds");
+    };
+    let report = seed(seed_args(300, false)).await.expect("seeds");
     assert_eq!((report.count, report.inserted), (1_000, 1_000));
     let resource = ResourceId::parse(&report.resource).expect("resource id");
 
     // Seeding again inserts nothing new.
-    let again = seed(SeedArgs {
-        count: 1_000,
-        start: 0,
-        data_dir: Some(dir.path().to_path_buf()),
-        database_url: None,
-        batch: 1_000,
-        json: true,
-        quiet: true,
-    })
-    .await
-    .expect("seeds again");
+    let again = seed(seed_args(1_000, true)).await.expect("seeds again");
     assert_eq!(
         (again.inserted, again.resource.as_str()),
         (0, report.resource.as_str())
     );
 
-    {
-        let store = callsign_store::open_embedded_store(dir.path()).expect("store");
-        use callsign_store::{BulkIdentities as _, IdentityStore as _};
-        let all = store.list_identities(None, 5_000).await.expect("list");
-        assert_eq!(all.len(), 1_000);
-        for i in [0, 1, 499, 999] {
-            let id = seeded_identity(resource, i);
-            let found = store.get_identity(&id).await.expect("get");
-            assert_eq!(found.map(|r| r.id), Some(id));
-        }
-        let beyond: IdentityId = seeded_identity(resource, 1_000);
-        assert_eq!(store.get_identity(&beyond).await.expect("get"), None);
-        use callsign_store::Store as _;
-        store.close().await;
+    let mut app = TestApp::builder().backend(backend).data_dir(dir);
+    if let Some(database) = database {
+        app = app.database(database);
     }
+    let app = app.spawn().await;
+    assert_eq!(app.resource_id, report.resource);
+    assert_eq!(app.identity_count().await, 1_000);
+    for i in [0, 1, 499, 999] {
+        let id = seeded_identity(resource, i).to_string();
+        let r = get_identity(&app, &id).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["id"], id.as_str());
+    }
+    let beyond = seeded_identity(resource, 1_000).to_string();
+    get_identity(&app, &beyond)
+        .await
+        .assert_error(404, "IdentityNotFound");
 
     // The server serves them: issuing to random seeded ids never meets a 404.
-    let running = Running::start(dir.path()).await;
-    let mut args = brief(Workload::Issue, &running, dir.path());
+    let mut args = brief(Workload::Issue, &app);
     args.seeded = Some(1_000);
     let report = bench(args).await.expect("issue to seeded ids");
     check(&report, 200);
     assert_eq!(report.identities, 1_000);
-    running.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_identities_are_stored_and_servable_on_sqlite() {
+    seeded_identities_are_stored_and_servable(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_identities_are_stored_and_servable_on_postgres() {
+    seeded_identities_are_stored_and_servable(Backend::Postgres).await;
 }

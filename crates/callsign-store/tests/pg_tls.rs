@@ -5,12 +5,7 @@
 //! certificate is `CALLSIGN_TEST_DATABASE_SSLROOTCERT`, by default that snakeoil certificate.
 
 use callsign_store::{PostgresOptions, PostgresStore, Store, mask_database_url};
-
-/// The server to create test databases on (as in `tests/store.rs`).
-fn admin_url() -> String {
-    std::env::var("CALLSIGN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+use callsign_testkit::{TestDatabase, admin_url};
 
 /// The certificate the test server presents, as a root.
 fn server_root() -> String {
@@ -83,14 +78,10 @@ async fn store_connection_uses_tls(params: &str) -> bool {
 async fn store_connection_uses_tls_by(make_url: impl FnOnce(&str, &str) -> String) -> bool {
     let admin = admin().await;
     require_server_ssl(&admin).await;
-    let suffix = uuid::Uuid::new_v4().simple();
-    let db = format!("callsign_test_{suffix}");
-    let app = format!("callsign_tls_{suffix}");
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-        .await
-        .expect("create test database");
-    let result = PostgresStore::connect(&make_url(&db, &app), &PostgresOptions::default()).await;
+    let db = TestDatabase::create().await;
+    let app = format!("callsign_tls_{}", uuid::Uuid::new_v4().simple());
+    let result =
+        PostgresStore::connect(&make_url(db.name(), &app), &PostgresOptions::default()).await;
     let seen = match &result {
         Ok(store) => {
             let row = admin
@@ -105,10 +96,7 @@ async fn store_connection_uses_tls_by(make_url: impl FnOnce(&str, &str) -> Strin
         }
         Err(_) => None,
     };
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .await
-        .expect("drop test database");
+    drop(db);
     if let Err(e) = result {
         panic!("connect: {e}");
     }

@@ -12,6 +12,7 @@ use callsign_store::{
     IdentityStore, ImportReport, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord,
     SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
+use callsign_testkit::TestDatabase;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -783,31 +784,16 @@ macro_rules! conformance_suite {
                 let (store, guard) = $make().await;
                 super::$name(Arc::clone(&store)).await;
                 store.close().await;
-                guard.cleanup().await;
+                drop(guard);
             }
         )*
     };
 }
 
-/// What a test leaves behind: a temp dir, or a database to drop.
+/// What a test leaves behind: a temp dir, or a database; removed when dropped.
 enum Guard {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    Database { admin_url: String, name: String },
-}
-
-impl Guard {
-    async fn cleanup(self) {
-        if let Guard::Database { admin_url, name } = self {
-            let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                .await
-                .expect("admin connection");
-            tokio::spawn(conn);
-            client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await
-                .expect("drop test database");
-        }
-    }
+    Database(#[allow(dead_code)] TestDatabase),
 }
 
 async fn make_sqlite() -> (Arc<dyn BulkStore>, Guard) {
@@ -816,48 +802,19 @@ async fn make_sqlite() -> (Arc<dyn BulkStore>, Guard) {
     (Arc::new(store), Guard::Dir(dir))
 }
 
-/// The server to create test databases on: `CALLSIGN_TEST_DATABASE_URL`, or the local default.
-fn admin_url() -> String {
-    std::env::var("CALLSIGN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+/// A store on a fresh, empty database on the test server.
+async fn make_postgres() -> (Arc<dyn BulkStore>, Guard) {
+    let (store, db) = postgres_store().await;
+    (Arc::new(store), Guard::Database(db))
 }
 
-/// A fresh, empty database on the test server.
-async fn make_postgres() -> (Arc<dyn BulkStore>, Guard) {
-    let admin_url = admin_url();
-    let name = format!("callsign_test_{}", uuid::Uuid::new_v4().simple());
-    let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL must be running for the conformance suite (see scripts/test.sh)");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create test database");
-    let mut config: tokio_postgres::Config = admin_url.parse().expect("url");
-    config.dbname(&name);
-    let url = pg_url(&config, &name);
-    let store = PostgresStore::connect(&url, &PostgresOptions::default())
+/// A PostgreSQL store on a fresh, empty database, and that database (for checks in SQL).
+async fn postgres_store() -> (PostgresStore, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let store = PostgresStore::connect(&db.url(), &PostgresOptions::default())
         .await
         .expect("connect");
-    (Arc::new(store), Guard::Database { admin_url, name })
-}
-
-/// Rebuilds a URL for `config` pointing at database `name`.
-fn pg_url(config: &tokio_postgres::Config, name: &str) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    match config.get_password() {
-        Some(p) => format!(
-            "postgres://{user}:{}@{host}:{port}/{name}",
-            String::from_utf8_lossy(p)
-        ),
-        None => format!("postgres://{user}@{host}:{port}/{name}"),
-    }
+    (store, db)
 }
 
 conformance_suite!(sqlite, make_sqlite);
@@ -865,13 +822,8 @@ conformance_suite!(postgres, make_postgres);
 
 #[tokio::test]
 async fn postgres_migrations_are_applied_once_by_nodes_starting_together() {
-    let (_, guard) = make_postgres().await;
-    let Guard::Database { admin_url, name } = &guard else {
-        unreachable!()
-    };
-    let mut config: tokio_postgres::Config = admin_url.parse().expect("url");
-    config.dbname(name);
-    let url = pg_url(&config, name);
+    let db = TestDatabase::create().await;
+    let url = db.url();
     let mut nodes = Vec::new();
     for _ in 0..4 {
         let url = url.clone();
@@ -906,7 +858,6 @@ async fn postgres_migrations_are_applied_once_by_nodes_starting_together() {
         .expect_err("edited migration must be refused");
     assert!(err.to_string().contains("differs"), "{err}");
     drop(client);
-    guard.cleanup().await;
 }
 
 #[tokio::test]
@@ -1006,16 +957,8 @@ async fn sqlite_reports_corrupt_assignments() {
 
 #[tokio::test]
 async fn postgres_reports_corrupt_assignments() {
-    let (store, guard) = make_postgres().await;
-    let Guard::Database { admin_url, name } = &guard else {
-        unreachable!()
-    };
-    let mut config: tokio_postgres::Config = admin_url.parse().expect("url");
-    config.dbname(name);
-    let (client, conn) = tokio_postgres::connect(&pg_url(&config, name), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let (store, db) = postgres_store().await;
+    let client = db.connect().await;
     let r = ResourceId::new_random();
     let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
     for corruption in CORRUPTIONS {
@@ -1051,7 +994,6 @@ async fn postgres_reports_corrupt_assignments() {
     }
     drop(client);
     store.close().await;
-    guard.cleanup().await;
 }
 
 /// A hand-edited custom id that breaks the rules (a control character) reads as corrupt data,
@@ -1089,21 +1031,13 @@ async fn sqlite_reports_a_corrupt_custom_id() {
 
 #[tokio::test]
 async fn postgres_reports_a_corrupt_custom_id() {
-    let (store, guard) = make_postgres().await;
-    let Guard::Database { admin_url, name } = &guard else {
-        unreachable!()
-    };
+    let (store, db) = postgres_store().await;
     let created = store
         .create_identity(new_identity(ResourceId::new_random(), Some("erin")))
         .await
         .expect("create")
         .identity;
-    let mut config: tokio_postgres::Config = admin_url.parse().expect("url");
-    config.dbname(name);
-    let (client, conn) = tokio_postgres::connect(&pg_url(&config, name), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = db.connect().await;
     client
         .batch_execute("UPDATE callsign_identities SET custom_id = 'er' || chr(10) || 'in'")
         .await
@@ -1112,7 +1046,6 @@ async fn postgres_reports_a_corrupt_custom_id() {
     assert_corrupt_custom_id(store.list_identities(None, 10).await.expect_err("corrupt"));
     drop(client);
     store.close().await;
-    guard.cleanup().await;
 }
 
 #[tokio::test]
@@ -1195,9 +1128,7 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
     for s in [sqlite, pg, other] {
         s.close().await;
     }
-    for g in [dir, db, other_dir] {
-        g.cleanup().await;
-    }
+    drop((dir, db, other_dir));
 }
 
 fn batch_of(batch: usize) -> CopyOptions {
@@ -1485,8 +1416,7 @@ macro_rules! copy_pairs {
                 super::super::$test(from.as_ref(), to.as_ref()).await;
                 from.close().await;
                 to.close().await;
-                from_guard.cleanup().await;
-                to_guard.cleanup().await;
+                drop((from_guard, to_guard));
             }
         )*
     };

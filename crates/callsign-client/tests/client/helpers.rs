@@ -1,4 +1,4 @@
-//! A live callsign server and a canned HTTP/1.1 server, both on 127.0.0.1.
+//! A live callsign server (from the test kit) and a canned HTTP/1.1 server, both on 127.0.0.1.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callsign_client::{CommunicationIdentityClient, ConnectionString, RetryPolicy};
-use callsign_server::{Application, Settings};
+use callsign_testkit::{Backend, TestApp, spawn_app};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 
 /// A valid access key that belongs to no server.
 pub const OTHER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -19,40 +18,29 @@ pub const OTHER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 pub const FOREIGN_ID: &str =
     "8:acs:00000000-0000-0000-0000-000000000000_00000000-0000-0000-0000-000000000000";
 
-/// A running server with a fresh database.
+/// A running server with a fresh database, and the SDK's client for it.
 pub struct TestServer {
     pub connection_string: String,
     pub endpoint: String,
     pub ca_path: PathBuf,
     pub ca_pem: Vec<u8>,
-    _data_dir: tempfile::TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
+    _app: TestApp,
 }
 
+/// A server on SQLite: what the client does does not depend on the backend (the server's
+/// black-box suite runs on both).
 pub async fn spawn_server() -> TestServer {
-    let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::new(data_dir.path());
-    settings.listen = "127.0.0.1:0".parse().expect("addr");
-    let app = Application::build(settings).await.expect("server builds");
+    let app = spawn_app(Backend::Sqlite).await;
     assert!(
-        app.is_tls(),
+        app.endpoint.starts_with("https://"),
         "the default server speaks TLS with its local CA"
     );
-    let connection_string = app.connection_string();
-    let endpoint = app.endpoint();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(app.serve(async {
-        let _ = rx.await;
-    }));
-    let ca_path = data_dir.path().join("tls/ca.pem");
-    let ca_pem = std::fs::read(&ca_path).expect("local CA");
     TestServer {
-        connection_string,
-        endpoint,
-        ca_path,
-        ca_pem,
-        _data_dir: data_dir,
-        shutdown: Some(tx),
+        connection_string: app.connection_string.clone(),
+        endpoint: app.endpoint.clone(),
+        ca_path: app.ca_path(),
+        ca_pem: app.ca_pem(),
+        _app: app,
     }
 }
 
@@ -76,14 +64,6 @@ impl TestServer {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -3,11 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
+use callsign_testkit::{Backend, SendExt, TestApp, enc, spawn_app};
 use reqwest::{Method, StatusCode};
 
 use callsign_server::ApiVersion;
-
-use crate::helpers::{TestApp, enc, identity_count, spawn_app};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
 
@@ -54,9 +53,8 @@ fn forged(
         .body(sent_body.to_vec())
 }
 
-#[tokio::test]
-async fn authentication_failures_are_401_denied_and_write_nothing() {
-    let app = spawn_app().await;
+async fn authentication_failures_are_401_denied_and_write_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let base = app.endpoint.trim_end_matches('/').to_owned();
     let body = br#"{"createTokenWithScopes": ["chat"]}"#;
     let now = SystemTime::now();
@@ -143,14 +141,14 @@ async fn authentication_failures_are_401_denied_and_write_nothing() {
         ),
     ];
     for (name, req) in cases {
-        let r = TestApp::reply(req.send().await.expect("send")).await;
+        let r = req.reply().await;
         r.assert_error(401, "Denied");
         assert_eq!(r.headers["www-authenticate"], "HMAC-SHA256", "{name}");
         let text = String::from_utf8_lossy(&r.raw);
         assert!(!text.contains(&app.primary_key), "{name}: key echoed");
     }
     assert_eq!(
-        identity_count(&app),
+        app.identity_count().await,
         0,
         "a refused request created an identity"
     );
@@ -184,13 +182,12 @@ async fn authentication_failures_are_401_denied_and_write_nothing() {
         .expect("send");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.introspect(&token).await["active"], true);
-    assert_eq!(identity_count(&app), 1);
+    assert_eq!(app.identity_count().await, 1);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn invalid_bodies_are_400_validation_errors_and_write_nothing() {
-    let app = spawn_app().await;
+async fn invalid_bodies_are_400_validation_errors_and_write_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let cases: [(&str, &str, Option<&str>); 9] = [
         ("malformed JSON", "{\"createTokenWithScopes\": [", None),
         ("not an object", "[1, 2]", None),
@@ -261,13 +258,12 @@ async fn invalid_bodies_are_400_validation_errors_and_write_nothing() {
             assert_eq!(r.body["error"]["target"], field.as_str(), "{v}");
         }
     }
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn token_requests_validate_scopes_and_expiry_with_the_service_messages() {
-    let app = spawn_app().await;
+async fn token_requests_validate_scopes_and_expiry_with_the_service_messages(backend: Backend) {
+    let app = spawn_app(backend).await;
     let id = app.create_user().await;
     let path = issue_path(&id);
     let r = app.send(Method::POST, &path, Some("{}")).await;
@@ -317,9 +313,8 @@ async fn token_requests_validate_scopes_and_expiry_with_the_service_messages() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn ids_are_checked_for_shape_ownership_and_existence() {
-    let app = spawn_app().await;
+async fn ids_are_checked_for_shape_ownership_and_existence(backend: Backend) {
+    let app = spawn_app(backend).await;
     let id = app.create_user().await;
     let foreign = "8:acs:00000000-0000-0000-0000-000000000000_00000000-0000-0000-0000-000000000000";
     let unknown = format!(
@@ -362,9 +357,8 @@ async fn ids_are_checked_for_shape_ownership_and_existence() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn protocol_errors_have_their_own_status() {
-    let app = spawn_app().await;
+async fn protocol_errors_have_their_own_status(backend: Backend) {
+    let app = spawn_app(backend).await;
     let base = app.endpoint.trim_end_matches('/').to_owned();
 
     let r = app
@@ -377,24 +371,14 @@ async fn protocol_errors_have_their_own_status() {
     let r = app.send(Method::GET, CREATE, None).await;
     r.assert_error(405, "MethodNotAllowed");
     assert_eq!(r.headers["allow"], "POST");
-    let r = TestApp::reply(
-        app.client
-            .put(format!("{base}/identities/x?api-version=2023-10-01"))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = app
+        .client
+        .put(format!("{base}/identities/x?api-version=2023-10-01"))
+        .reply()
+        .await;
     r.assert_error(405, "MethodNotAllowed");
 
-    let r = TestApp::reply(
-        app.client
-            .get(format!("{base}/nowhere"))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = app.client.get(format!("{base}/nowhere")).reply().await;
     r.assert_error(404, "NotFound");
 
     let big = format!(
@@ -404,8 +388,8 @@ async fn protocol_errors_have_their_own_status() {
     let r = app.send(Method::POST, CREATE, Some(&big)).await;
     r.assert_error(413, "RequestEntityTooLarge");
 
-    let r = TestApp::reply(
-        app.signed_with(
+    let r = app
+        .signed_with(
             Method::POST,
             CREATE,
             Some(b"createTokenWithScopes=chat"),
@@ -413,12 +397,17 @@ async fn protocol_errors_have_their_own_status() {
             "application/x-www-form-urlencoded",
             None,
         )
-        .send()
-        .await
-        .expect("send"),
-    )
-    .await;
+        .reply()
+        .await;
     r.assert_error(415, "UnsupportedMediaType");
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
+
+on_every_backend!(
+    authentication_failures_are_401_denied_and_write_nothing,
+    invalid_bodies_are_400_validation_errors_and_write_nothing,
+    token_requests_validate_scopes_and_expiry_with_the_service_messages,
+    ids_are_checked_for_shape_ownership_and_existence,
+    protocol_errors_have_their_own_status,
+);

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use callsign_core::{Clock, FixedClock};
+use callsign_testkit::{Backend, TestApp, enc};
 use reqwest::{Method, StatusCode};
 use time::Duration;
-
-use crate::helpers::{TestApp, enc, spawn_app_with};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
 
@@ -37,11 +36,15 @@ async fn issue_60(app: &TestApp, id: &str) -> (String, time::OffsetDateTime) {
     (r.body["token"].as_str().expect("token").to_owned(), exp)
 }
 
-#[tokio::test]
-async fn a_backward_step_keeps_tokens_exactly_as_valid_as_their_exp_says() {
+async fn a_backward_step_keeps_tokens_exactly_as_valid_as_their_exp_says(backend: Backend) {
     let start = time::OffsetDateTime::now_utc();
     let clock = Arc::new(FixedClock::new(start));
-    let app = spawn_app_with(|_| {}, clock.clone()).await;
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(|_| {})
+        .clock(clock.clone())
+        .spawn()
+        .await;
     let id = app.create_user().await;
     let (token, exp) = issue_60(&app, &id).await;
 
@@ -71,11 +74,17 @@ async fn a_backward_step_keeps_tokens_exactly_as_valid_as_their_exp_says() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_forward_step_expires_tokens_by_their_exp_and_dates_new_ones_from_the_new_time() {
+async fn a_forward_step_expires_tokens_by_their_exp_and_dates_new_ones_from_the_new_time(
+    backend: Backend,
+) {
     let start = time::OffsetDateTime::now_utc();
     let clock = Arc::new(FixedClock::new(start));
-    let app = spawn_app_with(|_| {}, clock.clone()).await;
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(|_| {})
+        .clock(clock.clone())
+        .spawn()
+        .await;
     let id = app.create_user().await;
     let (old, _) = issue_60(&app, &id).await;
 
@@ -96,10 +105,14 @@ async fn a_forward_step_expires_tokens_by_their_exp_and_dates_new_ones_from_the_
     app.stop().await;
 }
 
-#[tokio::test]
-async fn no_step_brings_a_revoked_token_back_or_revokes_a_later_one() {
+async fn no_step_brings_a_revoked_token_back_or_revokes_a_later_one(backend: Backend) {
     let clock = Arc::new(FixedClock::new(time::OffsetDateTime::now_utc()));
-    let app = spawn_app_with(|_| {}, clock.clone()).await;
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(|_| {})
+        .clock(clock.clone())
+        .spawn()
+        .await;
     let id = app.create_user().await;
     let (before, _) = issue_60(&app, &id).await;
     let r = app
@@ -124,3 +137,9 @@ async fn no_step_brings_a_revoked_token_back_or_revokes_a_later_one() {
     assert_eq!(app.introspect(&before).await["reason"], "revoked");
     app.stop().await;
 }
+
+on_every_backend!(
+    a_backward_step_keeps_tokens_exactly_as_valid_as_their_exp_says,
+    a_forward_step_expires_tokens_by_their_exp_and_dates_new_ones_from_the_new_time,
+    no_step_brings_a_revoked_token_back_or_revokes_a_later_one,
+);

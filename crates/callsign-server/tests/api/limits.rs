@@ -2,37 +2,29 @@
 //! failed authentications per address, ACS-style throttling. Connection-level deadlines and
 //! the cap are tested against the binary (`crates/callsign/tests/cli/hostile.rs`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use callsign_core::SystemClock;
 use callsign_server::ThrottleConfig;
+use callsign_testkit::{Backend, Reply, SendExt, TestApp, enc, spawn_app};
 use reqwest::{Method, StatusCode};
-
-use crate::helpers::{TestApp, enc, identity_count, spawn_app, spawn_app_with};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
 
-async fn with_auth(app: &TestApp, authorization: &str) -> crate::helpers::Reply {
-    TestApp::reply(
-        app.signed_with(
-            Method::POST,
-            CREATE,
-            None,
-            &app.primary_key,
-            "application/json",
-            Some(authorization),
-        )
-        .send()
-        .await
-        .expect("send"),
+async fn with_auth(app: &TestApp, authorization: &str) -> Reply {
+    app.signed_with(
+        Method::POST,
+        CREATE,
+        None,
+        &app.primary_key,
+        "application/json",
+        Some(authorization),
     )
+    .reply()
     .await
 }
 
-#[tokio::test]
-async fn denials_say_only_what_acs_says() {
-    let app = spawn_app().await;
+async fn denials_say_only_what_acs_says(backend: Backend) {
+    let app = spawn_app(backend).await;
     let sig = "A".repeat(43) + "=";
     for auth in [
         format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}"),
@@ -58,42 +50,37 @@ async fn denials_say_only_what_acs_says() {
             "no reason for an attacker to tune against: {auth}"
         );
     }
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_duplicated_authentication_header_is_refused() {
-    let app = spawn_app().await;
-    let r = TestApp::reply(
-        app.signed(Method::POST, CREATE, None, &app.primary_key)
-            .header("x-ms-date", "Mon, 01 Jan 2024 00:00:00 GMT")
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+async fn a_duplicated_authentication_header_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let r = app
+        .signed(Method::POST, CREATE, None, &app.primary_key)
+        .header("x-ms-date", "Mon, 01 Jan 2024 00:00:00 GMT")
+        .reply()
+        .await;
     r.assert_error(401, "Denied");
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn oversized_heads_and_targets_are_refused_with_the_error_body() {
-    let app = spawn_app().await;
+async fn oversized_heads_and_targets_are_refused_with_the_error_body(backend: Backend) {
+    let app = spawn_app(backend).await;
     // 40 KB of headers: over the 32 KiB limit, within what hyper buffers.
     let mut req = app.signed(Method::POST, CREATE, None, &app.primary_key);
     for i in 0..40 {
         req = req.header(format!("x-pad-{i}"), "p".repeat(1000));
     }
-    let r = TestApp::reply(req.send().await.expect("send")).await;
+    let r = req.reply().await;
     r.assert_error(431, "RequestHeaderFieldsTooLarge");
     // Too many header fields.
     let mut req = app.signed(Method::POST, CREATE, None, &app.primary_key);
     for i in 0..70 {
         req = req.header(format!("x-n-{i}"), "1");
     }
-    let r = TestApp::reply(req.send().await.expect("send")).await;
+    let r = req.reply().await;
     r.assert_error(431, "RequestHeaderFieldsTooLarge");
     // A request-target longer than any ACS path.
     let long = format!(
@@ -104,13 +91,18 @@ async fn oversized_heads_and_targets_are_refused_with_the_error_body() {
         .send(Method::POST, &long, Some(r#"{"scopes":["chat"]}"#))
         .await;
     r.assert_error(414, "UriTooLong");
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn failed_authentications_per_address_are_limited_before_any_signature_work() {
-    let app = spawn_app_with(|s| s.auth_failures_per_minute = 3, Arc::new(SystemClock)).await;
+async fn failed_authentications_per_address_are_limited_before_any_signature_work(
+    backend: Backend,
+) {
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(|s| s.auth_failures_per_minute = 3)
+        .spawn()
+        .await;
     let bad = format!(
         "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={}=",
         "A".repeat(43)
@@ -127,7 +119,7 @@ async fn failed_authentications_per_address_are_limited_before_any_signature_wor
         .parse()
         .expect("whole seconds");
     assert!((1..=60).contains(&retry), "{retry}");
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     // Unauthenticated endpoints are not affected.
     let base = app.endpoint.trim_end_matches('/').to_owned();
     let health = app
@@ -140,8 +132,7 @@ async fn failed_authentications_per_address_are_limited_before_any_signature_wor
     app.stop().await;
 }
 
-#[tokio::test]
-async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
+async fn throttled_requests_get_429_with_retry_after_and_change_nothing(backend: Backend) {
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("throttle.toml");
     std::fs::write(
@@ -150,7 +141,11 @@ async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
     )
     .expect("write");
     let config = ThrottleConfig::parse(file.to_str().expect("utf-8")).expect("valid");
-    let app = spawn_app_with(move |s| s.throttle = config, Arc::new(SystemClock)).await;
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(move |s| s.throttle = config)
+        .spawn()
+        .await;
 
     // Plain creates are another class: not throttled here.
     let mut ids = Vec::new();
@@ -167,7 +162,7 @@ async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let before = identity_count(&app);
+    let before = app.identity_count().await;
     let r = app
         .send(
             Method::POST,
@@ -177,7 +172,7 @@ async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
         .await;
     r.assert_error(429, "TooManyRequests");
     assert_eq!(
-        identity_count(&app),
+        app.identity_count().await,
         before,
         "a throttled create writes nothing"
     );
@@ -212,21 +207,26 @@ async fn throttled_requests_get_429_with_retry_after_and_change_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_body_announced_under_the_empty_body_hash_is_refused_unread() {
-    let app = spawn_app().await;
+async fn a_body_announced_under_the_empty_body_hash_is_refused_unread(backend: Backend) {
+    let app = spawn_app(backend).await;
     // A correctly signed request for no body, replayed with a body announced: the signature
     // does not cover the length, so this is what a replayer could send.
-    let r = TestApp::reply(
-        app.signed(Method::POST, CREATE, None, &app.primary_key)
-            .header("content-type", "application/json")
-            .body(r#"{"createTokenWithScopes": ["chat"]}"#)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = app
+        .signed(Method::POST, CREATE, None, &app.primary_key)
+        .header("content-type", "application/json")
+        .body(r#"{"createTokenWithScopes": ["chat"]}"#)
+        .reply()
+        .await;
     r.assert_error(401, "Denied");
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
+
+on_every_backend!(
+    denials_say_only_what_acs_says,
+    a_duplicated_authentication_header_is_refused,
+    oversized_heads_and_targets_are_refused_with_the_error_body,
+    failed_authentications_per_address_are_limited_before_any_signature_work,
+    throttled_requests_get_429_with_retry_after_and_change_nothing,
+    a_body_announced_under_the_empty_body_hash_is_refused_unread,
+);

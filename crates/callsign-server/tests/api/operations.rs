@@ -1,10 +1,9 @@
 //! Every operation on every api-version, with the status codes, bodies and headers the SDKs need.
 
 use callsign_server::ApiVersion;
+use callsign_testkit::{Backend, claims, enc, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-use crate::helpers::{claims, enc, spawn_app};
 
 /// Every version with the `:issueAccessToken`/`:revokeAccessTokens` paths (all but the first).
 fn modern() -> impl Iterator<Item = ApiVersion> {
@@ -19,9 +18,8 @@ fn assert_expires_on(v: &Value) {
     assert!(t > time::OffsetDateTime::now_utc());
 }
 
-#[tokio::test]
-async fn the_2020_preview_lifecycle_matches_the_seed_package() {
-    let app = spawn_app().await;
+async fn the_2020_preview_lifecycle_matches_the_seed_package(backend: Backend) {
+    let app = spawn_app(backend).await;
     let v = "api-version=2020-07-20-preview2";
     let created = app
         .send(Method::POST, &format!("/identities?{v}"), None)
@@ -118,9 +116,8 @@ async fn the_2020_preview_lifecycle_matches_the_seed_package() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn every_modern_version_creates_issues_revokes_and_deletes() {
-    let app = spawn_app().await;
+async fn every_modern_version_creates_issues_revokes_and_deletes(backend: Backend) {
+    let app = spawn_app(backend).await;
     for v in modern() {
         // Empty body (Python 1.3+, JS) and {} (Python 1.0-1.2).
         for body in [None, Some("{}")] {
@@ -201,9 +198,8 @@ async fn every_modern_version_creates_issues_revokes_and_deletes() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn expiry_is_honoured_from_2022_10_01_and_ignored_before() {
-    let app = spawn_app().await;
+async fn expiry_is_honoured_from_2022_10_01_and_ignored_before(backend: Backend) {
+    let app = spawn_app(backend).await;
     for (v, minutes, want) in [
         ("2022-06-01", 60, 86_400),
         ("2022-10-01", 60, 3_600),
@@ -230,9 +226,8 @@ async fn expiry_is_honoured_from_2022_10_01_and_ignored_before() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn nulls_sent_by_python_1_3_mean_absent() {
-    let app = spawn_app().await;
+async fn nulls_sent_by_python_1_3_mean_absent(backend: Backend) {
+    let app = spawn_app(backend).await;
     let v = "api-version=2022-10-01";
     let r = app
         .send(
@@ -268,9 +263,8 @@ async fn nulls_sent_by_python_1_3_mean_absent() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn join_scopes_exist_from_2023_10_01() {
-    let app = spawn_app().await;
+async fn join_scopes_exist_from_2023_10_01(backend: Backend) {
+    let app = spawn_app(backend).await;
     let id = app.create_user().await;
     for scopes in [
         json!(["chat"]),
@@ -320,9 +314,8 @@ async fn join_scopes_exist_from_2023_10_01() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn custom_ids_are_idempotent_and_identities_can_be_read_back() {
-    let app = spawn_app().await;
+async fn custom_ids_are_idempotent_and_identities_can_be_read_back(backend: Backend) {
+    let app = spawn_app(backend).await;
     let v = "api-version=2025-03-02-preview";
     let body = r#"{"customId": "sally@contoso.com", "createTokenWithScopes": ["chat"]}"#;
     let a = app
@@ -391,9 +384,8 @@ async fn custom_ids_are_idempotent_and_identities_can_be_read_back() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn teams_exchange_answers_invalid_access_token() {
-    let app = spawn_app().await;
+async fn teams_exchange_answers_invalid_access_token(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = r#"{"token": "x", "appId": "a", "userId": "u"}"#;
     let r = app
         .send(
@@ -414,9 +406,8 @@ async fn teams_exchange_answers_invalid_access_token() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn health_and_jwks_need_no_signature() {
-    let app = spawn_app().await;
+async fn health_and_jwks_need_no_signature(backend: Backend) {
+    let app = spawn_app(backend).await;
     let base = app.endpoint.trim_end_matches('/');
     let h = app
         .client
@@ -446,9 +437,8 @@ async fn health_and_jwks_need_no_signature() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn client_request_id_is_echoed_and_both_keys_work() {
-    let app = spawn_app().await;
+async fn client_request_id_is_echoed_and_both_keys_work(backend: Backend) {
+    let app = spawn_app(backend).await;
     let r = app
         .signed(
             Method::POST,
@@ -466,10 +456,9 @@ async fn client_request_id_is_echoed_and_both_keys_work() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn old_sdks_signing_date_and_async_python_sending_raw_ids_are_accepted() {
+async fn old_sdks_signing_date_and_async_python_sending_raw_ids_are_accepted(backend: Backend) {
     use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
-    let app = spawn_app().await;
+    let app = spawn_app(backend).await;
     let id = app.create_user().await;
     // aiohttp sends the id unencoded and signs it that way.
     let target = format!("/identities/{id}/:issueAccessToken?api-version=2021-03-07");
@@ -497,3 +486,16 @@ async fn old_sdks_signing_date_and_async_python_sending_raw_ids_are_accepted() {
     assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
+
+on_every_backend!(
+    the_2020_preview_lifecycle_matches_the_seed_package,
+    every_modern_version_creates_issues_revokes_and_deletes,
+    expiry_is_honoured_from_2022_10_01_and_ignored_before,
+    nulls_sent_by_python_1_3_mean_absent,
+    join_scopes_exist_from_2023_10_01,
+    custom_ids_are_idempotent_and_identities_can_be_read_back,
+    teams_exchange_answers_invalid_access_token,
+    health_and_jwks_need_no_signature,
+    client_request_id_is_echoed_and_both_keys_work,
+    old_sdks_signing_date_and_async_python_sending_raw_ids_are_accepted,
+);

@@ -4,16 +4,14 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use callsign_core::SystemClock;
 use callsign_server::Algorithm;
+use callsign_testkit::{Backend, TestApp, claims, enc, spawn_app};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{claims, enc, spawn_app, spawn_app_with};
-
-async fn jwks(app: &crate::helpers::TestApp) -> JwkSet {
+async fn jwks(app: &TestApp) -> JwkSet {
     app.client
         .get(format!("{}.well-known/jwks.json", app.endpoint))
         .send()
@@ -37,21 +35,20 @@ fn verify(token: &str, set: &JwkSet) -> Value {
         .claims
 }
 
-#[tokio::test]
-async fn tokens_of_every_algorithm_verify_against_the_jwks() {
+async fn tokens_of_every_algorithm_verify_against_the_jwks(backend: Backend) {
     for (alg, name) in [
         (Algorithm::Es256, "ES256"),
         (Algorithm::EdDsa, "EdDSA"),
         (Algorithm::Rs256, "RS256"),
     ] {
-        let app = spawn_app_with(
-            |s| {
+        let app = TestApp::builder()
+            .backend(backend)
+            .settings(move |s| {
                 s.signing_alg = alg;
                 s.location = "westeurope".into();
-            },
-            Arc::new(SystemClock),
-        )
-        .await;
+            })
+            .spawn()
+            .await;
         let id = app.create_user().await;
         let r = app.issue(&id, &["chat", "voip"]).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -77,9 +74,8 @@ async fn tokens_of_every_algorithm_verify_against_the_jwks() {
     }
 }
 
-#[tokio::test]
-async fn a_forged_token_does_not_verify_and_is_not_active() {
-    let app = spawn_app().await;
+async fn a_forged_token_does_not_verify_and_is_not_active(backend: Backend) {
+    let app = spawn_app(backend).await;
     let id = app.create_user().await;
     let r = app.issue(&id, &["chat"]).await;
     let token = r.body["token"].as_str().expect("token");
@@ -97,9 +93,8 @@ async fn a_forged_token_does_not_verify_and_is_not_active() {
 
 /// Python's SDK decodes the payload with `base64.b64decode(parts[1] + "==")`, which drops `-`
 /// and `_`: no payload may contain them.
-#[tokio::test]
-async fn payloads_never_contain_characters_python_drops() {
-    let app = spawn_app().await;
+async fn payloads_never_contain_characters_python_drops(backend: Backend) {
+    let app = spawn_app(backend).await;
     let scope_sets: [&[&str]; 4] = [
         &["chat"],
         &["voip", "chat"],
@@ -124,9 +119,8 @@ async fn payloads_never_contain_characters_python_drops() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn revocation_is_exact_within_the_same_second() {
-    let app = spawn_app().await;
+async fn revocation_is_exact_within_the_same_second(backend: Backend) {
+    let app = spawn_app(backend).await;
     let id = app.create_user().await;
     let before: Vec<String> = {
         let mut v = Vec::new();
@@ -177,12 +171,16 @@ async fn revocation_is_exact_within_the_same_second() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn tokens_expire_on_the_injected_clock() {
+async fn tokens_expire_on_the_injected_clock(backend: Backend) {
     let clock = Arc::new(callsign_core::FixedClock::new(
         time::OffsetDateTime::now_utc(),
     ));
-    let app = spawn_app_with(|_| {}, clock.clone()).await;
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(|_| {})
+        .clock(clock.clone())
+        .spawn()
+        .await;
     let id = app.create_user().await;
     let body = r#"{"scopes": ["chat"], "expiresInMinutes": 60}"#;
     let r = app
@@ -204,3 +202,11 @@ async fn tokens_expire_on_the_injected_clock() {
     assert_eq!(i["reason"], "expired", "{i}");
     app.stop().await;
 }
+
+on_every_backend!(
+    tokens_of_every_algorithm_verify_against_the_jwks,
+    a_forged_token_does_not_verify_and_is_not_active,
+    payloads_never_contain_characters_python_drops,
+    revocation_is_exact_within_the_same_second,
+    tokens_expire_on_the_injected_clock,
+);

@@ -2,10 +2,9 @@
 //! have none, the Teams extension surface, and the trailing-slash host some clients sign.
 
 use callsign_server::{ApiVersion, CustomIdField};
+use callsign_testkit::{Backend, SendExt, enc, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-
-use crate::helpers::{TestApp, enc, identity_count, spawn_app};
 
 const TENANT: &str = "c70d068c-2f32-484d-9455-73070cd5aadd";
 const OBJECT: &str = "b27b64b9-39d2-44a3-869d-67700b74e805";
@@ -16,9 +15,8 @@ fn assignment_path(v: ApiVersion, tenant: &str, object: &str) -> String {
     format!("/access/teamsExtension/tenants/{tenant}/assignments/{object}?api-version={v}")
 }
 
-#[tokio::test]
-async fn every_served_version_is_advertised_and_accepted() {
-    let app = spawn_app().await;
+async fn every_served_version_is_advertised_and_accepted(backend: Backend) {
+    let app = spawn_app(backend).await;
     let listed = ApiVersion::supported_list();
     for v in [
         "2025-04-01-preview",
@@ -40,13 +38,14 @@ async fn every_served_version_is_advertised_and_accepted() {
         assert_eq!(r.status, want, "{v}: {}", r.body);
         assert_eq!(r.headers["api-supported-versions"], listed.as_str());
     }
-    assert_eq!(identity_count(&app), ApiVersion::ALL.len() as i64);
+    assert_eq!(app.identity_count().await, ApiVersion::ALL.len() as i64);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn external_ids_of_2025_04_01_preview_are_idempotent_and_answer_200_when_found() {
-    let app = spawn_app().await;
+async fn external_ids_of_2025_04_01_preview_are_idempotent_and_answer_200_when_found(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
     let v = "api-version=2025-04-01-preview";
     let body = r#"{"externalId": "sally@contoso.com", "createTokenWithScopes": ["chat.join"]}"#;
     let a = app
@@ -63,7 +62,7 @@ async fn external_ids_of_2025_04_01_preview_are_idempotent_and_answer_200_when_f
         .await;
     assert_eq!(b.status, StatusCode::OK, "{}", b.body);
     assert_eq!(b.body["identity"]["id"], id.as_str());
-    assert_eq!(identity_count(&app), 1);
+    assert_eq!(app.identity_count().await, 1);
 
     let got = app
         .send(Method::GET, &format!("/identities/{}?{v}", enc(&id)), None)
@@ -104,7 +103,7 @@ async fn external_ids_of_2025_04_01_preview_are_idempotent_and_answer_200_when_f
         assert_eq!(r.status, StatusCode::CREATED);
         assert_ne!(r.body["identity"]["id"], id.as_str());
     }
-    assert_eq!(identity_count(&app), 3);
+    assert_eq!(app.identity_count().await, 3);
 
     let r = app
         .send(
@@ -115,13 +114,12 @@ async fn external_ids_of_2025_04_01_preview_are_idempotent_and_answer_200_when_f
         .await;
     r.assert_error(400, "ValidationError");
     assert_eq!(r.body["error"]["target"], "externalId");
-    assert_eq!(identity_count(&app), 3);
+    assert_eq!(app.identity_count().await, 3);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn ga_versions_after_the_previews_have_no_custom_ids_and_no_get() {
-    let app = spawn_app().await;
+async fn ga_versions_after_the_previews_have_no_custom_ids_and_no_get(backend: Backend) {
+    let app = spawn_app(backend).await;
     let ga = [
         ApiVersion::V2025_06_30,
         ApiVersion::V2026_07_22,
@@ -154,13 +152,12 @@ async fn ga_versions_after_the_previews_have_no_custom_ids_and_no_get() {
             .await;
         r.assert_error(400, "UnsupportedApiVersion");
     }
-    assert_eq!(identity_count(&app), 6);
+    assert_eq!(app.identity_count().await, 6);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn teams_extension_assignments_are_created_replaced_read_and_deleted() {
-    let app = spawn_app().await;
+async fn teams_extension_assignments_are_created_replaced_read_and_deleted(backend: Backend) {
+    let app = spawn_app(backend).await;
     let offering: Vec<ApiVersion> = ApiVersion::ALL
         .into_iter()
         .filter(|v| v.offers(callsign_server::Operation::TeamsExtensionAssignments))
@@ -218,9 +215,8 @@ async fn teams_extension_assignments_are_created_replaced_read_and_deleted() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_assignments_are_refused_and_store_nothing() {
-    let app = spawn_app().await;
+async fn bad_assignments_are_refused_and_store_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let v = ApiVersion::V2026_09_23;
     let path = assignment_path(v, TENANT, OBJECT);
     let many: Vec<String> = (0..101)
@@ -295,58 +291,47 @@ async fn bad_assignments_are_refused_and_store_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn teams_extension_exchange_refuses_tokens_it_cannot_verify() {
-    let app = spawn_app().await;
+async fn teams_extension_exchange_refuses_tokens_it_cannot_verify(backend: Backend) {
+    let app = spawn_app(backend).await;
     let base = app.endpoint.trim_end_matches('/').to_owned();
     let exchange =
         |v: ApiVersion| format!("/access/teamsExtension/:exchangeAccessToken?api-version={v}");
     // As the SDKs send it: the Teams Phone token as a bearer, an empty JSON body.
     for v in [ApiVersion::V2025_06_30, ApiVersion::V2026_09_23] {
-        let r = TestApp::reply(
-            app.client
-                .post(format!("{base}{}", exchange(v)))
-                .header("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln")
-                .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-                .expect("send"),
-        )
-        .await;
+        let r = app
+            .client
+            .post(format!("{base}{}", exchange(v)))
+            .header("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln")
+            .header("content-type", "application/json")
+            .body("{}")
+            .reply()
+            .await;
         r.assert_error(401, "InvalidAccessToken");
         // HMAC-signed instead: authenticated, but there is still no token to exchange.
         app.send(Method::POST, &exchange(v), Some("{}"))
             .await
             .assert_error(401, "InvalidAccessToken");
     }
-    let r = TestApp::reply(
-        app.client
-            .post(format!("{base}{}", exchange(ApiVersion::V2023_10_01)))
-            .header("authorization", "Bearer x")
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = app
+        .client
+        .post(format!("{base}{}", exchange(ApiVersion::V2023_10_01)))
+        .header("authorization", "Bearer x")
+        .reply()
+        .await;
     r.assert_error(400, "UnsupportedApiVersion");
     // Neither a bearer nor a signature: the ordinary authentication failure.
-    let r = TestApp::reply(
-        app.client
-            .post(format!("{base}{}", exchange(ApiVersion::V2026_09_23)))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = app
+        .client
+        .post(format!("{base}{}", exchange(ApiVersion::V2026_09_23)))
+        .reply()
+        .await;
     r.assert_error(401, "Denied");
-    assert_eq!(identity_count(&app), 0);
+    assert_eq!(app.identity_count().await, 0);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_host_signed_with_a_trailing_slash_is_accepted_on_every_version() {
-    let app = spawn_app().await;
+async fn a_host_signed_with_a_trailing_slash_is_accepted_on_every_version(backend: Backend) {
+    let app = spawn_app(backend).await;
     let slashed = format!("{}/", app.host);
     for v in ApiVersion::ALL {
         let r = app
@@ -369,7 +354,7 @@ async fn a_host_signed_with_a_trailing_slash_is_accepted_on_every_version() {
         )
         .await;
     r.assert_error(401, "Denied");
-    assert_eq!(identity_count(&app), ApiVersion::ALL.len() as i64);
+    assert_eq!(app.identity_count().await, ApiVersion::ALL.len() as i64);
     app.stop().await;
 }
 
@@ -384,3 +369,13 @@ fn custom_id_field_names_follow_the_spec() {
         Some(CustomIdField::ExternalId)
     );
 }
+
+on_every_backend!(
+    every_served_version_is_advertised_and_accepted,
+    external_ids_of_2025_04_01_preview_are_idempotent_and_answer_200_when_found,
+    ga_versions_after_the_previews_have_no_custom_ids_and_no_get,
+    teams_extension_assignments_are_created_replaced_read_and_deleted,
+    bad_assignments_are_refused_and_store_nothing,
+    teams_extension_exchange_refuses_tokens_it_cannot_verify,
+    a_host_signed_with_a_trailing_slash_is_accepted_on_every_version,
+);

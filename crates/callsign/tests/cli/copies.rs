@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::nodes::TestDb;
+use callsign_testkit::TestDatabase;
+
 use crate::{BIN, run, runtime};
 
 /// Runs `callsign` in `cwd` (where a location taken for a relative data dir would appear).
@@ -108,7 +109,7 @@ fn seed(location: &[&str], start: &str, count: &str) {
 #[test]
 fn a_diverged_target_is_reported_and_left_alone_unless_forced() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let dir = tempfile::tempdir().expect("temp dir");
     let source = dir.path().join("source");
@@ -145,5 +146,5 @@ fn a_diverged_target_is_reported_and_left_alone_unless_forced() {
         "{out}"
     );
     assert_eq!(rt.block_on(count_identities(&url)), 25);
-    rt.block_on(db.drop_db());
+    drop(db);
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
+use callsign_testkit::TestDatabase;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
@@ -17,7 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::nodes::TestDb;
 use crate::{Server, client, key_of, run, runtime, signed};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
@@ -1309,7 +1309,7 @@ async fn ready_becomes(
 fn readiness_probes_that_give_up_while_the_database_hangs_do_not_freeze_readiness() {
     let rt = runtime();
     let (db, relay) = rt.block_on(async {
-        let db = TestDb::create().await;
+        let db = TestDatabase::create().await;
         let relay = StallingRelay::start(postgres_port(&db.url())).await;
         (db, relay)
     });
@@ -1389,5 +1389,5 @@ fn readiness_probes_that_give_up_while_the_database_hangs_do_not_freeze_readines
         );
     });
     assert!(server.terminate().success());
-    rt.block_on(db.drop_db());
+    drop(db);
 }

@@ -11,10 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use callsign_testkit::TestDatabase;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::nodes::TestDb;
 use crate::{BIN, Server, client, key_of, run, runtime, signed};
 
 /// What a kill ladder did.
@@ -472,7 +472,7 @@ async fn serves(server: &Server, data_dir: &Path, key: &str, token: Option<&str>
 #[test]
 fn migrate_killed_at_any_point_completes_on_a_rerun() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let pg = rt.block_on(pg_connect(&url));
     let args = ["migrate", "--database-url", &url];
@@ -524,7 +524,7 @@ fn migrate_killed_at_any_point_completes_on_a_rerun() {
     rt.block_on(serves(&server, dir.path(), &key, None));
     assert!(server.terminate().success());
     drop(pg);
-    rt.block_on(db.drop_db());
+    drop(db);
 }
 
 /// How many identities the seeded source holds besides the few made through the API: enough
@@ -611,7 +611,7 @@ fn migrate_store_to_postgres_killed_at_any_point_completes_on_a_rerun() {
     assert_eq!(expected.tombstones.len(), 1);
     assert!(expected.identities.len() > 30_000);
 
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let pg = rt.block_on(pg_connect(&url));
     let src = source.to_str().expect("utf-8");
@@ -648,7 +648,7 @@ fn migrate_store_to_postgres_killed_at_any_point_completes_on_a_rerun() {
     rt.block_on(serves(&server, dir.path(), &key, Some(&token)));
     assert!(server.terminate().success());
     drop(pg);
-    rt.block_on(db.drop_db());
+    drop(db);
 }
 
 #[test]
@@ -658,7 +658,7 @@ fn migrate_store_to_a_data_dir_killed_at_any_point_completes_on_a_rerun() {
     let source = root.path().join("source");
     let (key, token) = seeded_source(&rt, &source);
     let expected = sqlite_contents(&source);
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let src = source.to_str().expect("utf-8");
     let (ok, _, err) = run(&["migrate-store", "--from", src, "--to", &url]);
@@ -688,7 +688,7 @@ fn migrate_store_to_a_data_dir_killed_at_any_point_completes_on_a_rerun() {
     let server = Server::start(&target, &[]);
     rt.block_on(serves(&server, &target, &key, Some(&token)));
     assert!(server.terminate().success());
-    rt.block_on(db.drop_db());
+    drop(db);
 }
 
 /// Where the keys live: a data dir or a PostgreSQL database.
@@ -900,10 +900,10 @@ fn seal_and_rotate_master_key_killed_at_any_point_complete_on_a_rerun_embedded()
 #[test]
 fn seal_and_rotate_master_key_killed_at_any_point_complete_on_a_rerun_postgres() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let root = tempfile::tempdir().expect("dir");
     let data = root.path().join("data");
     seal_and_rotate_killed(&rt, &KeyStore::Postgres(&url), &data);
-    rt.block_on(db.drop_db());
+    drop(db);
 }

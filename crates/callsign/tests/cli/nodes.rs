@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use callsign_testkit::TestDatabase;
 use reqwest::Method;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -13,79 +14,14 @@ use tokio::task::JoinSet;
 
 use crate::{Server, client, key_of, run, runtime, signed};
 
-/// A fresh database on the test server; dropped by [`TestDb::drop_db`].
-pub(crate) struct TestDb {
-    admin_url: String,
-    name: String,
-    config: tokio_postgres::Config,
-}
-
-impl TestDb {
-    pub(crate) async fn create() -> TestDb {
-        let admin_url = std::env::var("CALLSIGN_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("callsign_nodes_{}", uuid::Uuid::new_v4().simple());
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must be running (see scripts/test.sh)");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .expect("create database");
-        let config: tokio_postgres::Config = admin_url.parse().expect("url");
-        TestDb {
-            admin_url,
-            name,
-            config,
-        }
-    }
-
-    /// The URL of this database, reached through `host:port`.
-    fn url_via(&self, port: u16) -> String {
-        let user = self.config.get_user().unwrap_or("postgres");
-        match self.config.get_password() {
-            Some(p) => format!(
-                "postgres://{user}:{}@127.0.0.1:{port}/{}",
-                String::from_utf8_lossy(p),
-                self.name
-            ),
-            None => format!("postgres://{user}@127.0.0.1:{port}/{}", self.name),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.config.get_ports().first().copied().unwrap_or(5432)
-    }
-
-    pub(crate) fn url(&self) -> String {
-        self.url_via(self.port())
-    }
-
-    async fn count_identities(&self) -> i64 {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        client
-            .query_one("SELECT count(*) FROM callsign_identities", &[])
-            .await
-            .expect("count")
-            .get(0)
-    }
-
-    pub(crate) async fn drop_db(self) {
-        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        let _ = client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .await;
-    }
+/// How many identities `db` holds.
+async fn count_identities(db: &TestDatabase) -> i64 {
+    db.connect()
+        .await
+        .query_one("SELECT count(*) FROM callsign_identities", &[])
+        .await
+        .expect("count")
+        .get(0)
 }
 
 /// A signed request helper bound to one node.
@@ -169,7 +105,7 @@ impl Node<'_> {
 #[test]
 fn two_nodes_on_one_database_act_as_one_service() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let (dir_a, dir_b) = (
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
@@ -297,7 +233,7 @@ fn two_nodes_on_one_database_act_as_one_service() {
     });
     assert!(a.terminate().success());
     assert!(b.terminate().success());
-    rt.block_on(db.drop_db());
+    drop(db);
 }
 
 /// A TCP relay between the node and PostgreSQL that the test can cut and restore.
@@ -367,10 +303,10 @@ impl Relay {
 #[test]
 fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let mut relay = rt.block_on(Relay::start(db.port()));
     let dir = tempfile::tempdir().expect("dir");
-    let url = db.url_via(relay.port);
+    let url = db.url_via("127.0.0.1", relay.port);
     let node = Server::start(
         dir.path(),
         &[
@@ -512,7 +448,7 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
         let acked = acked.lock().expect("lock").clone();
         // Nothing acknowledged is lost, and nothing half-written exists: every row is a whole
         // identity (the schema has no partial state), and at least every acknowledged one is there.
-        let stored = db.count_identities().await;
+        let stored = count_identities(&db).await;
         assert!(
             stored >= acked.len() as i64,
             "{stored} stored < {} acknowledged",
@@ -533,5 +469,5 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
         }
     });
     assert!(node.terminate().success());
-    rt.block_on(db.drop_db());
+    drop(db);
 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use callsign_testkit::TestDatabase;
 use reqwest::Method;
 
-use crate::nodes::TestDb;
 use crate::{BIN, Server, client, key_of, run, runtime, signed};
 
 fn connection_string(server: &Server) -> String {
@@ -222,7 +222,7 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
 #[test]
 fn a_postgres_store_is_sealed_and_refuses_nodes_without_the_key() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let root = tempfile::tempdir().expect("dir");
     let data = root.path().join("data");
@@ -259,7 +259,7 @@ fn a_postgres_store_is_sealed_and_refuses_nodes_without_the_key() {
     let server = Server::start(&data, &["--database-url", &url, "--master-key-file", m]);
     assert!(rt.block_on(introspect_active(&server, &data, &key, &token)));
     assert!(server.terminate().success());
-    rt.block_on(db.drop_db());
+    drop(db);
 }
 
 #[test]

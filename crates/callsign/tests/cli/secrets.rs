@@ -4,9 +4,9 @@
 use std::process::Stdio;
 
 use base64::Engine as _;
+use callsign_testkit::TestDatabase;
 use reqwest::Method;
 
-use crate::nodes::TestDb;
 use crate::{Server, client, key_of, run, runtime, signed};
 
 /// The forms a secret could take in a log line.
@@ -167,7 +167,7 @@ fn a_trace_log_of_the_embedded_lifecycle_holds_no_secret() {
 #[test]
 fn a_trace_log_of_the_postgres_lifecycle_holds_no_secret() {
     let rt = runtime();
-    let db = rt.block_on(TestDb::create());
+    let db = rt.block_on(TestDatabase::create());
     let url = db.url();
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
@@ -205,6 +205,6 @@ fn a_trace_log_of_the_postgres_lifecycle_holds_no_secret() {
         secrets.push(("a signing key".into(), k));
     }
     let log = std::fs::read_to_string(&log_path).expect("log");
-    rt.block_on(db.drop_db());
+    drop(db);
     assert_log_clean(&log, &secrets);
 }

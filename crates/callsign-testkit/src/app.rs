@@ -1,0 +1,265 @@
+//! The real server, in process, on port 0 over either backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use callsign_core::{Clock, SystemClock};
+use callsign_server::{Application, LocalCaPaths, Settings};
+use callsign_store::{Database, PostgresOptions, PostgresStore, Store, open_embedded_store_with};
+use tokio::sync::oneshot;
+
+use crate::database::TestDatabase;
+use crate::signing::SigningClient;
+
+/// Where a test server keeps its identities, resources and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite store in the server's temp data dir.
+    Sqlite,
+    /// PostgreSQL: a fresh database on the test server (see [`TestDatabase`]).
+    Postgres,
+}
+
+impl Backend {
+    /// Every backend, for suites that run each test on each.
+    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+}
+
+/// A server on 127.0.0.1 port 0 with a fresh store, and a client signing with its primary key.
+///
+/// A `TestApp` is used as that client: it dereferences to its [`SigningClient`]. Dropping it
+/// stops the server, removes its data dir and drops its database; [`TestApp::stop`] also checks
+/// that the server ended cleanly.
+pub struct TestApp {
+    api: SigningClient,
+    /// The backend the server runs on.
+    pub backend: Backend,
+    /// The default resource's id.
+    pub resource_id: String,
+    /// The default resource's primary access key (the one [`SigningClient::send`] signs with).
+    pub primary_key: String,
+    /// The default resource's secondary access key.
+    pub secondary_key: String,
+    /// `endpoint=…;accesskey=<primary key>`.
+    pub connection_string: String,
+    /// The server's data dir (TLS material; the SQLite store on [`Backend::Sqlite`]).
+    pub data_dir: tempfile::TempDir,
+    /// The server's database on [`Backend::Postgres`].
+    pub database: Option<TestDatabase>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = SigningClient;
+
+    fn deref(&self) -> &SigningClient {
+        &self.api
+    }
+}
+
+impl std::fmt::Debug for TestApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestApp")
+            .field("endpoint", &self.api.endpoint)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Spawns a server with default settings on `backend`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    TestApp::builder().backend(backend).spawn().await
+}
+
+type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
+
+/// How to start a [`TestApp`]: the backend, settings changes, the clock, a prepared store.
+#[must_use = "nothing starts before `spawn`"]
+pub struct AppBuilder {
+    backend: Backend,
+    configure: Configure,
+    clock: Arc<dyn Clock>,
+    data_dir: Option<tempfile::TempDir>,
+    database: Option<TestDatabase>,
+}
+
+impl AppBuilder {
+    /// Runs the server on `backend` (SQLite unless told).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Changes the settings after the kit's own (listen on port 0, the data dir, the
+    /// database) and before the server is built.
+    pub fn settings(mut self, configure: impl FnOnce(&mut Settings) + Send + 'static) -> Self {
+        self.configure = Box::new(configure);
+        self
+    }
+
+    /// The server's clock (by default the system clock); requests are dated by it too.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Uses this data dir, prepared beforehand (seeded, say), instead of a new one.
+    pub fn data_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    /// Runs on PostgreSQL over this database, prepared beforehand, instead of a new one.
+    pub fn database(mut self, database: TestDatabase) -> Self {
+        self.backend = Backend::Postgres;
+        self.database = Some(database);
+        self
+    }
+
+    /// Builds the server, starts serving and returns once it listens.
+    pub async fn spawn(self) -> TestApp {
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("temp dir"),
+        };
+        let database = match (self.backend, self.database) {
+            (Backend::Sqlite, _) => None,
+            (Backend::Postgres, Some(db)) => Some(db),
+            (Backend::Postgres, None) => Some(TestDatabase::create().await),
+        };
+        let mut settings = Settings::new(data_dir.path());
+        settings.listen = "127.0.0.1:0".parse().expect("addr");
+        if let Some(db) = &database {
+            settings.database = Database::Postgres {
+                url: db.url(),
+                options: PostgresOptions::default(),
+            };
+        }
+        (self.configure)(&mut settings);
+        let store = open_store(&settings).await;
+        let app = Application::build_with(settings, store, Arc::clone(&self.clock))
+            .await
+            .expect("the server builds");
+        let mut client = reqwest::Client::builder();
+        if app.is_tls() {
+            let ca = std::fs::read(ca_path(data_dir.path())).expect("the local CA");
+            client = client.tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")]);
+        }
+        let key = |cs: &str| cs.split_once(";accesskey=").expect("key").1.to_owned();
+        let connection_string = app.connection_string();
+        let mut api = SigningClient::new(
+            client.build().expect("client"),
+            &app.endpoint(),
+            &key(&connection_string),
+        );
+        api.clock = self.clock;
+        let (tx, rx) = oneshot::channel();
+        TestApp {
+            backend: self.backend,
+            resource_id: app.resource_id().to_string(),
+            primary_key: api.key.clone(),
+            secondary_key: key(&app.secondary_connection_string()),
+            connection_string,
+            api,
+            server: Some(tokio::spawn(app.serve(async {
+                let _ = rx.await;
+            }))),
+            shutdown: Some(tx),
+            data_dir,
+            database,
+        }
+    }
+}
+
+/// The store `settings` name, opened as `Application::build` opens it.
+async fn open_store(settings: &Settings) -> Arc<dyn Store> {
+    let keys = settings.keys.clone();
+    match &settings.database {
+        Database::Embedded => Arc::new(
+            open_embedded_store_with(&settings.data_dir, keys).expect("the embedded store opens"),
+        ),
+        Database::Postgres { url, options } => {
+            let options = PostgresOptions {
+                keys,
+                ..options.clone()
+            };
+            Arc::new(
+                PostgresStore::connect(url, &options)
+                    .await
+                    .expect("the PostgreSQL store opens"),
+            )
+        }
+    }
+}
+
+fn ca_path(data_dir: &Path) -> PathBuf {
+    LocalCaPaths::new(data_dir).ca_cert()
+}
+
+impl TestApp {
+    /// A server started as the [`AppBuilder`] says.
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            backend: Backend::Sqlite,
+            configure: Box::new(|_| {}),
+            clock: Arc::new(SystemClock),
+            data_dir: None,
+            database: None,
+        }
+    }
+
+    /// The local CA's certificate file (what clients trust).
+    pub fn ca_path(&self) -> PathBuf {
+        ca_path(self.data_dir.path())
+    }
+
+    /// The local CA's certificate, PEM.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.ca_path()).expect("the local CA")
+    }
+
+    /// How many identities the server's store holds (tombstones aside), read with SQL from its
+    /// database on either backend: what a refused request must not have changed.
+    pub async fn identity_count(&self) -> i64 {
+        match &self.database {
+            None => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    callsign_store::database_path(self.data_dir.path()),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .expect("open the SQLite database");
+                conn.query_row("SELECT count(*) FROM identities", [], |r| r.get(0))
+                    .expect("count identities")
+            }
+            Some(db) => db
+                .connect()
+                .await
+                .query_one("SELECT count(*) FROM callsign_identities", &[])
+                .await
+                .expect("count identities")
+                .get(0),
+        }
+    }
+
+    /// Stops the server as SIGTERM would and checks it ended cleanly.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("join the server")
+                .expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
