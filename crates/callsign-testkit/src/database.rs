@@ -19,7 +19,10 @@ pub fn admin_url() -> String {
 pub struct TestDatabase {
     admin_url: String,
     name: String,
-    config: tokio_postgres::Config,
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
 }
 
 impl std::fmt::Debug for TestDatabase {
@@ -45,9 +48,17 @@ impl TestDatabase {
             .await
             .expect("create the test database");
         TestDatabase {
+            host: match config.get_hosts().first() {
+                Some(Host::Tcp(h)) => h.clone(),
+                _ => "127.0.0.1".into(),
+            },
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            user: config.get_user().unwrap_or("postgres").to_owned(),
+            password: config
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
             admin_url,
             name,
-            config,
         }
     }
 
@@ -58,34 +69,27 @@ impl TestDatabase {
 
     /// The URL of this database.
     pub fn url(&self) -> String {
-        self.url_via(&self.host(), self.port())
+        self.url_via(&self.host, self.port)
     }
 
     /// The URL of this database reached through `host:port` instead (a relay, or the same
     /// server under another name).
     pub fn url_via(&self, host: &str, port: u16) -> String {
-        let user = self.config.get_user().unwrap_or("postgres");
-        match self.config.get_password() {
-            Some(p) => format!(
-                "postgres://{user}:{}@{host}:{port}/{}",
-                String::from_utf8_lossy(p),
-                self.name
-            ),
+        let user = &self.user;
+        match &self.password {
+            Some(p) => format!("postgres://{user}:{p}@{host}:{port}/{}", self.name),
             None => format!("postgres://{user}@{host}:{port}/{}", self.name),
         }
     }
 
     /// The test server's host.
-    pub fn host(&self) -> String {
-        match self.config.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            _ => "127.0.0.1".into(),
-        }
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The test server's port.
     pub fn port(&self) -> u16 {
-        self.config.get_ports().first().copied().unwrap_or(5432)
+        self.port
     }
 
     /// A plain (no TLS) connection to this database, for checks in SQL.
