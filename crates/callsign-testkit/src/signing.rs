@@ -96,8 +96,27 @@ impl SigningClient {
         .body(signed.body.to_vec())
     }
 
-    /// Sends a request signed with [`SigningClient::key`] as if the client had named the host
+    /// Builds a request signed with [`SigningClient::key`] as if the client had named the host
     /// `signed_host` (the endpoint's host is still used to connect).
+    pub fn signed_as(
+        &self,
+        method: Method,
+        target: &str,
+        body: &[u8],
+        signed_host: &str,
+    ) -> reqwest::RequestBuilder {
+        self.json_request(&Signed {
+            method,
+            target,
+            body,
+            key: &self.key,
+            date: SystemTime::from(self.clock.now()),
+            host: signed_host,
+        })
+    }
+
+    /// Sends a request signed with [`SigningClient::key`] as if the client had named the host
+    /// `signed_host`.
     pub async fn send_signed_as(
         &self,
         method: Method,
@@ -105,15 +124,10 @@ impl SigningClient {
         body: Option<&str>,
         signed_host: &str,
     ) -> Reply {
-        let signed = Signed {
-            method,
-            target,
-            body: body.unwrap_or_default().as_bytes(),
-            key: &self.key,
-            date: SystemTime::from(self.clock.now()),
-            host: signed_host,
-        };
-        self.json_request(&signed).reply().await
+        let body = body.unwrap_or_default().as_bytes();
+        self.signed_as(method, target, body, signed_host)
+            .reply()
+            .await
     }
 
     /// Sends a request signed with [`SigningClient::key`] and dated `date` (a client whose

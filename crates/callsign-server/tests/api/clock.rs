@@ -41,7 +41,6 @@ async fn a_backward_step_keeps_tokens_exactly_as_valid_as_their_exp_says(backend
     let clock = Arc::new(FixedClock::new(start));
     let app = TestApp::builder()
         .backend(backend)
-        .settings(|_| {})
         .clock(clock.clone())
         .spawn()
         .await;
@@ -81,7 +80,6 @@ async fn a_forward_step_expires_tokens_by_their_exp_and_dates_new_ones_from_the_
     let clock = Arc::new(FixedClock::new(start));
     let app = TestApp::builder()
         .backend(backend)
-        .settings(|_| {})
         .clock(clock.clone())
         .spawn()
         .await;
@@ -109,7 +107,6 @@ async fn no_step_brings_a_revoked_token_back_or_revokes_a_later_one(backend: Bac
     let clock = Arc::new(FixedClock::new(time::OffsetDateTime::now_utc()));
     let app = TestApp::builder()
         .backend(backend)
-        .settings(|_| {})
         .clock(clock.clone())
         .spawn()
         .await;

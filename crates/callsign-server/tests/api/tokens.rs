@@ -177,7 +177,6 @@ async fn tokens_expire_on_the_injected_clock(backend: Backend) {
     ));
     let app = TestApp::builder()
         .backend(backend)
-        .settings(|_| {})
         .clock(clock.clone())
         .spawn()
         .await;

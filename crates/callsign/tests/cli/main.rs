@@ -17,9 +17,9 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
+use callsign_testkit::SigningClient;
 use serde_json::Value;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_callsign");
@@ -161,6 +161,7 @@ pub(crate) fn key_of(connection_string: &str) -> String {
         .to_owned()
 }
 
+/// Sends a request signed with `key` for `host`, as the SDKs sign.
 pub(crate) async fn signed(
     client: &reqwest::Client,
     server_endpoint: &str,
@@ -170,23 +171,8 @@ pub(crate) async fn signed(
     target: &str,
     body: &str,
 ) -> reqwest::Result<reqwest::Response> {
-    let date = format_date(SystemTime::now());
-    let hash = content_hash(body.as_bytes());
-    let sts = string_to_sign(method.as_str(), target, &[&date, host, &hash]);
-    let sig = AccessKeyMac::from_base64(key).expect("key").sign(&sts);
-    client
-        .request(
-            method,
-            format!("{}{}", server_endpoint.trim_end_matches('/'), target),
-        )
-        .header("x-ms-date", date)
-        .header("x-ms-content-sha256", hash)
-        .header("content-type", "application/json")
-        .header(
-            "authorization",
-            format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}"),
-        )
-        .body(body.to_owned())
+    SigningClient::new(client.clone(), server_endpoint, key)
+        .signed_as(method, target, body.as_bytes(), host)
         .send()
         .await
 }
