@@ -20,11 +20,6 @@ pub enum Backend {
     Postgres,
 }
 
-impl Backend {
-    /// Every backend, for suites that run each test on each.
-    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
-}
-
 /// A server on 127.0.0.1 port 0 with a fresh store, and a client signing with its primary key.
 ///
 /// A `TestApp` is used as that client: it dereferences to its [`SigningClient`]. Dropping it
