@@ -207,6 +207,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = std::fs::write(config::endpoint_file(&data_dir), app.endpoint()) {
         tracing::warn!(error = %e, "cannot record the endpoint in the data dir");
     }
+    // A closed standard output (`callsign serve | head -1`, a supervisor that stopped reading)
+    // must not stop a server that is already listening.
+    if let Err(e) = print_banner(&app, &data_dir, postgres, local_ca, ca_before) {
+        tracing::warn!(error = %e, "cannot print the start banner on standard output; serving on");
+    }
+    app.serve(shutdown).await
+}
+
+/// Where the server listens, how to get its connection string and, with the local CA, how to
+/// trust it.
+fn print_banner(
+    app: &callsign_server::Application,
+    data_dir: &std::path::Path,
+    postgres: bool,
+    local_ca: bool,
+    ca_before: Option<Vec<u8>>,
+) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -256,10 +273,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ca.display()
         )?;
     }
-    out.flush()?;
-    drop(out);
-
-    app.serve(shutdown).await
+    out.flush()
 }
 
 /// Registers for SIGTERM and SIGINT now (so a signal that arrives before serving starts is not

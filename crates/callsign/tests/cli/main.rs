@@ -67,10 +67,9 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Keeps reading after the banner: the server's standard output stays open.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let mut lines = Vec::new();
@@ -331,6 +330,74 @@ fn plain_http_mode_serves_without_tls() {
     });
     assert_eq!(status, 200);
     assert!(server.terminate().success());
+}
+
+/// A server whose standard output is closed (its reader went away) serves on: the banner is
+/// not worth the service.
+#[test]
+fn a_closed_standard_output_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn callsign serve");
+    // The endpoint file is written before the banner.
+    let endpoint_file = dir.path().join("endpoint");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoint = loop {
+        if let Ok(e) = std::fs::read_to_string(&endpoint_file) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no endpoint file");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the server exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rt = runtime();
+    let status = rt.block_on(async {
+        // Until it answers: the banner attempt comes after the endpoint file.
+        loop {
+            match reqwest::get(format!("{endpoint}health")).await {
+                Ok(r) => break r.status(),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no answer: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the server exited"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(30)).success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(stderr.contains("cannot print the start banner"), "{stderr}");
+    assert!(
+        !stderr.contains("accesskey="),
+        "the connection string leaked: {stderr}"
+    );
 }
 
 /// Every identity whose create was acknowledged before a `kill -9` is there after a restart.
