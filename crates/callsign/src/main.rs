@@ -253,7 +253,7 @@ fn print_banner(
         }
     }
     if local_ca {
-        let ca = callsign_server::LocalCaPaths::new(&data_dir).ca_cert();
+        let ca = callsign_server::LocalCaPaths::new(data_dir).ca_cert();
         let ca_after = std::fs::read(&ca).ok();
         if ca_before.is_some() && ca_before != ca_after {
             writeln!(
