@@ -259,10 +259,10 @@ async fn worker(
     };
     let mut rng = Rng::new(seed);
     // Open the keep-alive connection (TCP and TLS) before anything is timed.
-    if let Ok(url) = shared.target.url("/health") {
-        if let Ok(r) = client.get(url).send().await {
-            let _ = r.bytes().await;
-        }
+    if let Ok(url) = shared.target.url("/health")
+        && let Ok(r) = client.get(url).send().await
+    {
+        let _ = r.bytes().await;
     }
     start.wait().await;
     loop {

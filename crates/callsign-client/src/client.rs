@@ -568,10 +568,10 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
         if io.kind() == std::io::ErrorKind::InvalidData {
             return true;
         }
-        if let Some(inner) = io.get_ref() {
-            if is_tls_failure(inner) {
-                return true;
-            }
+        if let Some(inner) = io.get_ref()
+            && is_tls_failure(inner)
+        {
+            return true;
         }
     }
     e.source().is_some_and(is_tls_failure)

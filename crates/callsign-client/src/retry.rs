@@ -120,10 +120,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = header(headers, name).and_then(|v| v.parse::<f64>().ok()) {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64((ms / 1000.0).min(1e9)));
-            }
+        if let Some(ms) = header(headers, name).and_then(|v| v.parse::<f64>().ok())
+            && ms.is_finite()
+            && ms >= 0.0
+        {
+            return Some(Duration::from_secs_f64((ms / 1000.0).min(1e9)));
         }
     }
     let value = header(headers, "retry-after")?;

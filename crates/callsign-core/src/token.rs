@@ -688,6 +688,52 @@ mod tests {
     }
 
     #[test]
+    fn signed_claims_that_do_not_fit_together_are_malformed() {
+        let now = datetime!(2024-01-01 0:00 UTC);
+        let issuer = issuer(Algorithm::Es256);
+        let verifier = TokenVerifier::new([issuer.key().verifying_key()]);
+        let id = IdentityId::new_random(ResourceId::new_random());
+        let other = IdentityId::new_random(ResourceId::new_random());
+        let iat = now.unix_timestamp();
+        let good = Claims {
+            skypeid: id.skype_id(),
+            scp: SCP,
+            csi: iat.to_string(),
+            iat,
+            exp: iat + 3600,
+            acs_scope: "chat,voip".into(),
+            resource_id: id.resource().to_string(),
+            resource_location: "local".into(),
+            iss: "urn:callsign:test".into(),
+            sub: id.to_string(),
+            jti: Uuid::new_v4().hyphenated().to_string(),
+            epoch: 0,
+        };
+        let token = issuer.encode(&good).expect("signs");
+        assert_eq!(verifier.verify(&token, now).expect("verifies").identity, id);
+        type Change = fn(&mut Claims, &IdentityId);
+        let changes: [(&str, Change); 5] = [
+            ("another resource", |c, o| {
+                c.resource_id = o.resource().to_string()
+            }),
+            ("another skypeid", |c, o| c.skypeid = o.skype_id()),
+            ("a sub that is no id", |c, _| c.sub = "8:acs:nope".into()),
+            ("an unknown scope", |c, _| c.acs_scope = "chat,video".into()),
+            ("a jti that is no uuid", |c, _| c.jti = "j".into()),
+        ];
+        for (what, change) in changes {
+            let mut claims = good.clone();
+            change(&mut claims, &other);
+            let token = issuer.encode(&claims).expect("signs");
+            assert_eq!(
+                verifier.verify(&token, now),
+                Err(VerifyError::Malformed),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
     fn tampering_expiry_and_foreign_keys_are_detected() {
         let now = datetime!(2024-01-01 0:00 UTC);
         let issuer = issuer(Algorithm::Es256);

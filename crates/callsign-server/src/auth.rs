@@ -1,8 +1,9 @@
 //! HMAC-SHA256 request authentication, exactly as the SDKs sign (see `callsign_hmac`), with the
 //! fallbacks that real SDK versions need.
 //!
-//! The only way to obtain an [`Authenticated`] is [`Authenticator::authenticate`], and the only
-//! way to reach a resource's identities is through one (`AppState::directory`).
+//! The only way to obtain an [`Authenticated`] is [`HeadVerified::body_matches`] on the
+//! [`HeadVerified`] that [`Authenticator::authenticate_head`] gives, and the only way to reach a
+//! resource's identities is through one (`AppState::directory`).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -349,10 +350,10 @@ fn path_candidates(raw: &str) -> Vec<Cow<'_, str>> {
     if let Some(stripped) = raw.strip_prefix('/') {
         out.push(Cow::Borrowed(stripped));
     }
-    if let Ok(decoded) = percent_encoding::percent_decode_str(raw).decode_utf8() {
-        if decoded != raw {
-            out.push(Cow::Owned(decoded.into_owned()));
-        }
+    if let Ok(decoded) = percent_encoding::percent_decode_str(raw).decode_utf8()
+        && decoded != raw
+    {
+        out.push(Cow::Owned(decoded.into_owned()));
     }
     out
 }

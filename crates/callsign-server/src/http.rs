@@ -40,6 +40,23 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a non-text panic payload")
 }
 
+/// Runs a request's handling; a bug that panics in it becomes an opaque 500 on this request,
+/// logged with the request id and the panic, rather than a dropped connection.
+async fn catching_panics(
+    request_id: uuid::Uuid,
+    handling: impl Future<Output = (&'static str, Result<Response, ApiError>)>,
+) -> (&'static str, Result<Response, ApiError>) {
+    match AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(handled) => handled,
+        Err(payload) => {
+            let panic = panic_message(payload.as_ref());
+            tracing::error!(id = %request_id, panic, "a request handler panicked");
+            let cause = anyhow::anyhow!("the handler panicked: {panic}");
+            ("panicked", Err(ApiError::Internal(cause)))
+        }
+    }
+}
+
 /// A JSON response with the content type the real service sends.
 pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
     match serde_json::to_vec(body) {
@@ -241,17 +258,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         .cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    // A bug in a handler becomes an opaque 500 on this request, logged with its id, rather than a
-    // dropped connection.
-    let (route, result) = match AssertUnwindSafe(handle(&state, req)).catch_unwind().await {
-        Ok(handled) => handled,
-        Err(payload) => {
-            let panic = panic_message(payload.as_ref());
-            tracing::error!(id = %request_id, panic, "a request handler panicked");
-            let cause = anyhow::anyhow!("the handler panicked: {panic}");
-            ("panicked", Err(ApiError::Internal(cause)))
-        }
-    };
+    let (route, result) = catching_panics(request_id, handle(&state, req)).await;
     // Causes and reasons are logged here, with the request id; the body never carries them.
     let reason = match &result {
         Err(e @ ApiError::Internal(_)) => {
@@ -624,5 +631,43 @@ mod tests {
             parse_json::<T>(b"\xEF\xBB\xBF{\"n\": 1}").is_ok(),
             "a BOM is skipped"
         );
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_an_opaque_500_and_its_payload_is_kept_for_the_log() {
+        let id = uuid::Uuid::new_v4();
+        let (route, result) = catching_panics(id, async {
+            if id.is_nil() {
+                return ("never", Err(ApiError::NotFound));
+            }
+            panic!("index out of bounds at the secret place")
+        })
+        .await;
+        assert_eq!(route, "panicked");
+        let e = result.expect_err("a failure");
+        assert!(e.cause().contains("index out of bounds"), "{}", e.cause());
+        let body = serde_json::to_string(&e.body()).expect("json");
+        assert!(!body.contains("secret"), "{body}");
+        assert_eq!(
+            e.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let (_, fine) = catching_panics(id, async { ("ok", Ok(json(StatusCode::OK, &42))) }).await;
+        assert_eq!(fine.expect("answers").status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn panic_messages_of_both_payload_kinds_are_read() {
+        let owned: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        let borrowed: Box<dyn std::any::Any + Send> = Box::new("borrowed");
+        let other: Box<dyn std::any::Any + Send> = Box::new(7_u8);
+        assert_eq!(panic_message(owned.as_ref()), "owned");
+        assert_eq!(panic_message(borrowed.as_ref()), "borrowed");
+        assert_eq!(panic_message(other.as_ref()), "a non-text panic payload");
     }
 }

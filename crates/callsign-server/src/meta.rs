@@ -47,10 +47,10 @@ impl Readiness {
     async fn ready(&self, state: &AppState) -> bool {
         let inner = &self.inner;
         let cached = *inner.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, ok)) = cached {
-            if at.elapsed() < READINESS_TTL {
-                return ok;
-            }
+        if let Some((at, ok)) = cached
+            && at.elapsed() < READINESS_TTL
+        {
+            return ok;
         }
         if inner.pinging.swap(true, Ordering::AcqRel) {
             // Another request is pinging: answer with what is known.

@@ -12,8 +12,8 @@ use callsign_core::token::TokenIssuer;
 use callsign_core::{Clock, ResourceId, SystemClock};
 use callsign_hmac::AccessKeyMac;
 use callsign_store::{
-    Database, KeyProtection, PostgresOptions, ResourceRecord, Store, StoreLocation,
-    ensure_default_resource,
+    Database, KeyMaterialStore, KeyProtection, PostgresOptions, ResourceRecord, Store,
+    StoreLocation, ensure_default_resource,
 };
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -176,7 +176,7 @@ impl Application {
 }
 
 /// Warns when keys are stored unsealed, or some are left unsealed under a master key.
-async fn warn_about_sealing(store: &dyn Store, keys: &KeyProtection) {
+async fn warn_about_sealing(store: &dyn KeyMaterialStore, keys: &KeyProtection) {
     match store.seal_status().await {
         Ok(status) if !keys.is_sealed() && status.sealed == 0 => tracing::warn!(
             "access keys and signing keys are stored unsealed: a copy of the store can mint \

@@ -92,15 +92,14 @@ impl StoreLocation {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             return Ok(StoreLocation::Postgres(s.to_owned()));
         }
-        if let Some((scheme, _)) = s.split_once("://") {
-            if scheme
+        if let Some((scheme, _)) = s.split_once("://")
+            && scheme
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            {
-                return Err(UnknownScheme {
-                    scheme: scheme.to_owned(),
-                });
-            }
+        {
+            return Err(UnknownScheme {
+                scheme: scheme.to_owned(),
+            });
         }
         Ok(StoreLocation::DataDir(PathBuf::from(s)))
     }

@@ -65,12 +65,12 @@ impl ClientArgs {
 
     /// Refuses a custom-id call on an explicitly chosen version that has no custom ids.
     fn check_custom_ids(&self, what: &str) -> anyhow::Result<()> {
-        if let Some(v) = self.api_version {
-            if !v.has_custom_id() {
-                bail!(
-                    "api-version {v} has no custom ids, so no {what}: use 2025-03-02-preview or 2025-04-01-preview, or leave --api-version out"
-                );
-            }
+        if let Some(v) = self.api_version
+            && !v.has_custom_id()
+        {
+            bail!(
+                "api-version {v} has no custom ids, so no {what}: use 2025-03-02-preview or 2025-04-01-preview, or leave --api-version out"
+            );
         }
         Ok(())
     }

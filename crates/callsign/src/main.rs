@@ -196,6 +196,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let resolved = config::resolve_serve(args)?;
     let _log_guard = init_logging(resolved.log_json);
+    // A panic anywhere is an error event of the log (JSON with --log-json), not a bare stderr
+    // line; the pipeline adds the request id for a panic in a handler.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "a thread panicked");
+    }));
     let settings = resolved.settings;
     let data_dir = settings.data_dir.clone();
     let local_ca = matches!(settings.tls, callsign_server::TlsMode::LocalCa { .. });
@@ -394,14 +399,14 @@ fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_server::Mast
 /// written: a mistyped --data-dir must not become a new sealed store, nor a read-only one leave
 /// a key file that seals nothing.
 async fn check_store_for_sealing(resolved: &config::ResolvedStore) -> anyhow::Result<()> {
-    if let callsign_store::StoreLocation::DataDir(dir) = &resolved.location {
-        if !callsign_store::database_path(dir).exists() {
-            anyhow::bail!(
-                "there is no store in {}: start `callsign serve --data-dir {0}` first, or name the \
+    if let callsign_store::StoreLocation::DataDir(dir) = &resolved.location
+        && !callsign_store::database_path(dir).exists()
+    {
+        anyhow::bail!(
+            "there is no store in {}: start `callsign serve --data-dir {0}` first, or name the \
                  right --data-dir / --database-url",
-                dir.display()
-            );
-        }
+            dir.display()
+        );
     }
     let probe = resolved
         .location
@@ -409,7 +414,7 @@ async fn check_store_for_sealing(resolved: &config::ResolvedStore) -> anyhow::Re
         .await?;
     let writable = probe.writable();
     probe.close().await;
-    writable.map_err(|e| anyhow::anyhow!("the store cannot be written: {e}"))
+    writable.context("the store cannot be written")
 }
 
 async fn seal(args: MigrateArgs) -> anyhow::Result<()> {
@@ -484,13 +489,13 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     if args.from.trim_end_matches('/') == args.to.trim_end_matches('/') {
         anyhow::bail!("--from and --to name the same store");
     }
-    if let callsign_store::StoreLocation::DataDir(dir) = &from {
-        if !callsign_store::database_path(dir).exists() {
-            anyhow::bail!(
-                "--from {}: there is no store in that directory (nothing to copy)",
-                dir.display()
-            );
-        }
+    if let callsign_store::StoreLocation::DataDir(dir) = &from
+        && !callsign_store::database_path(dir).exists()
+    {
+        anyhow::bail!(
+            "--from {}: there is no store in that directory (nothing to copy)",
+            dir.display()
+        );
     }
     let keys = config::key_protection(args.master_key_file.as_deref())?;
     let keys_sealed = keys.is_sealed();
