@@ -34,12 +34,9 @@ mod throttle;
 pub mod tls;
 mod version;
 
-pub use callsign_core::token::Algorithm;
-pub use callsign_store::{KeyProtection, MasterKey, PostgresOptions, Sealer};
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
 pub use settings::Settings;
 pub use startup::Application;
 pub use throttle::{OperationClass, Rate, ThrottleConfig};
 pub use tls::{LocalCaPaths, TlsMode};
-pub use version::{ApiVersion, CustomIdField, Operation};

@@ -2,7 +2,7 @@
 //! `callsign_api::ApiVersion`; this module only maps the query string to it, and failures to
 //! the ACS error body.
 
-pub use callsign_api::{ApiVersion, CustomIdField, Operation};
+pub(crate) use callsign_api::{ApiVersion, CustomIdField, Operation};
 
 use crate::error::ApiError;
 

@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use callsign_server::{
-    Algorithm, KeyProtection, MasterKey, PostgresOptions, Sealer, Settings, TlsMode,
-};
-use callsign_store::{Database, StoreLocation};
+use callsign_core::token::Algorithm;
+use callsign_server::{Settings, TlsMode};
+use callsign_store::{Database, KeyProtection, MasterKey, PostgresOptions, Sealer, StoreLocation};
 use serde::Deserialize;
 
 /// `--signing-alg` / `signing_alg`: the algorithm new tokens are signed with. Names in any case

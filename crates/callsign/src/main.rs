@@ -381,11 +381,11 @@ fn print_copy_report(report: &callsign_store::CopyReport) {
 }
 
 /// Reads the master key file, creating it (0600) first if it does not exist.
-fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_server::MasterKey> {
+fn master_key_at(path: &std::path::Path) -> anyhow::Result<callsign_store::MasterKey> {
     if path.exists() {
-        Ok(callsign_server::MasterKey::read_file(path)?)
+        Ok(callsign_store::MasterKey::read_file(path)?)
     } else {
-        let key = callsign_server::MasterKey::generate_file(path)?;
+        let key = callsign_store::MasterKey::generate_file(path)?;
         println!(
             "callsign: created the master key {} (id {}); keep a copy apart from the store's backups",
             path.display(),
@@ -410,7 +410,7 @@ async fn check_store_for_sealing(resolved: &config::ResolvedStore) -> anyhow::Re
     }
     let probe = resolved
         .location
-        .open(&resolved.options, callsign_server::KeyProtection::plain())
+        .open(&resolved.options, callsign_store::KeyProtection::plain())
         .await?;
     let writable = probe.writable();
     probe.close().await;
@@ -430,7 +430,7 @@ async fn seal(args: MigrateArgs) -> anyhow::Result<()> {
     check_store_for_sealing(&resolved).await?;
     let key = master_key_at(&path)?;
     let id = key.id().to_owned();
-    resolved.keys = callsign_server::KeyProtection::sealed(callsign_server::Sealer::new(key));
+    resolved.keys = callsign_store::KeyProtection::sealed(callsign_store::Sealer::new(key));
     reseal(&resolved, &id).await
 }
 
@@ -438,16 +438,15 @@ async fn rotate_master_key(args: config::RotateMasterKeyArgs) -> anyhow::Result<
     let Some(old_path) = args.store.db.master_key_file.clone() else {
         anyhow::bail!("--master-key-file names the current master key");
     };
-    let old = callsign_server::MasterKey::read_file(&old_path)?;
+    let old = callsign_store::MasterKey::read_file(&old_path)?;
     let new = master_key_at(&args.new_master_key_file)?;
     if new.id() == old.id() {
         anyhow::bail!("the new master key is the current one");
     }
     let id = new.id().to_owned();
     let mut resolved = config::resolve_migrate(args.store)?;
-    resolved.keys = callsign_server::KeyProtection::sealed(
-        callsign_server::Sealer::new(new).with_previous(old),
-    );
+    resolved.keys =
+        callsign_store::KeyProtection::sealed(callsign_store::Sealer::new(new).with_previous(old));
     reseal(&resolved, &id).await?;
     println!(
         "callsign: start every node with --master-key-file {}; the old key opens nothing now",
@@ -485,7 +484,7 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     // Both locations are checked before either store is opened (opening a data dir creates it).
     let from = callsign_store::StoreLocation::parse(&args.from).context("--from")?;
     let to = callsign_store::StoreLocation::parse(&args.to).context("--to")?;
-    let options = callsign_server::PostgresOptions::default();
+    let options = callsign_store::PostgresOptions::default();
     if args.from.trim_end_matches('/') == args.to.trim_end_matches('/') {
         anyhow::bail!("--from and --to name the same store");
     }

@@ -6,7 +6,7 @@ use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
 use callsign_testkit::{Backend, SendExt, TestApp, enc, spawn_app};
 use reqwest::{Method, StatusCode};
 
-use callsign_server::ApiVersion;
+use callsign_api::ApiVersion;
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
 

@@ -1,6 +1,6 @@
 //! Every operation on every api-version, with the status codes, bodies and headers the SDKs need.
 
-use callsign_server::ApiVersion;
+use callsign_api::ApiVersion;
 use callsign_testkit::{Backend, claims, enc, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use callsign_server::Algorithm;
+use callsign_core::token::Algorithm;
 use callsign_testkit::{Backend, TestApp, claims, enc, spawn_app};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};

@@ -1,7 +1,7 @@
 //! The 2025-2026 api-versions: custom ids under their per-version names, the GA versions that
 //! have none, the Teams extension surface, and the trailing-slash host some clients sign.
 
-use callsign_server::{ApiVersion, CustomIdField};
+use callsign_api::{ApiVersion, CustomIdField, Operation};
 use callsign_testkit::{Backend, SendExt, enc, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -160,7 +160,7 @@ async fn teams_extension_assignments_are_created_replaced_read_and_deleted(backe
     let app = spawn_app(backend).await;
     let offering: Vec<ApiVersion> = ApiVersion::ALL
         .into_iter()
-        .filter(|v| v.offers(callsign_server::Operation::TeamsExtensionAssignments))
+        .filter(|v| v.offers(Operation::TeamsExtensionAssignments))
         .collect();
     assert_eq!(
         offering,
