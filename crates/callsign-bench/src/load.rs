@@ -28,6 +28,8 @@ const MAX_DURATION: f64 = 3600.0;
 /// Measured window when only --requests bounds the run.
 const COUNT_RUN_CAP: f64 = 600.0;
 
+// Request bodies as fixed bytes: nothing to encode per request. A test reads them back through
+// callsign-api's types, so they say what the wire vocabulary says.
 const CREATE_BODY: &[u8] = b"{}";
 const CREATE_TOKEN_BODY: &[u8] =
     br#"{"createTokenWithScopes":["chat","voip"],"expiresInMinutes":60}"#;
@@ -852,6 +854,23 @@ fn by_op_reports(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bodies_are_wire_bodies_with_known_scopes() {
+        let create: callsign_api::CreateIdentityRequest =
+            serde_json::from_slice(CREATE_TOKEN_BODY).expect("create body");
+        let issue: callsign_api::IssueTokenRequest =
+            serde_json::from_slice(ISSUE_BODY).expect("issue body");
+        for scopes in [create.create_token_with_scopes, issue.scopes] {
+            let scopes = scopes.expect("scopes");
+            assert!(!scopes.is_empty());
+            for name in scopes {
+                name.parse::<callsign_api::Scope>().expect("a known scope");
+            }
+        }
+        let _: callsign_api::CreateIdentityRequest =
+            serde_json::from_slice(CREATE_BODY).expect("empty create body");
+    }
 
     #[test]
     fn the_mix_has_the_documented_shares() {
