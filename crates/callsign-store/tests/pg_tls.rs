@@ -5,7 +5,7 @@
 //! certificate is `CALLSIGN_TEST_DATABASE_SSLROOTCERT`, by default that snakeoil certificate.
 
 use callsign_store::{PostgresOptions, PostgresStore, Store, mask_database_url};
-use callsign_testkit::{TestDatabase, admin_url};
+use callsign_testkit::{TestDatabase, admin_url, connect_postgres};
 
 /// The certificate the test server presents, as a root.
 fn server_root() -> String {
@@ -14,11 +14,7 @@ fn server_root() -> String {
 }
 
 async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL must be running for these tests (see scripts/test.sh)");
-    tokio::spawn(conn);
-    client
+    connect_postgres(&admin_url()).await
 }
 
 /// Fails (never skips) when the server cannot do TLS.

@@ -12,7 +12,7 @@ use callsign_store::{
     IdentityStore, ImportReport, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord,
     SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
-use callsign_testkit::TestDatabase;
+use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -835,10 +835,7 @@ async fn postgres_migrations_are_applied_once_by_nodes_starting_together() {
         let store = n.await.expect("task").expect("connect");
         store.close().await;
     }
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = connect_postgres(&url).await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM callsign_schema_migrations", &[])
         .await

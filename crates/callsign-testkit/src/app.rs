@@ -9,7 +9,7 @@ use callsign_store::{Database, PostgresOptions, PostgresStore, Store, open_embed
 use tokio::sync::oneshot;
 
 use crate::database::TestDatabase;
-use crate::signing::SigningClient;
+use crate::signing::{SigningClient, access_key};
 
 /// Where a test server keeps its identities, resources and keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +141,11 @@ impl AppBuilder {
             let ca = std::fs::read(ca_path(data_dir.path())).expect("the local CA");
             client = client.tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")]);
         }
-        let key = |cs: &str| cs.split_once(";accesskey=").expect("key").1.to_owned();
         let connection_string = app.connection_string();
         let mut api = SigningClient::new(
             client.build().expect("client"),
             &app.endpoint(),
-            &key(&connection_string),
+            &access_key(&connection_string),
         );
         api.clock = self.clock;
         let (tx, rx) = oneshot::channel();
@@ -154,7 +153,7 @@ impl AppBuilder {
             backend: self.backend,
             resource_id: app.resource_id().to_string(),
             primary_key: api.key.clone(),
-            secondary_key: key(&app.secondary_connection_string()),
+            secondary_key: access_key(&app.secondary_connection_string()),
             connection_string,
             api,
             server: Some(tokio::spawn(app.serve(async {

@@ -42,7 +42,7 @@ impl TestDatabase {
             .parse()
             .unwrap_or_else(|e| panic!("{URL_VAR} is not a PostgreSQL URL: {e}"));
         let name = format!("callsign_test_{}", uuid::Uuid::new_v4().simple());
-        connect(&admin_url)
+        connect_postgres(&admin_url)
             .await
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
@@ -94,7 +94,7 @@ impl TestDatabase {
 
     /// A plain (no TLS) connection to this database, for checks in SQL.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        connect(&self.url()).await
+        connect_postgres(&self.url()).await
     }
 }
 
@@ -109,7 +109,7 @@ impl Drop for TestDatabase {
                 .build()
                 .expect("runtime");
             rt.block_on(async {
-                connect(&admin_url)
+                connect_postgres(&admin_url)
                     .await
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .await
@@ -123,8 +123,10 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A plain connection to `url`, its connection task spawned.
-async fn connect(url: &str) -> tokio_postgres::Client {
+/// A plain (no TLS) connection to `url`, its connection task spawned on the current runtime.
+/// Panics when the server cannot be reached: a suite that needs PostgreSQL fails rather than
+/// skips.
+pub async fn connect_postgres(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| {

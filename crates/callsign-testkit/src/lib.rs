@@ -6,8 +6,10 @@
 //! - [`TestDatabase`]: a fresh PostgreSQL database on the test server
 //!   (`CALLSIGN_TEST_DATABASE_URL`, by default `postgres://postgres@127.0.0.1:5432/postgres`),
 //!   dropped when the value is.
+//! - [`connect_postgres`]: a plain connection to any PostgreSQL URL, for checks in SQL.
 //! - [`SigningClient`] and [`Reply`]: requests signed as the ACS SDKs sign them, and their
-//!   answers parsed.
+//!   answers parsed; [`access_key`] reads the key out of a connection string, [`issue_path`]
+//!   names the token-issuing request-target.
 //!
 //! Everything is per value: no global state, unique database names, so tests run in parallel.
 //! A missing PostgreSQL server is a failure, never a skip.
@@ -17,5 +19,5 @@ mod database;
 mod signing;
 
 pub use app::{AppBuilder, Backend, TestApp, spawn_app};
-pub use database::{TestDatabase, admin_url};
-pub use signing::{Reply, SendExt, SigningClient, claims, enc};
+pub use database::{TestDatabase, admin_url, connect_postgres};
+pub use signing::{Reply, SendExt, SigningClient, access_key, claims, enc, issue_path};

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use callsign_api::connection_string::ConnectionStringParts;
 use callsign_core::{Clock, SystemClock};
-use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
+use callsign_hmac::{AccessKeyMac, sign_request};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -162,11 +163,7 @@ impl SigningClient {
     /// Issues a token (2023-10-01) to `id` for `scopes`.
     pub async fn issue(&self, id: &str, scopes: &[&str]) -> Reply {
         let body = serde_json::json!({ "scopes": scopes }).to_string();
-        let target = format!(
-            "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-            enc(id)
-        );
-        self.send(Method::POST, &target, Some(&body)).await
+        self.send(Method::POST, &issue_path(id), Some(&body)).await
     }
 
     /// The server's introspection of `token` (whether it is in force, and why not).
@@ -185,32 +182,26 @@ impl SigningClient {
 
     /// The request with its three signed headers; Authorization replaced when asked.
     fn request(&self, signed: &Signed<'_>, authorization: Option<&str>) -> reqwest::RequestBuilder {
-        let date = format_date(signed.date);
-        let hash = content_hash(signed.body);
-        let sts = string_to_sign(
+        let key = AccessKeyMac::from_base64(signed.key).expect("a base64 access key");
+        let headers = sign_request(
+            &key,
             signed.method.as_str(),
             signed.target,
-            &[&date, signed.host, &hash],
-        );
-        let sig = AccessKeyMac::from_base64(signed.key)
-            .expect("a base64 access key")
-            .sign(&sts);
-        let authorization = authorization.map_or_else(
-            || {
-                format!(
-                    "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}"
-                )
-            },
-            str::to_owned,
+            signed.host,
+            signed.body,
+            signed.date,
         );
         self.client
             .request(
                 signed.method.clone(),
                 format!("{}{}", self.endpoint.trim_end_matches('/'), signed.target),
             )
-            .header("x-ms-date", date)
-            .header("x-ms-content-sha256", hash)
-            .header("authorization", authorization)
+            .header("x-ms-date", headers.date)
+            .header("x-ms-content-sha256", headers.content_hash)
+            .header(
+                "authorization",
+                authorization.unwrap_or(&headers.authorization),
+            )
     }
 
     /// The signed request with its body, typed JSON when there is one.
@@ -311,6 +302,24 @@ impl SendExt for reqwest::RequestBuilder {
 /// Percent-encodes `:` as the sync SDKs do.
 pub fn enc(id: &str) -> String {
     id.replace(':', "%3A")
+}
+
+/// The request-target that issues a token to `id` (2023-10-01).
+pub fn issue_path(id: &str) -> String {
+    format!(
+        "/identities/{}/:issueAccessToken?api-version=2023-10-01",
+        enc(id)
+    )
+}
+
+/// The access key of a connection string (`endpoint=...;accesskey=...`), read by the grammar
+/// the server writes it in.
+pub fn access_key(connection_string: &str) -> String {
+    ConnectionStringParts::split(connection_string)
+        .expect("a connection string")
+        .access_key
+        .expect("an accesskey part")
+        .to_owned()
 }
 
 /// The payload of a JWT, decoded without verifying anything.

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use callsign_hmac::{AccessKeyMac, content_hash, format_date, string_to_sign};
-use callsign_testkit::{Backend, SendExt, TestApp, enc, spawn_app};
+use callsign_testkit::{Backend, SendExt, TestApp, enc, issue_path, spawn_app};
 use reqwest::{Method, StatusCode};
 
 use callsign_api::ApiVersion;
@@ -15,13 +15,6 @@ fn matrix_versions() -> impl Iterator<Item = ApiVersion> {
     ApiVersion::ALL
         .into_iter()
         .filter(|v| *v >= ApiVersion::V2023_10_01)
-}
-
-fn issue_path(id: &str) -> String {
-    format!(
-        "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-        enc(id)
-    )
 }
 
 /// Signs `signed_body` at `when` but sends `sent_body` with `sent_hash`.

@@ -6,18 +6,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use callsign_core::{Clock, FixedClock};
-use callsign_testkit::{Backend, TestApp, enc};
+use callsign_testkit::{Backend, TestApp, enc, issue_path};
 use reqwest::{Method, StatusCode};
 use time::Duration;
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
-
-fn issue_path(id: &str) -> String {
-    format!(
-        "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-        enc(id)
-    )
-}
 
 async fn issue_60(app: &TestApp, id: &str) -> (String, time::OffsetDateTime) {
     let r = app

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use callsign_server::ThrottleConfig;
-use callsign_testkit::{Backend, Reply, SendExt, TestApp, enc, spawn_app};
+use callsign_testkit::{Backend, Reply, SendExt, TestApp, enc, issue_path, spawn_app};
 use reqwest::{Method, StatusCode};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
@@ -83,10 +83,7 @@ async fn oversized_heads_and_targets_are_refused_with_the_error_body(backend: Ba
     let r = req.reply().await;
     r.assert_error(431, "RequestHeaderFieldsTooLarge");
     // A request-target longer than any ACS path.
-    let long = format!(
-        "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-        enc(&"8:acs:x_".repeat(300))
-    );
+    let long = issue_path(&"8:acs:x_".repeat(300));
     let r = app
         .send(Method::POST, &long, Some(r#"{"scopes":["chat"]}"#))
         .await;

@@ -1,7 +1,7 @@
 //! Every operation on every api-version, with the status codes, bodies and headers the SDKs need.
 
 use callsign_api::ApiVersion;
-use callsign_testkit::{Backend, claims, enc, spawn_app};
+use callsign_testkit::{Backend, claims, enc, issue_path, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -278,16 +278,7 @@ async fn join_scopes_exist_from_2023_10_01(backend: Backend) {
         json!(["chat.join", "voip.join"]),
     ] {
         let body = json!({ "scopes": scopes }).to_string();
-        let r = app
-            .send(
-                Method::POST,
-                &format!(
-                    "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-                    enc(&id)
-                ),
-                Some(&body),
-            )
-            .await;
+        let r = app.send(Method::POST, &issue_path(&id), Some(&body)).await;
         assert_eq!(r.status, StatusCode::OK, "{scopes}: {}", r.body);
         let want: Vec<&str> = scopes
             .as_array()

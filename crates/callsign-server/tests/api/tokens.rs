@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use callsign_core::token::Algorithm;
-use callsign_testkit::{Backend, TestApp, claims, enc, spawn_app};
+use callsign_testkit::{Backend, TestApp, claims, enc, issue_path, spawn_app};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use reqwest::{Method, StatusCode};
@@ -182,16 +182,7 @@ async fn tokens_expire_on_the_injected_clock(backend: Backend) {
         .await;
     let id = app.create_user().await;
     let body = r#"{"scopes": ["chat"], "expiresInMinutes": 60}"#;
-    let r = app
-        .send(
-            Method::POST,
-            &format!(
-                "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-                enc(&id)
-            ),
-            Some(body),
-        )
-        .await;
+    let r = app.send(Method::POST, &issue_path(&id), Some(body)).await;
     let token = r.body["token"].as_str().expect("token").to_owned();
     assert_eq!(app.introspect(&token).await["active"], true);
     clock.advance(time::Duration::minutes(59));

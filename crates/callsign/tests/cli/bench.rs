@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use crate::{Server, run};
 
-fn connection_string(server: &Server, dir: &std::path::Path) -> String {
+/// The connection string as `scripts/bench.sh` gets it: from `callsign connection-string`, not
+/// from the banner.
+fn connection_string_from_cli(server: &Server, dir: &std::path::Path) -> String {
     let (ok, out, err) = run(&[
         "connection-string",
         "--data-dir",
@@ -20,7 +22,7 @@ fn connection_string(server: &Server, dir: &std::path::Path) -> String {
 
 fn bench(server: &Server, dir: &std::path::Path, extra: &[&str]) -> Value {
     let pid = server.child.id().to_string();
-    let cs = connection_string(server, dir);
+    let cs = connection_string_from_cli(server, dir);
     let mut args = vec![
         "bench",
         "--connection-string",

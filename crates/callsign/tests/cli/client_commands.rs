@@ -41,13 +41,7 @@ impl Cli {
 fn identities_and_tokens_can_be_managed_from_a_shell() {
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path(), &[]);
-    let cs = server
-        .stdout
-        .iter()
-        .find(|l| l.trim_start().starts_with("endpoint="))
-        .expect("connection string")
-        .trim()
-        .to_owned();
+    let cs = server.connection_string();
     let cli = Cli {
         cs,
         ca: dir.path().join("tls/ca.pem").to_string_lossy().into_owned(),

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use callsign_testkit::TestDatabase;
 
-use crate::{BIN, run, runtime};
+use crate::{BIN, count_identities, run, runtime};
 
 /// Runs `callsign` in `cwd` (where a location taken for a relative data dir would appear).
 fn run_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
@@ -85,18 +85,6 @@ fn a_mistyped_scheme_is_refused_and_creates_nothing() {
     assert!(!ok);
     assert!(err.contains("unknown scheme 'mysql'"), "{err}");
     assert_eq!(entries(cwd.path()), Vec::<String>::new());
-}
-
-async fn count_identities(url: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-        .query_one("SELECT count(*) FROM callsign_identities", &[])
-        .await
-        .expect("count")
-        .get(0)
 }
 
 fn seed(location: &[&str], start: &str, count: &str) {

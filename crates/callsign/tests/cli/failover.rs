@@ -17,7 +17,9 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::{Server, key_of, run, runtime, signed};
+use callsign_testkit::{access_key, connect_postgres, issue_path};
+
+use crate::{Server, is_root, run, runtime, signed};
 
 /// A private PostgreSQL cluster in a temp dir, stopped (immediately) and removed on drop.
 struct Cluster {
@@ -35,11 +37,6 @@ fn pg_command(bin: &Path, tool: &str) -> Command {
     } else {
         Command::new(bin.join(tool))
     }
-}
-
-fn is_root() -> bool {
-    let out = Command::new("id").arg("-u").output().expect("id -u");
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
 }
 
 /// The newest installed PostgreSQL's `bin` directory.
@@ -139,11 +136,7 @@ impl Cluster {
     }
 
     async fn admin(&self, db: &str) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the private cluster");
-        tokio::spawn(conn);
-        client
+        connect_postgres(&self.url(db)).await
     }
 }
 
@@ -331,10 +324,7 @@ impl Target {
     /// Issues tokens for `id` until one is refused (at most 10,000 or 30 s): the time (ms since
     /// the epoch) just before the last acknowledged issue was sent.
     async fn issue_until_refused(self, id: String) -> Option<i64> {
-        let target = format!(
-            "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-            id.replace(':', "%3A")
-        );
+        let target = issue_path(&id);
         let started = Instant::now();
         let mut last = None;
         for _ in 0..10_000 {
@@ -407,7 +397,7 @@ fn a_primary_switch_under_load_gives_503s_loses_nothing_and_recovers_without_res
     );
     let (ok, cs, err) = run(&["connection-string", "--database-url", &url]);
     assert!(ok, "{err}");
-    let key = key_of(&cs);
+    let key = access_key(&cs);
     let (ta, tb) = (
         Target::new(&a, dir_a.path(), &key),
         Target::new(&b, dir_b.path(), &key),

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::{BIN, Server, client, key_of, runtime, signed};
+use callsign_testkit::{access_key, issue_path};
+
+use crate::{BIN, Server, client, is_root, runtime, signed};
 
 /// A mount, undone when dropped.
 struct Mount {
@@ -111,13 +113,6 @@ impl Drop for Mount {
         }
         let _ = Command::new("umount").arg("-l").arg(&self.target).status();
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn private_dir(path: &Path) {
@@ -218,10 +213,7 @@ impl Api {
     }
 
     async fn issue(&self, id: &str) -> Reply {
-        let target = format!(
-            "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-            id.replace(':', "%3A")
-        );
+        let target = issue_path(id);
         self.call(Method::POST, &target, r#"{"scopes":["chat"]}"#)
             .await
     }
@@ -372,13 +364,7 @@ fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers_by_itself_losing
         }
     };
     let mut server = start(command, &data, &log);
-    let key = key_of(
-        server
-            .stdout
-            .iter()
-            .find(|l| l.trim_start().starts_with("endpoint="))
-            .expect("connection string"),
-    );
+    let key = access_key(&server.connection_string());
     let api = Api::new(&server, &data, &key);
     let rt = runtime();
     let mut acked: Vec<String> = Vec::new();
@@ -648,13 +634,7 @@ fn a_read_only_data_dir_at_start_is_refused_naming_the_path_and_nothing_is_lost(
     // A data dir in use, made read-only.
     let log = root.path().join("first.log");
     let server = start(Command::new(BIN), &data, &log);
-    let key = key_of(
-        server
-            .stdout
-            .iter()
-            .find(|l| l.trim_start().starts_with("endpoint="))
-            .expect("connection string"),
-    );
+    let key = access_key(&server.connection_string());
     let rt = runtime();
     let id = rt.block_on(async { created_id(&Api::new(&server, &data, &key).create().await) });
     assert!(server.terminate().success());

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::{Server, client, key_of, run, runtime, signed};
+use crate::{Server, client, run, runtime, signed};
 
 const CREATE: &str = "/identities?api-version=2023-10-01";
 /// 32 zero bytes in base64: a well-formed signature that matches nothing, and a wrong key.
@@ -39,7 +39,7 @@ fn access_key(dir: &Path) -> String {
         dir.to_str().expect("utf-8"),
     ]);
     assert!(ok, "{err}");
-    key_of(&cs)
+    callsign_testkit::access_key(&cs)
 }
 
 fn addr(server: &Server) -> SocketAddr {

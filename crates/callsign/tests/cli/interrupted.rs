@@ -11,11 +11,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use callsign_testkit::TestDatabase;
+use callsign_testkit::{TestDatabase, access_key, connect_postgres};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::{BIN, Server, client, key_of, run, runtime, signed};
+use crate::{BIN, Server, client, run, runtime, signed};
 
 /// What a kill ladder did.
 struct Ladder {
@@ -87,7 +87,7 @@ fn statement_ladder(
     mut before_each: impl FnMut(),
     mut after_kill: impl FnMut(),
 ) -> usize {
-    let watcher = rt.block_on(pg_connect(url));
+    let watcher = rt.block_on(connect_postgres(url));
     let started = Instant::now();
     let mut killed = 0;
     let mut finished_in_a_row = 0;
@@ -157,14 +157,6 @@ fn statement_ladder(
         }
     }
     unreachable!()
-}
-
-async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
 }
 
 /// Waits until the database has seen every killed run go: no callsign session is left in it.
@@ -397,16 +389,6 @@ async fn pg_contents(pg: &tokio_postgres::Client) -> Contents {
     }
 }
 
-fn printed_connection_string(server: &Server) -> String {
-    server
-        .stdout
-        .iter()
-        .find(|l| l.trim_start().starts_with("endpoint="))
-        .expect("connection string on first start")
-        .trim()
-        .to_owned()
-}
-
 async fn call(
     server: &Server,
     data_dir: &Path,
@@ -474,7 +456,7 @@ fn migrate_killed_at_any_point_completes_on_a_rerun() {
     let rt = runtime();
     let db = rt.block_on(TestDatabase::create());
     let url = db.url();
-    let pg = rt.block_on(pg_connect(&url));
+    let pg = rt.block_on(connect_postgres(&url));
     let args = ["migrate", "--database-url", &url];
     let mut applied = BTreeSet::new();
     let ladder = kill_ladder(&args, || {
@@ -520,7 +502,7 @@ fn migrate_killed_at_any_point_completes_on_a_rerun() {
 
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path(), &["--database-url", &url]);
-    let key = key_of(&printed_connection_string(&server));
+    let key = access_key(&server.connection_string());
     rt.block_on(serves(&server, dir.path(), &key, None));
     assert!(server.terminate().success());
     drop(pg);
@@ -535,7 +517,7 @@ const SEEDED: &str = "30000";
 /// deleted one, a token, and many seeded identities. Returns (access key, token).
 fn seeded_source(rt: &tokio::runtime::Runtime, data: &Path) -> (String, String) {
     let server = Server::start(data, &[]);
-    let key = key_of(&printed_connection_string(&server));
+    let key = access_key(&server.connection_string());
     let token = rt.block_on(async {
         let mut ids = Vec::new();
         for i in 0..6 {
@@ -613,7 +595,7 @@ fn migrate_store_to_postgres_killed_at_any_point_completes_on_a_rerun() {
 
     let db = rt.block_on(TestDatabase::create());
     let url = db.url();
-    let pg = rt.block_on(pg_connect(&url));
+    let pg = rt.block_on(connect_postgres(&url));
     let src = source.to_str().expect("utf-8");
     let args = ["migrate-store", "--from", src, "--to", &url];
     let mut partial = BTreeSet::new();
@@ -741,7 +723,7 @@ impl KeyStore<'_> {
                 (texts, blobs)
             }
             KeyStore::Postgres(url) => rt.block_on(async {
-                let pg = pg_connect(url).await;
+                let pg = connect_postgres(url).await;
                 pg_settled(&pg).await;
                 let mut texts = Vec::new();
                 for row in pg
@@ -801,7 +783,7 @@ fn reported_id(stdout: &str) -> String {
 fn seal_and_rotate_killed(rt: &tokio::runtime::Runtime, store: &KeyStore<'_>, data: &Path) {
     let mut serve_args = store.serve_args();
     let server = Server::start(data, &serve_args);
-    let key = key_of(&printed_connection_string(&server));
+    let key = access_key(&server.connection_string());
     let jwks_before = rt.block_on(jwks(&server, data));
     assert!(server.terminate().success());
     assert_eq!(store.sealed_under(rt), None);
@@ -875,7 +857,7 @@ fn seal_and_rotate_killed(rt: &tokio::runtime::Runtime, store: &KeyStore<'_>, da
     args.extend(store.args());
     let (ok, cs, err) = run(&args);
     assert!(ok, "{err}");
-    assert_eq!(key_of(&cs), key);
+    assert_eq!(access_key(&cs), key);
     let mut args = vec!["connection-string", "--master-key-file", o];
     args.extend(store.args());
     let (ok, _, err) = run(&args);

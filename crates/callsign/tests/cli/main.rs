@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use callsign_testkit::SigningClient;
+use callsign_testkit::{SigningClient, access_key, connect_postgres};
 use serde_json::Value;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_callsign");
@@ -96,6 +96,16 @@ impl Server {
         }
     }
 
+    /// The connection string the server printed in its banner (a first start prints it).
+    pub(crate) fn connection_string(&self) -> String {
+        self.stdout
+            .iter()
+            .find(|l| l.trim_start().starts_with("endpoint="))
+            .expect("connection string in the banner")
+            .trim()
+            .to_owned()
+    }
+
     pub(crate) fn host(&self) -> String {
         self.endpoint
             .split_once("://")
@@ -142,6 +152,22 @@ pub(crate) fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Whether the tests run as root (who ignores file permissions, and whom PostgreSQL refuses).
+pub(crate) fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// The number of identities stored in the PostgreSQL database at `url`.
+pub(crate) async fn count_identities(url: &str) -> i64 {
+    connect_postgres(url)
+        .await
+        .query_one("SELECT count(*) FROM callsign_identities", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
 pub(crate) fn client(data_dir: &Path) -> reqwest::Client {
     let ca = std::fs::read(data_dir.join("tls/ca.pem")).expect("ca.pem");
     reqwest::Client::builder()
@@ -149,15 +175,6 @@ pub(crate) fn client(data_dir: &Path) -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client")
-}
-
-pub(crate) fn key_of(connection_string: &str) -> String {
-    connection_string
-        .trim()
-        .split_once(";accesskey=")
-        .expect("accesskey")
-        .1
-        .to_owned()
 }
 
 /// Sends a request signed with `key` for `host`, as the SDKs sign.
@@ -189,13 +206,7 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), &[]);
     assert!(server.endpoint.starts_with("https://127.0.0.1:"));
-    let printed = server
-        .stdout
-        .iter()
-        .find(|l| l.trim_start().starts_with("endpoint="))
-        .expect("connection string on first start")
-        .trim()
-        .to_owned();
+    let printed = server.connection_string();
     assert!(
         server
             .stdout
@@ -257,7 +268,7 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
         "--endpoint",
         &server.endpoint,
     ]);
-    assert_eq!(key_of(&cs2), key_of(&printed));
+    assert_eq!(access_key(&cs2), access_key(&printed));
     let http = client(dir.path());
     let jwks_after: Value = rt.block_on(async {
         http.get(format!("{}.well-known/jwks.json", server.endpoint))
@@ -274,7 +285,7 @@ fn first_start_prints_the_connection_string_and_ca_trust_and_restarts_keep_every
         &http,
         &server.endpoint,
         &host,
-        &key_of(&cs2),
+        &access_key(&cs2),
         reqwest::Method::POST,
         "/identities?api-version=2023-10-01",
         "",
@@ -405,13 +416,8 @@ fn a_closed_standard_output_does_not_stop_the_server() {
 fn acknowledged_creates_survive_kill_9() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut server = Server::start(dir.path(), &[]);
-    let cs = server
-        .stdout
-        .iter()
-        .find(|l| l.trim_start().starts_with("endpoint="))
-        .expect("connection string")
-        .clone();
-    let key = key_of(&cs);
+    let cs = server.connection_string();
+    let key = access_key(&cs);
     let rt = runtime();
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let http = client(dir.path());

@@ -6,24 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use callsign_testkit::TestDatabase;
+use callsign_testkit::{TestDatabase, access_key, issue_path};
 use reqwest::Method;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::{Server, client, key_of, run, runtime, signed};
+use crate::{Server, client, count_identities, run, runtime, signed};
 
 /// How many identities `db` holds.
-async fn count_identities(db: &TestDatabase) -> i64 {
-    db.connect()
-        .await
-        .query_one("SELECT count(*) FROM callsign_identities", &[])
-        .await
-        .expect("count")
-        .get(0)
-}
-
 /// A signed request helper bound to one node.
 struct Node<'a> {
     server: &'a Server,
@@ -76,14 +67,7 @@ impl Node<'_> {
 
     async fn issue(&self, id: &str) -> (u16, Value) {
         let (s, b, _) = self
-            .call(
-                Method::POST,
-                &format!(
-                    "/identities/{}/:issueAccessToken?api-version=2023-10-01",
-                    id.replace(':', "%3A")
-                ),
-                r#"{"scopes": ["chat"]}"#,
-            )
+            .call(Method::POST, &issue_path(id), r#"{"scopes": ["chat"]}"#)
             .await;
         (s, b)
     }
@@ -124,7 +108,7 @@ fn two_nodes_on_one_database_act_as_one_service() {
         &a.endpoint,
     ]);
     assert!(ok, "{err}");
-    let key = key_of(&cs);
+    let key = access_key(&cs);
     let na = Node::new(&a, dir_a.path(), &key);
     let nb = Node::new(&b, dir_b.path(), &key);
 
@@ -318,13 +302,8 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
             "2000",
         ],
     );
-    let cs = node
-        .stdout
-        .iter()
-        .find(|l| l.trim_start().starts_with("endpoint="))
-        .expect("connection string")
-        .clone();
-    let n = Node::new(&node, dir.path(), &key_of(&cs));
+    let cs = node.connection_string();
+    let n = Node::new(&node, dir.path(), &access_key(&cs));
 
     rt.block_on(async {
         let acked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -448,7 +427,7 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
         let acked = acked.lock().expect("lock").clone();
         // Nothing acknowledged is lost, and nothing half-written exists: every row is a whole
         // identity (the schema has no partial state), and at least every acknowledged one is there.
-        let stored = count_identities(&db).await;
+        let stored = count_identities(&db.url()).await;
         assert!(
             stored >= acked.len() as i64,
             "{stored} stored < {} acknowledged",

@@ -4,20 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use callsign_testkit::TestDatabase;
+use callsign_testkit::{TestDatabase, access_key, connect_postgres};
 use reqwest::Method;
 
-use crate::{BIN, Server, client, key_of, run, runtime, signed};
-
-fn connection_string(server: &Server) -> String {
-    server
-        .stdout
-        .iter()
-        .find(|l| l.trim_start().starts_with("endpoint="))
-        .expect("connection string on first start")
-        .trim()
-        .to_owned()
-}
+use crate::{BIN, Server, client, run, runtime, signed};
 
 /// `serve` that must fail: its exit status and stderr.
 fn serve_fails(data: &Path, extra: &[&str]) -> String {
@@ -97,8 +87,8 @@ fn an_embedded_store_sealed_from_the_start_holds_no_usable_key() {
     // A new deployment sealed from its first start: serve makes the master key file.
     let server = Server::start(&data, &["--master-key-file", m]);
     assert!(master.exists(), "serve created the master key file");
-    let cs = connection_string(&server);
-    let key = key_of(&cs);
+    let cs = server.connection_string();
+    let key = access_key(&cs);
     let rt = runtime();
     let token = rt.block_on(create_with_token(&server, &data, &key));
     assert!(server.terminate().success());
@@ -169,8 +159,8 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
     let data = root.path().join("data");
     let d = data.to_str().expect("utf-8");
     let server = Server::start(&data, &[]);
-    let cs = connection_string(&server);
-    let key = key_of(&cs);
+    let cs = server.connection_string();
+    let key = access_key(&cs);
     let rt = runtime();
     let token = rt.block_on(create_with_token(&server, &data, &key));
     assert!(server.terminate().success());
@@ -195,7 +185,7 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
     assert!(ok, "{err}");
     let (ok, again, err) = run(&["connection-string", "--data-dir", d, "--master-key-file", f]);
     assert!(ok, "{err}");
-    assert_eq!(key_of(&again), key, "the access key survived sealing");
+    assert_eq!(access_key(&again), key, "the access key survived sealing");
     let (ok, _, err) = run(&["connection-string", "--data-dir", d]);
     assert!(!ok && err.contains("sealed"), "{err}");
 
@@ -227,7 +217,7 @@ fn a_postgres_store_is_sealed_and_refuses_nodes_without_the_key() {
     let root = tempfile::tempdir().expect("dir");
     let data = root.path().join("data");
     let server = Server::start(&data, &["--database-url", &url]);
-    let key = key_of(&connection_string(&server));
+    let key = access_key(&server.connection_string());
     let token = rt.block_on(create_with_token(&server, &data, &key));
     assert!(server.terminate().success());
 
@@ -236,10 +226,7 @@ fn a_postgres_store_is_sealed_and_refuses_nodes_without_the_key() {
     let (ok, _, err) = run(&["seal", "--database-url", &url, "--master-key-file", m]);
     assert!(ok, "{err}");
     let (primary, pkcs8): (String, Vec<u8>) = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+        let c = connect_postgres(&url).await;
         let p = c
             .query_one("SELECT primary_key FROM callsign_resources", &[])
             .await
@@ -269,7 +256,7 @@ fn copying_with_a_master_key_seals_a_target_that_held_plain_keys() {
     let tgt = root.path().join("tgt");
     let (s, t) = (src.to_str().expect("utf-8"), tgt.to_str().expect("utf-8"));
     let server = Server::start(&src, &[]);
-    let key = key_of(&connection_string(&server));
+    let key = access_key(&server.connection_string());
     runtime().block_on(create_with_token(&server, &src, &key));
     assert!(server.terminate().success());
     let (ok, _, err) = run(&["migrate-store", "--from", s, "--to", t]);
@@ -308,7 +295,7 @@ fn copying_with_a_master_key_seals_a_target_that_held_plain_keys() {
     );
     let (ok, cs, err) = run(&["connection-string", "--data-dir", t, "--master-key-file", m]);
     assert!(ok, "{err}");
-    assert_eq!(key_of(&cs), key);
+    assert_eq!(access_key(&cs), key);
 }
 
 #[test]

@@ -4,10 +4,10 @@
 use std::process::Stdio;
 
 use base64::Engine as _;
-use callsign_testkit::TestDatabase;
+use callsign_testkit::{TestDatabase, access_key, connect_postgres};
 use reqwest::Method;
 
-use crate::{Server, client, key_of, run, runtime, signed};
+use crate::{Server, client, run, runtime, signed};
 
 /// The forms a secret could take in a log line.
 fn forms(secret: &[u8]) -> Vec<String> {
@@ -117,7 +117,7 @@ fn access_keys(data_dir: &std::path::Path, extra: &[&str]) -> Vec<(String, Vec<u
         args.extend_from_slice(which);
         let (ok, cs, err) = run(&args);
         assert!(ok, "{err}");
-        let key = key_of(&cs);
+        let key = access_key(&cs);
         out.push(("an access key".to_owned(), key.clone().into_bytes()));
         let raw = base64::engine::general_purpose::STANDARD
             .decode(key.as_bytes())
@@ -134,13 +134,7 @@ fn a_trace_log_of_the_embedded_lifecycle_holds_no_secret() {
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let server = Server::start_logging(&data, &[], "trace", Stdio::from(log));
-    let key = key_of(
-        server
-            .stdout
-            .iter()
-            .find(|l| l.trim_start().starts_with("endpoint="))
-            .expect("connection string"),
-    );
+    let key = access_key(&server.connection_string());
     let rt = runtime();
     let tokens = rt.block_on(lifecycle(&server, &client(&data), &key));
     assert!(server.terminate().success());
@@ -174,13 +168,7 @@ fn a_trace_log_of_the_postgres_lifecycle_holds_no_secret() {
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let server = Server::start_logging(&data, &["--database-url", &url], "trace", Stdio::from(log));
-    let key = key_of(
-        server
-            .stdout
-            .iter()
-            .find(|l| l.trim_start().starts_with("endpoint="))
-            .expect("connection string"),
-    );
+    let key = access_key(&server.connection_string());
     let tokens = rt.block_on(lifecycle(&server, &client(&data), &key));
     assert!(server.terminate().success());
 
@@ -189,10 +177,7 @@ fn a_trace_log_of_the_postgres_lifecycle_holds_no_secret() {
         secrets.push(("a token".into(), t.into_bytes()));
     }
     let keys: Vec<Vec<u8>> = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+        let c = connect_postgres(&url).await;
         c.query("SELECT pkcs8 FROM callsign_signing_keys", &[])
             .await
             .expect("keys")
