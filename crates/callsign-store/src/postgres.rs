@@ -1162,12 +1162,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_error_keeps_its_code_and_message_but_never_the_row_values() {
-        let url = std::env::var("CALLSIGN_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+        let client = callsign_testkit::connect_postgres(&callsign_testkit::admin_url()).await;
         let e = client
             .batch_execute(
                 "CREATE TEMPORARY TABLE held (k TEXT PRIMARY KEY);
