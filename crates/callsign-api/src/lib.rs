@@ -117,9 +117,35 @@ pub struct Identity {
     /// The same, as 2025-04-01-preview names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
-    /// When the last token was issued for this identity (`GET` only).
+    /// When the last token was issued for this identity (`GET` and the listing only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_token_issued_at: Option<String>,
+}
+
+/// `GET /identities` response (callsign's extension), paged as Azure lists are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityPage {
+    /// The identities of this page, in id order.
+    pub value: Vec<Identity>,
+    /// Where the next page is (a URL relative to the endpoint, with the continuation); absent
+    /// on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
+
+/// The query parameters of `GET /identities` and their limits.
+pub mod list {
+    /// Most identities per page the caller wants.
+    pub const MAX_PAGE_SIZE_PARAMETER: &str = "maxpagesize";
+    /// The opaque continuation of a `nextLink`.
+    pub const CONTINUATION_PARAMETER: &str = "continuationToken";
+    /// Only identities whose last token was issued before this RFC 3339 time, or never.
+    pub const LAST_TOKEN_ISSUED_BEFORE_PARAMETER: &str = "lastTokenIssuedBefore";
+    /// The page size when `maxpagesize` is absent.
+    pub const DEFAULT_PAGE_SIZE: u32 = 100;
+    /// The largest `maxpagesize` accepted.
+    pub const MAX_PAGE_SIZE: u32 = 1000;
 }
 
 /// An issued access token.

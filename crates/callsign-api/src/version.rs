@@ -53,6 +53,8 @@ pub enum Operation {
     RevokeAccessTokens,
     /// `GET /identities/{id}`.
     GetIdentity,
+    /// `GET /identities` (callsign's extension): the identities of the resource, paged.
+    ListIdentities,
     /// `POST /teamsUser/:exchangeAccessToken`.
     ExchangeTeamsUserToken,
     /// `POST /access/teamsExtension/:exchangeAccessToken`.
@@ -115,7 +117,7 @@ impl ApiVersion {
             | Operation::DeleteIdentity
             | Operation::IssueAccessToken
             | Operation::RevokeAccessTokens => true,
-            Operation::GetIdentity => self.has_custom_id(),
+            Operation::GetIdentity | Operation::ListIdentities => self.has_custom_id(),
             Operation::ExchangeTeamsUserToken => self >= V::V2021_10_31Preview,
             Operation::ExchangeTeamsExtensionToken | Operation::TeamsExtensionAssignments => {
                 matches!(
@@ -192,6 +194,14 @@ impl CustomIdField {
             CustomIdField::ExternalId => "externalId",
         }
     }
+
+    /// The query parameter of `GET /identities` that filters by a prefix of this field.
+    pub const fn prefix_parameter(self) -> &'static str {
+        match self {
+            CustomIdField::CustomId => "customIdPrefix",
+            CustomIdField::ExternalId => "externalIdPrefix",
+        }
+    }
 }
 
 impl fmt::Display for ApiVersion {
@@ -248,6 +258,13 @@ mod tests {
         assert!(V::V2026_09_23.has_join_scopes());
         assert!(V::V2025_04_01Preview.offers(Operation::GetIdentity));
         assert!(!V::V2025_06_30.offers(Operation::GetIdentity));
+        for v in ApiVersion::ALL {
+            assert_eq!(
+                v.offers(Operation::ListIdentities),
+                v.offers(Operation::GetIdentity),
+                "{v}"
+            );
+        }
         assert!(!V::V2021_03_07.offers(Operation::ExchangeTeamsUserToken));
         assert!(V::V2026_07_22.offers(Operation::TeamsExtensionAssignments));
         assert!(!V::V2025_04_01Preview.offers(Operation::TeamsExtensionAssignments));

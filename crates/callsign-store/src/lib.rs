@@ -313,6 +313,68 @@ pub struct IdentityRecord {
     pub last_token_issued_at: Option<OffsetDateTime>,
 }
 
+/// Which identities a listing ([`IdentityStore::list_page`]) returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityFilter {
+    /// Only identities whose custom id starts with this (so none without a custom id).
+    pub custom_id_prefix: Option<String>,
+    /// Only identities whose last token was issued before this instant, or that never had one.
+    pub last_token_issued_before: Option<OffsetDateTime>,
+}
+
+impl IdentityFilter {
+    /// Whether `record` passes the filter.
+    pub fn matches(&self, record: &IdentityRecord) -> bool {
+        let prefix = self.custom_id_prefix.as_deref().is_none_or(|p| {
+            record
+                .custom_id
+                .as_ref()
+                .is_some_and(|c| c.as_str().starts_with(p))
+        });
+        let stale = match (self.last_token_issued_before, record.last_token_issued_at) {
+            (Some(before), Some(last)) => last < before,
+            _ => true,
+        };
+        prefix && stale
+    }
+}
+
+/// One page of a listing, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPage {
+    /// The identities of the page that pass the filter.
+    pub records: Vec<IdentityRecord>,
+    /// When more identities may follow: the id the next page starts after (the last one this
+    /// page covered, which need not be in `records`).
+    pub next_after: Option<IdentityId>,
+}
+
+impl IdentityPage {
+    /// The page of `rows` (read in id order, at most `limit + 1` of them, filtered by the
+    /// query), the buffered token times applied and the filter checked again against them.
+    pub(crate) fn from_rows(
+        mut rows: Vec<IdentityRecord>,
+        limit: usize,
+        filter: &IdentityFilter,
+        touched: &PendingTokenTimes,
+    ) -> Self {
+        let next_after = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
+        for r in &mut rows {
+            touched.overlay(r);
+        }
+        rows.retain(|r| filter.matches(r));
+        IdentityPage {
+            records: rows,
+            next_after,
+        }
+    }
+}
+
 /// What is left of a deleted identity: enough to never create or import its id again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tombstone {
@@ -405,6 +467,20 @@ pub trait IdentityStore: Send + Sync {
 
     /// Looks an identity up.
     async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError>;
+
+    /// One page of `resource`'s identities that pass `filter`, in id order, starting after
+    /// `after` (exclusive; `None`: from the first): at most `limit` of them, read with one range
+    /// scan of the resource's id index that stops at the `limit + 1`st match. Identities created or deleted
+    /// meanwhile do not move the others, so a listing that follows
+    /// [`IdentityPage::next_after`] returns every identity that exists throughout exactly once.
+    /// Deleted identities are not listed.
+    async fn list_page(
+        &self,
+        resource: ResourceId,
+        after: Option<&IdentityId>,
+        limit: usize,
+        filter: &IdentityFilter,
+    ) -> Result<IdentityPage, StoreError>;
 
     /// Increments the revocation epoch; `None` when the identity does not exist.
     async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError>;

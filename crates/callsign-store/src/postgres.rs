@@ -25,10 +25,10 @@ use uuid::Uuid;
 
 use crate::pg_tls;
 use crate::{
-    AssignmentStore, BulkIdentities, Created, IdentityRecord, IdentityStore, ImportReport,
-    NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store,
-    StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms,
-    stored_custom_id, unix_ms as ms,
+    AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
+    IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
+    SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
+    from_unix_ms as from_ms, stored_custom_id, unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
@@ -98,6 +98,15 @@ CREATE TABLE callsign_identity_tombstones (
     resource_id   TEXT NOT NULL,
     deleted_at_ms BIGINT NOT NULL
 );
+"#,
+    ),
+    (
+        4,
+        "identities by resource",
+        // A resource's identities in id order: a listing page is one range scan. `id` keeps the
+        // collation of the primary key, so the scan's order is the order `id > $after` compares.
+        r#"
+CREATE INDEX callsign_identities_by_resource ON callsign_identities (resource_id, id);
 "#,
     ),
 ];
@@ -527,6 +536,44 @@ impl IdentityStore for PostgresStore {
         };
         self.touched.overlay(&mut record);
         Ok(Some(record))
+    }
+
+    async fn list_page(
+        &self,
+        resource: ResourceId,
+        after: Option<&IdentityId>,
+        limit: usize,
+        filter: &IdentityFilter,
+    ) -> Result<IdentityPage, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {IDENTITY_COLUMNS} FROM callsign_identities
+                 WHERE resource_id = $1 AND id > $2
+                   AND ($3::TEXT IS NULL OR starts_with(custom_id, $3))
+                   AND ($4::BIGINT IS NULL OR last_token_issued_at_ms IS NULL OR last_token_issued_at_ms < $4)
+                 ORDER BY id LIMIT $5"
+            ))
+            .await
+            .map_err(pg)?;
+        let after = after.map(ToString::to_string).unwrap_or_default();
+        let before = filter.last_token_issued_before.map(ms);
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &resource.to_string(),
+                    &after,
+                    &filter.custom_id_prefix,
+                    &before,
+                    &fetch,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let rows = rows.iter().map(identity).collect::<Result<Vec<_>, _>>()?;
+        Ok(IdentityPage::from_rows(rows, limit, filter, &self.touched))
     }
 
     async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {

@@ -31,10 +31,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
-    AssignmentStore, BulkIdentities, Created, IdentityRecord, IdentityStore, ImportReport,
-    NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore, SigningKeyStore, Store,
-    StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms,
-    stored_custom_id, unix_ms as ms,
+    AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
+    IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
+    SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
+    from_unix_ms as from_ms, stored_custom_id, unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
@@ -91,6 +91,10 @@ CREATE TABLE identity_tombstones (
     resource_id   TEXT NOT NULL,
     deleted_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#,
+    // A resource's identities in id order: a listing page is one range scan.
+    r#"
+CREATE INDEX identities_by_resource ON identities(resource_id, id);
 "#,
 ];
 
@@ -1285,6 +1289,44 @@ impl IdentityStore for SqliteStore {
             self.touched.overlay(&mut r);
             r
         }))
+    }
+
+    async fn list_page(
+        &self,
+        resource: ResourceId,
+        after: Option<&IdentityId>,
+        limit: usize,
+        filter: &IdentityFilter,
+    ) -> Result<IdentityPage, StoreError> {
+        let after = after.map(ToString::to_string).unwrap_or_default();
+        let before = filter.last_token_issued_before.map(ms);
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM identities INDEXED BY identities_by_resource
+                     WHERE resource_id = ?1 AND id > ?2
+                       AND (?3 IS NULL OR substr(custom_id, 1, length(?3)) = ?3)
+                       AND (?4 IS NULL OR last_token_issued_at_ms IS NULL OR last_token_issued_at_ms < ?4)
+                     ORDER BY id LIMIT ?5"
+                ))
+                .map_err(backend)?;
+            let rows = s
+                .query_map(
+                    params![
+                        resource.to_string(),
+                        after,
+                        filter.custom_id_prefix,
+                        before,
+                        fetch
+                    ],
+                    identity_from_row,
+                )
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(identity_record))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(IdentityPage::from_rows(rows, limit, filter, &self.touched))
     }
 
     async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use callsign_core::token::Algorithm;
 use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use callsign_store::{
-    AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId, IdentityRecord,
-    IdentityStore, ImportReport, NewIdentity, PostgresOptions, PostgresStore, ResourceRecord,
-    SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId, IdentityFilter,
+    IdentityRecord, IdentityStore, ImportReport, NewIdentity, PostgresOptions, PostgresStore,
+    ResourceRecord, SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
@@ -165,6 +165,192 @@ async fn last_token_time_is_visible(store: Arc<dyn BulkStore>) {
         .expect("get")
         .expect("present");
     assert_eq!(got.last_token_issued_at, Some(at));
+}
+
+/// Every page of `resource`'s listing, following `next_after`: the ids in order.
+async fn list_all(
+    store: &dyn BulkStore,
+    resource: ResourceId,
+    limit: usize,
+    filter: &IdentityFilter,
+) -> Vec<IdentityRecord> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_page(resource, after.as_ref(), limit, filter)
+            .await
+            .expect("list");
+        assert!(page.records.len() <= limit);
+        all.extend(page.records);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
+async fn listing_pages_through_a_resource_in_id_order_without_others(store: Arc<dyn BulkStore>) {
+    let r = ResourceId::new_random();
+    let elsewhere = ResourceId::new_random();
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        let custom = format!("user-{i}");
+        let c = store
+            .create_identity(new_identity(r, Some(&custom)))
+            .await
+            .expect("create");
+        ids.push(c.identity.id);
+        store
+            .create_identity(new_identity(elsewhere, Some(&custom)))
+            .await
+            .expect("create elsewhere");
+    }
+    let gone = ids.remove(5);
+    assert!(store.delete_identity(&gone).await.expect("delete"));
+    ids.sort_by_key(ToString::to_string);
+    for limit in [1, 4, 22, 23, 100] {
+        let listed = list_all(store.as_ref(), r, limit, &IdentityFilter::default()).await;
+        let listed: Vec<IdentityId> = listed.iter().map(|i| i.id).collect();
+        assert_eq!(listed, ids, "page size {limit}");
+    }
+    // Exactly a full page: no next page is announced.
+    let page = store
+        .list_page(r, None, 22, &IdentityFilter::default())
+        .await
+        .expect("list");
+    assert_eq!((page.records.len(), page.next_after), (22, None));
+    let empty = store
+        .list_page(
+            ResourceId::new_random(),
+            None,
+            10,
+            &IdentityFilter::default(),
+        )
+        .await
+        .expect("list");
+    assert_eq!((empty.records.len(), empty.next_after), (0, None));
+}
+
+async fn listing_filters_by_custom_id_prefix_and_token_time(store: Arc<dyn BulkStore>) {
+    let r = ResourceId::new_random();
+    let create = |custom: Option<&'static str>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .create_identity(new_identity(r, custom))
+                .await
+                .expect("create")
+                .identity
+                .id
+        }
+    };
+    let alice = create(Some("team-a/alice")).await;
+    let bob = create(Some("team-a/bob")).await;
+    let carol = create(Some("team-b/carol")).await;
+    let anonymous = create(None).await;
+    // A prefix with LIKE wildcards matches them literally.
+    let percent = create(Some("50%_off")).await;
+    let t = |s: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + s).expect("time");
+    store.record_token_issued(&alice, t(0));
+    store.record_token_issued(&carol, t(100));
+    let ids = |records: Vec<IdentityRecord>| {
+        let mut v: Vec<IdentityId> = records.iter().map(|r| r.id).collect();
+        v.sort_by_key(ToString::to_string);
+        v
+    };
+    let sorted = |mut v: Vec<IdentityId>| {
+        v.sort_by_key(ToString::to_string);
+        v
+    };
+    let prefix = |p: &str| IdentityFilter {
+        custom_id_prefix: Some(p.to_owned()),
+        ..IdentityFilter::default()
+    };
+    let listed = list_all(store.as_ref(), r, 1, &prefix("team-a/")).await;
+    assert_eq!(ids(listed), sorted(vec![alice, bob]));
+    let listed = list_all(store.as_ref(), r, 2, &prefix("50%")).await;
+    assert_eq!(ids(listed), vec![percent]);
+    assert!(
+        list_all(store.as_ref(), r, 2, &prefix("5_"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        list_all(store.as_ref(), r, 2, &prefix("team-a/alice2"))
+            .await
+            .is_empty()
+    );
+    // Never had a token, or had the last one before the cut: stale.
+    let stale = IdentityFilter {
+        last_token_issued_before: Some(t(50)),
+        ..IdentityFilter::default()
+    };
+    let listed = list_all(store.as_ref(), r, 2, &stale).await;
+    assert_eq!(ids(listed), sorted(vec![alice, bob, anonymous, percent]));
+    // A token issued since counts at once, though its time is still buffered.
+    store.record_token_issued(&alice, t(60));
+    let listed = list_all(store.as_ref(), r, 2, &stale).await;
+    assert_eq!(ids(listed), sorted(vec![bob, anonymous, percent]));
+    let both = IdentityFilter {
+        custom_id_prefix: Some("team-".into()),
+        last_token_issued_before: Some(t(100)),
+    };
+    // Strictly before: carol's token at the cut is not stale.
+    let listed = list_all(store.as_ref(), r, 1, &both).await;
+    assert_eq!(ids(listed), sorted(vec![alice, bob]));
+    let carol_record = store
+        .get_identity(&carol)
+        .await
+        .expect("get")
+        .expect("present");
+    let listed = list_all(store.as_ref(), r, 10, &prefix("team-b")).await;
+    assert_eq!(listed, vec![carol_record]);
+}
+
+async fn listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing(
+    store: Arc<dyn BulkStore>,
+) {
+    let r = ResourceId::new_random();
+    let mut stable = Vec::new();
+    for _ in 0..300 {
+        let c = store
+            .create_identity(new_identity(r, None))
+            .await
+            .expect("create");
+        stable.push(c.identity.id);
+    }
+    let mut doomed = Vec::new();
+    for _ in 0..150 {
+        let c = store
+            .create_identity(new_identity(r, None))
+            .await
+            .expect("create");
+        doomed.push(c.identity.id);
+    }
+    let churn = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for id in doomed {
+                store
+                    .create_identity(new_identity(r, None))
+                    .await
+                    .expect("create");
+                assert!(store.delete_identity(&id).await.expect("delete"));
+            }
+        })
+    };
+    let listed = list_all(store.as_ref(), r, 7, &IdentityFilter::default()).await;
+    churn.await.expect("churn");
+    let listed: Vec<String> = listed.iter().map(|i| i.id.to_string()).collect();
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats"
+    );
+    let listed: std::collections::HashSet<&String> = listed.iter().collect();
+    for id in &stable {
+        assert!(listed.contains(&id.to_string()), "{id} skipped");
+    }
 }
 
 async fn default_resource_is_bootstrapped_once(store: Arc<dyn BulkStore>) {
@@ -761,6 +947,9 @@ macro_rules! conformance_suite {
                 concurrent_revokes_are_all_counted,
                 delete_removes_everything,
                 last_token_time_is_visible,
+                listing_pages_through_a_resource_in_id_order_without_others,
+                listing_filters_by_custom_id_prefix_and_token_time,
+                listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing,
                 default_resource_is_bootstrapped_once,
                 signing_keys_come_back_newest_first,
                 signing_key_bootstrap_agrees_on_one_key_per_algorithm,
