@@ -83,6 +83,7 @@ pub(crate) enum Route {
     Ready,
     Jwks,
     Create,
+    List,
     Get(String),
     Delete(String),
     LegacyRevoke(String),
@@ -118,7 +119,11 @@ impl Route {
             ["health"] => only(Method::GET, Route::Health, "GET"),
             ["ready"] => only(Method::GET, Route::Ready, "GET"),
             [".well-known", "jwks.json"] => only(Method::GET, Route::Jwks, "GET"),
-            ["identities"] => only(Method::POST, Route::Create, "POST"),
+            ["identities"] => match *method {
+                Method::POST => Ok(Route::Create),
+                Method::GET => Ok(Route::List),
+                _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+            },
             ["identities", id] if !id.is_empty() => {
                 let id = decode_segment(id)?;
                 match *method {
@@ -173,6 +178,7 @@ impl Route {
             Route::Ready => "ready",
             Route::Jwks => "jwks",
             Route::Create => "create",
+            Route::List => "list",
             Route::Get(_) => "get",
             Route::Delete(_) => "delete",
             Route::LegacyRevoke(_) => "legacy_revoke",
@@ -193,6 +199,7 @@ impl Route {
         Some(match self {
             Route::Health | Route::Ready | Route::Jwks | Route::Introspect => return None,
             Route::Create => Operation::CreateIdentity,
+            Route::List => Operation::ListIdentities,
             Route::Get(_) => Operation::GetIdentity,
             Route::Delete(_) => Operation::DeleteIdentity,
             Route::LegacyIssue(_) | Route::Issue(_) => Operation::IssueAccessToken,
@@ -214,6 +221,7 @@ impl Route {
             Route::LegacyIssue(_) | Route::Issue(_) => OperationClass::Issue,
             Route::TeamsExchange | Route::TeamsExtensionExchange => OperationClass::Exchange,
             Route::Introspect => OperationClass::Introspect,
+            Route::List => OperationClass::List,
             _ => return None,
         })
     }
@@ -380,7 +388,7 @@ async fn handle_versioned(
     if let Some(class) = route.throttle_class() {
         dir.throttle(class)?;
     }
-    run(state, &dir, route, version, &body, now).await
+    run(state, &dir, route, version, &body, now, parts.uri.query()).await
 }
 
 /// Authenticates the head, then reads the body and checks it against the signed hash. Failures
@@ -434,9 +442,11 @@ async fn run(
     version: ApiVersion,
     body: &[u8],
     now: time::OffsetDateTime,
+    query: Option<&str>,
 ) -> Result<Response, ApiError> {
     match route {
         Route::Create => identities::create(dir, version, body).await,
+        Route::List => identities::list(dir, version, query).await,
         Route::Get(id) => identities::get(dir, version, &id).await,
         Route::Delete(id) => identities::delete(dir, &id).await,
         Route::LegacyRevoke(id) => identities::legacy_revoke(dir, &id, body, now).await,
@@ -588,9 +598,17 @@ mod tests {
 
     #[test]
     fn wrong_methods_and_paths_are_told_apart() {
+        assert_eq!(
+            Route::parse(&Method::GET, "/identities/").ok(),
+            Some(Route::List)
+        );
         assert!(matches!(
-            Route::parse(&Method::GET, "/identities"),
-            Err(ApiError::MethodNotAllowed("POST"))
+            Route::parse(&Method::PUT, "/identities"),
+            Err(ApiError::MethodNotAllowed("GET, POST"))
+        ));
+        assert!(matches!(
+            Route::parse(&Method::DELETE, "/identities"),
+            Err(ApiError::MethodNotAllowed("GET, POST"))
         ));
         assert!(matches!(
             Route::parse(&Method::PUT, "/identities/x"),

@@ -4,8 +4,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use callsign_api::{
-    AccessToken, CreateIdentityRequest, CreateIdentityResponse, Identity, IssueTokenRequest,
-    LegacyAccessToken, LegacyIdentity, LegacyRevokeRequest,
+    AccessToken, CreateIdentityRequest, CreateIdentityResponse, Identity, IdentityPage,
+    IssueTokenRequest, LegacyAccessToken, LegacyIdentity, LegacyRevokeRequest,
 };
 use callsign_core::token::IssuedToken;
 use callsign_core::{CustomId, ExpiresIn, ScopeError, Scopes, format_expires_on};
@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::http::{json, parse_json};
+use crate::listing::ListQuery;
 use crate::state::Directory;
 use crate::throttle::OperationClass;
 use crate::version::{ApiVersion, CustomIdField};
@@ -153,6 +154,34 @@ pub(crate) async fn get(
             version,
         ),
     ))
+}
+
+/// `GET /identities` (callsign's extension, on the versions with `GET /identities/{id}`): 200
+/// with one page of the resource's identities in id order, each as `GET /identities/{id}`
+/// answers it, and a `nextLink` unless it is the last page.
+pub(crate) async fn list(
+    dir: &Directory<'_>,
+    version: ApiVersion,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let list = ListQuery::parse(query, version, dir)?;
+    let page = dir
+        .list(list.after.as_ref(), list.page_size, &list.filter)
+        .await?;
+    let value = page
+        .records
+        .into_iter()
+        .map(|r| {
+            wire_identity(
+                r.id.to_string(),
+                r.custom_id,
+                r.last_token_issued_at.map(format_expires_on),
+                version,
+            )
+        })
+        .collect();
+    let next_link = page.next_after.map(|last| list.next_link(version, &last));
+    Ok(json(StatusCode::OK, &IdentityPage { value, next_link }))
 }
 
 /// `POST /identities/{id}/:issueAccessToken`: 200 `{token, expiresOn}`.

@@ -22,6 +22,7 @@ mod error;
 mod http;
 mod identities;
 mod keys;
+mod listing;
 mod meta;
 #[cfg(test)]
 mod properties;

@@ -6,7 +6,7 @@ use callsign_core::token::{IssuedToken, TokenIssuer};
 use callsign_core::{
     Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes, TeamsAssignment,
 };
-use callsign_store::{Created, IdentityRecord, NewIdentity, Store};
+use callsign_store::{Created, IdentityFilter, IdentityPage, IdentityRecord, NewIdentity, Store};
 
 use crate::auth::{Authenticated, Authenticator};
 use crate::error::ApiError;
@@ -102,6 +102,21 @@ impl Directory<'_> {
             .get_identity(id)
             .await?
             .ok_or(ApiError::IdentityNotFound)
+    }
+
+    /// One page of this resource's identities, in id order, after `after`.
+    pub(crate) async fn list(
+        &self,
+        after: Option<&IdentityId>,
+        limit: u32,
+        filter: &IdentityFilter,
+    ) -> Result<IdentityPage, ApiError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(self
+            .state
+            .store
+            .list_page(self.resource, after, limit, filter)
+            .await?)
     }
 
     pub(crate) async fn revoke(&self, id: &IdentityId) -> Result<u64, ApiError> {

@@ -30,16 +30,19 @@ pub enum OperationClass {
     Exchange,
     /// Introspection (callsign's own).
     Introspect,
+    /// Listing identities (callsign's own; each page is one bounded read).
+    List,
 }
 
 impl OperationClass {
-    const ALL: [OperationClass; 6] = [
+    const ALL: [OperationClass; 7] = [
         OperationClass::Create,
         OperationClass::Issue,
         OperationClass::Revoke,
         OperationClass::Delete,
         OperationClass::Exchange,
         OperationClass::Introspect,
+        OperationClass::List,
     ];
 
     fn index(self) -> usize {
@@ -69,7 +72,7 @@ impl Rate {
 /// The throttling configuration: a rate per class, or none for an unthrottled class.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ThrottleConfig {
-    rates: [Option<Rate>; 6],
+    rates: [Option<Rate>; 7],
 }
 
 /// One class in a throttle file.
@@ -98,6 +101,7 @@ struct ThrottleFile {
     delete: Option<FileRate>,
     exchange: Option<FileRate>,
     introspect: Option<FileRate>,
+    list: Option<FileRate>,
 }
 
 impl ThrottleConfig {
@@ -107,7 +111,8 @@ impl ThrottleConfig {
     }
 
     /// ACS's published limits per resource: 1,000 creates, issues and create-with-token per
-    /// 30 s; 500 revokes, deletes and exchanges per 30 s. Introspection is not throttled.
+    /// 30 s; 500 revokes, deletes and exchanges per 30 s. Introspection is not throttled. ACS
+    /// has no listing; callsign's is held to 500 pages per 30 s.
     pub fn acs() -> Self {
         let w = Duration::from_secs(30);
         let mut c = Self::default();
@@ -116,6 +121,7 @@ impl ThrottleConfig {
         c.rates[OperationClass::Revoke.index()] = Some(Rate::per_window(500, w));
         c.rates[OperationClass::Delete.index()] = Some(Rate::per_window(500, w));
         c.rates[OperationClass::Exchange.index()] = Some(Rate::per_window(500, w));
+        c.rates[OperationClass::List.index()] = Some(Rate::per_window(500, w));
         c
     }
 
@@ -148,6 +154,7 @@ impl ThrottleConfig {
             (OperationClass::Delete, file.delete),
             (OperationClass::Exchange, file.exchange),
             (OperationClass::Introspect, file.introspect),
+            (OperationClass::List, file.list),
         ];
         for (class, entry) in entries {
             let Some(r) = entry else { continue };

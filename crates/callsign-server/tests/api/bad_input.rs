@@ -361,9 +361,12 @@ async fn protocol_errors_have_their_own_status(backend: Backend) {
     let r = app.send(Method::POST, "/identities", None).await;
     r.assert_error(400, "MissingApiVersionParameter");
 
-    let r = app.send(Method::GET, CREATE, None).await;
+    let r = app.send(Method::PUT, CREATE, None).await;
     r.assert_error(405, "MethodNotAllowed");
-    assert_eq!(r.headers["allow"], "POST");
+    assert_eq!(r.headers["allow"], "GET, POST");
+    // GET lists identities, an operation 2023-10-01 does not offer.
+    let r = app.send(Method::GET, CREATE, None).await;
+    r.assert_error(400, "UnsupportedApiVersion");
     let r = app
         .client
         .put(format!("{base}/identities/x?api-version=2023-10-01"))

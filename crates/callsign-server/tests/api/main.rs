@@ -27,6 +27,7 @@ macro_rules! on_every_backend {
 mod bad_input;
 mod clock;
 mod limits;
+mod listing;
 mod operations;
 mod tokens;
 mod versions;

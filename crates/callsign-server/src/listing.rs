@@ -1,0 +1,261 @@
+//! `GET /identities` (callsign's extension): the query of a listing and its continuation.
+//!
+//! A listing is keyset-paged by identity id: the continuation names the last id a page covered
+//! and the filters in force, so identities created or deleted meanwhile never move the others
+//! and no identity that exists throughout is skipped or listed twice. The continuation is opaque
+//! to clients (base64url of a small JSON object) and checked when it comes back: one that does
+//! not decode, names another resource's identity or disagrees with the filters of the request
+//! is a 400, never a store error.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use callsign_api::list::{
+    CONTINUATION_PARAMETER, DEFAULT_PAGE_SIZE, LAST_TOKEN_ISSUED_BEFORE_PARAMETER, MAX_PAGE_SIZE,
+    MAX_PAGE_SIZE_PARAMETER,
+};
+use callsign_core::{CustomId, IdentityId};
+use callsign_store::IdentityFilter;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::ApiError;
+use crate::state::Directory;
+use crate::version::{ApiVersion, CustomIdField};
+
+/// A listing request, read from the query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListQuery {
+    /// Most identities in the page.
+    pub(crate) page_size: u32,
+    /// Which identities.
+    pub(crate) filter: IdentityFilter,
+    /// Where the page starts (exclusive); `None` for the first page.
+    pub(crate) after: Option<IdentityId>,
+}
+
+/// The continuation as encoded in `continuationToken`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Continuation {
+    /// The format; only 1 exists.
+    v: u8,
+    /// The last identity id the previous page covered.
+    after: String,
+    /// The custom id prefix filter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    /// The token time filter, milliseconds since the epoch, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    before_ms: Option<i64>,
+}
+
+const CONTINUATION_VERSION: u8 = 1;
+
+/// The parameters of a listing, as they arrived (decoded, each at most once).
+#[derive(Debug, Default)]
+struct RawParameters {
+    page_size: Option<String>,
+    prefix: Option<String>,
+    before: Option<String>,
+    continuation: Option<String>,
+}
+
+impl ListQuery {
+    /// Reads the query string of `GET /identities` in `version`. Unknown parameters are ignored;
+    /// a known one given twice, out of range or malformed is a 400 naming it.
+    pub(crate) fn parse(
+        query: Option<&str>,
+        version: ApiVersion,
+        dir: &Directory<'_>,
+    ) -> Result<Self, ApiError> {
+        let field = version.custom_id_field().ok_or_else(|| {
+            ApiError::UnsupportedApiVersion(format!(
+                "This operation is not available in api-version {version}."
+            ))
+        })?;
+        let raw = RawParameters::read(query.unwrap_or(""), field)?;
+        let page_size = match raw.page_size {
+            None => DEFAULT_PAGE_SIZE,
+            Some(v) => parse_page_size(&v)?,
+        };
+        let filter = IdentityFilter {
+            custom_id_prefix: raw.prefix.map(|p| parse_prefix(&p, field)).transpose()?,
+            last_token_issued_before: raw.before.as_deref().map(parse_before).transpose()?,
+        };
+        let (after, filter) = match raw.continuation {
+            None => (None, filter),
+            Some(token) => {
+                let (after, filter) = continue_from(&token, filter, dir)?;
+                (Some(after), filter)
+            }
+        };
+        Ok(ListQuery {
+            page_size,
+            filter,
+            after,
+        })
+    }
+
+    /// The `nextLink` of a page that ends after `last`: relative to the endpoint, with the
+    /// api-version, the page size and the continuation (which carries the filters).
+    pub(crate) fn next_link(&self, version: ApiVersion, last: &IdentityId) -> String {
+        let continuation = Continuation {
+            v: CONTINUATION_VERSION,
+            after: last.to_string(),
+            prefix: self.filter.custom_id_prefix.clone(),
+            before_ms: self
+                .filter
+                .last_token_issued_before
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
+        };
+        // Serializing a struct of strings and integers cannot fail.
+        let json = serde_json::to_vec(&continuation).unwrap_or_default();
+        format!(
+            "/identities?api-version={version}&{MAX_PAGE_SIZE_PARAMETER}={}&{CONTINUATION_PARAMETER}={}",
+            self.page_size,
+            URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+}
+
+impl RawParameters {
+    fn read(query: &str, field: CustomIdField) -> Result<Self, ApiError> {
+        let mut raw = RawParameters::default();
+        let other_field = match field {
+            CustomIdField::CustomId => CustomIdField::ExternalId,
+            CustomIdField::ExternalId => CustomIdField::CustomId,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = form_decode(name);
+            let (slot, target) = match name.as_str() {
+                MAX_PAGE_SIZE_PARAMETER => (&mut raw.page_size, MAX_PAGE_SIZE_PARAMETER),
+                LAST_TOKEN_ISSUED_BEFORE_PARAMETER => {
+                    (&mut raw.before, LAST_TOKEN_ISSUED_BEFORE_PARAMETER)
+                }
+                CONTINUATION_PARAMETER => (&mut raw.continuation, CONTINUATION_PARAMETER),
+                n if n == field.prefix_parameter() => (&mut raw.prefix, field.prefix_parameter()),
+                n if n == other_field.prefix_parameter() => {
+                    // Ignoring a filter would list (and let a caller act on) more than it asked.
+                    return Err(ApiError::validation(
+                        format!(
+                            "api-version filters the custom id with {}.",
+                            field.prefix_parameter()
+                        ),
+                        other_field.prefix_parameter(),
+                    ));
+                }
+                _ => continue,
+            };
+            if slot.replace(form_decode(value)).is_some() {
+                return Err(ApiError::validation(
+                    format!("{target} must be given at most once."),
+                    target,
+                ));
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// A form-encoded query component: `%XX` escapes, `+` a space.
+fn form_decode(raw: &str) -> String {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn parse_page_size(value: &str) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+        .ok_or_else(|| {
+            ApiError::validation(
+                format!("{MAX_PAGE_SIZE_PARAMETER} must be an integer from 1 to {MAX_PAGE_SIZE}."),
+                MAX_PAGE_SIZE_PARAMETER,
+            )
+        })
+}
+
+/// A prefix follows the rules of a custom id (1 to 256 characters, no control characters).
+fn parse_prefix(value: &str, field: CustomIdField) -> Result<String, ApiError> {
+    let target = field.prefix_parameter();
+    CustomId::parse(value)
+        .map(|c| c.as_str().to_owned())
+        .map_err(|e| {
+            let message = e.to_string().replace("CustomId", target);
+            ApiError::validation(message, target)
+        })
+}
+
+/// An RFC 3339 time, to the millisecond (the precision token times are stored with).
+fn parse_before(value: &str) -> Result<OffsetDateTime, ApiError> {
+    let whole_ms = |t: OffsetDateTime| {
+        let nanos = t.unix_timestamp_nanos();
+        OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(1_000_000))
+    };
+    OffsetDateTime::parse(value, &Rfc3339)
+        .ok()
+        .and_then(|t| whole_ms(t).ok())
+        .ok_or_else(|| {
+            ApiError::validation(
+                format!("{LAST_TOKEN_ISSUED_BEFORE_PARAMETER} must be an RFC 3339 date-time."),
+                LAST_TOKEN_ISSUED_BEFORE_PARAMETER,
+            )
+        })
+}
+
+fn invalid_continuation() -> ApiError {
+    ApiError::validation(
+        format!("{CONTINUATION_PARAMETER} is not a continuation of this listing."),
+        CONTINUATION_PARAMETER,
+    )
+}
+
+/// The id a continuation resumes after and the filters it carries, once it is known to be one
+/// this listing handed out: it decodes, names an identity of this resource and agrees with the
+/// request's filters (a request that repeats them must repeat them unchanged; one that omits
+/// them inherits them).
+fn continue_from(
+    token: &str,
+    filter: IdentityFilter,
+    dir: &Directory<'_>,
+) -> Result<(IdentityId, IdentityFilter), ApiError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid_continuation())?;
+    let c: Continuation = serde_json::from_slice(&bytes).map_err(|_| invalid_continuation())?;
+    if c.v != CONTINUATION_VERSION {
+        return Err(invalid_continuation());
+    }
+    let after = IdentityId::parse(&c.after)
+        .ok()
+        .filter(|id| dir.owns(id))
+        .ok_or_else(invalid_continuation)?;
+    let token_filter = IdentityFilter {
+        custom_id_prefix: c
+            .prefix
+            .map(|p| CustomId::parse(&p).map(|c| c.as_str().to_owned()))
+            .transpose()
+            .map_err(|_| invalid_continuation())?,
+        last_token_issued_before: c
+            .before_ms
+            .map(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000))
+            .transpose()
+            .map_err(|_| invalid_continuation())?,
+    };
+    let agrees = |given: bool, same: bool| !given || same;
+    if !agrees(
+        filter.custom_id_prefix.is_some(),
+        filter.custom_id_prefix == token_filter.custom_id_prefix,
+    ) || !agrees(
+        filter.last_token_issued_before.is_some(),
+        filter.last_token_issued_before == token_filter.last_token_issued_before,
+    ) {
+        return Err(invalid_continuation());
+    }
+    Ok((after, token_filter))
+}
