@@ -128,8 +128,8 @@ pub struct Identity {
 pub struct IdentityPage {
     /// The identities of this page, in id order.
     pub value: Vec<Identity>,
-    /// Where the next page is (a URL relative to the endpoint, with the continuation); absent
-    /// on the last page.
+    /// Where the next page is: a reference relative to the endpoint (or to the request URL),
+    /// `identities?…` with the continuation; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,
 }

@@ -28,6 +28,9 @@ pub const API_VERSION: &str = api::CLIENT_API_VERSION;
 pub const CUSTOM_ID_API_VERSION: &str = ApiVersion::V2025_03_02Preview.as_str();
 
 pub use api::{ApiVersion, UnknownApiVersion};
+pub use list::{ListUsersOptions, UsersPage};
+
+mod list;
 
 /// How long one attempt may take, unless [`CommunicationIdentityClientBuilder::timeout`] says
 /// otherwise.
@@ -228,7 +231,7 @@ impl CommunicationIdentityClientBuilder {
     }
 }
 
-/// What [`CommunicationIdentityClient::get_user`] tells about a user.
+/// What [`CommunicationIdentityClient::get_user`] and the listing tell about a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommunicationUserDetails {
     /// The user.
@@ -455,40 +458,47 @@ impl CommunicationIdentityClient {
                 also: None,
             })
             .await?;
-        let last_token_issued_at = identity
-            .last_token_issued_at
-            .as_deref()
-            .map(|t| parse_date(t, 200, "lastTokenIssuedAt"))
-            .transpose()?;
-        Ok(CommunicationUserDetails {
-            user: identity.id.into(),
-            custom_id: identity.custom_id.or(identity.external_id),
-            last_token_issued_at,
-        })
+        user_details(identity, 200)
     }
 
     async fn call_json<T: DeserializeOwned>(&self, call: Call) -> Result<T, Error> {
+        let url = self.url(&call)?;
+        self.call_json_at(&call, url).await
+    }
+
+    /// [`Self::call_json`] to a URL of the caller's (a listing's with its query).
+    async fn call_json_at<T: DeserializeOwned>(&self, call: &Call, url: Url) -> Result<T, Error> {
         let status = call.expected;
-        let body = self.call(call).await?;
+        let body = self.call_at(call, url).await?;
         serde_json::from_slice(&body).map_err(|e| Error::UnexpectedResponse {
             status,
             detail: format!("the body does not match the API ({e}): {}", snippet(&body)),
         })
     }
 
-    /// Sends a call, retrying as the policy says; returns the body of the expected success.
-    async fn call(&self, call: Call) -> Result<Vec<u8>, Error> {
-        let url = Url::parse(&format!(
+    /// `<endpoint><path>?api-version=<version>`.
+    fn url(&self, call: &Call) -> Result<Url, Error> {
+        Url::parse(&format!(
             "{}{}?api-version={}",
             self.credentials.endpoint(),
             call.path,
             call.api_version
         ))
-        .map_err(|e| Error::Configuration(format!("cannot build the request URL: {e}")))?;
+        .map_err(|e| Error::Configuration(format!("cannot build the request URL: {e}")))
+    }
+
+    /// Sends a call, retrying as the policy says; returns the body of the expected success.
+    async fn call(&self, call: Call) -> Result<Vec<u8>, Error> {
+        let url = self.url(&call)?;
+        self.call_at(&call, url).await
+    }
+
+    /// [`Self::call`] to `url`.
+    async fn call_at(&self, call: &Call, url: Url) -> Result<Vec<u8>, Error> {
         let mut retry = 0;
         loop {
             let can_retry = retry < self.retry.get_max_retries();
-            let delay = match self.attempt(&call, &url).await {
+            let delay = match self.attempt(call, &url).await {
                 Ok((status, _, body)) if status == call.expected || Some(status) == call.also => {
                     return Ok(body);
                 }
@@ -614,6 +624,20 @@ fn parse_date(s: &str, status: u16, field: &str) -> Result<OffsetDateTime, Error
     OffsetDateTime::parse(s, &Rfc3339).map_err(|e| Error::UnexpectedResponse {
         status,
         detail: format!("`{field}` is not an ISO 8601 date-time ({e}): {s}"),
+    })
+}
+
+/// A wire identity, as `GET /identities/{id}` and the listing answer it.
+fn user_details(identity: api::Identity, status: u16) -> Result<CommunicationUserDetails, Error> {
+    let last_token_issued_at = identity
+        .last_token_issued_at
+        .as_deref()
+        .map(|t| parse_date(t, status, "lastTokenIssuedAt"))
+        .transpose()?;
+    Ok(CommunicationUserDetails {
+        user: identity.id.into(),
+        custom_id: identity.custom_id.or(identity.external_id),
+        last_token_issued_at,
     })
 }
 

@@ -90,7 +90,7 @@ pub use callsign_api::ErrorCode;
 pub use client::{
     API_VERSION, ApiVersion, CUSTOM_ID_API_VERSION, CommunicationIdentityClient,
     CommunicationIdentityClientBuilder, CommunicationUserDetails, DEFAULT_TIMEOUT,
-    UnknownApiVersion,
+    ListUsersOptions, UnknownApiVersion, UsersPage,
 };
 pub use clock::{Clock, SystemClock};
 pub use connection_string::ConnectionString;

@@ -97,8 +97,9 @@ impl ListQuery {
         })
     }
 
-    /// The `nextLink` of a page that ends after `last`: relative to the endpoint, with the
-    /// api-version, the page size and the continuation (which carries the filters).
+    /// The `nextLink` of a page that ends after `last`: a relative reference (no leading `/`,
+    /// so that it resolves under an endpoint with a path as well as against the request URL),
+    /// with the api-version, the page size and the continuation (which carries the filters).
     pub(crate) fn next_link(&self, version: ApiVersion, last: &IdentityId) -> String {
         let continuation = Continuation {
             v: CONTINUATION_VERSION,
@@ -112,7 +113,7 @@ impl ListQuery {
         // Serializing a struct of strings and integers cannot fail.
         let json = serde_json::to_vec(&continuation).unwrap_or_default();
         format!(
-            "/identities?api-version={version}&{MAX_PAGE_SIZE_PARAMETER}={}&{CONTINUATION_PARAMETER}={}",
+            "identities?api-version={version}&{MAX_PAGE_SIZE_PARAMETER}={}&{CONTINUATION_PARAMETER}={}",
             self.page_size,
             URL_SAFE_NO_PAD.encode(json)
         )

@@ -5,6 +5,7 @@
 mod credential;
 mod errors;
 mod helpers;
+mod listing;
 mod operations;
 mod quickstart;
 mod retries;
