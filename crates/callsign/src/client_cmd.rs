@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use callsign_client::{
     AccessToken, ApiVersion, CommunicationIdentityClient, CommunicationTokenScope,
-    CommunicationUserIdentifier, ConnectionString,
+    CommunicationUserDetails, CommunicationUserIdentifier, ConnectionString, ListUsersOptions,
 };
 use serde_json::json;
 
@@ -28,8 +28,8 @@ pub struct ClientArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// api-version to speak: 2021-03-07 or later [default: 2023-10-01; custom-id calls and
-    /// `user get`: 2025-03-02-preview unless this version has custom ids]
+    /// api-version to speak: 2021-03-07 or later [default: 2023-10-01; custom-id calls,
+    /// `user get` and `user list`: 2025-03-02-preview unless this version has custom ids]
     #[arg(long, value_parser = client_version)]
     pub api_version: Option<ApiVersion>,
 }
@@ -110,6 +110,17 @@ pub enum UserCommand {
         /// The identity id (8:acs:…).
         id: String,
     },
+    /// List the identities of the resource, in id order (every page).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only identities whose custom id starts with this.
+        #[arg(long)]
+        custom_id_prefix: Option<String>,
+        /// Only identities whose last token was issued before this RFC 3339 time, or never.
+        #[arg(long, value_parser = rfc3339_arg)]
+        last_token_issued_before: Option<time::OffsetDateTime>,
+    },
     /// Delete an identity and revoke its tokens.
     Delete {
         #[command(flatten)]
@@ -184,6 +195,11 @@ fn expiry(s: Option<&str>) -> anyhow::Result<Option<Duration>> {
         .map_err(|e| anyhow::anyhow!("invalid --expires-in {s:?} ({e}): use e.g. 1h, 90m, 24h"))
 }
 
+fn rfc3339_arg(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time, e.g. 2026-01-31T00:00:00Z ({e})"))
+}
+
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
@@ -238,14 +254,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             let c = build_client(&client)?;
             let details = c.get_user(&CommunicationUserIdentifier::new(id)).await?;
             if client.json {
-                out!(
-                    "{}",
-                    json!({
-                        "id": details.user.raw_id(),
-                        "customId": details.custom_id,
-                        "lastTokenIssuedAt": details.last_token_issued_at.map(rfc3339),
-                    })
-                );
+                out!("{}", details_json(&details));
             } else {
                 out!("{}", details.user.raw_id());
                 if let Some(c) = &details.custom_id {
@@ -257,6 +266,18 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        UserCommand::List {
+            client,
+            custom_id_prefix,
+            last_token_issued_before,
+        } => {
+            let options = ListUsersOptions {
+                custom_id_prefix,
+                last_token_issued_before,
+                max_page_size: None,
+            };
+            list_users(&client, &options).await
         }
         UserCommand::Delete { client, id } => {
             let c = build_client(&client)?;
@@ -270,6 +291,50 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn details_json(details: &CommunicationUserDetails) -> serde_json::Value {
+    json!({
+        "id": details.user.raw_id(),
+        "customId": details.custom_id,
+        "lastTokenIssuedAt": details.last_token_issued_at.map(rfc3339),
+    })
+}
+
+/// `user list`: every page, printed as it arrives. Text: one identity a line (id, custom id or
+/// `-`, last token time or `never`, tab-separated); `--json`: one array, an object a line.
+async fn list_users(client: &ClientArgs, options: &ListUsersOptions) -> anyhow::Result<()> {
+    client.check_custom_ids("user list")?;
+    let c = build_client(client)?;
+    let mut next_link: Option<String> = None;
+    let mut first = true;
+    if client.json {
+        out!("[");
+    }
+    loop {
+        let page = c.list_users_page(options, next_link.as_deref()).await?;
+        for details in &page.users {
+            if client.json {
+                let comma = if first { "" } else { "," };
+                out!("{comma}{}", details_json(details));
+            } else {
+                let custom = details.custom_id.as_deref().unwrap_or("-");
+                let last = details
+                    .last_token_issued_at
+                    .map_or_else(|| "never".to_owned(), rfc3339);
+                out!("{}\t{custom}\t{last}", details.user.raw_id());
+            }
+            first = false;
+        }
+        match page.next_link {
+            Some(link) => next_link = Some(link),
+            None => break,
+        }
+    }
+    if client.json {
+        out!("]");
+    }
+    Ok(())
 }
 
 fn report_created(

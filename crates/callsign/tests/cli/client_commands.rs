@@ -189,3 +189,78 @@ fn identities_and_tokens_can_be_managed_from_a_shell() {
     );
     assert!(server.terminate().success());
 }
+
+#[test]
+fn user_list_prints_every_page_as_one_json_array() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &[]);
+    let cli = Cli {
+        cs: server.connection_string(),
+        ca: dir.path().join("tls/ca.pem").to_string_lossy().into_owned(),
+    };
+    // More than one page of the default size (100), created through the client library.
+    let client = callsign_client::CommunicationIdentityClient::builder(
+        callsign_client::ConnectionString::parse(&cli.cs).expect("connection string"),
+    )
+    .add_trusted_ca_pem(std::fs::read(&cli.ca).expect("CA"))
+    .build()
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut created: Vec<String> = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..120 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let user = if i < 3 {
+                    client.create_user_with_custom_id(&format!("ops/{i}")).await
+                } else {
+                    client.create_user().await
+                };
+                user.expect("create").raw_id().to_owned()
+            });
+        }
+        tasks.join_all().await
+    });
+    // Its idle connections would hold up the server's graceful shutdown.
+    drop(client);
+    drop(rt);
+    created.sort();
+    let token = cli.json(&["token", "issue", &created[0], "--scope", "chat"]);
+    assert!(token["token"].is_string());
+
+    let listed = cli.json(&["user", "list"]);
+    let listed = listed.as_array().expect("an array");
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|u| u["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, created.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(listed[0]["lastTokenIssuedAt"].is_string(), "{}", listed[0]);
+    assert!(listed.iter().all(|u| u.get("customId").is_some()));
+
+    let ops = cli.json(&["user", "list", "--custom-id-prefix", "ops/"]);
+    let mut customs: Vec<&str> = ops
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|u| u["customId"].as_str().expect("customId"))
+        .collect();
+    customs.sort_unstable();
+    assert_eq!(customs, ["ops/0", "ops/1", "ops/2"]);
+    let none = cli.json(&["user", "list", "--custom-id-prefix", "nobody/"]);
+    assert_eq!(none, serde_json::json!([]));
+
+    // Human output: a line per identity.
+    let (code, out, err) = cli.run(&["user", "list", "--custom-id-prefix", "ops/0"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("\tops/0\t"), "{out}");
+    // A version without custom ids has no listing: refused before any request.
+    let (code, _, err) = cli.run(&["user", "list", "--api-version", "2023-10-01"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("user list"), "{err}");
+    assert!(server.terminate().success());
+}
