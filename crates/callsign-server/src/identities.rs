@@ -164,7 +164,7 @@ pub(crate) async fn list(
     version: ApiVersion,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let list = ListQuery::parse(query, version, dir)?;
+    let list = ListQuery::parse(query, version, dir.resource())?;
     let page = dir
         .list(list.after.as_ref(), list.page_size, &list.filter)
         .await?;

@@ -13,14 +13,13 @@ use callsign_api::list::{
     CONTINUATION_PARAMETER, DEFAULT_PAGE_SIZE, LAST_TOKEN_ISSUED_BEFORE_PARAMETER, MAX_PAGE_SIZE,
     MAX_PAGE_SIZE_PARAMETER,
 };
-use callsign_core::{CustomId, IdentityId};
+use callsign_core::{CustomId, IdentityId, ResourceId};
 use callsign_store::IdentityFilter;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ApiError;
-use crate::state::Directory;
 use crate::version::{ApiVersion, CustomIdField};
 
 /// A listing request, read from the query string.
@@ -67,7 +66,7 @@ impl ListQuery {
     pub(crate) fn parse(
         query: Option<&str>,
         version: ApiVersion,
-        dir: &Directory<'_>,
+        resource: ResourceId,
     ) -> Result<Self, ApiError> {
         let field = version.custom_id_field().ok_or_else(|| {
             ApiError::UnsupportedApiVersion(format!(
@@ -86,7 +85,7 @@ impl ListQuery {
         let (after, filter) = match raw.continuation {
             None => (None, filter),
             Some(token) => {
-                let (after, filter) = continue_from(&token, filter, dir)?;
+                let (after, filter) = continue_from(&token, filter, resource)?;
                 (Some(after), filter)
             }
         };
@@ -168,10 +167,11 @@ fn form_decode(raw: &str) -> String {
         .into_owned()
 }
 
+/// Decimal digits only (no sign, no spaces), 1 to the maximum.
 fn parse_page_size(value: &str) -> Result<u32, ApiError> {
-    value
-        .parse::<u32>()
-        .ok()
+    Some(value)
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
         .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
         .ok_or_else(|| {
             ApiError::validation(
@@ -223,7 +223,7 @@ fn invalid_continuation() -> ApiError {
 fn continue_from(
     token: &str,
     filter: IdentityFilter,
-    dir: &Directory<'_>,
+    resource: ResourceId,
 ) -> Result<(IdentityId, IdentityFilter), ApiError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(token)
@@ -234,7 +234,7 @@ fn continue_from(
     }
     let after = IdentityId::parse(&c.after)
         .ok()
-        .filter(|id| dir.owns(id))
+        .filter(|id| id.resource() == resource)
         .ok_or_else(invalid_continuation)?;
     let token_filter = IdentityFilter {
         custom_id_prefix: c
@@ -259,4 +259,128 @@ fn continue_from(
         return Err(invalid_continuation());
     }
     Ok((after, token_filter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V: ApiVersion = ApiVersion::V2025_03_02Preview;
+
+    fn parse(query: &str, resource: ResourceId) -> Result<ListQuery, ApiError> {
+        ListQuery::parse(Some(query), V, resource)
+    }
+
+    fn target(e: ApiError) -> Option<&'static str> {
+        match e {
+            ApiError::Validation { target, .. } => target,
+            _ => None,
+        }
+    }
+
+    /// The continuation of a `nextLink`, as a client sends it back.
+    fn continuation_of(link: &str) -> &str {
+        link.split("continuationToken=")
+            .nth(1)
+            .expect("a continuation")
+    }
+
+    #[test]
+    fn defaults_and_filters_are_read_form_decoded() {
+        let r = ResourceId::new_random();
+        let q = parse("api-version=2025-03-02-preview", r).expect("valid");
+        assert_eq!(q.page_size, DEFAULT_PAGE_SIZE);
+        assert_eq!(q.filter, IdentityFilter::default());
+        assert_eq!(q.after, None);
+        let q = parse(
+            "maxpagesize=1000&customIdPrefix=a+b%2Fc&lastTokenIssuedBefore=2026-01-02T03:04:05.678999%2B01:00",
+            r,
+        )
+        .expect("valid");
+        assert_eq!(q.page_size, 1000);
+        assert_eq!(q.filter.custom_id_prefix.as_deref(), Some("a b/c"));
+        let before = q.filter.last_token_issued_before.expect("before");
+        assert_eq!(before.unix_timestamp(), 1_767_319_445);
+        assert_eq!(before.millisecond(), 678, "to the millisecond");
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        let r = ResourceId::new_random();
+        for (query, want) in [
+            ("maxpagesize=0", "maxpagesize"),
+            ("maxpagesize=1001", "maxpagesize"),
+            ("maxpagesize=%2B5", "maxpagesize"),
+            ("maxpagesize=1&maxpagesize=1", "maxpagesize"),
+            ("lastTokenIssuedBefore=2026-01-01", "lastTokenIssuedBefore"),
+            ("customIdPrefix=%07", "customIdPrefix"),
+            ("externalIdPrefix=a", "externalIdPrefix"),
+            ("continuationToken=%FF", "continuationToken"),
+        ] {
+            let e = parse(query, r).expect_err(query);
+            assert_eq!(target(e), Some(want), "{query}");
+        }
+        let e = ListQuery::parse(Some("customIdPrefix=a"), ApiVersion::V2025_04_01Preview, r)
+            .expect_err("the other name");
+        assert_eq!(target(e), Some("customIdPrefix"));
+        assert!(matches!(
+            ListQuery::parse(None, ApiVersion::V2023_10_01, r),
+            Err(ApiError::UnsupportedApiVersion(_))
+        ));
+    }
+
+    #[test]
+    fn a_continuation_resumes_with_its_filters_and_only_in_its_resource() {
+        let r = ResourceId::new_random();
+        let first = parse(
+            "maxpagesize=7&customIdPrefix=ops%2F&lastTokenIssuedBefore=2026-01-01T00:00:00Z",
+            r,
+        )
+        .expect("valid");
+        let last = IdentityId::new_random(r);
+        let link = first.next_link(V, &last);
+        assert!(
+            link.starts_with(
+                "identities?api-version=2025-03-02-preview&maxpagesize=7&continuationToken="
+            ),
+            "{link}"
+        );
+        let token = continuation_of(&link);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+
+        let next = parse(&format!("maxpagesize=7&continuationToken={token}"), r).expect("resumes");
+        assert_eq!(next.after, Some(last));
+        assert_eq!(next.filter, first.filter);
+        // Repeating the filters unchanged is fine; changing them is not.
+        let same =
+            parse(&format!("continuationToken={token}&customIdPrefix=ops/"), r).expect("same");
+        assert_eq!(same.filter, first.filter);
+        let e = parse(&format!("continuationToken={token}&customIdPrefix=dev/"), r)
+            .expect_err("changed");
+        assert_eq!(target(e), Some("continuationToken"));
+        let e = parse(
+            &format!("continuationToken={token}&lastTokenIssuedBefore=2027-01-01T00:00:00Z"),
+            r,
+        )
+        .expect_err("changed");
+        assert_eq!(target(e), Some("continuationToken"));
+        // Another resource cannot resume from it.
+        let e = parse(
+            &format!("continuationToken={token}"),
+            ResourceId::new_random(),
+        )
+        .expect_err("foreign");
+        assert_eq!(target(e), Some("continuationToken"));
+        // Nor can a token cut short or with a byte changed anywhere.
+        for cut in 1..token.len() {
+            assert!(
+                parse(&format!("continuationToken={}", &token[..cut]), r).is_err(),
+                "{cut}"
+            );
+        }
+    }
 }

@@ -70,6 +70,11 @@ impl Directory<'_> {
         self.state.throttle.check(self.resource, class)
     }
 
+    /// The resource whose identities these are.
+    pub(crate) fn resource(&self) -> ResourceId {
+        self.resource
+    }
+
     /// Whether `id` belongs to this resource.
     pub(crate) fn owns(&self, id: &IdentityId) -> bool {
         id.resource() == self.resource

@@ -411,6 +411,7 @@ mod tests {
         assert!((issue.per_second - 1000.0 / 30.0).abs() < 1e-9);
         assert_eq!(c.rate(OperationClass::Revoke).map(|r| r.burst), Some(500.0));
         assert_eq!(c.rate(OperationClass::Introspect), None);
+        assert_eq!(c.rate(OperationClass::List).map(|r| r.burst), Some(500.0));
         assert!(!ThrottleConfig::off().is_on());
     }
 
@@ -420,7 +421,7 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(
             &path,
-            "[issue]\nlimit = 10\nwindow_seconds = 5\nburst = 2\n",
+            "[issue]\nlimit = 10\nwindow_seconds = 5\nburst = 2\n[list]\nlimit = 30\n",
         )
         .expect("write");
         let c = ThrottleConfig::parse(path.to_str().expect("utf-8")).expect("valid");
@@ -431,6 +432,7 @@ mod tests {
                 burst: 2.0
             })
         );
+        assert_eq!(c.rate(OperationClass::List).map(|r| r.burst), Some(30.0));
         assert_eq!(c.rate(OperationClass::Create), None);
         for bad in [
             "[issue]\nlimit = 0\n",
