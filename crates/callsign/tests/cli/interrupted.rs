@@ -192,7 +192,7 @@ async fn pg_has_table(pg: &tokio_postgres::Client, table: &str) -> bool {
         .get(0)
 }
 
-/// The tables each PostgreSQL migration creates (version 1, 2, 3).
+/// The tables (and indexes) each PostgreSQL migration creates (version 1, 2, 3, 4).
 const PG_TABLES: &[&[&str]] = &[
     &[
         "callsign_resources",
@@ -201,6 +201,7 @@ const PG_TABLES: &[&[&str]] = &[
     ],
     &["callsign_teams_assignments"],
     &["callsign_identity_tombstones"],
+    &["callsign_identities_by_resource"],
 ];
 
 /// The applied migrations, checked against the tables: applied in order (1..=n), each wholly
@@ -264,11 +265,12 @@ fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
     (scratch, db)
 }
 
-/// The tables each SQLite migration creates (version 1, 2, 3).
+/// The tables (and indexes) each SQLite migration creates (version 1, 2, 3, 4).
 const SQLITE_TABLES: &[&[&str]] = &[
     &["resources", "signing_keys", "identities"],
     &["teams_assignments"],
     &["identity_tombstones"],
+    &["identities_by_resource"],
 ];
 
 /// A data dir's schema, checked against `PRAGMA user_version` as [`pg_schema_consistent`]
@@ -286,7 +288,7 @@ fn sqlite_schema_consistent(data_dir: &Path) -> usize {
         for table in *tables {
             let present: bool = db
                 .query_row(
-                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE type IN ('table', 'index') AND name = ?1",
                     [table],
                     |r| r.get(0),
                 )
