@@ -462,7 +462,8 @@ async fn run(
     }
 }
 
-fn not_in_version(version: ApiVersion) -> ApiError {
+/// 400 `UnsupportedApiVersion` for an operation `version` does not offer.
+pub(crate) fn not_in_version(version: ApiVersion) -> ApiError {
     ApiError::UnsupportedApiVersion(format!(
         "This operation is not available in api-version {version}."
     ))

@@ -68,11 +68,9 @@ impl ListQuery {
         version: ApiVersion,
         resource: ResourceId,
     ) -> Result<Self, ApiError> {
-        let field = version.custom_id_field().ok_or_else(|| {
-            ApiError::UnsupportedApiVersion(format!(
-                "This operation is not available in api-version {version}."
-            ))
-        })?;
+        let field = version
+            .custom_id_field()
+            .ok_or_else(|| crate::http::not_in_version(version))?;
         let raw = RawParameters::read(query.unwrap_or(""), field)?;
         let page_size = match raw.page_size {
             None => DEFAULT_PAGE_SIZE,
