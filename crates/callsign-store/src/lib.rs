@@ -339,6 +339,18 @@ impl IdentityFilter {
     }
 }
 
+/// How many index rows one page of `limit` reads at most: `limit + 1` without a filter, ten per
+/// identity the page holds with one, so a page of a sparse filter ends early (fewer identities,
+/// and a continuation) rather than reading the whole resource.
+pub(crate) fn scan_rows(limit: usize, filter: &IdentityFilter) -> usize {
+    let first = limit.saturating_add(1);
+    if *filter == IdentityFilter::default() {
+        first
+    } else {
+        limit.saturating_mul(10).max(first)
+    }
+}
+
 /// One page of a listing, in id order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityPage {
@@ -350,10 +362,12 @@ pub struct IdentityPage {
 }
 
 impl IdentityPage {
-    /// The page of `rows` (read in id order, at most `limit + 1` of them, filtered by the
-    /// query), the buffered token times applied and the filter checked again against them.
+    /// The page of `rows` (the matches of a scan, in id order, at most `limit + 1` of them;
+    /// the scan read `scanned` rows of at most [`scan_rows`], the last of them `last_scanned`),
+    /// the buffered token times applied and the filter checked again against them.
     pub(crate) fn from_rows(
         mut rows: Vec<IdentityRecord>,
+        (scanned, last_scanned): (usize, Option<IdentityId>),
         limit: usize,
         filter: &IdentityFilter,
         touched: &PendingTokenTimes,
@@ -361,6 +375,9 @@ impl IdentityPage {
         let next_after = if rows.len() > limit {
             rows.truncate(limit);
             rows.last().map(|r| r.id)
+        } else if scanned >= scan_rows(limit, filter) {
+            // The scan stopped at its bound before the page filled: the next one goes on.
+            last_scanned
         } else {
             None
         };
@@ -470,8 +487,10 @@ pub trait IdentityStore: Send + Sync {
 
     /// One page of `resource`'s identities that pass `filter`, in id order, starting after
     /// `after` (exclusive; `None`: from the first): at most `limit` of them, read with one range
-    /// scan of the resource's id index that stops at the `limit + 1`st match. Identities created or deleted
-    /// meanwhile do not move the others, so a listing that follows
+    /// scan of the resource's id index that stops at the `limit + 1`st match or after `limit + 1`
+    /// rows without a filter, ten per identity of the page with one (so a page of a sparse
+    /// filter may hold fewer, even none, and still have a next page). Identities created or
+    /// deleted meanwhile do not move the others, so a listing that follows
     /// [`IdentityPage::next_after`] returns every identity that exists throughout exactly once.
     /// Deleted identities are not listed.
     async fn list_page(

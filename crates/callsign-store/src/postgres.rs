@@ -28,7 +28,7 @@ use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
     SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
-    from_unix_ms as from_ms, stored_custom_id, unix_ms as ms,
+    from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
@@ -220,18 +220,42 @@ const INSERT_SIGNING_KEY: &str =
 const IDENTITY_COLUMNS: &str =
     "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
 
+/// One listing page: at most `$6` rows of the resource's id index after `$2` are scanned; the
+/// first row says how many and the last id among them, with the first of at most `$5` matches
+/// of the filters (`$3` custom id prefix, `$4` token time), one a row (none: one row of NULLs).
+const LIST_PAGE: &str = "
+WITH scanned AS (
+    SELECT id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms
+    FROM callsign_identities
+    WHERE resource_id = $1 AND id > $2 ORDER BY id LIMIT $6
+), summary AS (SELECT count(*) AS n, max(id) AS last FROM scanned)
+SELECT summary.n, summary.last, m.id, m.custom_id, m.created_at_ms, m.revocation_epoch,
+       m.last_token_issued_at_ms
+FROM summary LEFT JOIN (
+    SELECT * FROM scanned
+    WHERE ($3::TEXT IS NULL OR starts_with(custom_id, $3))
+      AND ($4::BIGINT IS NULL OR last_token_issued_at_ms IS NULL OR last_token_issued_at_ms < $4)
+    ORDER BY id LIMIT $5
+) AS m ON TRUE
+ORDER BY m.id";
+
 fn identity(row: &tokio_postgres::Row) -> Result<IdentityRecord, StoreError> {
-    let id: String = row.try_get(0).map_err(pg)?;
-    let epoch: i64 = row.try_get(3).map_err(pg)?;
+    identity_at(row, 0)
+}
+
+/// The identity in the columns from `at` on (`IDENTITY_COLUMNS`' order).
+fn identity_at(row: &tokio_postgres::Row, at: usize) -> Result<IdentityRecord, StoreError> {
+    let id: String = row.try_get(at).map_err(pg)?;
+    let epoch: i64 = row.try_get(at + 3).map_err(pg)?;
     Ok(IdentityRecord {
         id: IdentityId::parse(&id)
             .map_err(|_| StoreError::corrupt(format!("identity id {id:?}")))?,
-        custom_id: stored_custom_id(&id, row.try_get(1).map_err(pg)?)?,
-        created_at: from_ms(row.try_get(2).map_err(pg)?)?,
+        custom_id: stored_custom_id(&id, row.try_get(at + 1).map_err(pg)?)?,
+        created_at: from_ms(row.try_get(at + 2).map_err(pg)?)?,
         revocation_epoch: u64::try_from(epoch)
             .map_err(|_| StoreError::corrupt(format!("negative revocation epoch for {id}")))?,
         last_token_issued_at: row
-            .try_get::<_, Option<i64>>(4)
+            .try_get::<_, Option<i64>>(at + 4)
             .map_err(pg)?
             .map(from_ms)
             .transpose()?,
@@ -546,20 +570,15 @@ impl IdentityStore for PostgresStore {
         filter: &IdentityFilter,
     ) -> Result<IdentityPage, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {IDENTITY_COLUMNS} FROM callsign_identities
-                 WHERE resource_id = $1 AND id > $2
-                   AND ($3::TEXT IS NULL OR starts_with(custom_id, $3))
-                   AND ($4::BIGINT IS NULL OR last_token_issued_at_ms IS NULL OR last_token_issued_at_ms < $4)
-                 ORDER BY id LIMIT $5"
-            ))
-            .await
-            .map_err(pg)?;
+        let stmt = client.prepare_cached(LIST_PAGE).await.map_err(pg)?;
         let after = after.map(ToString::to_string).unwrap_or_default();
         let before = filter.last_token_issued_before.map(ms);
-        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = client
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (fetch, scan) = (
+            count(limit.saturating_add(1)),
+            count(scan_rows(limit, filter)),
+        );
+        let listed = client
             .query(
                 &stmt,
                 &[
@@ -568,12 +587,36 @@ impl IdentityStore for PostgresStore {
                     &filter.custom_id_prefix,
                     &before,
                     &fetch,
+                    &scan,
                 ],
             )
             .await
             .map_err(pg)?;
-        let rows = rows.iter().map(identity).collect::<Result<Vec<_>, _>>()?;
-        Ok(IdentityPage::from_rows(rows, limit, filter, &self.touched))
+        let mut scanned = (0, None);
+        let mut rows = Vec::new();
+        for row in &listed {
+            let n: i64 = row.try_get(0).map_err(pg)?;
+            let last: Option<String> = row.try_get(1).map_err(pg)?;
+            scanned = (usize::try_from(n).unwrap_or(0), last);
+            if row.try_get::<_, Option<String>>(2).map_err(pg)?.is_some() {
+                rows.push(identity_at(row, 2)?);
+            }
+        }
+        let last = scanned
+            .1
+            .as_deref()
+            .map(|id| {
+                IdentityId::parse(id)
+                    .map_err(|_| StoreError::corrupt(format!("identity id {id:?}")))
+            })
+            .transpose()?;
+        Ok(IdentityPage::from_rows(
+            rows,
+            (scanned.0, last),
+            limit,
+            filter,
+            &self.touched,
+        ))
     }
 
     async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {

@@ -34,7 +34,7 @@ use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
     SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
-    from_unix_ms as from_ms, stored_custom_id, unix_ms as ms,
+    from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
@@ -542,6 +542,41 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 const IDENTITY_COLUMNS: &str =
     "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
+
+/// One listing page: at most `?6` rows of the resource's id index after `?2` are scanned; the
+/// first row says how many and the last id among them, with the first of at most `?5` matches
+/// of the filters (`?3` custom id prefix, `?4` token time), one a row (none: one row of NULLs).
+const LIST_PAGE: &str = "
+WITH scanned AS (
+    SELECT id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms
+    FROM identities INDEXED BY identities_by_resource
+    WHERE resource_id = ?1 AND id > ?2 ORDER BY id LIMIT ?6
+), summary AS (SELECT count(*) AS n, max(id) AS last FROM scanned)
+SELECT summary.n, summary.last, m.id, m.custom_id, m.created_at_ms, m.revocation_epoch,
+       m.last_token_issued_at_ms
+FROM summary LEFT JOIN (
+    SELECT * FROM scanned
+    WHERE (?3 IS NULL OR substr(custom_id, 1, length(?3)) = ?3)
+      AND (?4 IS NULL OR last_token_issued_at_ms IS NULL OR last_token_issued_at_ms < ?4)
+    ORDER BY id LIMIT ?5
+) AS m ON 1 = 1
+ORDER BY m.id";
+
+/// A row of [`LIST_PAGE`]: rows scanned, the last id scanned, and a match if any.
+type ListedRow = (i64, Option<String>, Option<IdentityRow>);
+
+fn listed_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListedRow> {
+    let matched = match r.get::<_, Option<String>>(2)? {
+        Some(id) => Some((id, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        None => None,
+    };
+    Ok((r.get(0)?, r.get(1)?, matched))
+}
+
+/// A stored identity id; one that does not parse is corrupt data.
+fn parse_identity_id(id: &str) -> Result<IdentityId, StoreError> {
+    IdentityId::parse(id).map_err(|_| StoreError::corrupt(format!("identity id {id:?}")))
+}
 
 /// An identity row as read: id, custom id, created, epoch, last token.
 type IdentityRow = (String, Option<String>, i64, i64, Option<i64>);
@@ -1300,33 +1335,43 @@ impl IdentityStore for SqliteStore {
     ) -> Result<IdentityPage, StoreError> {
         let after = after.map(ToString::to_string).unwrap_or_default();
         let before = filter.last_token_issued_before.map(ms);
-        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = self.read(|c| {
-            let mut s = c
-                .prepare_cached(&format!(
-                    "SELECT {IDENTITY_COLUMNS} FROM identities INDEXED BY identities_by_resource
-                     WHERE resource_id = ?1 AND id > ?2
-                       AND (?3 IS NULL OR substr(custom_id, 1, length(?3)) = ?3)
-                       AND (?4 IS NULL OR last_token_issued_at_ms IS NULL OR last_token_issued_at_ms < ?4)
-                     ORDER BY id LIMIT ?5"
-                ))
-                .map_err(backend)?;
-            let rows = s
-                .query_map(
-                    params![
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (fetch, scan) = (
+            count(limit.saturating_add(1)),
+            count(scan_rows(limit, filter)),
+        );
+        let listed = self.read(|c| {
+            c.prepare_cached(LIST_PAGE)
+                .and_then(|mut s| {
+                    let args = params![
                         resource.to_string(),
                         after,
                         filter.custom_id_prefix,
                         before,
-                        fetch
-                    ],
-                    identity_from_row,
-                )
-                .map_err(backend)?;
-            rows.map(|r| r.map_err(backend).and_then(identity_record))
-                .collect::<Result<Vec<_>, _>>()
+                        fetch,
+                        scan
+                    ];
+                    s.query_map(args, listed_from_row)?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)
         })?;
-        Ok(IdentityPage::from_rows(rows, limit, filter, &self.touched))
+        let mut scanned = (0, None);
+        let mut rows = Vec::new();
+        for (n, last, matched) in listed {
+            scanned = (usize::try_from(n).unwrap_or(0), last);
+            if let Some(row) = matched {
+                rows.push(identity_record(row)?);
+            }
+        }
+        let last = scanned.1.as_deref().map(parse_identity_id).transpose()?;
+        Ok(IdentityPage::from_rows(
+            rows,
+            (scanned.0, last),
+            limit,
+            filter,
+            &self.touched,
+        ))
     }
 
     async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {

@@ -308,6 +308,44 @@ async fn listing_filters_by_custom_id_prefix_and_token_time(store: Arc<dyn BulkS
     assert_eq!(listed, vec![carol_record]);
 }
 
+async fn a_sparse_filter_reads_a_bounded_run_of_rows_per_page(store: Arc<dyn BulkStore>) {
+    let r = ResourceId::new_random();
+    let mut needles = Vec::new();
+    for i in 0..60 {
+        let custom = if i % 25 == 7 { "needle" } else { "hay" };
+        let custom = format!("{custom}-{i}");
+        let c = store
+            .create_identity(new_identity(r, Some(&custom)))
+            .await
+            .expect("create");
+        if custom.starts_with("needle") {
+            needles.push(c.identity.id);
+        }
+    }
+    needles.sort_by_key(ToString::to_string);
+    let filter = IdentityFilter {
+        custom_id_prefix: Some("needle".into()),
+        ..IdentityFilter::default()
+    };
+    // A page of 1 reads at most 10 rows: the first page stops there, empty or not, and says
+    // where to go on.
+    let first = store.list_page(r, None, 1, &filter).await.expect("list");
+    assert!(first.records.len() <= 1);
+    assert!(
+        first.next_after.is_some(),
+        "60 rows are more than one page reads"
+    );
+    let listed = list_all(store.as_ref(), r, 1, &filter).await;
+    let listed: Vec<IdentityId> = listed.iter().map(|i| i.id).collect();
+    assert_eq!(listed, needles);
+    // Without a filter a page reads one row more than it holds, so a full last page ends it.
+    let page = store
+        .list_page(r, None, 60, &IdentityFilter::default())
+        .await
+        .expect("list");
+    assert_eq!((page.records.len(), page.next_after), (60, None));
+}
+
 async fn listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing(
     store: Arc<dyn BulkStore>,
 ) {
@@ -949,6 +987,7 @@ macro_rules! conformance_suite {
                 last_token_time_is_visible,
                 listing_pages_through_a_resource_in_id_order_without_others,
                 listing_filters_by_custom_id_prefix_and_token_time,
+                a_sparse_filter_reads_a_bounded_run_of_rows_per_page,
                 listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing,
                 default_resource_is_bootstrapped_once,
                 signing_keys_come_back_newest_first,
