@@ -120,7 +120,9 @@ fn ids(route: &Route) -> Vec<&str> {
 /// The method each route is reached with.
 fn method_of(route: &Route) -> Method {
     match route {
-        Route::Health | Route::Jwks | Route::Get(_) | Route::AssignmentGet(..) => Method::GET,
+        Route::Health | Route::Jwks | Route::List | Route::Get(_) | Route::AssignmentGet(..) => {
+            Method::GET
+        }
         Route::Delete(_) | Route::AssignmentDelete(..) => Method::DELETE,
         Route::LegacyRevoke(_) => Method::PATCH,
         Route::AssignmentPut(..) => Method::PUT,
