@@ -126,7 +126,8 @@ impl RawParameters {
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = form_decode(name);
+            // A name that does not decode is no parameter of the listing's.
+            let name = form_decode(name).unwrap_or_default();
             let (slot, target) = match name.as_str() {
                 MAX_PAGE_SIZE_PARAMETER => (&mut raw.page_size, MAX_PAGE_SIZE_PARAMETER),
                 LAST_TOKEN_ISSUED_BEFORE_PARAMETER => {
@@ -146,7 +147,10 @@ impl RawParameters {
                 }
                 _ => continue,
             };
-            if slot.replace(form_decode(value)).is_some() {
+            let value = form_decode(value).ok_or_else(|| {
+                ApiError::validation(format!("{target} is not valid UTF-8."), target)
+            })?;
+            if slot.replace(value).is_some() {
                 return Err(ApiError::validation(
                     format!("{target} must be given at most once."),
                     target,
@@ -157,12 +161,14 @@ impl RawParameters {
     }
 }
 
-/// A form-encoded query component: `%XX` escapes, `+` a space.
-fn form_decode(raw: &str) -> String {
+/// A form-encoded query component: `%XX` escapes, `+` a space; `None` when the bytes are not
+/// UTF-8 (a filter silently turned into U+FFFD would list something else than asked).
+fn form_decode(raw: &str) -> Option<String> {
     let spaced = raw.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// Decimal digits only (no sign, no spaces), 1 to the maximum.

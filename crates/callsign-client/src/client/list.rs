@@ -95,10 +95,11 @@ impl CommunicationIdentityClient {
         &self,
         options: ListUsersOptions,
     ) -> impl Stream<Item = Result<CommunicationUserDetails, Error>> + Send + 'static {
-        /// Where the listing is: before the first page, at a link, or done.
+        /// Where the listing is: before the first page, at a link (with the last id seen), or
+        /// done.
         enum Next {
             First,
-            Link(String),
+            Link(String, Option<String>),
             Done,
         }
         let client = self.clone();
@@ -106,13 +107,17 @@ impl CommunicationIdentityClient {
             let client = client.clone();
             let options = options.clone();
             async move {
-                let link = match next {
+                let (link, last_id) = match next {
                     Next::Done => return Ok(None),
-                    Next::First => None,
-                    Next::Link(link) => Some(link),
+                    Next::First => (None, None),
+                    Next::Link(link, last_id) => (Some(link), last_id),
                 };
                 let page = client.list_users_page(&options, link.as_deref()).await?;
-                let next = page.next_link.map_or(Next::Done, Next::Link);
+                let last_id = check_progress(&page, link.as_deref(), last_id)?;
+                let next = page
+                    .next_link
+                    .clone()
+                    .map_or(Next::Done, |l| Next::Link(l, last_id));
                 Ok(Some((stream::iter(page.users.into_iter().map(Ok)), next)))
             }
         })
@@ -163,4 +168,28 @@ impl CommunicationIdentityClient {
 
 fn bad_url(e: &dyn std::fmt::Display) -> Error {
     Error::Configuration(format!("cannot build the request URL: {e}"))
+}
+
+/// Pages come in id order: a page that repeats its own link or does not move past the last id
+/// seen would make the listing go round for ever, so it ends it with an error instead.
+fn check_progress(
+    page: &UsersPage,
+    link: Option<&str>,
+    mut last_id: Option<String>,
+) -> Result<Option<String>, Error> {
+    let stuck = |detail: &str| Error::UnexpectedResponse {
+        status: 200,
+        detail: format!("the listing does not move forward: {detail}"),
+    };
+    if link.is_some() && page.next_link.as_deref() == link {
+        return Err(stuck("a page names itself as the next one"));
+    }
+    for user in &page.users {
+        let id = user.user.to_string();
+        if last_id.as_ref().is_some_and(|last| id <= *last) {
+            return Err(stuck("identities out of order or repeated"));
+        }
+        last_id = Some(id);
+    }
+    Ok(last_id)
 }

@@ -108,3 +108,46 @@ async fn a_next_link_to_another_server_is_not_followed() {
         "{target}"
     );
 }
+
+/// A server whose pages do not move forward (a page naming itself, or ids that go back) ends
+/// the listing with an error instead of making the client request for ever.
+#[tokio::test]
+async fn a_listing_that_does_not_move_forward_ends_with_an_error() {
+    let id = |n: u32| {
+        format!("8:acs:5b0a7d4e-1c2f-4a3b-9d8e-7f6a5b4c3d2e_0a1b2c3d-4e5f-4a6b-8c7d-{n:012}")
+    };
+    let link = "identities?api-version=2025-03-02-preview&continuationToken=same";
+    let same = format!(r#"{{"value":[{{"id":"{}"}}],"nextLink":"{link}"}}"#, id(2));
+    let canned = CannedServer::start(vec![
+        response(200, &[], &same),
+        response(200, &[], &same),
+        response(200, &[], &same),
+    ])
+    .await;
+    let client = canned.client(RetryPolicy::none(), Duration::from_secs(5));
+    let mut users = std::pin::pin!(client.list_users(ListUsersOptions::default()));
+    users.try_next().await.expect("first page").expect("a user");
+    let e = users.try_next().await.expect_err("stopped");
+    assert!(matches!(e, Error::UnexpectedResponse { .. }), "{e:?}");
+    assert_eq!(
+        canned.requests().len(),
+        2,
+        "stopped at the page that names itself"
+    );
+
+    let backwards = [
+        format!(r#"{{"value":[{{"id":"{}"}}],"nextLink":"{link}1"}}"#, id(5)),
+        format!(r#"{{"value":[{{"id":"{}"}}],"nextLink":"{link}2"}}"#, id(3)),
+    ];
+    let canned = CannedServer::start(vec![
+        response(200, &[], &backwards[0]),
+        response(200, &[], &backwards[1]),
+    ])
+    .await;
+    let client = canned.client(RetryPolicy::none(), Duration::from_secs(5));
+    let mut users = std::pin::pin!(client.list_users(ListUsersOptions::default()));
+    users.try_next().await.expect("first page").expect("a user");
+    let e = users.try_next().await.expect_err("stopped");
+    assert!(matches!(e, Error::UnexpectedResponse { .. }), "{e:?}");
+    assert_eq!(canned.requests().len(), 2);
+}

@@ -215,6 +215,7 @@ async fn bad_listing_parameters_are_400_and_change_nothing(backend: Backend) {
             "lastTokenIssuedBefore",
         ),
         ("customIdPrefix=".into(), "customIdPrefix"),
+        ("customIdPrefix=%E2%80".into(), "customIdPrefix"),
         (
             format!("customIdPrefix={}", "a".repeat(257)),
             "customIdPrefix",
