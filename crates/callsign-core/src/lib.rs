@@ -20,6 +20,7 @@ mod clock;
 mod expiry;
 mod id;
 mod keys;
+mod resource;
 mod scope;
 pub mod token;
 
@@ -28,4 +29,5 @@ pub use clock::{Clock, FixedClock, SystemClock, format_expires_on};
 pub use expiry::{ExpiresIn, ExpiresInError};
 pub use id::{CustomId, CustomIdError, IdError, IdentityId, ResourceId};
 pub use keys::{AccessKey, AccessKeyError};
+pub use resource::{HostName, ResourceName, ResourceNameError};
 pub use scope::{Scope, ScopeError, Scopes};

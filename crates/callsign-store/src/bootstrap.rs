@@ -1,6 +1,6 @@
 //! The default resource every deployment starts with.
 
-use callsign_core::{AccessKey, Clock, ResourceId};
+use callsign_core::{Clock, ResourceName};
 
 use crate::{ResourceRecord, ResourceStore, StoreError};
 
@@ -15,12 +15,7 @@ pub async fn ensure_default_resource(
     if let Some(r) = store.default_resource().await? {
         return Ok((r, false));
     }
-    let candidate = ResourceRecord {
-        id: ResourceId::new_random(),
-        primary_key: AccessKey::generate(),
-        secondary_key: AccessKey::generate(),
-        created_at: clock.now(),
-    };
+    let candidate = ResourceRecord::generate(ResourceName::default_name(), None, clock.now());
     let winner = store.bootstrap_default_resource(candidate.clone()).await?;
     let created = winner.id == candidate.id;
     Ok((winner, created))

@@ -6,8 +6,8 @@ use std::fmt;
 use callsign_core::IdentityId;
 
 use crate::{
-    AssignmentStore, BulkIdentities, BulkStore, ResourceRecord, ResourceStore, SigningKeyStore,
-    StoreError,
+    AssignmentStore, BulkIdentities, BulkStore, KeySlot, ResourceCreated, ResourceRecord,
+    ResourceStore, SigningKeyStore, StoreError,
 };
 
 /// How many ids of each kind of divergence a [`CopyError::Diverged`] names.
@@ -34,6 +34,8 @@ impl Default for CopyOptions {
 /// What a copy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CopyReport {
+    /// Resources created on the target or given the source's access keys.
+    pub resources: usize,
     /// Signing keys added to the target.
     pub signing_keys: usize,
     /// Tombstones read from the source.
@@ -105,6 +107,9 @@ pub enum CopyError {
         /// A few of them (up to five of each kind).
         examples: Vec<DivergedId>,
     },
+    /// The target refused a resource of the source (its name or host is in use there).
+    #[error("the target refused resource {0}: {1:?}")]
+    ResourceRefused(String, ResourceCreated),
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -150,15 +155,50 @@ pub async fn copy_store(
         report.deleted_on_target = divergence.deleted;
     }
     let winner = to.bootstrap_default_resource(resource.clone()).await?;
-    if winner != resource {
+    if winner.id != resource.id {
         return Err(CopyError::DifferentResource(winner.id.to_string()));
     }
+    report.resources = copy_resources(from, to).await?;
     report.signing_keys = copy_signing_keys(from, to).await?;
     // Deletes first: they take identities out of the target before identities are copied.
     copy_tombstones(from, to, batch, &mut report).await?;
     copy_identities(from, to, batch, &mut report).await?;
     report.assignments = copy_assignments(from, to).await?;
     Ok(report)
+}
+
+/// Brings every resource of the source to the target: a missing one is created, one present
+/// (by id) gets the source's access keys. Returns how many were created or changed.
+async fn copy_resources(
+    from: &dyn ResourceStore,
+    to: &dyn ResourceStore,
+) -> Result<usize, CopyError> {
+    let present = to.resources().await?;
+    let mut changed = 0;
+    for source in from.resources().await? {
+        let Some(target) = present.iter().find(|r| r.id == source.id) else {
+            match to.create_resource(source.clone()).await? {
+                ResourceCreated::Created => {}
+                refused => {
+                    return Err(CopyError::ResourceRefused(source.name.to_string(), refused));
+                }
+            }
+            changed += 1;
+            continue;
+        };
+        let mut differs = false;
+        for slot in [KeySlot::Primary, KeySlot::Secondary, KeySlot::VerifyOnly] {
+            if let Some(key) = source.key(slot)
+                && target.key(slot) != Some(key)
+            {
+                to.replace_access_key(source.id, slot, key.clone(), false)
+                    .await?;
+                differs = true;
+            }
+        }
+        changed += usize::from(differs);
+    }
+    Ok(changed)
 }
 
 /// The source's default resource, checked against the target's (if it has one yet).
@@ -171,7 +211,7 @@ async fn source_resource(
         .await?
         .ok_or(CopyError::EmptySource)?;
     match to.default_resource().await? {
-        Some(existing) if existing != resource => {
+        Some(existing) if existing.id != resource.id => {
             Err(CopyError::DifferentResource(existing.id.to_string()))
         }
         _ => Ok(resource),

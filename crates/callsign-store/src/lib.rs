@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, CustomId, IdentityId, ResourceId, TeamsAssignment};
+use callsign_core::{
+    AccessKey, CustomId, HostName, IdentityId, ResourceId, ResourceName, TeamsAssignment,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -433,17 +435,102 @@ pub struct Created {
     pub created: bool,
 }
 
-/// A communication resource: its GUID and its two access keys.
+/// A communication resource: its GUID, name, routing host and access keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceRecord {
     /// The GUID.
     pub id: ResourceId,
+    /// Its name, unique in the deployment.
+    pub name: ResourceName,
+    /// The host name whose requests reach it; `None`: the server's own address, shared by at
+    /// most [`MAX_RESOURCES_PER_HOST`] resources that are told apart by their keys.
+    pub host: Option<HostName>,
     /// Primary access key.
     pub primary_key: AccessKey,
     /// Secondary access key.
     pub secondary_key: AccessKey,
+    /// The verify-only key (introspection and the revocation feed, nothing else), once made.
+    pub verify_key: Option<AccessKey>,
     /// Creation time.
     pub created_at: OffsetDateTime,
+}
+
+impl ResourceRecord {
+    /// A new resource with fresh primary and secondary keys and no verify-only key.
+    pub fn generate(name: ResourceName, host: Option<HostName>, now: OffsetDateTime) -> Self {
+        Self {
+            id: ResourceId::new_random(),
+            name,
+            host,
+            primary_key: AccessKey::generate(),
+            secondary_key: AccessKey::generate(),
+            verify_key: None,
+            // The precision both backends keep, so that what is stored reads back equal.
+            created_at: from_unix_ms(unix_ms(now)).unwrap_or(now),
+        }
+    }
+
+    /// The key in `slot`, if the resource has one there.
+    pub fn key(&self, slot: KeySlot) -> Option<&AccessKey> {
+        match slot {
+            KeySlot::Primary => Some(&self.primary_key),
+            KeySlot::Secondary => Some(&self.secondary_key),
+            KeySlot::VerifyOnly => self.verify_key.as_ref(),
+        }
+    }
+}
+
+/// The most resources that share one host (or the server's own address): a request to that
+/// host is tried against each of their keys, so this bounds the signature work an
+/// unauthenticated request can cause, however many resources a deployment holds. More
+/// resources need host names of their own.
+pub const MAX_RESOURCES_PER_HOST: usize = 4;
+
+/// Which of a resource's access keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeySlot {
+    /// The primary key: every operation.
+    Primary,
+    /// The secondary key: every operation.
+    Secondary,
+    /// The verify-only key: introspection and the revocation feed only.
+    VerifyOnly,
+}
+
+impl KeySlot {
+    /// `primary`, `secondary`, `verify-only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySlot::Primary => "primary",
+            KeySlot::Secondary => "secondary",
+            KeySlot::VerifyOnly => "verify-only",
+        }
+    }
+}
+
+/// What [`ResourceStore::create_resource`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceCreated {
+    /// Stored.
+    Created,
+    /// Another resource has that name; nothing stored.
+    NameTaken,
+    /// [`MAX_RESOURCES_PER_HOST`] resources share that host already; nothing stored.
+    HostFull,
+}
+
+/// What [`ResourceStore::delete_resource`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceDeleted {
+    /// Deleted with its identities (how many), tombstones and assignments.
+    Deleted {
+        /// Identities deleted with it.
+        identities: u64,
+    },
+    /// No such resource.
+    NotFound,
+    /// The default resource is never deleted.
+    IsDefault,
 }
 
 /// A token signing key as stored.
@@ -513,10 +600,42 @@ pub trait IdentityStore: Send + Sync {
 }
 
 /// Resources and their access keys.
+///
+/// Every change of a resource or key also increments the store's configuration generation
+/// ([`ResourceStore::config_generation`]) in the same transaction: running nodes poll it and
+/// reload the resources when it moves.
 #[async_trait]
 pub trait ResourceStore: Send + Sync {
     /// The default resource, if bootstrapped.
     async fn default_resource(&self) -> Result<Option<ResourceRecord>, StoreError>;
+
+    /// Every resource, oldest first.
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError>;
+
+    /// Stores a new resource, unless its name is taken or its host is full (checked atomically
+    /// with the insert, also against concurrent creates on other nodes).
+    async fn create_resource(
+        &self,
+        resource: ResourceRecord,
+    ) -> Result<ResourceCreated, StoreError>;
+
+    /// Deletes a resource with its identities, tombstones and assignments, in one transaction.
+    async fn delete_resource(&self, id: ResourceId) -> Result<ResourceDeleted, StoreError>;
+
+    /// Replaces the key in `slot` (the others keep working); with `revoke_tokens`, every token
+    /// issued so far for the resource is revoked in the same transaction (every identity's
+    /// revocation epoch is raised). Returns how many identities were revoked, `None` when there
+    /// is no such resource.
+    async fn replace_access_key(
+        &self,
+        id: ResourceId,
+        slot: KeySlot,
+        key: AccessKey,
+        revoke_tokens: bool,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// A number that changes whenever resources or keys change (one cheap read).
+    async fn config_generation(&self) -> Result<u64, StoreError>;
 
     /// Makes `candidate` the default resource unless one exists; returns the one in force.
     async fn bootstrap_default_resource(
@@ -574,8 +693,11 @@ pub trait AssignmentStore: Send + Sync {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct StoredResource {
     pub(crate) id: ResourceId,
+    pub(crate) name: String,
+    pub(crate) host: Option<String>,
     pub(crate) primary: String,
     pub(crate) secondary: String,
+    pub(crate) verify: Option<String>,
     pub(crate) created_at: OffsetDateTime,
 }
 
@@ -593,11 +715,25 @@ impl KeyProtection {
         let id = r.id.to_string();
         StoredResource {
             id: r.id,
+            name: r.name.as_str().to_owned(),
+            host: r.host.as_ref().map(|h| h.as_str().to_owned()),
             primary: self.store_text(r.primary_key.expose(), &access_key_slot(&id, "primary")),
             secondary: self
                 .store_text(r.secondary_key.expose(), &access_key_slot(&id, "secondary")),
+            verify: r
+                .verify_key
+                .as_ref()
+                .map(|k| self.seal_access_key(r.id, KeySlot::VerifyOnly, k)),
             created_at: r.created_at,
         }
+    }
+
+    /// The stored form of one access key of resource `id`.
+    pub(crate) fn seal_access_key(&self, id: ResourceId, slot: KeySlot, key: &AccessKey) -> String {
+        self.store_text(
+            key.expose(),
+            &access_key_slot(&id.to_string(), slot_label(slot)),
+        )
     }
 
     /// A resource from its stored form.
@@ -609,8 +745,21 @@ impl KeyProtection {
         };
         Ok(ResourceRecord {
             id: s.id,
+            name: ResourceName::parse(&s.name)
+                .map_err(|e| StoreError::corrupt(format!("name of resource {id}")).caused_by(e))?,
+            host: s
+                .host
+                .as_deref()
+                .map(HostName::parse)
+                .transpose()
+                .map_err(|e| StoreError::corrupt(format!("host of resource {id}")).caused_by(e))?,
             primary_key: key(&s.primary, "primary")?,
             secondary_key: key(&s.secondary, "secondary")?,
+            verify_key: s
+                .verify
+                .as_deref()
+                .map(|v| key(v, slot_label(KeySlot::VerifyOnly)))
+                .transpose()?,
             created_at: s.created_at,
         })
     }
@@ -638,6 +787,16 @@ impl KeyProtection {
                 .to_vec(),
             created_at: k.created_at,
         })
+    }
+}
+
+/// The label of a key slot in its sealing slot name (`primary` and `secondary` as they have
+/// always been, `verify`).
+fn slot_label(slot: KeySlot) -> &'static str {
+    match slot {
+        KeySlot::Primary => "primary",
+        KeySlot::Secondary => "secondary",
+        KeySlot::VerifyOnly => "verify",
     }
 }
 
@@ -689,7 +848,11 @@ impl KeyRewrite {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.resources.len() * 2 + self.keys.len()
+        self.resources
+            .iter()
+            .map(|(old, _)| 2 + usize::from(old.verify.is_some()))
+            .sum::<usize>()
+            + self.keys.len()
     }
 }
 
@@ -697,7 +860,10 @@ impl KeyRewrite {
 pub(crate) fn count_sealed(resources: &[StoredResource], keys: &[StoredSigningKey]) -> SealStatus {
     let mut status = SealStatus::default();
     for r in resources {
-        for v in [&r.primary, &r.secondary] {
+        for v in [Some(&r.primary), Some(&r.secondary), r.verify.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if is_sealed(v) {
                 status.sealed += 1;
             } else {

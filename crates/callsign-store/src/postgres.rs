@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -31,7 +31,8 @@ use crate::{
     from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
 };
 use crate::{
-    KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
+    KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
+    ResourceDeleted, SealStatus, StoredResource, count_sealed,
 };
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
@@ -107,6 +108,27 @@ CREATE TABLE callsign_identity_tombstones (
         // collation of the primary key, so the scan's order is the order `id > $after` compares.
         r#"
 CREATE INDEX callsign_identities_by_resource ON callsign_identities (resource_id, id);
+"#,
+    ),
+    (
+        5,
+        "several resources",
+        // A unique name, the host name that routes to the resource (NULL: the server's own
+        // address), a verify-only key; and the counter running nodes poll to see that resources
+        // or keys changed.
+        r#"
+ALTER TABLE callsign_resources ADD COLUMN name TEXT;
+ALTER TABLE callsign_resources ADD COLUMN host TEXT;
+ALTER TABLE callsign_resources ADD COLUMN verify_key TEXT;
+UPDATE callsign_resources SET name = 'default' WHERE is_default;
+UPDATE callsign_resources SET name = 'resource-' || substr(id, 1, 8) WHERE name IS NULL;
+ALTER TABLE callsign_resources ALTER COLUMN name SET NOT NULL;
+CREATE UNIQUE INDEX callsign_resources_by_name ON callsign_resources (name);
+CREATE TABLE callsign_config_generation (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    generation BIGINT NOT NULL
+);
+INSERT INTO callsign_config_generation (id, generation) VALUES (1, 0);
 "#,
     ),
 ];
@@ -212,8 +234,10 @@ fn checksum(sql: &str) -> String {
         .collect()
 }
 
-const SELECT_DEFAULT_RESOURCE: &str =
-    "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources WHERE is_default";
+const RESOURCE_COLUMNS: &str =
+    "id, name, host, primary_key, secondary_key, verify_key, created_at_ms";
+const SELECT_DEFAULT_RESOURCE: &str = "SELECT id, name, host, primary_key, secondary_key, \
+     verify_key, created_at_ms FROM callsign_resources WHERE is_default";
 const INSERT_SIGNING_KEY: &str =
     "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)";
 
@@ -267,9 +291,12 @@ fn resource(row: &tokio_postgres::Row) -> Result<StoredResource, StoreError> {
     let id: String = row.try_get(0).map_err(pg)?;
     Ok(StoredResource {
         id: ResourceId::parse(&id).map_err(|_| StoreError::corrupt("resource id"))?,
-        primary: row.try_get(1).map_err(pg)?,
-        secondary: row.try_get(2).map_err(pg)?,
-        created_at: from_ms(row.try_get(3).map_err(pg)?)?,
+        name: row.try_get(1).map_err(pg)?,
+        host: row.try_get(2).map_err(pg)?,
+        primary: row.try_get(3).map_err(pg)?,
+        secondary: row.try_get(4).map_err(pg)?,
+        verify: row.try_get(5).map_err(pg)?,
+        created_at: from_ms(row.try_get(6).map_err(pg)?)?,
     })
 }
 
@@ -682,27 +709,206 @@ impl ResourceStore for PostgresStore {
         &self,
         candidate: ResourceRecord,
     ) -> Result<ResourceRecord, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
         let stored = self.keys.seal_resource(&candidate);
-        client
-            .execute(
-                "INSERT INTO callsign_resources (id, is_default, primary_key, secondary_key, created_at_ms)
-                 VALUES ($1, TRUE, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[
-                    &stored.id.to_string(),
-                    &stored.primary,
-                    &stored.secondary,
-                    &ms(stored.created_at),
-                ],
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg)?;
+        let existing = tx
+            .query_opt(SELECT_DEFAULT_RESOURCE, &[])
+            .await
+            .map_err(pg)?;
+        let winner = match existing {
+            Some(row) => resource(&row)?,
+            None => {
+                insert_resource(&tx, &stored, true).await?;
+                stored
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        self.keys.open_resource(&winner)
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM callsign_resources ORDER BY created_at_ms, id"
+                ),
+                &[],
             )
             .await
             .map_err(pg)?;
-        let row = client
-            .query_one(SELECT_DEFAULT_RESOURCE, &[])
+        rows.iter()
+            .map(|r| self.keys.open_resource(&resource(r)?))
+            .collect()
+    }
+
+    async fn create_resource(
+        &self,
+        candidate: ResourceRecord,
+    ) -> Result<ResourceCreated, StoreError> {
+        let stored = self.keys.seal_resource(&candidate);
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // One resource change at a time across nodes: the name and host checks hold at commit.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await
             .map_err(pg)?;
-        self.keys.open_resource(&resource(&row)?)
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM callsign_resources WHERE name = $1),
+                        (SELECT count(*) FROM callsign_resources WHERE host IS NOT DISTINCT FROM $2)",
+                &[&stored.name, &stored.host],
+            )
+            .await
+            .map_err(pg)?;
+        let taken: bool = row.try_get(0).map_err(pg)?;
+        let sharing: i64 = row.try_get(1).map_err(pg)?;
+        if taken {
+            return Ok(ResourceCreated::NameTaken);
+        }
+        if usize::try_from(sharing).unwrap_or(usize::MAX) >= MAX_RESOURCES_PER_HOST {
+            return Ok(ResourceCreated::HostFull);
+        }
+        insert_resource(&tx, &stored, false).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(ResourceCreated::Created)
     }
+
+    async fn delete_resource(&self, id: ResourceId) -> Result<ResourceDeleted, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let id = id.to_string();
+        let is_default: Option<bool> = tx
+            .query_opt(
+                "SELECT is_default FROM callsign_resources WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg)?;
+        match is_default {
+            None => return Ok(ResourceDeleted::NotFound),
+            Some(true) => return Ok(ResourceDeleted::IsDefault),
+            Some(false) => {}
+        }
+        tx.execute(
+            "INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
+             SELECT id, resource_id, $2 FROM callsign_identities WHERE resource_id = $1
+             ON CONFLICT DO NOTHING",
+            &[&id, &ms(OffsetDateTime::now_utc())],
+        )
+        .await
+        .map_err(pg)?;
+        let identities = tx
+            .execute(
+                "DELETE FROM callsign_identities WHERE resource_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?;
+        for sql in [
+            "DELETE FROM callsign_teams_assignments WHERE resource_id = $1",
+            "DELETE FROM callsign_resources WHERE id = $1",
+        ] {
+            tx.execute(sql, &[&id]).await.map_err(pg)?;
+        }
+        bump_generation(&tx).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(ResourceDeleted::Deleted { identities })
+    }
+
+    async fn replace_access_key(
+        &self,
+        id: ResourceId,
+        slot: KeySlot,
+        key: AccessKey,
+        revoke_tokens: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let stored = self.keys.seal_access_key(id, slot, &key);
+        let sql = match slot {
+            KeySlot::Primary => "UPDATE callsign_resources SET primary_key = $2 WHERE id = $1",
+            KeySlot::Secondary => "UPDATE callsign_resources SET secondary_key = $2 WHERE id = $1",
+            KeySlot::VerifyOnly => "UPDATE callsign_resources SET verify_key = $2 WHERE id = $1",
+        };
+        let id = id.to_string();
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        if tx.execute(sql, &[&id, &stored]).await.map_err(pg)? == 0 {
+            return Ok(None);
+        }
+        let revoked = if revoke_tokens {
+            tx.execute(
+                "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1
+                 WHERE resource_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?
+        } else {
+            0
+        };
+        bump_generation(&tx).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(revoked))
+    }
+
+    async fn config_generation(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached("SELECT generation FROM callsign_config_generation WHERE id = 1")
+            .await
+            .map_err(pg)?;
+        let generation: i64 = client
+            .query_one(&stmt, &[])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        u64::try_from(generation).map_err(|_| StoreError::corrupt("negative generation"))
+    }
+}
+
+/// Inserts a resource (stored form) and moves the configuration generation.
+async fn insert_resource(
+    tx: &deadpool_postgres::Transaction<'_>,
+    r: &StoredResource,
+    is_default: bool,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO callsign_resources
+             (id, is_default, name, host, primary_key, secondary_key, verify_key, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &r.id.to_string(),
+            &is_default,
+            &r.name,
+            &r.host,
+            &r.primary,
+            &r.secondary,
+            &r.verify,
+            &ms(r.created_at),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    bump_generation(tx).await
+}
+
+/// Moves the configuration generation running nodes poll.
+async fn bump_generation(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE callsign_config_generation SET generation = generation + 1 WHERE id = 1",
+        &[],
+    )
+    .await
+    .map(drop)
+    .map_err(pg)
 }
 
 #[async_trait]
@@ -787,7 +993,7 @@ impl PostgresStore {
     ) -> Result<(Vec<StoredResource>, Vec<StoredSigningKey>), StoreError> {
         let resources = client
             .query(
-                "SELECT id, primary_key, secondary_key, created_at_ms FROM callsign_resources",
+                &format!("SELECT {RESOURCE_COLUMNS} FROM callsign_resources"),
                 &[],
             )
             .await
@@ -828,10 +1034,12 @@ impl KeyMaterialStore for PostgresStore {
         let plan = KeyRewrite::plan(&self.keys, resources, keys)?;
         let mut n = 0;
         for (old, new) in &plan.resources {
-            n += 2 * tx
-                .execute(
-                    "UPDATE callsign_resources SET primary_key = $2, secondary_key = $3 WHERE id = $1",
-                    &[&old.id.to_string(), &new.primary, &new.secondary],
+            let values = 2 + usize::from(old.verify.is_some());
+            n += values
+                * tx.execute(
+                    "UPDATE callsign_resources SET primary_key = $2, secondary_key = $3, verify_key = $4
+                     WHERE id = $1",
+                    &[&old.id.to_string(), &new.primary, &new.secondary, &new.verify],
                 )
                 .await
                 .map_err(pg)? as usize;

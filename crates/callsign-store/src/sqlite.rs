@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -37,7 +37,8 @@ use crate::{
     from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
 };
 use crate::{
-    KeyMaterialStore, KeyProtection, KeyRewrite, SealStatus, StoredResource, count_sealed,
+    KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
+    ResourceDeleted, SealStatus, StoredResource, count_sealed,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -96,6 +97,22 @@ CREATE TABLE identity_tombstones (
     r#"
 CREATE INDEX identities_by_resource ON identities(resource_id, id);
 "#,
+    // Several resources: a unique name, the host name that routes to it (NULL: the server's
+    // own address), a verify-only key; and the counter running nodes poll to see that
+    // resources or keys changed.
+    r#"
+ALTER TABLE resources ADD COLUMN name TEXT;
+ALTER TABLE resources ADD COLUMN host TEXT;
+ALTER TABLE resources ADD COLUMN verify_key TEXT;
+UPDATE resources SET name = 'default' WHERE is_default = 1;
+UPDATE resources SET name = 'resource-' || substr(id, 1, 8) WHERE name IS NULL;
+CREATE UNIQUE INDEX resources_by_name ON resources(name);
+CREATE TABLE config_generation (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
+);
+INSERT INTO config_generation (id, generation) VALUES (1, 0);
+"#,
 ];
 
 const READERS: usize = 4;
@@ -130,6 +147,9 @@ enum Job {
     Revoke(IdentityId, Reply<Option<u64>>),
     Delete(IdentityId, Reply<bool>),
     Bootstrap(StoredResource, Reply<StoredResource>),
+    CreateResource(StoredResource, Reply<ResourceCreated>),
+    DeleteResource(ResourceId, Reply<ResourceDeleted>),
+    ReplaceKey(KeyReplacement, Reply<Option<u64>>),
     RewriteKeys(KeyRewrite, Reply<usize>),
     AddKey(StoredSigningKey, Reply<()>),
     BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
@@ -141,6 +161,15 @@ enum Job {
     /// Runs SQL on the writer's connection, inside the batch (tests only).
     #[cfg(test)]
     Exec(&'static str, Reply<()>),
+}
+
+/// A new access key for a resource's slot, in its stored form, and whether to revoke every token
+/// of the resource with it.
+struct KeyReplacement {
+    resource: ResourceId,
+    slot: KeySlot,
+    stored: String,
+    revoke_tokens: bool,
 }
 
 /// An assignment's primary key as stored: resource, tenant, object (lowercase hyphenated).
@@ -808,6 +837,9 @@ fn fail(job: Job, e: StoreError) {
         Job::Revoke(_, r) => drop(r.send(Err(e))),
         Job::Delete(_, r) => drop(r.send(Err(e))),
         Job::Bootstrap(_, r) => drop(r.send(Err(e))),
+        Job::CreateResource(_, r) => drop(r.send(Err(e))),
+        Job::DeleteResource(_, r) => drop(r.send(Err(e))),
+        Job::ReplaceKey(_, r) => drop(r.send(Err(e))),
         Job::RewriteKeys(_, r) => drop(r.send(Err(e))),
         Job::AddKey(_, r) => drop(r.send(Err(e))),
         Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
@@ -895,6 +927,15 @@ fn run_job(
         }
         Job::Bootstrap(candidate, reply) => {
             answer(reply, in_savepoint(tx, |tx| bootstrap(tx, candidate)))
+        }
+        Job::CreateResource(resource, reply) => {
+            answer(reply, in_savepoint(tx, |tx| create_resource(tx, &resource)))
+        }
+        Job::DeleteResource(id, reply) => {
+            answer(reply, in_savepoint(tx, |tx| delete_resource(tx, id)))
+        }
+        Job::ReplaceKey(replacement, reply) => {
+            answer(reply, in_savepoint(tx, |tx| replace_key(tx, &replacement)))
         }
         Job::RewriteKeys(plan, reply) => {
             answer(reply, in_savepoint(tx, |tx| rewrite_keys(tx, &plan)))
@@ -1225,17 +1266,137 @@ fn bootstrap(
     if let Some(existing) = read_default_resource(tx)? {
         return Ok(existing);
     }
+    insert_resource(tx, &candidate, true)?;
+    read_default_resource(tx)?.ok_or_else(|| StoreError::backend("the default resource vanished"))
+}
+
+fn insert_resource(
+    tx: &rusqlite::Transaction<'_>,
+    r: &StoredResource,
+    is_default: bool,
+) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO resources (id, is_default, primary_key, secondary_key, created_at_ms) VALUES (?1, 1, ?2, ?3, ?4)",
+        "INSERT INTO resources (id, is_default, name, host, primary_key, secondary_key, verify_key, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
-            candidate.id.to_string(),
-            candidate.primary,
-            candidate.secondary,
-            ms(candidate.created_at)
+            r.id.to_string(),
+            is_default,
+            r.name,
+            r.host,
+            r.primary,
+            r.secondary,
+            r.verify,
+            ms(r.created_at)
         ],
     )
     .map_err(backend)?;
-    read_default_resource(tx)?.ok_or_else(|| StoreError::backend("the default resource vanished"))
+    bump_generation(tx)
+}
+
+/// Moves the configuration generation running nodes poll.
+fn bump_generation(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE config_generation SET generation = generation + 1 WHERE id = 1",
+        [],
+    )
+    .map(drop)
+    .map_err(backend)
+}
+
+fn create_resource(
+    tx: &rusqlite::Transaction<'_>,
+    r: &StoredResource,
+) -> Result<ResourceCreated, StoreError> {
+    let taken: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM resources WHERE name = ?1)",
+            [&r.name],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if taken {
+        return Ok(ResourceCreated::NameTaken);
+    }
+    let sharing: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM resources WHERE host IS ?1",
+            [&r.host],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if usize::try_from(sharing).unwrap_or(usize::MAX) >= MAX_RESOURCES_PER_HOST {
+        return Ok(ResourceCreated::HostFull);
+    }
+    insert_resource(tx, r, false)?;
+    Ok(ResourceCreated::Created)
+}
+
+/// Deletes a resource and what it holds; its identities leave tombstones, as a delete does.
+fn delete_resource(
+    tx: &rusqlite::Transaction<'_>,
+    id: ResourceId,
+) -> Result<ResourceDeleted, StoreError> {
+    let id = id.to_string();
+    let is_default: Option<bool> = tx
+        .query_row(
+            "SELECT is_default FROM resources WHERE id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match is_default {
+        None => return Ok(ResourceDeleted::NotFound),
+        Some(true) => return Ok(ResourceDeleted::IsDefault),
+        Some(false) => {}
+    }
+    let now = ms(OffsetDateTime::now_utc());
+    tx.execute(
+        "INSERT OR IGNORE INTO identity_tombstones (id, resource_id, deleted_at_ms)
+         SELECT id, resource_id, ?2 FROM identities WHERE resource_id = ?1",
+        params![id, now],
+    )
+    .map_err(backend)?;
+    let identities = tx
+        .execute("DELETE FROM identities WHERE resource_id = ?1", [&id])
+        .map_err(backend)?;
+    tx.execute(
+        "DELETE FROM teams_assignments WHERE resource_id = ?1",
+        [&id],
+    )
+    .map_err(backend)?;
+    tx.execute("DELETE FROM resources WHERE id = ?1", [&id])
+        .map_err(backend)?;
+    bump_generation(tx)?;
+    Ok(ResourceDeleted::Deleted {
+        identities: identities as u64,
+    })
+}
+
+fn replace_key(
+    tx: &rusqlite::Transaction<'_>,
+    k: &KeyReplacement,
+) -> Result<Option<u64>, StoreError> {
+    let sql = match k.slot {
+        KeySlot::Primary => "UPDATE resources SET primary_key = ?2 WHERE id = ?1",
+        KeySlot::Secondary => "UPDATE resources SET secondary_key = ?2 WHERE id = ?1",
+        KeySlot::VerifyOnly => "UPDATE resources SET verify_key = ?2 WHERE id = ?1",
+    };
+    let id = k.resource.to_string();
+    if tx.execute(sql, params![id, k.stored]).map_err(backend)? == 0 {
+        return Ok(None);
+    }
+    let revoked = if k.revoke_tokens {
+        tx.execute(
+            "UPDATE identities SET revocation_epoch = revocation_epoch + 1 WHERE resource_id = ?1",
+            [&id],
+        )
+        .map_err(backend)?
+    } else {
+        0
+    };
+    bump_generation(tx)?;
+    Ok(Some(revoked as u64))
 }
 
 /// Every resource, access keys in their stored form.
@@ -1244,30 +1405,36 @@ fn read_resources(
     only_default: bool,
 ) -> Result<Vec<StoredResource>, StoreError> {
     let sql = if only_default {
-        "SELECT id, primary_key, secondary_key, created_at_ms FROM resources WHERE is_default = 1"
+        "SELECT id, name, host, primary_key, secondary_key, verify_key, created_at_ms FROM resources
+         WHERE is_default = 1"
     } else {
-        "SELECT id, primary_key, secondary_key, created_at_ms FROM resources"
+        "SELECT id, name, host, primary_key, secondary_key, verify_key, created_at_ms FROM resources
+         ORDER BY created_at_ms, id"
     };
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let rows = stmt
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
+                StoredResource {
+                    id: ResourceId::new_random(),
+                    name: r.get(1)?,
+                    host: r.get(2)?,
+                    primary: r.get(3)?,
+                    secondary: r.get(4)?,
+                    verify: r.get(5)?,
+                    created_at: OffsetDateTime::UNIX_EPOCH,
+                },
+                r.get::<_, i64>(6)?,
             ))
         })
         .map_err(backend)?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, primary, secondary, created) = row.map_err(backend)?;
-        out.push(StoredResource {
-            id: ResourceId::parse(&id).map_err(|_| StoreError::corrupt("resource id"))?,
-            primary,
-            secondary,
-            created_at: from_ms(created)?,
-        });
+        let (id, mut stored, created) = row.map_err(backend)?;
+        stored.id = ResourceId::parse(&id).map_err(|_| StoreError::corrupt("resource id"))?;
+        stored.created_at = from_ms(created)?;
+        out.push(stored);
     }
     Ok(out)
 }
@@ -1280,10 +1447,20 @@ fn read_default_resource(conn: &Connection) -> Result<Option<StoredResource>, St
 fn rewrite_keys(tx: &rusqlite::Transaction<'_>, plan: &KeyRewrite) -> Result<usize, StoreError> {
     let mut n = 0;
     for (old, new) in &plan.resources {
-        n += 2 * tx
-            .execute(
-                "UPDATE resources SET primary_key = ?2, secondary_key = ?3 WHERE id = ?1 AND primary_key = ?4 AND secondary_key = ?5",
-                params![old.id.to_string(), new.primary, new.secondary, old.primary, old.secondary],
+        let values = 2 + usize::from(old.verify.is_some());
+        n += values
+            * tx.execute(
+                "UPDATE resources SET primary_key = ?2, secondary_key = ?3, verify_key = ?6
+                 WHERE id = ?1 AND primary_key = ?4 AND secondary_key = ?5 AND verify_key IS ?7",
+                params![
+                    old.id.to_string(),
+                    new.primary,
+                    new.secondary,
+                    old.primary,
+                    old.secondary,
+                    new.verify,
+                    old.verify
+                ],
             )
             .map_err(backend)?;
     }
@@ -1404,6 +1581,50 @@ impl ResourceStore for SqliteStore {
         let stored = self.keys.seal_resource(&candidate);
         let winner = self.submit(|r| Job::Bootstrap(stored, r)).await?;
         self.keys.open_resource(&winner)
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        self.read(|c| read_resources(c, false))?
+            .iter()
+            .map(|s| self.keys.open_resource(s))
+            .collect()
+    }
+
+    async fn create_resource(
+        &self,
+        resource: ResourceRecord,
+    ) -> Result<ResourceCreated, StoreError> {
+        let stored = self.keys.seal_resource(&resource);
+        self.submit(|r| Job::CreateResource(stored, r)).await
+    }
+
+    async fn delete_resource(&self, id: ResourceId) -> Result<ResourceDeleted, StoreError> {
+        self.submit(|r| Job::DeleteResource(id, r)).await
+    }
+
+    async fn replace_access_key(
+        &self,
+        id: ResourceId,
+        slot: KeySlot,
+        key: AccessKey,
+        revoke_tokens: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let replacement = KeyReplacement {
+            resource: id,
+            slot,
+            stored: self.keys.seal_access_key(id, slot, &key),
+            revoke_tokens,
+        };
+        self.submit(|r| Job::ReplaceKey(replacement, r)).await
+    }
+
+    async fn config_generation(&self) -> Result<u64, StoreError> {
+        let generation: i64 = self.read(|c| {
+            c.prepare_cached("SELECT generation FROM config_generation WHERE id = 1")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(backend)
+        })?;
+        u64::try_from(generation).map_err(|_| StoreError::corrupt("negative generation"))
     }
 }
 

@@ -6,11 +6,15 @@
 use std::sync::Arc;
 
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{
+    AccessKey, CustomId, HostName, IdentityId, PrincipalType, ResourceId, ResourceName,
+    TeamsAssignment,
+};
 use callsign_store::{
     AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId, IdentityFilter,
-    IdentityRecord, IdentityStore, ImportReport, NewIdentity, PostgresOptions, PostgresStore,
-    ResourceRecord, SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    IdentityRecord, IdentityStore, ImportReport, KeySlot, MAX_RESOURCES_PER_HOST, NewIdentity,
+    PostgresOptions, PostgresStore, ResourceCreated, ResourceDeleted, ResourceRecord, SqliteStore,
+    Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
@@ -395,6 +399,9 @@ async fn default_resource_is_bootstrapped_once(store: Arc<dyn BulkStore>) {
     assert_eq!(store.default_resource().await.expect("read"), None);
     let candidate = |id| ResourceRecord {
         id,
+        name: ResourceName::default_name(),
+        host: None,
+        verify_key: None,
         primary_key: AccessKey::generate(),
         secondary_key: AccessKey::generate(),
         created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
@@ -973,6 +980,245 @@ async fn all_assignments_lists_every_resource_in_order(store: Arc<dyn BulkStore>
     assert_eq!(store.all_assignments().await.expect("list"), expected);
 }
 
+fn named(name: &str, host: Option<&str>) -> ResourceRecord {
+    ResourceRecord::generate(
+        ResourceName::parse(name).expect("name"),
+        host.map(|h| HostName::parse(h).expect("host")),
+        OffsetDateTime::now_utc(),
+    )
+}
+
+async fn resources_are_created_listed_and_deleted_with_what_they_hold(store: Arc<dyn BulkStore>) {
+    let clock = callsign_core::SystemClock;
+    let (default, _) = callsign_store::ensure_default_resource(store.as_ref(), &clock)
+        .await
+        .expect("default");
+    let g0 = store.config_generation().await.expect("generation");
+    let tenant = named("tenant-a", Some("A.Example.com"));
+    assert_eq!(
+        store.create_resource(tenant.clone()).await.expect("create"),
+        ResourceCreated::Created
+    );
+    let g1 = store.config_generation().await.expect("generation");
+    assert!(g1 > g0, "a new resource moves the generation");
+    let listed = store.resources().await.expect("list");
+    assert_eq!(listed, vec![default.clone(), tenant.clone()]);
+    assert_eq!(
+        listed[1].host.as_ref().map(HostName::as_str),
+        Some("a.example.com")
+    );
+
+    // A name is unique; nothing is stored for a refused create.
+    assert_eq!(
+        store
+            .create_resource(named("tenant-a", None))
+            .await
+            .expect("create"),
+        ResourceCreated::NameTaken
+    );
+    assert_eq!(store.resources().await.expect("list").len(), 2);
+    assert_eq!(store.config_generation().await.expect("generation"), g1);
+
+    let kept = store
+        .create_identity(new_identity(default.id, Some("same")))
+        .await
+        .expect("create");
+    let gone = store
+        .create_identity(new_identity(tenant.id, Some("same")))
+        .await
+        .expect("create");
+    let a = Uuid::new_v4();
+    let assignment = TeamsAssignment {
+        tenant_id: a,
+        object_id: a,
+        principal_type: PrincipalType::User,
+        client_ids: None,
+    };
+    store
+        .put_assignment(tenant.id, assignment)
+        .await
+        .expect("put");
+
+    assert_eq!(
+        store.delete_resource(default.id).await.expect("delete"),
+        ResourceDeleted::IsDefault
+    );
+    assert_eq!(
+        store.delete_resource(tenant.id).await.expect("delete"),
+        ResourceDeleted::Deleted { identities: 1 }
+    );
+    assert_eq!(
+        store.delete_resource(tenant.id).await.expect("delete"),
+        ResourceDeleted::NotFound
+    );
+    assert!(store.config_generation().await.expect("generation") > g1);
+    assert_eq!(
+        store.resources().await.expect("list"),
+        vec![default.clone()]
+    );
+    assert_eq!(
+        store.get_identity(&gone.identity.id).await.expect("get"),
+        None
+    );
+    assert!(
+        store
+            .get_identity(&kept.identity.id)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(
+        store.get_assignment(tenant.id, a, a).await.expect("get"),
+        None
+    );
+    let tombstones = store.list_tombstones(None, 10).await.expect("tombstones");
+    assert_eq!(
+        tombstones.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![gone.identity.id],
+        "the deleted resource's identities are never created again"
+    );
+}
+
+async fn a_host_holds_a_bounded_number_of_resources(store: Arc<dyn BulkStore>) {
+    let clock = callsign_core::SystemClock;
+    callsign_store::ensure_default_resource(store.as_ref(), &clock)
+        .await
+        .expect("default");
+    // Concurrent creates on the server's own address: the default resource and at most
+    // three more, whoever races.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_resource(named(&format!("local-{i}"), None))
+                .await
+                .expect("create")
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            ResourceCreated::Created => created += 1,
+            other => assert_eq!(other, ResourceCreated::HostFull),
+        }
+    }
+    assert_eq!(created, MAX_RESOURCES_PER_HOST - 1);
+    // Another host has room of its own.
+    for i in 0..MAX_RESOURCES_PER_HOST {
+        assert_eq!(
+            store
+                .create_resource(named(&format!("far-{i}"), Some("far.example")))
+                .await
+                .expect("create"),
+            ResourceCreated::Created
+        );
+    }
+    assert_eq!(
+        store
+            .create_resource(named("far-x", Some("FAR.example.")))
+            .await
+            .expect("create"),
+        ResourceCreated::HostFull
+    );
+    assert_eq!(
+        store.resources().await.expect("list").len(),
+        2 * MAX_RESOURCES_PER_HOST
+    );
+}
+
+async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<dyn BulkStore>) {
+    let tenant = named("tenant-k", None);
+    store.create_resource(tenant.clone()).await.expect("create");
+    let other = named("tenant-other", None);
+    store.create_resource(other.clone()).await.expect("create");
+    let mine = store
+        .create_identity(new_identity(tenant.id, None))
+        .await
+        .expect("create");
+    let theirs = store
+        .create_identity(new_identity(other.id, None))
+        .await
+        .expect("create");
+    let g0 = store.config_generation().await.expect("generation");
+
+    let fresh = AccessKey::generate();
+    assert_eq!(
+        store
+            .replace_access_key(tenant.id, KeySlot::Primary, fresh.clone(), false)
+            .await
+            .expect("replace"),
+        Some(0)
+    );
+    let now = find(&store, tenant.id).await;
+    assert_eq!(now.primary_key, fresh);
+    assert_eq!(
+        now.secondary_key, tenant.secondary_key,
+        "secondary untouched"
+    );
+    assert_eq!(now.verify_key, None);
+    assert!(store.config_generation().await.expect("generation") > g0);
+    assert_eq!(epoch(&store, &mine.identity.id).await, 0, "no revoke asked");
+
+    let verify = AccessKey::generate();
+    store
+        .replace_access_key(tenant.id, KeySlot::VerifyOnly, verify.clone(), false)
+        .await
+        .expect("verify-only key");
+    assert_eq!(find(&store, tenant.id).await.verify_key, Some(verify));
+
+    assert_eq!(
+        store
+            .replace_access_key(tenant.id, KeySlot::Secondary, AccessKey::generate(), true)
+            .await
+            .expect("replace"),
+        Some(1)
+    );
+    assert_eq!(
+        epoch(&store, &mine.identity.id).await,
+        1,
+        "every token revoked"
+    );
+    assert_eq!(
+        epoch(&store, &theirs.identity.id).await,
+        0,
+        "other resources untouched"
+    );
+    assert_eq!(find(&store, tenant.id).await.primary_key, fresh);
+
+    assert_eq!(
+        store
+            .replace_access_key(
+                ResourceId::new_random(),
+                KeySlot::Primary,
+                AccessKey::generate(),
+                true
+            )
+            .await
+            .expect("replace"),
+        None
+    );
+}
+
+async fn find(store: &Arc<dyn BulkStore>, id: ResourceId) -> ResourceRecord {
+    store
+        .resources()
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|r| r.id == id)
+        .expect("present")
+}
+
+async fn epoch(store: &Arc<dyn BulkStore>, id: &IdentityId) -> u64 {
+    store
+        .get_identity(id)
+        .await
+        .expect("get")
+        .expect("present")
+        .revocation_epoch
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -990,6 +1236,9 @@ macro_rules! conformance_suite {
                 a_sparse_filter_reads_a_bounded_run_of_rows_per_page,
                 listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing,
                 default_resource_is_bootstrapped_once,
+                resources_are_created_listed_and_deleted_with_what_they_hold,
+                a_host_holds_a_bounded_number_of_resources,
+                replacing_a_key_keeps_the_others_and_may_revoke_every_token,
                 signing_keys_come_back_newest_first,
                 signing_key_bootstrap_agrees_on_one_key_per_algorithm,
                 identities_export_and_import_losslessly,
@@ -1373,6 +1622,9 @@ const FORCE: CopyOptions = CopyOptions {
 async fn started_deployment(store: &dyn BulkStore, n: usize) -> (ResourceRecord, Vec<IdentityId>) {
     let resource = ResourceRecord {
         id: ResourceId::new_random(),
+        name: ResourceName::default_name(),
+        host: None,
+        verify_key: None,
         primary_key: AccessKey::generate(),
         secondary_key: AccessKey::generate(),
         created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
