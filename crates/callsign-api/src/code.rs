@@ -22,6 +22,8 @@ pub enum ErrorCode {
     Denied,
     /// 401: the identity belongs to another resource.
     IdentityNotOwned,
+    /// 403: the credential may not do this (callsign: a verify-only key outside verification).
+    AuthorizationFailed,
     /// 401: a Teams or Entra ID access token was not accepted.
     InvalidAccessToken,
     /// 404: no such identity in this resource.
@@ -52,12 +54,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::ValidationError,
         ErrorCode::MissingApiVersionParameter,
         ErrorCode::UnsupportedApiVersion,
         ErrorCode::Denied,
         ErrorCode::IdentityNotOwned,
+        ErrorCode::AuthorizationFailed,
         ErrorCode::InvalidAccessToken,
         ErrorCode::IdentityNotFound,
         ErrorCode::AssignmentNotFound,
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedApiVersion => "UnsupportedApiVersion",
             ErrorCode::Denied => "Denied",
             ErrorCode::IdentityNotOwned => "IdentityNotOwned",
+            ErrorCode::AuthorizationFailed => "AuthorizationFailed",
             ErrorCode::InvalidAccessToken => "InvalidAccessToken",
             ErrorCode::IdentityNotFound => "IdentityNotFound",
             ErrorCode::AssignmentNotFound => "AssignmentNotFound",

@@ -11,20 +11,30 @@ use std::time::{Duration, SystemTime};
 use axum::http::request::Parts;
 use base64::Engine as _;
 use callsign_core::ResourceId;
-use callsign_hmac::{AccessKeyMac, Authorization, content_hash, parse_date};
+use callsign_hmac::{Authorization, content_hash, parse_date};
+use callsign_store::KeySlot;
 
 use crate::error::ApiError;
+use crate::resources::{ResourceKeys, Routing};
 
 /// Proof that a request was signed with one of a resource's access keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {
     resource: ResourceId,
+    #[allow(dead_code)] // Until the audit records it.
+    credential: KeySlot,
 }
 
 impl Authenticated {
     /// The resource the request is for.
     pub fn resource(&self) -> ResourceId {
         self.resource
+    }
+
+    /// Which of its keys signed the request.
+    #[allow(dead_code)] // Until the audit records it.
+    pub fn credential(&self) -> KeySlot {
+        self.credential
     }
 }
 
@@ -54,15 +64,22 @@ const MAX_HOST_LEN: usize = 270;
 #[derive(Debug)]
 pub struct HeadVerified {
     resource: ResourceId,
+    credential: KeySlot,
     claimed_hash: String,
 }
 
 impl HeadVerified {
+    /// Which key signed the head.
+    pub fn credential(&self) -> KeySlot {
+        self.credential
+    }
+
     /// Checks that `body` is what the signed `x-ms-content-sha256` says.
     pub fn body_matches(self, body: &[u8]) -> Result<Authenticated, ApiError> {
         if content_hash(body) == self.claimed_hash {
             Ok(Authenticated {
                 resource: self.resource,
+                credential: self.credential,
             })
         } else {
             Err(ApiError::Denied(
@@ -137,29 +154,19 @@ struct SignedValues<'a> {
     order: SignedOrder,
 }
 
-/// Checks request signatures for one resource.
+/// Checks request signatures against the keys of the resources a request may be for.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    resource: ResourceId,
-    keys: Vec<AccessKeyMac>,
     public_hosts: Vec<String>,
     default_port: u16,
     max_skew: Duration,
 }
 
 impl Authenticator {
-    /// `keys`: the primary and secondary keys; `public_hosts`: extra `host[:port]` values clients
-    /// may have signed (a proxy's name); `tls` decides the default port (443 or 80).
-    pub fn new(
-        resource: ResourceId,
-        keys: Vec<AccessKeyMac>,
-        public_hosts: Vec<String>,
-        tls: bool,
-        max_skew: Duration,
-    ) -> Self {
+    /// `public_hosts`: extra `host[:port]` values clients may have signed (a proxy's name);
+    /// `tls` decides the default port (443 or 80).
+    pub fn new(public_hosts: Vec<String>, tls: bool, max_skew: Duration) -> Self {
         Self {
-            resource,
-            keys,
             public_hosts,
             default_port: if tls { 443 } else { 80 },
             max_skew,
@@ -171,14 +178,19 @@ impl Authenticator {
     /// server buffer or hash a body. [`HeadVerified::body_matches`] then checks the body against
     /// the claim.
     ///
+    /// The resource is the one of `routing`'s candidates for the request's host whose key
+    /// verifies.
+    ///
     /// Bounded work whatever the request: the `Authorization` value is at most
     /// [`MAX_AUTHORIZATION_LEN`] bytes and must sign exactly the three headers the SDKs sign, each
-    /// once; at most `2 × (2 + public hosts)` host and 3 path candidates are tried per key, each
-    /// path hashed once per key (the host varies only in the suffix of the string to sign).
-    pub fn authenticate_head(
+    /// once; at most `MAX_RESOURCES_PER_HOST × 3` keys are tried, and per key at most
+    /// `2 × (2 + public hosts)` host and 3 path candidates, each path hashed once per key (the
+    /// host varies only in the suffix of the string to sign).
+    pub(crate) fn authenticate_head(
         &self,
         parts: &Parts,
         now: SystemTime,
+        routing: &Routing,
     ) -> Result<HeadVerified, ApiError> {
         let (order, signature) = signed_order_and_signature(parts)?;
         let claimed_hash = claimed_content_hash(parts)?;
@@ -195,13 +207,13 @@ impl Authenticator {
             content_hash: claimed_hash,
             order,
         };
-        if self.signature_matches(&signed, &signature) {
-            Ok(HeadVerified {
-                resource: self.resource,
+        match self.signature_matches(&signed, &signature, routing.candidates(received_host)) {
+            Some((resource, credential)) => Ok(HeadVerified {
+                resource,
+                credential,
                 claimed_hash: claimed_hash.to_owned(),
-            })
-        } else {
-            Err(ApiError::Denied("the signature does not match"))
+            }),
+            None => Err(ApiError::Denied("the signature does not match")),
         }
     }
 
@@ -227,18 +239,27 @@ impl Authenticator {
         Ok(value)
     }
 
-    /// Tries every key over every host and path candidate; the path prefix of the string to
-    /// sign is hashed once per key and path, only the short suffix per host.
-    fn signature_matches(&self, v: &SignedValues<'_>, signature: &[u8; 32]) -> bool {
+    /// Tries every key of every candidate resource over every host and path candidate; the
+    /// path prefix of the string to sign is hashed once per key and path, only the short suffix
+    /// per host. Returns the resource and the key that verified.
+    fn signature_matches(
+        &self,
+        v: &SignedValues<'_>,
+        signature: &[u8; 32],
+        resources: &[ResourceKeys],
+    ) -> Option<(ResourceId, KeySlot)> {
         let hosts = self.host_candidates(v.received_host);
         let targets = path_candidates(v.target);
-        self.keys.iter().any(|key| {
-            targets.iter().any(|target| {
-                let prefix = key.after(&[v.method, "\n", target, "\n"]);
-                hosts.iter().any(|host| {
-                    let values = v.order.values(v.date, host, v.content_hash);
-                    prefix.verify_rest(&[values[0], ";", values[1], ";", values[2]], signature)
-                })
+        resources.iter().find_map(|resource| {
+            resource.keys.iter().find_map(|(slot, key)| {
+                let verifies = targets.iter().any(|target| {
+                    let prefix = key.after(&[v.method, "\n", target, "\n"]);
+                    hosts.iter().any(|host| {
+                        let values = v.order.values(v.date, host, v.content_hash);
+                        prefix.verify_rest(&[values[0], ";", values[1], ";", values[2]], signature)
+                    })
+                });
+                verifies.then_some((resource.id, *slot))
             })
         })
     }
@@ -246,13 +267,15 @@ impl Authenticator {
     /// [`Authenticator::authenticate_head`] and [`HeadVerified::body_matches`] in one, for
     /// callers that hold the body already.
     #[cfg(test)]
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         parts: &Parts,
         body: &[u8],
         now: SystemTime,
+        routing: &Routing,
     ) -> Result<Authenticated, ApiError> {
-        self.authenticate_head(parts, now)?.body_matches(body)
+        self.authenticate_head(parts, now, routing)?
+            .body_matches(body)
     }
 
     /// The received host first, then it with the default port added or removed, then the
@@ -366,17 +389,31 @@ mod tests {
 
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-    fn authenticator() -> Authenticator {
-        Authenticator::new(
-            ResourceId::new_random(),
-            vec![
+    use callsign_hmac::AccessKeyMac;
+
+    /// An authenticator, and a routing table with one resource whose secondary key is `KEY`
+    /// beside another resource.
+    fn authenticator() -> (Authenticator, Routing) {
+        let resource = |primary: AccessKeyMac, secondary: AccessKeyMac| ResourceKeys {
+            id: ResourceId::new_random(),
+            keys: vec![(KeySlot::Primary, primary), (KeySlot::Secondary, secondary)],
+        };
+        let routing = Routing::shared(vec![
+            resource(
+                AccessKeyMac::from_bytes(b"a third key"),
+                AccessKeyMac::from_bytes(b"a fourth key"),
+            ),
+            resource(
                 AccessKeyMac::from_bytes(b"the other key"),
                 AccessKeyMac::from_base64(KEY).expect("key"),
-            ],
+            ),
+        ]);
+        let a = Authenticator::new(
             vec!["public.example:8443".into()],
             true,
             Duration::from_secs(900),
-        )
+        );
+        (a, routing)
     }
 
     // Each argument is one thing a client can get right or wrong; a struct would only rename them.
@@ -411,7 +448,7 @@ mod tests {
 
     #[test]
     fn sdk_quirks_are_accepted() {
-        let a = authenticator();
+        let (a, routing) = authenticator();
         let now = SystemTime::now();
         let t = "/identities/8%3Aacs%3Ax_y/:issueAccessToken?api-version=2023-10-01";
         let decoded = "/identities/8:acs:x_y/:issueAccessToken?api-version=2023-10-01";
@@ -446,7 +483,8 @@ mod tests {
                 now,
             );
             assert!(
-                a.authenticate(&p, b"{}", now).is_ok(),
+                a.authenticate(&p, b"{}", now, &routing)
+                    .is_ok_and(|auth| auth.credential() == KeySlot::Secondary),
                 "{target} signed as {signed_target} on {host}/{signed_host} with {date}"
             );
         }
@@ -454,12 +492,12 @@ mod tests {
 
     #[test]
     fn bad_requests_are_denied() {
-        let a = authenticator();
+        let (a, routing) = authenticator();
         let now = SystemTime::now();
         let t = "/identities?api-version=2023-10-01";
         let deny = |p: &Parts, body: &[u8]| {
             assert!(matches!(
-                a.authenticate(p, body, now),
+                a.authenticate(p, body, now, &routing),
                 Err(ApiError::Denied(_))
             ));
         };
@@ -502,7 +540,8 @@ mod tests {
             a.authenticate(
                 &request(t, t, "h", "h", "x-ms-date", b"", b"", ok),
                 b"",
-                now
+                now,
+                &routing
             )
             .is_ok()
         );
@@ -510,7 +549,7 @@ mod tests {
 
     #[test]
     fn missing_or_garbled_authorization_is_denied() {
-        let a = authenticator();
+        let (a, routing) = authenticator();
         let now = SystemTime::now();
         for auth in [
             None,
@@ -527,7 +566,10 @@ mod tests {
             }
             let (p, ()) = b.body(()).expect("request").into_parts();
             assert!(
-                matches!(a.authenticate(&p, b"", now), Err(ApiError::Denied(_))),
+                matches!(
+                    a.authenticate(&p, b"", now, &routing),
+                    Err(ApiError::Denied(_))
+                ),
                 "{auth:?}"
             );
         }
@@ -560,11 +602,11 @@ mod tests {
 
     #[test]
     fn the_body_is_checked_against_the_signed_hash() {
-        let a = authenticator();
+        let (a, routing) = authenticator();
         let now = SystemTime::now();
         let t = "/identities?api-version=2023-10-01";
         let p = request(t, t, "h", "h", "x-ms-date", b"{}", b"{}", now);
-        let head = a.authenticate_head(&p, now).expect("signed head");
+        let head = a.authenticate_head(&p, now, &routing).expect("signed head");
         assert!(matches!(
             head.body_matches(b"{ }"),
             Err(ApiError::Denied(_))

@@ -32,6 +32,11 @@ pub enum ApiError {
     /// 401 `IdentityNotOwned`: the id belongs to another resource.
     #[error("Provided identity doesn't belong to the resource.")]
     IdentityNotOwned,
+    /// 403 `AuthorizationFailed`: a verify-only key asked for anything but verification.
+    #[error(
+        "The verify-only key may call token introspection and the revocation feed, nothing else."
+    )]
+    VerifyOnly,
     /// 401 `InvalidAccessToken`: Teams token exchange (no Entra ID here).
     #[error("Provided access token is not valid.")]
     InvalidAccessToken,
@@ -106,6 +111,7 @@ impl ApiError {
             ApiError::Denied(_) | ApiError::IdentityNotOwned | ApiError::InvalidAccessToken => {
                 StatusCode::UNAUTHORIZED
             }
+            ApiError::VerifyOnly => StatusCode::FORBIDDEN,
             ApiError::IdentityNotFound | ApiError::AssignmentNotFound | ApiError::NotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -129,6 +135,7 @@ impl ApiError {
             ApiError::UnsupportedApiVersion(_) => ErrorCode::UnsupportedApiVersion,
             ApiError::Denied(_) => ErrorCode::Denied,
             ApiError::IdentityNotOwned => ErrorCode::IdentityNotOwned,
+            ApiError::VerifyOnly => ErrorCode::AuthorizationFailed,
             ApiError::InvalidAccessToken => ErrorCode::InvalidAccessToken,
             ApiError::IdentityNotFound => ErrorCode::IdentityNotFound,
             ApiError::AssignmentNotFound => ErrorCode::AssignmentNotFound,

@@ -18,6 +18,8 @@ use futures_util::FutureExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
+use callsign_store::KeySlot;
+
 use crate::auth::Authenticated;
 use crate::connection::ClientAddr;
 use crate::error::ApiError;
@@ -226,6 +228,11 @@ impl Route {
         })
     }
 
+    /// Whether a resource's verify-only key may call this: verification, nothing else.
+    fn verify_only_may_call(&self) -> bool {
+        matches!(self, Route::Introspect)
+    }
+
     /// Whether the operation exists in `version` (the 2020 preview has its own paths for issue
     /// and revoke).
     fn available_in(&self, version: ApiVersion) -> bool {
@@ -379,7 +386,7 @@ async fn handle_versioned(
         return Err(ApiError::InvalidAccessToken);
     }
     let now = state.clock.now();
-    let (auth, body) = authenticate(state, &parts, body, now).await?;
+    let (auth, body) = authenticate(state, route.verify_only_may_call(), &parts, body, now).await?;
     if !route.available_in(version) {
         return Err(not_in_version(version));
     }
@@ -396,6 +403,7 @@ async fn handle_versioned(
 /// has failed too often.
 async fn authenticate(
     state: &AppState,
+    verify_only_may_call: bool,
     parts: &axum::http::request::Parts,
     body: Body,
     now: time::OffsetDateTime,
@@ -414,8 +422,12 @@ async fn authenticate(
     // the server buffer or hash a body.
     let head = state
         .authenticator
-        .authenticate_head(parts, now.into())
+        .authenticate_head(parts, now.into(), &state.resources.get())
         .map_err(denied)?;
+    // A verify-only key is refused before its body is read.
+    if head.credential() == KeySlot::VerifyOnly && !verify_only_may_call {
+        return Err(ApiError::VerifyOnly);
+    }
     // A body that does not arrive in time counts against the address like a failed
     // authentication: the head may be a replay, and its body was never the signed one.
     let body = read_body(

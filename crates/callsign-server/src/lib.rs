@@ -26,6 +26,7 @@ mod listing;
 mod meta;
 #[cfg(test)]
 mod properties;
+mod resources;
 mod serve;
 mod settings;
 mod startup;

@@ -19,7 +19,9 @@ use proptest::prelude::*;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::http::{Route, parse_json};
+use crate::resources::{ResourceKeys, Routing};
 use crate::version::{self, ApiVersion};
+use callsign_store::KeySlot;
 
 /// No error message the parsers build may be longer than this, whatever the input.
 const MAX_MESSAGE: usize = 512;
@@ -250,16 +252,38 @@ where
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const NOW: u64 = 1_800_000_000;
 
-fn authenticator() -> Authenticator {
-    Authenticator::new(
-        ResourceId::new_random(),
-        vec![
-            AccessKeyMac::from_bytes(b"the secondary key"),
-            AccessKeyMac::from_bytes(KEY),
+/// An authenticator with a routing table of one resource whose primary key is `KEY`.
+struct Auth(Authenticator, Routing);
+
+impl Auth {
+    fn authenticate(
+        &self,
+        parts: &Parts,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<crate::auth::Authenticated, ApiError> {
+        self.0.authenticate(parts, body, now, &self.1)
+    }
+}
+
+fn authenticator() -> Auth {
+    let routing = Routing::shared(vec![ResourceKeys {
+        id: ResourceId::new_random(),
+        keys: vec![
+            (KeySlot::Primary, AccessKeyMac::from_bytes(KEY)),
+            (
+                KeySlot::Secondary,
+                AccessKeyMac::from_bytes(b"the secondary key"),
+            ),
         ],
-        vec!["public.example:8443".into()],
-        true,
-        Duration::from_secs(900),
+    }]);
+    Auth(
+        Authenticator::new(
+            vec!["public.example:8443".into()],
+            true,
+            Duration::from_secs(900),
+        ),
+        routing,
     )
 }
 

@@ -22,6 +22,7 @@ pub(crate) struct Serving {
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) limits: ConnectionLimits,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) resource_poll: Duration,
 }
 
 type Service = Counted<TowerToHyperService<axum::Router>>;
@@ -39,6 +40,7 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let refresher = spawn_key_refresher(Arc::clone(&serving.state));
+    let resource_poller = spawn_resource_poller(Arc::clone(&serving.state), serving.resource_poll);
     let conns = Arc::new(connection_cap(&serving.limits));
     accept_until(&listener, &serving, &conns, shutdown).await;
     drop(listener);
@@ -54,6 +56,7 @@ pub(crate) async fn run(
         }
     }
     refresher.abort();
+    resource_poller.abort();
     serving.state.store.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -153,6 +156,21 @@ fn spawn_key_refresher(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
                 tracing::warn!(error = %e.chain(), "could not reload the signing keys");
+            }
+        }
+    })
+}
+
+/// Reloads the resources and their keys when the store's configuration generation moves.
+fn spawn_resource_poller(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.resources.refresh(state.store.as_ref()).await {
+                tracing::warn!(error = %e.chain(), "could not reload the resources");
             }
         }
     })

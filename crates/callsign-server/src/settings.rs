@@ -43,6 +43,9 @@ pub struct Settings {
     /// Failed authentications one client address may make per minute before it gets 429
     /// (0: no limit).
     pub auth_failures_per_minute: u32,
+    /// How often the store's configuration generation is read, so that resources and access
+    /// keys created, deleted or replaced by any node or command take effect here.
+    pub resource_poll: Duration,
 }
 
 impl Settings {
@@ -65,6 +68,7 @@ impl Settings {
             keys: KeyProtection::plain(),
             throttle: ThrottleConfig::off(),
             auth_failures_per_minute: 60,
+            resource_poll: Duration::from_secs(1),
         }
     }
 }

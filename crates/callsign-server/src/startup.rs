@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use callsign_api::connection_string;
 use callsign_core::token::TokenIssuer;
 use callsign_core::{Clock, ResourceId, SystemClock};
-use callsign_hmac::AccessKeyMac;
 use callsign_store::{
     Database, KeyMaterialStore, KeyProtection, PostgresOptions, ResourceRecord, Store,
     StoreLocation, ensure_default_resource,
@@ -34,6 +33,7 @@ pub struct Application {
     first_start: bool,
     shutdown_grace: Duration,
     limits: ConnectionLimits,
+    resource_poll: Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -81,23 +81,19 @@ impl Application {
         let issuer = TokenIssuer::new(active, &issuer_name, &settings.location)?;
 
         let tls_config = tls::server_config(&settings.tls, &settings.data_dir, clock.now())?;
-        let macs = [&resource.primary_key, &resource.secondary_key]
-            .into_iter()
-            .map(|k| AccessKeyMac::from_base64(k.expose()))
-            .collect::<Result<Vec<_>, _>>()?;
         let authenticator = Authenticator::new(
-            resource.id,
-            macs,
             settings.public_hosts.clone(),
             tls_config.is_some(),
             Duration::from_secs(15 * 60),
         );
+        let resources = crate::resources::Resources::load(store.as_ref()).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let state = Arc::new(AppState {
             store,
             authenticator,
+            resources,
             issuer,
             keys,
             clock,
@@ -117,6 +113,7 @@ impl Application {
             first_start,
             shutdown_grace: settings.shutdown_grace,
             limits: settings.limits.clone(),
+            resource_poll: settings.resource_poll,
         })
     }
 
@@ -170,6 +167,7 @@ impl Application {
             tls: self.tls,
             limits: self.limits,
             shutdown_grace: self.shutdown_grace,
+            resource_poll: self.resource_poll,
         };
         crate::serve::run(self.listener, serving, shutdown).await
     }

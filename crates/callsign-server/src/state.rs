@@ -15,6 +15,7 @@ use crate::error::ApiError;
 pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) authenticator: Authenticator,
+    pub(crate) resources: crate::resources::Resources,
     pub(crate) issuer: TokenIssuer,
     pub(crate) keys: crate::keys::Keys,
     pub(crate) clock: Arc<dyn Clock>,

@@ -41,6 +41,9 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     /// The server's database on [`Backend::Postgres`].
     pub database: Option<TestDatabase>,
+    /// The store the server serves (shared with it): for what a store-side command does while
+    /// the server runs, such as creating a resource.
+    pub store: Arc<dyn Store>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -131,9 +134,11 @@ impl AppBuilder {
                 options: PostgresOptions::default(),
             };
         }
+        // Resources made during a test are picked up quickly (production polls every second).
+        settings.resource_poll = std::time::Duration::from_millis(100);
         (self.configure)(&mut settings);
         let store = open_store(&settings).await;
-        let app = Application::build_with(settings, store, Arc::clone(&self.clock))
+        let app = Application::build_with(settings, Arc::clone(&store), Arc::clone(&self.clock))
             .await
             .expect("the server builds");
         let mut client = reqwest::Client::builder();
@@ -162,6 +167,7 @@ impl AppBuilder {
             shutdown: Some(tx),
             data_dir,
             database,
+            store,
         }
     }
 }
@@ -234,6 +240,55 @@ impl TestApp {
                 .expect("count identities")
                 .get(0),
         }
+    }
+
+    /// A client of this server at `endpoint` (its own, or `https://localhost:PORT/` for a
+    /// resource routed by the host name `localhost`) signing with `key`.
+    pub fn client_with(&self, endpoint: &str, key: &str) -> SigningClient {
+        let mut api = SigningClient::new(self.api.client.clone(), endpoint, key);
+        api.clock = Arc::clone(&self.api.clock);
+        api
+    }
+
+    /// The server's endpoint with `localhost` for its address: the endpoint of a resource whose
+    /// host name is `localhost`.
+    pub fn localhost_endpoint(&self) -> String {
+        let port = self
+            .api
+            .endpoint
+            .rsplit_once(':')
+            .expect("endpoint with a port")
+            .1;
+        let scheme = self.api.endpoint.split_once("://").expect("scheme").0;
+        format!("{scheme}://localhost:{port}")
+    }
+
+    /// Creates a resource in the store, as `callsign resource create` does while the server
+    /// runs, and waits until the server serves it (it polls the store). Returns the resource and
+    /// a client signing with its primary key at `endpoint`.
+    pub async fn add_resource(
+        &self,
+        name: &str,
+        host: Option<&str>,
+    ) -> (callsign_store::ResourceRecord, SigningClient) {
+        let record = callsign_store::ResourceRecord::generate(
+            callsign_core::ResourceName::parse(name).expect("a resource name"),
+            host.map(|h| callsign_core::HostName::parse(h).expect("a host name")),
+            self.api.clock.now(),
+        );
+        let created = self
+            .store
+            .create_resource(record.clone())
+            .await
+            .expect("create the resource");
+        assert_eq!(created, callsign_store::ResourceCreated::Created);
+        let endpoint = match host {
+            Some(_) => self.localhost_endpoint(),
+            None => self.api.endpoint.clone(),
+        };
+        let client = self.client_with(&endpoint, record.primary_key.expose());
+        client.wait_until_accepted().await;
+        (record, client)
     }
 
     /// Stops the server as SIGTERM would and checks it ended cleanly.

@@ -151,6 +151,30 @@ impl SigningClient {
         self.json_request(&signed).reply().await
     }
 
+    /// Waits (up to 10 s) until the server accepts this client's key: a resource or key made
+    /// in the store takes effect when the server next polls it.
+    pub async fn wait_until_accepted(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let reply = self
+                .send(
+                    Method::POST,
+                    "/tokens/:introspect?api-version=2023-10-01",
+                    Some(r#"{"token": "x"}"#),
+                )
+                .await;
+            if reply.status != StatusCode::UNAUTHORIZED {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never accepted the key: {}",
+                reply.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates an identity (2023-10-01) and returns its id.
     pub async fn create_user(&self) -> String {
         let r = self

@@ -29,5 +29,6 @@ mod clock;
 mod limits;
 mod listing;
 mod operations;
+mod resources;
 mod tokens;
 mod versions;
