@@ -51,7 +51,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
-    /// Print the connection string of the default resource (one line).
+    /// Print the connection string of a resource (one line; the default resource unless
+    /// --resource).
     ConnectionString(ConnectionStringArgs),
     /// Print the local CA certificate (PEM), for REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS /
     /// SSL_CERT_FILE. Creates the CA (and the data dir, private) if there is none yet.
@@ -64,6 +65,13 @@ pub enum Command {
     /// Re-seal every key under a new master key (created if missing); the old one is needed
     /// once, for this command.
     RotateMasterKey(RotateMasterKeyArgs),
+    /// Create, list, show and delete resources (tenants with their own keys and identities),
+    /// on the store; running servers pick changes up within a second.
+    #[command(subcommand)]
+    Resource(crate::resource_cmd::ResourceCommand),
+    /// Regenerate a resource's access keys, or make its verify-only key, on the store.
+    #[command(subcommand)]
+    Keys(crate::resource_cmd::KeysCommand),
     /// Create, show and delete identities on a running server.
     #[command(subcommand)]
     User(crate::client_cmd::UserCommand),
@@ -356,6 +364,9 @@ pub struct ConnectionStringArgs {
     /// Use the secondary access key.
     #[arg(long)]
     pub secondary: bool,
+    /// The resource (id or name) [default: the default resource].
+    #[arg(long)]
+    pub resource: Option<String>,
 }
 
 /// The TOML file: every key optional, names as the long flags with `_`.
@@ -629,14 +640,32 @@ pub struct ResolvedConnectionString {
     pub store: ResolvedStore,
     pub endpoint: String,
     pub secondary: bool,
+    pub resource: Option<String>,
 }
 
 pub fn resolve_connection_string(
     args: ConnectionStringArgs,
 ) -> anyhow::Result<ResolvedConnectionString> {
-    let file = load_file(args.common.config.as_deref())?;
-    let data_dir = data_dir(&args.common, &file);
-    let endpoint = match args.endpoint.or(file.endpoint.clone()) {
+    let (store, endpoint) = resolve_store_command(&args.common, &args.db, args.endpoint)?;
+    Ok(ResolvedConnectionString {
+        store,
+        endpoint,
+        secondary: args.secondary,
+        resource: args.resource,
+    })
+}
+
+/// The store a store-side command works on, and the endpoint its connection strings name:
+/// `--endpoint` (or the file's), else the one the last `serve` on the data dir announced, else
+/// the configured listen address.
+pub fn resolve_store_command(
+    common: &DataDirArgs,
+    db: &DatabaseArgs,
+    endpoint: Option<String>,
+) -> anyhow::Result<(ResolvedStore, String)> {
+    let file = load_file(common.config.as_deref())?;
+    let data_dir = data_dir(common, &file);
+    let endpoint = match endpoint.or(file.endpoint.clone()) {
         Some(e) => {
             let lower = e.to_ascii_lowercase();
             if !(lower.starts_with("https://") || lower.starts_with("http://")) {
@@ -661,11 +690,7 @@ pub fn resolve_connection_string(
             }
         }
     };
-    Ok(ResolvedConnectionString {
-        store: resolve_store(&args.db, &file, data_dir)?,
-        endpoint,
-        secondary: args.secondary,
-    })
+    Ok((resolve_store(db, &file, data_dir)?, endpoint))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 mod client_cmd;
 mod config;
+mod resource_cmd;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
     if matches!(
         cli.command,
         Command::ConnectionString(_)
+            | Command::Resource(_)
+            | Command::Keys(_)
             | Command::CaCert(_)
             | Command::Migrate(_)
             | Command::Seal(_)
@@ -46,6 +49,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::ConnectionString(args) => print_connection_string(args).await,
+            Command::Resource(cmd) => resource_cmd::resource(cmd).await,
+            Command::Keys(cmd) => resource_cmd::keys(cmd).await,
             Command::CaCert(args) => print_ca_cert(args),
             Command::Migrate(args) => migrate(args).await,
             Command::Seal(args) => seal(args).await,
@@ -297,32 +302,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
-    let resolved = config::resolve_connection_string(args)?;
-    if let callsign_store::StoreLocation::DataDir(dir) = &resolved.store.location {
-        // A mistyped --data-dir must not quietly become a new deployment with new keys.
-        if !callsign_store::database_path(dir).exists() {
-            anyhow::bail!(
-                "there is no store in {}: start `callsign serve --data-dir {0}` first, or name \
-                 the right --data-dir / --database-url",
-                dir.display()
-            );
-        }
-    }
-    let store = resolved.store.open().await?;
-    let (resource, _) =
-        callsign_store::ensure_default_resource(store.as_ref(), &callsign_core::SystemClock)
-            .await?;
-    let key = if resolved.secondary {
-        &resource.secondary_key
-    } else {
-        &resource.primary_key
-    };
-    println!(
-        "{}",
-        callsign_client::api::connection_string::format(&resolved.endpoint, key.expose())
-    );
-    store.close().await;
-    Ok(())
+    resource_cmd::print_connection_string(config::resolve_connection_string(args)?).await
 }
 
 /// Why `migrate-store` refused a target, with a few of the ids concerned.

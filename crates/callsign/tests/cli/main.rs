@@ -10,6 +10,7 @@ mod hostile;
 mod interrupted;
 mod nodes;
 mod permissions;
+mod resources;
 mod sealing;
 mod secrets;
 

@@ -450,3 +450,101 @@ fn losing_the_database_gives_503s_loses_nothing_and_recovers_by_itself() {
     assert!(node.terminate().success());
     drop(db);
 }
+
+/// `callsign keys regenerate` on the database while two nodes serve it under load signed with
+/// the secondary key: no such request fails, and both nodes refuse the old primary within 5 s.
+#[test]
+fn a_regenerated_key_is_refused_by_every_node_within_five_seconds() {
+    let rt = runtime();
+    let db = rt.block_on(TestDatabase::create());
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let url = db.url();
+    let a = Server::start(dir_a.path(), &["--database-url", &url]);
+    let b = Server::start(dir_b.path(), &["--database-url", &url]);
+    let cs_of = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--database-url", url.as_str(), "--endpoint", &a.endpoint]);
+        let (ok, out, err) = run(&all);
+        assert!(ok, "{args:?}: {err}");
+        access_key(out.lines().last().expect("a line"))
+    };
+    let primary = cs_of(&["connection-string"]);
+    let secondary = cs_of(&["connection-string", "--secondary"]);
+    let old = [
+        Node::new(&a, dir_a.path(), &primary),
+        Node::new(&b, dir_b.path(), &primary),
+    ];
+    let survivors = [
+        Arc::new(Node::new(&a, dir_a.path(), &secondary)),
+        Arc::new(Node::new(&b, dir_b.path(), &secondary)),
+    ];
+    rt.block_on(async {
+        let (s, created) = old[0].create("", "2023-10-01").await;
+        assert_eq!(s, 201);
+        let id = created["identity"]["id"].as_str().expect("id").to_owned();
+        let failed = AtomicUsize::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let load = async {
+            let mut n = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                let (s, body) = survivors[n % 2].issue(&id).await;
+                if s != 200 {
+                    eprintln!("secondary-key request failed: {s} {body}");
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            n
+        };
+        let regenerate = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let new_primary = tokio::task::spawn_blocking({
+                let (url, endpoint) = (url.clone(), a.endpoint.clone());
+                move || {
+                    let (ok, out, err) = run(&[
+                        "keys",
+                        "regenerate",
+                        "primary",
+                        "--database-url",
+                        &url,
+                        "--endpoint",
+                        &endpoint,
+                    ]);
+                    assert!(ok, "{err}");
+                    access_key(out.lines().last().expect("a line"))
+                }
+            })
+            .await
+            .expect("regenerate");
+            let started = Instant::now();
+            for node in &old {
+                loop {
+                    let (s, body) = node.create("", "2023-10-01").await;
+                    if s == 401 {
+                        assert_eq!(body["error"]["code"], "Denied");
+                        break;
+                    }
+                    assert_eq!(s, 201, "{body}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(5),
+                        "a node still accepts the old key after 5 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            done.store(true, Ordering::Relaxed);
+            new_primary
+        };
+        let (issued, new_primary) = tokio::join!(load, regenerate);
+        assert_eq!(failed.load(Ordering::Relaxed), 0);
+        assert!(issued > 10, "the load ran ({issued} requests)");
+        for (server, dir) in [(&a, dir_a.path()), (&b, dir_b.path())] {
+            let node = Node::new(server, dir, &new_primary);
+            assert_eq!(node.create("", "2023-10-01").await.0, 201);
+        }
+    });
+}
