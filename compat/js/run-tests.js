@@ -141,6 +141,9 @@ async function main() {
       CALLSIGN_CONNECTION_STRING: info.connectionString,
       CALLSIGN_ENDPOINT: info.endpoint,
       CALLSIGN_RESOURCE_ID: info.resourceId,
+      // For store-side commands (`callsign resource create`) on the running server's data dir.
+      CALLSIGN_SERVER_BIN: bin,
+      CALLSIGN_STORE_DIR: path.join(tmp, "data"),
     };
     testResult = await runTests(env);
     failed = testResult !== 0;

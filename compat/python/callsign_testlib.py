@@ -105,7 +105,7 @@ class Server(object):
     """What the fixture learned about the running server."""
 
     def __init__(self, endpoint, connection_string, access_key, ca_path, resource_id, data_dir,
-                 pid, log_path):
+                 pid, log_path, binary=None, store_dir=None):
         self.endpoint = endpoint  # https://127.0.0.1:PORT/ (http:// with --plain-http)
         self.connection_string = connection_string
         self.access_key = access_key
@@ -114,10 +114,23 @@ class Server(object):
         self.data_dir = data_dir
         self.pid = pid
         self.log_path = log_path
+        self.binary = binary
+        self.store_dir = store_dir
         parsed = urllib.parse.urlsplit(endpoint)
         self.scheme = parsed.scheme
         self.host = parsed.netloc  # 127.0.0.1:PORT
         assert parsed.hostname == "127.0.0.1", endpoint
+
+    def callsign(self, *args):
+        """Runs a store-side `callsign` command on this server's data dir; returns its stdout."""
+        import subprocess
+
+        out = subprocess.run(
+            [self.binary] + list(args) + ["--data-dir", self.store_dir],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert out.returncode == 0, "callsign %s: %s" % (" ".join(args), out.stderr)
+        return out.stdout
 
     def wrong_key_connection_string(self):
         bogus = base64.b64encode(b"\x07" * 64).decode("ascii")

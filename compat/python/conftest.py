@@ -109,6 +109,8 @@ def running_server(*extra_args):
             data_dir=data_dir,
             pid=proc.pid,
             log_path=log_path,
+            binary=binary,
+            store_dir=os.path.join(data_dir, "data"),
         )
         failed = False
     finally:

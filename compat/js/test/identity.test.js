@@ -150,6 +150,41 @@ describe("foreign and unauthenticated calls", () => {
   });
 });
 
+describe("another resource", () => {
+  const { execFileSync } = require("node:child_process");
+  for (const host of [null, "localhost"]) {
+    it(`works through the connection string printed for it (${host ?? "server's address"})`, async () => {
+      const name = `js-${host ?? "shared"}`;
+      const args = ["resource", "create", "--name", name, "--json"];
+      if (host) args.push("--host", host);
+      args.push("--data-dir", process.env.CALLSIGN_STORE_DIR);
+      // CALLSIGN_ENDPOINT (set for these tests) would be taken as the endpoint to print.
+      const { CALLSIGN_ENDPOINT, ...env } = process.env;
+      const created = JSON.parse(execFileSync(process.env.CALLSIGN_SERVER_BIN, args, { encoding: "utf8", env }));
+      if (host) assert.ok(created.connectionString.startsWith(`endpoint=https://${host}:`), created.connectionString);
+      const other = new CommunicationIdentityClient(created.connectionString);
+      let user;
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        // The server reloads its resources within a second.
+        try {
+          user = await other.createUser();
+          break;
+        } catch (e) {
+          assert.equal(e.statusCode, 401, String(e));
+          assert.ok(Date.now() < deadline, "the new resource's key is still refused");
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      assert.ok(user.communicationUserId.startsWith(`8:acs:${created.id}_`), user.communicationUserId);
+      const token = await other.getToken(user, ["chat"]);
+      assert.equal(h.jwtPayload(token.token).resourceId, created.id);
+      await h.assertRestError(client.getToken(user, ["chat"]), 401, "IdentityNotOwned");
+      await other.deleteUser(user);
+    });
+  }
+});
+
 describe("AzureCommunicationTokenCredential", () => {
   it("reads exp from many tokens", async () => {
     const user = await client.createUser();

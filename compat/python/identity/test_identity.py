@@ -331,6 +331,39 @@ def test_foreign_identity_is_not_owned(client):
                  "IdentityNotOwned", message)
 
 
+@pytest.mark.parametrize("host", [None, "localhost"])
+def test_another_resource_works_through_the_connection_string_printed_for_it(server, mode, host):
+    """`callsign resource create` on the running server's store prints a connection string that
+    the SDK uses unchanged: on the server's own address (the key tells the resource), or on a
+    host name of the resource's own (`localhost` here)."""
+    import json
+    import time
+
+    name = "py-%s-%s" % (mode, host or "shared")
+    args = ["resource", "create", "--name", name, "--json"] + (["--host", host] if host else [])
+    created = json.loads(server.callsign(*args))
+    cs = created["connectionString"]
+    if host:
+        assert cs.startswith("endpoint=https://%s:" % host), cs
+    client = make_client(cs, mode, None)
+    deadline = time.monotonic() + 5
+    while True:  # the server reloads its resources within a second
+        try:
+            user = client.create_user()
+            break
+        except ClientAuthenticationError:
+            assert time.monotonic() < deadline, "the new resource's key is still refused"
+            time.sleep(0.1)
+    assert_identity_id(user.properties["id"], created["id"])
+    token = client.get_token(user, ["chat"])
+    assert jwt_payload(token.token)["skypeid"].startswith("acs:" + created["id"])
+    # The default resource's key sees that identity as another resource's.
+    default = make_client(server.connection_string, mode, None)
+    expect_error(lambda: default.get_token(user, ["chat"]), ClientAuthenticationError, 401,
+                 "IdentityNotOwned")
+    client.delete_user(user)
+
+
 def test_wrong_access_key_is_denied(server, mode, api_version):
     good = make_client(server.connection_string, mode, api_version)
     user = good.create_user()

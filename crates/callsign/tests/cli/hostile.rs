@@ -310,6 +310,26 @@ fn amplification_is_refused_and_the_worst_request_costs_about_an_ordinary_401() 
     let dir = tempfile::tempdir().expect("temp dir");
     // Hundreds of failed authentications from one address: the per-address limit is off here.
     let server = Server::start(dir.path(), &["--auth-failures-per-minute", "0"]);
+    // The most keys a request to the server's address is tried against: as many resources as
+    // may share it, each with a verify-only key.
+    let data_dir = dir.path().to_str().expect("utf-8");
+    for name in ["second", "third", "fourth"] {
+        let (ok, _, err) =
+            crate::run(&["resource", "create", "--name", name, "--data-dir", data_dir]);
+        assert!(ok, "{err}");
+    }
+    for name in ["default", "second", "third", "fourth"] {
+        let (ok, _, err) = crate::run(&[
+            "keys",
+            "verify-only",
+            "--resource",
+            name,
+            "--data-dir",
+            data_dir,
+        ]);
+        assert!(ok, "{err}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let pid = server.child.id();
     let host = server.host();
     let addr = addr(&server);
