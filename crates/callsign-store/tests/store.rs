@@ -1725,6 +1725,47 @@ async fn a_repeated_copy_never_brings_back_a_deleted_identity(
 
 /// Revoke on the source after a first copy: the next copy raises the target's epoch, so tokens
 /// issued before the revoke are refused on the target too; a higher epoch on the target stays.
+async fn every_resource_and_its_current_keys_are_copied(from: &dyn BulkStore, to: &dyn BulkStore) {
+    let (default, _) = started_deployment(from, 2).await;
+    let tenant = named("copied-tenant", Some("copied.example"));
+    from.create_resource(tenant.clone()).await.expect("create");
+    let verify = AccessKey::generate();
+    from.replace_access_key(tenant.id, KeySlot::VerifyOnly, verify, false)
+        .await
+        .expect("verify-only key");
+    let theirs = from
+        .create_identity(new_identity(tenant.id, Some("t")))
+        .await
+        .expect("create")
+        .identity;
+    let report = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy");
+    assert_eq!(report.resources, 1);
+    assert_eq!(
+        to.resources().await.expect("list"),
+        from.resources().await.expect("list")
+    );
+    assert!(to.get_identity(&theirs.id).await.expect("get").is_some());
+
+    // A key regenerated on the source since replaces the target's on the next copy.
+    from.replace_access_key(default.id, KeySlot::Secondary, AccessKey::generate(), false)
+        .await
+        .expect("regenerate");
+    let again = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy again");
+    assert_eq!(again.resources, 1);
+    assert_eq!(
+        to.resources().await.expect("list"),
+        from.resources().await.expect("list")
+    );
+    let third = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy a third time");
+    assert_eq!(third.resources, 0);
+}
+
 async fn a_repeated_copy_carries_a_revoke(from: &dyn BulkStore, to: &dyn BulkStore) {
     let (_, ids) = started_deployment(from, 10).await;
     callsign_store::copy_store(from, to, &batch_of(4))
@@ -1878,7 +1919,8 @@ macro_rules! copy_pairs {
                     copy_pairs!(@tests $make_from, $make_to;
                         a_repeated_copy_never_brings_back_a_deleted_identity,
                         a_repeated_copy_carries_a_revoke,
-                        a_diverged_target_is_refused_unless_forced
+                        a_diverged_target_is_refused_unless_forced,
+                        every_resource_and_its_current_keys_are_copied
                     );
                 }
             )*

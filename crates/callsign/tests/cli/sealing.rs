@@ -164,10 +164,26 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
     let rt = runtime();
     let token = rt.block_on(create_with_token(&server, &data, &key));
     assert!(server.terminate().success());
-    assert!(
-        contains(&database_bytes(&data), key.as_bytes()),
-        "plain before sealing"
-    );
+    // A second resource and a verify-only key are sealed like the first keys.
+    let (ok, out, err) = run(&["resource", "create", "--name", "second", "--data-dir", d]);
+    assert!(ok, "{err}");
+    let second_key = access_key(out.lines().last().expect("a line"));
+    let (ok, out, err) = run(&[
+        "keys",
+        "verify-only",
+        "--resource",
+        "second",
+        "--data-dir",
+        d,
+    ]);
+    assert!(ok, "{err}");
+    let verify_key = access_key(out.lines().last().expect("a line"));
+    for k in [&key, &second_key, &verify_key] {
+        assert!(
+            contains(&database_bytes(&data), k.as_bytes()),
+            "plain before sealing"
+        );
+    }
 
     let first = root.path().join("first.key");
     let f = first.to_str().expect("utf-8");
@@ -176,10 +192,12 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
     assert!(out.contains("sealed under master key"), "{out}");
     // The plain values are gone from the files, not just superseded (no old page, no WAL frame).
     let raw = database_bytes(&data);
-    assert!(
-        !contains(&raw, key.as_bytes()),
-        "the old access key lingers on disk"
-    );
+    for k in [&key, &second_key, &verify_key] {
+        assert!(
+            !contains(&raw, k.as_bytes()),
+            "a plain access key lingers on disk"
+        );
+    }
     // Sealing again is harmless.
     let (ok, _, err) = run(&["seal", "--data-dir", d, "--master-key-file", f]);
     assert!(ok, "{err}");
@@ -207,6 +225,18 @@ fn an_existing_store_is_sealed_losslessly_and_the_master_key_rotates() {
     let server = Server::start(&data, &["--master-key-file", s]);
     assert!(rt.block_on(introspect_active(&server, &data, &key, &token)));
     assert!(server.terminate().success());
+    let (ok, out, err) = run(&[
+        "keys",
+        "verify-only",
+        "--resource",
+        "second",
+        "--data-dir",
+        d,
+        "--master-key-file",
+        s,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(access_key(out.lines().last().expect("a line")), verify_key);
 }
 
 #[test]
