@@ -138,7 +138,13 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
                 .context("--host")?;
             let (store, endpoint) = open(&store).await?;
             let record = ResourceRecord::generate(name, host, time::OffsetDateTime::now_utc());
-            let outcome = store.create_resource(record.clone()).await;
+            // The default resource comes first (and keeps its name), also on a store no server
+            // has started on yet.
+            let outcome =
+                match callsign_store::ensure_default_resource(store.as_ref(), &SystemClock).await {
+                    Ok(_) => store.create_resource(record.clone()).await,
+                    Err(e) => Err(e),
+                };
             store.close().await;
             match outcome? {
                 ResourceCreated::Created => {}
