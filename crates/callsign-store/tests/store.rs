@@ -2089,3 +2089,5 @@ copy_pairs!(
     postgres_to_sqlite: make_postgres -> make_sqlite,
     sqlite_to_sqlite: make_sqlite -> make_sqlite,
 );
+#[path = "store/audit.rs"]
+mod audit;
