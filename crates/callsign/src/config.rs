@@ -87,6 +87,9 @@ pub enum Command {
     Bench(callsign_bench::BenchArgs),
     /// Bulk-insert identities straight into a store (for scale benchmarks).
     Seed(callsign_bench::SeedArgs),
+    /// Print the audit log of a store (table, or JSON lines with --json); works while servers
+    /// run.
+    Audit(crate::audit_cmd::AuditArgs),
 }
 
 /// Store selection shared by several commands.
@@ -211,6 +214,10 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "CALLSIGN_LOG_JSON")]
     pub log_json: bool,
+    /// How long audit records are kept before they are pruned (90d, 12h, …; 0 or off: for
+    /// ever) [default: 90d].
+    #[arg(long, env = "CALLSIGN_AUDIT_RETENTION")]
+    pub audit_retention: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -395,6 +402,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub log_json: bool,
     pub endpoint: Option<String>,
+    pub audit_retention: Option<String>,
     #[serde(flatten)]
     pub limits: LimitArgs,
 }
@@ -502,6 +510,9 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
         bail!("at most {MAX_PUBLIC_HOSTS} --public-host values");
     }
     args.limits.or(file.limits).apply(&mut settings)?;
+    if let Some(r) = args.audit_retention.or(file.audit_retention) {
+        settings.audit_retention = crate::audit_cmd::parse_retention(&r)?;
+    }
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
         if n < 1024 {
             bail!("--max-body-bytes must be at least 1024");
