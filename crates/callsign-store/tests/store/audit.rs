@@ -3,9 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use callsign_store::{
-    Actor, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, Credential,
-};
+use callsign_store::{Actor, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, Credential};
 
 use super::*;
 
