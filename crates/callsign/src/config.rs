@@ -750,6 +750,29 @@ mod tests {
     }
 
     #[test]
+    fn audit_retention_comes_from_the_flag_or_the_file_and_defaults_to_90_days() {
+        use std::time::Duration;
+        let d = resolve_serve(serve_args(&[])).expect("resolves");
+        assert_eq!(
+            d.settings.audit_retention,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("callsign.toml");
+        std::fs::write(&file, "audit_retention = \"30d\"\n").expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        let f = resolve_serve(serve_args(&["--config", cfg])).expect("resolves");
+        assert_eq!(
+            f.settings.audit_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let off = resolve_serve(serve_args(&["--config", cfg, "--audit-retention", "off"]))
+            .expect("resolves");
+        assert_eq!(off.settings.audit_retention, None);
+        assert!(resolve_serve(serve_args(&["--audit-retention", "soon"])).is_err());
+    }
+
+    #[test]
     fn an_unknown_signing_algorithm_is_refused_naming_the_choices() {
         let err = Cli::try_parse_from(["callsign", "serve", "--signing-alg", "hs256"])
             .expect_err("refused");

@@ -214,7 +214,64 @@ async fn refused_requests_leave_no_record(backend: Backend) {
     app.stop().await;
 }
 
+/// A record written `days` ago.
+fn aged(seq: i64, days: i64) -> AuditRecord {
+    let resource = callsign_core::ResourceId::new_random();
+    AuditRecord {
+        seq,
+        at: time::OffsetDateTime::now_utc() - time::Duration::days(days),
+        resource: Some(resource),
+        operation: Op::CreateIdentity,
+        identity: Some(callsign_core::IdentityId::new_random(resource)),
+        outcome: Out::Success,
+        credential: Credential::Primary,
+        client: None,
+        request_id: None,
+        detail: None,
+    }
+}
+
+async fn a_node_prunes_records_past_the_retention(backend: Backend) {
+    let mut builder = TestApp::builder().backend(backend);
+    let records: Vec<AuditRecord> = (1..=3).map(|i| aged(i, 40)).chain([aged(4, 10)]).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Box<dyn callsign_store::BulkStore> = match backend {
+        Backend::Sqlite => Box::new(callsign_store::open_embedded_store(dir.path()).expect("open")),
+        Backend::Postgres => {
+            let db = callsign_testkit::TestDatabase::create().await;
+            let store = callsign_store::PostgresStore::connect(&db.url(), &Default::default())
+                .await
+                .expect("connect");
+            builder = builder.database(db);
+            Box::new(store)
+        }
+    };
+    assert_eq!(
+        store.import_audit(records.clone()).await.expect("import"),
+        4
+    );
+    store.close().await;
+    drop(store);
+    let app = builder
+        .data_dir(dir)
+        .settings(|s| s.audit_retention = Some(std::time::Duration::from_secs(30 * 86_400)))
+        .spawn()
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = app.audit_records().await;
+        if left.len() == 1 {
+            assert_eq!((left[0].seq, left[0].identity), (4, records[3].identity));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not pruned: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
 on_every_backend!(
     every_change_through_http_leaves_one_record,
-    refused_requests_leave_no_record
+    refused_requests_leave_no_record,
+    a_node_prunes_records_past_the_retention
 );
