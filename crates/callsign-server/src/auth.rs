@@ -21,7 +21,6 @@ use crate::resources::{ResourceKeys, Routing};
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {
     resource: ResourceId,
-    #[allow(dead_code)] // Until the audit records it.
     credential: KeySlot,
 }
 
@@ -32,7 +31,6 @@ impl Authenticated {
     }
 
     /// Which of its keys signed the request.
-    #[allow(dead_code)] // Until the audit records it.
     pub fn credential(&self) -> KeySlot {
         self.credential
     }

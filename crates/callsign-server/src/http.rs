@@ -27,6 +27,7 @@ use crate::state::{AppState, Directory};
 use crate::throttle::OperationClass;
 use crate::version::{self, ApiVersion, Operation};
 use crate::{identities, meta, teams};
+use callsign_store::Actor;
 
 /// The whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -262,6 +263,10 @@ static SUPPORTED_VERSIONS: std::sync::LazyLock<HeaderValue> = std::sync::LazyLoc
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 });
 
+/// The id of a request: logged, answered as `ms-cv`, recorded with what the request changes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestId(pub(crate) uuid::Uuid);
+
 /// Every request passes here: a request id, the handler, common headers, one log line.
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
@@ -273,6 +278,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         .cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let mut req = req;
+    // The request id goes with the request to whatever it changes (the audit log).
+    req.extensions_mut().insert(RequestId(request_id));
     let (route, result) = catching_panics(request_id, handle(&state, req)).await;
     // Causes and reasons are logged here, with the request id; the body never carries them.
     let reason = match &result {
@@ -391,7 +399,12 @@ async fn handle_versioned(
         return Err(not_in_version(version));
     }
     check_content_type(&parts.headers, &body)?;
-    let dir = state.directory(&auth);
+    let actor = Actor {
+        credential: auth.credential().into(),
+        client: parts.extensions.get::<ClientAddr>().map(|c| c.0),
+        request_id: parts.extensions.get::<RequestId>().map(|r| r.0.to_string()),
+    };
+    let dir = state.directory(&auth, actor);
     if let Some(class) = route.throttle_class() {
         dir.throttle(class)?;
     }

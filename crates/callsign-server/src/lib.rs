@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+mod audit;
 mod auth;
 mod connection;
 mod error;
@@ -38,7 +39,7 @@ mod version;
 
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
-pub use settings::Settings;
+pub use settings::{DEFAULT_AUDIT_RETENTION, Settings};
 pub use startup::Application;
 pub use throttle::{OperationClass, Rate, ThrottleConfig};
 pub use tls::{LocalCaPaths, TlsMode};

@@ -41,6 +41,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let refresher = spawn_key_refresher(Arc::clone(&serving.state));
     let resource_poller = spawn_resource_poller(Arc::clone(&serving.state), serving.resource_poll);
+    let pruner = crate::audit::spawn_pruner(Arc::clone(&serving.state));
     let conns = Arc::new(connection_cap(&serving.limits));
     accept_until(&listener, &serving, &conns, shutdown).await;
     drop(listener);
@@ -57,6 +58,9 @@ pub(crate) async fn run(
     }
     refresher.abort();
     resource_poller.abort();
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     serving.state.store.close().await;
     tracing::info!("stopped");
     Ok(())

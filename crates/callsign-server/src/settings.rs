@@ -11,6 +11,9 @@ use crate::connection::ConnectionLimits;
 use crate::throttle::ThrottleConfig;
 use crate::tls::TlsMode;
 
+/// How long audit records are kept by default: 90 days.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// Everything `callsign serve` can be told.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -46,6 +49,8 @@ pub struct Settings {
     /// How often the store's configuration generation is read, so that resources and access
     /// keys created, deleted or replaced by any node or command take effect here.
     pub resource_poll: Duration,
+    /// How long audit records are kept before every node prunes them (`None`: for ever).
+    pub audit_retention: Option<Duration>,
 }
 
 impl Settings {
@@ -69,6 +74,7 @@ impl Settings {
             throttle: ThrottleConfig::off(),
             auth_failures_per_minute: 60,
             resource_poll: Duration::from_secs(1),
+            audit_retention: Some(DEFAULT_AUDIT_RETENTION),
         }
     }
 }

@@ -103,6 +103,7 @@ impl Application {
             auth_failures: crate::throttle::AuthFailures::new(settings.auth_failures_per_minute),
             readiness: crate::meta::Readiness::default(),
             outage_log: crate::state::OutageLog::default(),
+            audit_retention: settings.audit_retention,
         });
         tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");
         Ok(Self {

@@ -6,7 +6,9 @@ use callsign_core::token::{IssuedToken, TokenIssuer};
 use callsign_core::{
     Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes, TeamsAssignment,
 };
-use callsign_store::{Created, IdentityFilter, IdentityPage, IdentityRecord, NewIdentity, Store};
+use callsign_store::{
+    Actor, Created, IdentityFilter, IdentityPage, IdentityRecord, NewIdentity, Store,
+};
 
 use crate::auth::{Authenticated, Authenticator};
 use crate::error::ApiError;
@@ -25,6 +27,8 @@ pub struct AppState {
     pub(crate) auth_failures: crate::throttle::AuthFailures,
     pub(crate) readiness: crate::meta::Readiness,
     pub(crate) outage_log: OutageLog,
+    /// How long audit records are kept (`None`: for ever).
+    pub(crate) audit_retention: Option<std::time::Duration>,
 }
 
 /// Rate-limits the warning an unavailable store gives, per request otherwise.
@@ -51,10 +55,13 @@ impl OutageLog {
 
 impl AppState {
     /// The identities of the authenticated resource.
-    pub(crate) fn directory<'a>(&'a self, auth: &Authenticated) -> Directory<'a> {
+    /// The identities of the authenticated resource; what `actor` changes through it is
+    /// recorded in the audit log as its doing.
+    pub(crate) fn directory<'a>(&'a self, auth: &Authenticated, actor: Actor) -> Directory<'a> {
         Directory {
             state: self,
             resource: auth.resource(),
+            actor,
         }
     }
 }
@@ -63,6 +70,7 @@ impl AppState {
 pub(crate) struct Directory<'a> {
     state: &'a AppState,
     resource: ResourceId,
+    actor: Actor,
 }
 
 impl Directory<'_> {
@@ -99,7 +107,7 @@ impl Directory<'_> {
             custom_id,
             created_at: self.state.clock.now(),
         };
-        Ok(self.state.store.create_identity(new).await?)
+        Ok(self.state.store.create_identity(new, &self.actor).await?)
     }
 
     pub(crate) async fn get(&self, id: &IdentityId) -> Result<IdentityRecord, ApiError> {
@@ -128,13 +136,13 @@ impl Directory<'_> {
     pub(crate) async fn revoke(&self, id: &IdentityId) -> Result<u64, ApiError> {
         self.state
             .store
-            .revoke_tokens(id)
+            .revoke_tokens(id, &self.actor)
             .await?
             .ok_or(ApiError::IdentityNotFound)
     }
 
     pub(crate) async fn delete(&self, id: &IdentityId) -> Result<(), ApiError> {
-        if self.state.store.delete_identity(id).await? {
+        if self.state.store.delete_identity(id, &self.actor).await? {
             Ok(())
         } else {
             Err(ApiError::IdentityNotFound)
@@ -156,7 +164,11 @@ impl Directory<'_> {
 
     /// Creates or replaces an assignment; true when created.
     pub(crate) async fn put_assignment(&self, a: TeamsAssignment) -> Result<bool, ApiError> {
-        Ok(self.state.store.put_assignment(self.resource, a).await?)
+        Ok(self
+            .state
+            .store
+            .put_assignment(self.resource, a, &self.actor)
+            .await?)
     }
 
     pub(crate) async fn delete_assignment(
@@ -167,7 +179,7 @@ impl Directory<'_> {
         if self
             .state
             .store
-            .delete_assignment(self.resource, tenant, object)
+            .delete_assignment(self.resource, tenant, object, &self.actor)
             .await?
         {
             Ok(())

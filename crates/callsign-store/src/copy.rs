@@ -6,8 +6,8 @@ use std::fmt;
 use callsign_core::IdentityId;
 
 use crate::{
-    AssignmentStore, BulkIdentities, BulkStore, KeySlot, ResourceCreated, ResourceRecord,
-    ResourceStore, SigningKeyStore, StoreError,
+    Actor, AssignmentStore, AuditQuery, BulkIdentities, BulkStore, KeySlot, ResourceCreated,
+    ResourceRecord, ResourceStore, SigningKeyStore, StoreError,
 };
 
 /// How many ids of each kind of divergence a [`CopyError::Diverged`] names.
@@ -62,6 +62,8 @@ pub struct CopyReport {
     /// Teams assignments inserted into the target (the rest were there already; those are never
     /// overwritten).
     pub assignments: usize,
+    /// Audit records the target did not have yet (a record keeps its sequence number).
+    pub audit_records: usize,
 }
 
 /// One identity on which the target has diverged from the source.
@@ -154,6 +156,9 @@ pub async fn copy_store(
         report.created_on_target = divergence.created;
         report.deleted_on_target = divergence.deleted;
     }
+    // The audit log first, keeping its sequence numbers: what the copy itself records on the
+    // target is numbered after it.
+    report.audit_records = copy_audit(from, to, batch).await?;
     let winner = to.bootstrap_default_resource(resource.clone()).await?;
     if winner.id != resource.id {
         return Err(CopyError::DifferentResource(winner.id.to_string()));
@@ -199,6 +204,26 @@ async fn copy_resources(
         changed += usize::from(differs);
     }
     Ok(changed)
+}
+
+/// Copies every audit record the target lacks; returns how many.
+async fn copy_audit(
+    from: &dyn BulkStore,
+    to: &dyn BulkStore,
+    batch: usize,
+) -> Result<usize, StoreError> {
+    let mut query = AuditQuery {
+        limit: batch,
+        ..AuditQuery::default()
+    };
+    let mut added = 0;
+    loop {
+        let page = from.audit_records(&query).await?;
+        let Some(last) = page.last() else { break };
+        query.after = Some(last.seq);
+        added += to.import_audit(page).await?;
+    }
+    Ok(added)
 }
 
 /// The source's default resource, checked against the target's (if it has one yet).
@@ -294,7 +319,11 @@ async fn copy_assignments(
             .get_assignment(resource, assignment.tenant_id, assignment.object_id)
             .await?
             .is_some();
-        if !present && to.put_assignment(resource, assignment).await? {
+        if !present
+            && to
+                .put_assignment(resource, assignment, &Actor::operator())
+                .await?
+        {
             added += 1;
         }
     }

@@ -16,6 +16,7 @@
 //!   [`Tombstone`] in the same transaction: a deleted id is never created or imported again
 //!   (its custom id is free for a new identity).
 
+pub mod audit;
 mod bootstrap;
 mod copy;
 pub mod files;
@@ -36,6 +37,10 @@ use callsign_core::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use audit::{
+    Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, Credential,
+    TokenCount,
+};
 pub use bootstrap::ensure_default_resource;
 pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
 pub use files::{DataDirError, restrict_umask, secure_data_dir};
@@ -251,19 +256,61 @@ pub(crate) fn stored_custom_id(
 
 /// `last_token_issued_at` values not yet written: issuing a token records here, a background
 /// flush writes them, reads overlay them. Shared by the backends.
+/// Per resource, the tokens issued since the last flush are counted here too.
 #[derive(Debug, Default)]
-pub(crate) struct PendingTokenTimes(Mutex<HashMap<IdentityId, i64>>);
+pub(crate) struct PendingTokenTimes(
+    Mutex<HashMap<IdentityId, i64>>,
+    Mutex<HashMap<ResourceId, PendingCount>>,
+);
+
+/// Tokens issued for one resource since the last flush: how many, and the latest time (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PendingCount {
+    pub(crate) count: i64,
+    pub(crate) last_ms: i64,
+}
 
 impl PendingTokenTimes {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IdentityId, i64>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the latest time per identity.
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<ResourceId, PendingCount>> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the latest time per identity and counts the token for its resource.
     pub(crate) fn record(&self, id: &IdentityId, at: OffsetDateTime) {
+        self.keep(id, at);
+        self.add_counts(&[(
+            id.resource(),
+            PendingCount {
+                count: 1,
+                last_ms: unix_ms(at),
+            },
+        )]);
+    }
+
+    /// Keeps the latest time per identity (a flush that failed puts its times back).
+    pub(crate) fn keep(&self, id: &IdentityId, at: OffsetDateTime) {
         let mut map = self.map();
         let v = map.entry(*id).or_insert(0);
         *v = (*v).max(unix_ms(at));
+    }
+
+    /// Adds counts (a flush that failed puts its counts back).
+    pub(crate) fn add_counts(&self, counts: &[(ResourceId, PendingCount)]) {
+        let mut map = self.counts();
+        for (resource, c) in counts {
+            let v = map.entry(*resource).or_default();
+            v.count += c.count;
+            v.last_ms = v.last_ms.max(c.last_ms);
+        }
+    }
+
+    /// Every count waiting, emptying the buffer.
+    pub(crate) fn take_counts(&self) -> Vec<(ResourceId, PendingCount)> {
+        self.counts().drain().collect()
     }
 
     /// Forgets an identity (it was deleted).
@@ -567,7 +614,8 @@ impl std::fmt::Debug for StoredSigningKey {
 pub trait IdentityStore: Send + Sync {
     /// Stores `new`, or returns the identity that already has its custom id. Fails for an id
     /// that has a tombstone (ids are random, so this does not happen by chance).
-    async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError>;
+    async fn create_identity(&self, new: NewIdentity, actor: &Actor)
+    -> Result<Created, StoreError>;
 
     /// Looks an identity up.
     async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError>;
@@ -589,11 +637,15 @@ pub trait IdentityStore: Send + Sync {
     ) -> Result<IdentityPage, StoreError>;
 
     /// Increments the revocation epoch; `None` when the identity does not exist.
-    async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError>;
+    async fn revoke_tokens(
+        &self,
+        id: &IdentityId,
+        actor: &Actor,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// Deletes the identity and everything stored for it, leaving a [`Tombstone`] in the same
     /// transaction; false when it did not exist (then no tombstone is written).
-    async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError>;
+    async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError>;
 
     /// Notes that a token was issued (best effort, not durable, never fails the caller).
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime);
@@ -678,6 +730,7 @@ pub trait AssignmentStore: Send + Sync {
         &self,
         resource: ResourceId,
         assignment: TeamsAssignment,
+        actor: &Actor,
     ) -> Result<bool, StoreError>;
 
     /// Removes an assignment; false when there was none.
@@ -686,6 +739,7 @@ pub trait AssignmentStore: Send + Sync {
         resource: ResourceId,
         tenant: Uuid,
         object: Uuid,
+        actor: &Actor,
     ) -> Result<bool, StoreError>;
 }
 
@@ -899,7 +953,13 @@ pub trait StoreHealth: Send + Sync {
 /// A complete backend, as a server serves it: everything but [`BulkIdentities`].
 #[async_trait]
 pub trait Store:
-    IdentityStore + ResourceStore + SigningKeyStore + AssignmentStore + KeyMaterialStore + StoreHealth
+    IdentityStore
+    + ResourceStore
+    + SigningKeyStore
+    + AssignmentStore
+    + KeyMaterialStore
+    + StoreHealth
+    + AuditLog
 {
     /// Flushes lazily recorded data and stops background work. Idempotent.
     async fn close(&self);
@@ -945,6 +1005,11 @@ pub trait BulkIdentities: Send + Sync {
     /// Every assignment of every resource, in `(resource, tenant, object)` order (export,
     /// migration).
     async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
+
+    /// Stores audit records as they are (sequence numbers included), keeping a record whose
+    /// sequence number is here already; later records get higher numbers. Returns how many were
+    /// new. For migration between backends ([`copy_store`]), not for serving requests.
+    async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<usize, StoreError>;
 }
 
 /// A backend with its bulk capability: what the copy and seed paths open. The server holds only

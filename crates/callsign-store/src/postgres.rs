@@ -23,6 +23,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::{
+    AUDIT_COLUMNS, Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery,
+    AuditRecord, AuditRow, AuditValues, TokenCount,
+};
 use crate::pg_tls;
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
@@ -34,6 +38,7 @@ use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
     ResourceDeleted, SealStatus, StoredResource, count_sealed,
 };
+use deadpool_postgres::GenericClient;
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -129,6 +134,33 @@ CREATE TABLE callsign_config_generation (
     generation BIGINT NOT NULL
 );
 INSERT INTO callsign_config_generation (id, generation) VALUES (1, 0);
+"#,
+    ),
+    (
+        6,
+        "audit log and token counts",
+        // One record per change, written in the change's transaction; the tokens issued per
+        // resource, written by the token-time flush.
+        r#"
+CREATE TABLE callsign_audit_log (
+    seq         BIGSERIAL PRIMARY KEY,
+    at_ms       BIGINT NOT NULL,
+    resource_id TEXT,
+    operation   TEXT NOT NULL,
+    identity_id TEXT,
+    outcome     TEXT NOT NULL,
+    credential  TEXT NOT NULL,
+    client      TEXT,
+    request_id  TEXT,
+    detail      TEXT
+);
+CREATE INDEX callsign_audit_log_at ON callsign_audit_log (at_ms);
+CREATE INDEX callsign_audit_log_resource ON callsign_audit_log (resource_id, seq);
+CREATE TABLE callsign_token_counts (
+    resource_id       TEXT PRIMARY KEY,
+    count             BIGINT NOT NULL,
+    last_issued_at_ms BIGINT
+);
 "#,
     ),
 ];
@@ -482,6 +514,7 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
 }
 
 async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
+    flush_counts(pool, touched).await;
     let pending = touched.take();
     if pending.is_empty() {
         return;
@@ -510,7 +543,7 @@ async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
             tracing::debug!(error = %e.chain(), "last-token times kept for the next flush");
             for (id, at) in pending {
                 if let Ok(at) = from_ms(at) {
-                    touched.record(&id, at);
+                    touched.keep(&id, at);
                 }
             }
         }
@@ -518,10 +551,165 @@ async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
     }
 }
 
+/// Adds the tokens counted since the last flush to each resource's count.
+async fn flush_counts(pool: &Pool, touched: &PendingTokenTimes) {
+    let counts = touched.take_counts();
+    if counts.is_empty() {
+        return;
+    }
+    let resources: Vec<String> = counts.iter().map(|(r, _)| r.to_string()).collect();
+    let added: Vec<i64> = counts.iter().map(|(_, c)| c.count).collect();
+    let last: Vec<i64> = counts.iter().map(|(_, c)| c.last_ms).collect();
+    let result = async {
+        let client = pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO callsign_token_counts AS c (resource_id, count, last_issued_at_ms)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+                 ON CONFLICT (resource_id) DO UPDATE SET count = c.count + EXCLUDED.count,
+                   last_issued_at_ms = GREATEST(c.last_issued_at_ms, EXCLUDED.last_issued_at_ms)",
+                &[&resources, &added, &last],
+            )
+            .await
+            .map_err(pg)
+    }
+    .await;
+    match result {
+        Ok(_) => {}
+        Err(e) if e.is_unavailable() => touched.add_counts(&counts),
+        Err(e) => tracing::warn!(error = %e.chain(), "could not record token counts"),
+    }
+}
+
+/// Writes one audit record through `client`: the transaction of the change it records.
+pub(crate) async fn write_audit(
+    client: &impl GenericClient,
+    actor: &Actor,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let v = AuditValues::of(actor, event);
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome,
+                                             credential, client, request_id, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await
+        .map_err(pg)?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &v.at_ms,
+                &v.resource,
+                &v.operation,
+                &v.identity,
+                &v.outcome,
+                &v.credential,
+                &v.client,
+                &v.request_id,
+                &v.detail,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+fn audit_row(row: &tokio_postgres::Row) -> Result<AuditRecord, StoreError> {
+    AuditRow {
+        seq: row.try_get(0).map_err(pg)?,
+        at_ms: row.try_get(1).map_err(pg)?,
+        resource: row.try_get(2).map_err(pg)?,
+        operation: row.try_get(3).map_err(pg)?,
+        identity: row.try_get(4).map_err(pg)?,
+        outcome: row.try_get(5).map_err(pg)?,
+        credential: row.try_get(6).map_err(pg)?,
+        client: row.try_get(7).map_err(pg)?,
+        request_id: row.try_get(8).map_err(pg)?,
+        detail: row.try_get(9).map_err(pg)?,
+    }
+    .record()
+}
+
+#[async_trait]
+impl AuditLog for PostgresStore {
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let after = query.after.unwrap_or(0);
+        let since = query.since.map(ms);
+        let resource = query.resource.map(|r| r.to_string());
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM callsign_audit_log
+                     WHERE seq > $1 AND ($2::BIGINT IS NULL OR at_ms >= $2)
+                       AND ($3::TEXT IS NULL OR resource_id = $3)
+                     ORDER BY seq LIMIT $4"
+                ),
+                &[&after, &since, &resource, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    async fn token_counts(&self) -> Result<Vec<TokenCount>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT resource_id, count, last_issued_at_ms FROM callsign_token_counts
+                 ORDER BY resource_id",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let resource: String = row.try_get(0).map_err(pg)?;
+                let count: i64 = row.try_get(1).map_err(pg)?;
+                Ok(TokenCount {
+                    resource: ResourceId::parse(&resource)
+                        .map_err(|_| StoreError::corrupt(format!("token count of {resource:?}")))?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    last_issued_at: row
+                        .try_get::<_, Option<i64>>(2)
+                        .map_err(pg)?
+                        .map(from_ms)
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_audit(&self, before: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Nodes pruning together skip each other's rows rather than wait for them.
+        let n = client
+            .execute(
+                "DELETE FROM callsign_audit_log WHERE seq IN (
+                   SELECT seq FROM callsign_audit_log WHERE at_ms < $1
+                   ORDER BY at_ms LIMIT $2 FOR UPDATE SKIP LOCKED
+                 )",
+                &[&ms(before), &limit],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
 #[async_trait]
 impl IdentityStore for PostgresStore {
-    async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+    async fn create_identity(
+        &self,
+        new: NewIdentity,
+        actor: &Actor,
+    ) -> Result<Created, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let client = client.transaction().await.map_err(pg)?;
         let id = new.id.to_string();
         let resource = new.id.resource().to_string();
         let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
@@ -541,8 +729,16 @@ impl IdentityStore for PostgresStore {
             .await
             .map_err(pg)?
         {
+            let identity = identity(&row)?;
+            let event = AuditEvent::identity(
+                AuditOperation::CreateIdentity,
+                identity.id,
+                AuditOutcome::Success,
+            );
+            write_audit(&client, actor, &event).await?;
+            client.commit().await.map_err(pg)?;
             return Ok(Created {
-                identity: identity(&row)?,
+                identity,
                 created: true,
             });
         }
@@ -564,8 +760,16 @@ impl IdentityStore for PostgresStore {
             .ok_or_else(|| {
                 StoreError::unavailable("the identity with this custom id was deleted concurrently")
             })?;
+        let existing = identity(&row)?;
+        let event = AuditEvent::identity(
+            AuditOperation::CreateIdentity,
+            existing.id,
+            AuditOutcome::Existing,
+        );
+        write_audit(&client, actor, &event).await?;
+        client.commit().await.map_err(pg)?;
         Ok(Created {
-            identity: identity(&row)?,
+            identity: existing,
             created: false,
         })
     }
@@ -646,8 +850,13 @@ impl IdentityStore for PostgresStore {
         ))
     }
 
-    async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+    async fn revoke_tokens(
+        &self,
+        id: &IdentityId,
+        actor: &Actor,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let client = client.transaction().await.map_err(pg)?;
         let stmt = client
             .prepare_cached(
                 "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1 WHERE id = $1 RETURNING revocation_epoch",
@@ -658,16 +867,28 @@ impl IdentityStore for PostgresStore {
             .query_opt(&stmt, &[&id.to_string()])
             .await
             .map_err(pg)?;
-        row.map(|r| {
-            let epoch: i64 = r.try_get(0).map_err(pg)?;
-            u64::try_from(epoch).map_err(|_| StoreError::corrupt("negative epoch"))
-        })
-        .transpose()
+        let epoch = row
+            .map(|r| {
+                let epoch: i64 = r.try_get(0).map_err(pg)?;
+                u64::try_from(epoch).map_err(|_| StoreError::corrupt("negative epoch"))
+            })
+            .transpose()?;
+        let event = match epoch {
+            Some(e) => {
+                AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::Success)
+                    .with_detail(format!("epoch {e}"))
+            }
+            None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
+        };
+        write_audit(&client, actor, &event).await?;
+        client.commit().await.map_err(pg)?;
+        Ok(epoch)
     }
 
-    async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError> {
+    async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
         self.touched.forget(id);
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let client = client.transaction().await.map_err(pg)?;
         // One statement: the identity goes and its tombstone comes in one transaction.
         let stmt = client
             .prepare_cached(
@@ -684,6 +905,14 @@ impl IdentityStore for PostgresStore {
             .execute(&stmt, &[&id.to_string(), &ms(OffsetDateTime::now_utc())])
             .await
             .map_err(pg)?;
+        let outcome = if n > 0 {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::NotFound
+        };
+        let event = AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome);
+        write_audit(&client, actor, &event).await?;
+        client.commit().await.map_err(pg)?;
         Ok(n > 0)
     }
 
@@ -1100,8 +1329,10 @@ impl AssignmentStore for PostgresStore {
         &self,
         resource: ResourceId,
         assignment: TeamsAssignment,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let client = client.transaction().await.map_err(pg)?;
         let clients: Option<Vec<String>> = assignment
             .client_ids
             .as_ref()
@@ -1135,7 +1366,21 @@ impl AssignmentStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        row.try_get(0).map_err(pg)
+        let created: bool = row.try_get(0).map_err(pg)?;
+        let outcome = if created {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::Replaced
+        };
+        let detail = crate::sqlite::assignment_detail(
+            &assignment.tenant_id.to_string(),
+            &assignment.object_id.to_string(),
+        );
+        let event = AuditEvent::resource(AuditOperation::PutAssignment, resource, outcome)
+            .with_detail(detail);
+        write_audit(&client, actor, &event).await?;
+        client.commit().await.map_err(pg)?;
+        Ok(created)
     }
 
     async fn delete_assignment(
@@ -1143,8 +1388,10 @@ impl AssignmentStore for PostgresStore {
         resource: ResourceId,
         tenant: Uuid,
         object: Uuid,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let client = client.transaction().await.map_err(pg)?;
         let stmt = client
             .prepare_cached(
                 "DELETE FROM callsign_teams_assignments
@@ -1163,6 +1410,16 @@ impl AssignmentStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
+        let outcome = if n > 0 {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::NotFound
+        };
+        let detail = crate::sqlite::assignment_detail(&tenant.to_string(), &object.to_string());
+        let event = AuditEvent::resource(AuditOperation::DeleteAssignment, resource, outcome)
+            .with_detail(detail);
+        write_audit(&client, actor, &event).await?;
+        client.commit().await.map_err(pg)?;
         Ok(n > 0)
     }
 }
@@ -1325,6 +1582,61 @@ impl BulkIdentities for PostgresStore {
             .await
             .map_err(pg)?;
         rows.iter().map(assignment).collect()
+    }
+
+    async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<usize, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let text = |f: &dyn Fn(&AuditRecord) -> Option<String>| -> Vec<Option<String>> {
+            records.iter().map(f).collect()
+        };
+        let seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
+        let ats: Vec<i64> = records.iter().map(|r| ms(r.at)).collect();
+        let resources = text(&|r| r.resource.map(|x| x.to_string()));
+        let operations = text(&|r| Some(r.operation.as_str().to_owned()));
+        let identities = text(&|r| r.identity.map(|x| x.to_string()));
+        let outcomes = text(&|r| Some(r.outcome.as_str().to_owned()));
+        let credentials = text(&|r| Some(r.credential.as_str().to_owned()));
+        let clients = text(&|r| r.client.map(|x| x.to_string()));
+        let requests = text(&|r| r.request_id.clone());
+        let details = text(&|r| r.detail.clone());
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO callsign_audit_log ({AUDIT_COLUMNS})
+                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                       $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                     ON CONFLICT (seq) DO NOTHING"
+                ),
+                &[
+                    &seqs,
+                    &ats,
+                    &resources,
+                    &operations,
+                    &identities,
+                    &outcomes,
+                    &credentials,
+                    &clients,
+                    &requests,
+                    &details,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        // Later records are numbered after the imported ones.
+        tx.execute(
+            "SELECT setval('callsign_audit_log_seq_seq', m) FROM
+               (SELECT max(seq) AS m FROM callsign_audit_log) AS x
+             WHERE m > (SELECT last_value FROM callsign_audit_log_seq_seq)",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 }
 

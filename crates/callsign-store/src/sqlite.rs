@@ -30,6 +30,10 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::audit::{
+    AUDIT_COLUMNS, Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery,
+    AuditRecord, AuditRow, AuditValues, TokenCount,
+};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
@@ -113,6 +117,29 @@ CREATE TABLE config_generation (
 );
 INSERT INTO config_generation (id, generation) VALUES (1, 0);
 "#,
+    // The audit log (one record per change, written in the change's transaction) and the
+    // tokens issued per resource (written by the token-time flush).
+    r#"
+CREATE TABLE audit_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms       INTEGER NOT NULL,
+    resource_id TEXT,
+    operation   TEXT NOT NULL,
+    identity_id TEXT,
+    outcome     TEXT NOT NULL,
+    credential  TEXT NOT NULL,
+    client      TEXT,
+    request_id  TEXT,
+    detail      TEXT
+);
+CREATE INDEX audit_log_at ON audit_log(at_ms);
+CREATE INDEX audit_log_resource ON audit_log(resource_id, seq);
+CREATE TABLE token_counts (
+    resource_id       TEXT PRIMARY KEY,
+    count             INTEGER NOT NULL,
+    last_issued_at_ms INTEGER
+) WITHOUT ROWID;
+"#,
 ];
 
 const READERS: usize = 4;
@@ -143,9 +170,9 @@ impl std::fmt::Debug for SqliteStore {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Job {
-    Create(NewIdentity, Reply<Created>),
-    Revoke(IdentityId, Reply<Option<u64>>),
-    Delete(IdentityId, Reply<bool>),
+    Create(NewIdentity, Actor, Reply<Created>),
+    Revoke(IdentityId, Actor, Reply<Option<u64>>),
+    Delete(IdentityId, Actor, Reply<bool>),
     Bootstrap(StoredResource, Reply<StoredResource>),
     CreateResource(StoredResource, Reply<ResourceCreated>),
     DeleteResource(ResourceId, Reply<ResourceDeleted>),
@@ -155,8 +182,10 @@ enum Job {
     BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
     Import(Vec<IdentityRecord>, Reply<ImportReport>),
     ImportTombstones(Vec<Tombstone>, Reply<TombstoneReport>),
-    PutAssignment(ResourceId, TeamsAssignment, Reply<bool>),
-    DeleteAssignment(AssignmentKey, Reply<bool>),
+    PutAssignment(ResourceId, TeamsAssignment, Actor, Reply<bool>),
+    DeleteAssignment(ResourceId, Uuid, Uuid, Actor, Reply<bool>),
+    ImportAudit(Vec<AuditRecord>, Reply<usize>),
+    PruneAudit(i64, usize, Reply<usize>),
     Flush(Reply<()>),
     /// Runs SQL on the writer's connection, inside the batch (tests only).
     #[cfg(test)]
@@ -705,7 +734,8 @@ fn ensure_full_sync(conn: &Connection) -> rusqlite::Result<()> {
 
 fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome {
     let pending = touched.take();
-    if pending.is_empty() {
+    let counts = touched.take_counts();
+    if pending.is_empty() && counts.is_empty() {
         return Outcome::Idle;
     }
     // Best-effort data: committed without an fsync of its own (WAL, synchronous=NORMAL); the
@@ -719,6 +749,14 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
             )?;
             for (id, at) in &pending {
                 stmt.execute(params![id.to_string(), at])?;
+            }
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO token_counts (resource_id, count, last_issued_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (resource_id) DO UPDATE SET count = count + excluded.count,
+                   last_issued_at_ms = max(coalesce(last_issued_at_ms, 0), excluded.last_issued_at_ms)",
+            )?;
+            for (resource, c) in &counts {
+                stmt.execute(params![resource.to_string(), c.count, c.last_ms])?;
             }
         }
         tx.commit()
@@ -734,9 +772,10 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
             match Outcome::of(&e) {
                 // Kept for the next flush; the store logs its state once, not every second.
                 Some(outcome) => {
+                    touched.add_counts(&counts);
                     for (id, at) in pending {
                         if let Ok(at) = from_ms(at) {
-                            touched.record(&id, at);
+                            touched.keep(&id, at);
                         }
                     }
                     outcome
@@ -833,9 +872,9 @@ fn run_batch(
 
 fn fail(job: Job, e: StoreError) {
     match job {
-        Job::Create(_, r) => drop(r.send(Err(e))),
-        Job::Revoke(_, r) => drop(r.send(Err(e))),
-        Job::Delete(_, r) => drop(r.send(Err(e))),
+        Job::Create(_, _, r) => drop(r.send(Err(e))),
+        Job::Revoke(_, _, r) => drop(r.send(Err(e))),
+        Job::Delete(_, _, r) => drop(r.send(Err(e))),
         Job::Bootstrap(_, r) => drop(r.send(Err(e))),
         Job::CreateResource(_, r) => drop(r.send(Err(e))),
         Job::DeleteResource(_, r) => drop(r.send(Err(e))),
@@ -845,8 +884,10 @@ fn fail(job: Job, e: StoreError) {
         Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
         Job::Import(_, r) => drop(r.send(Err(e))),
         Job::ImportTombstones(_, r) => drop(r.send(Err(e))),
-        Job::PutAssignment(_, _, r) => drop(r.send(Err(e))),
-        Job::DeleteAssignment(_, r) => drop(r.send(Err(e))),
+        Job::PutAssignment(_, _, _, r) => drop(r.send(Err(e))),
+        Job::DeleteAssignment(_, _, _, _, r) => drop(r.send(Err(e))),
+        Job::ImportAudit(_, r) => drop(r.send(Err(e))),
+        Job::PruneAudit(_, _, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
         #[cfg(test)]
         Job::Exec(_, r) => drop(r.send(Err(e))),
@@ -908,22 +949,15 @@ fn run_job(
     touched: &PendingTokenTimes,
 ) -> (Answer, JobOutcome) {
     match job {
-        Job::Create(new, reply) => answer(reply, in_savepoint(tx, |tx| create(tx, &new))),
-        Job::Revoke(id, reply) => answer(
-            reply,
-            in_savepoint(tx, |tx| {
-                tx.prepare_cached(
-                    "UPDATE identities SET revocation_epoch = revocation_epoch + 1 WHERE id = ?1 RETURNING revocation_epoch",
-                )
-                .and_then(|mut s| s.query_row([id.to_string()], |r| r.get::<_, i64>(0)).optional())
-                .map_err(backend)?
-                .map(|e| u64::try_from(e).map_err(|_| StoreError::corrupt("negative epoch")))
-                .transpose()
-            }),
-        ),
-        Job::Delete(id, reply) => {
+        Job::Create(new, actor, reply) => {
+            answer(reply, in_savepoint(tx, |tx| create(tx, &new, &actor)))
+        }
+        Job::Revoke(id, actor, reply) => {
+            answer(reply, in_savepoint(tx, |tx| revoke(tx, &id, &actor)))
+        }
+        Job::Delete(id, actor, reply) => {
             touched.forget(&id);
-            answer(reply, in_savepoint(tx, |tx| delete(tx, &id)))
+            answer(reply, in_savepoint(tx, |tx| delete(tx, &id, &actor)))
         }
         Job::Bootstrap(candidate, reply) => {
             answer(reply, in_savepoint(tx, |tx| bootstrap(tx, candidate)))
@@ -963,21 +997,22 @@ fn run_job(
                 in_savepoint(tx, |tx| import_tombstones(tx, &tombstones)),
             )
         }
-        Job::PutAssignment(resource, assignment, reply) => answer(
+        Job::PutAssignment(resource, assignment, actor, reply) => answer(
             reply,
-            in_savepoint(tx, |tx| put_assignment(tx, resource, &assignment)),
+            in_savepoint(tx, |tx| put_assignment(tx, resource, &assignment, &actor)),
         ),
-        Job::DeleteAssignment((resource, tenant, object), reply) => answer(
+        Job::DeleteAssignment(resource, tenant, object, actor, reply) => answer(
             reply,
             in_savepoint(tx, |tx| {
-                tx.prepare_cached(
-                    "DELETE FROM teams_assignments WHERE resource_id = ?1 AND tenant_id = ?2 AND object_id = ?3",
-                )
-                .and_then(|mut s| s.execute(params![resource, tenant, object]))
-                .map(|n| n > 0)
-                .map_err(backend)
+                delete_assignment(tx, (resource, tenant, object), &actor)
             }),
         ),
+        Job::ImportAudit(records, reply) => {
+            answer(reply, in_savepoint(tx, |tx| import_audit(tx, &records)))
+        }
+        Job::PruneAudit(before, limit, reply) => {
+            answer(reply, in_savepoint(tx, |tx| prune_audit(tx, before, limit)))
+        }
         Job::Flush(reply) => answer(reply, Ok(())),
         #[cfg(test)]
         Job::Exec(sql, reply) => answer(reply, tx.execute_batch(sql).map_err(backend)),
@@ -1014,11 +1049,12 @@ fn decode_client_ids(raw: Option<String>) -> Result<Option<Vec<Uuid>>, StoreErro
 /// at a time, so the insert-then-update pair cannot interleave with another put.
 fn put_assignment(
     tx: &rusqlite::Transaction<'_>,
-    resource: ResourceId,
+    resource_id: ResourceId,
     assignment: &TeamsAssignment,
+    actor: &Actor,
 ) -> Result<bool, StoreError> {
     let (resource, tenant, object) =
-        assignment_key(resource, assignment.tenant_id, assignment.object_id);
+        assignment_key(resource_id, assignment.tenant_id, assignment.object_id);
     let principal = assignment.principal_type.as_str();
     let clients = encode_client_ids(assignment.client_ids.as_deref());
     let now = ms(OffsetDateTime::now_utc());
@@ -1029,7 +1065,12 @@ fn put_assignment(
         )
         .and_then(|mut s| s.execute(params![resource, tenant, object, principal, clients, now]))
         .map_err(backend)?;
+    let event = |outcome| {
+        AuditEvent::resource(AuditOperation::PutAssignment, resource_id, outcome)
+            .with_detail(assignment_detail(&tenant, &object))
+    };
     if inserted == 1 {
+        write_audit(tx, actor, &event(AuditOutcome::Success))?;
         return Ok(true);
     }
     tx.prepare_cached(
@@ -1038,7 +1079,129 @@ fn put_assignment(
     )
     .and_then(|mut s| s.execute(params![resource, tenant, object, principal, clients, now]))
     .map_err(backend)?;
+    write_audit(tx, actor, &event(AuditOutcome::Replaced))?;
     Ok(false)
+}
+
+/// The detail of an assignment's audit record: which tenant and object.
+pub(crate) fn assignment_detail(tenant: &str, object: &str) -> String {
+    format!("tenant {tenant} object {object}")
+}
+
+/// Removes an assignment; false when there was none.
+fn delete_assignment(
+    tx: &rusqlite::Transaction<'_>,
+    (resource_id, tenant, object): (ResourceId, Uuid, Uuid),
+    actor: &Actor,
+) -> Result<bool, StoreError> {
+    let (resource, tenant, object) = assignment_key(resource_id, tenant, object);
+    let deleted = tx
+        .prepare_cached(
+            "DELETE FROM teams_assignments WHERE resource_id = ?1 AND tenant_id = ?2 AND object_id = ?3",
+        )
+        .and_then(|mut s| s.execute(params![resource, tenant, object]))
+        .map_err(backend)?
+        > 0;
+    let outcome = if deleted {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::NotFound
+    };
+    let event = AuditEvent::resource(AuditOperation::DeleteAssignment, resource_id, outcome)
+        .with_detail(assignment_detail(&tenant, &object));
+    write_audit(tx, actor, &event)?;
+    Ok(deleted)
+}
+
+/// Writes one audit record in `tx`: the transaction (savepoint) of the change it records.
+pub(crate) fn write_audit(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let v = AuditValues::of(actor, event);
+    tx.prepare_cached(
+        "INSERT INTO audit_log (at_ms, resource_id, operation, identity_id, outcome, credential,
+                                client, request_id, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            v.at_ms,
+            v.resource,
+            v.operation,
+            v.identity,
+            v.outcome,
+            v.credential,
+            v.client,
+            v.request_id,
+            v.detail
+        ])
+    })
+    .map(|_| ())
+    .map_err(backend)
+}
+
+/// Stores audit records as they are; a sequence number present already is kept. SQLite's
+/// AUTOINCREMENT counter follows the largest number inserted, so later records come after.
+fn import_audit(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[AuditRecord],
+) -> Result<usize, StoreError> {
+    let mut insert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (seq) DO NOTHING"
+        ))
+        .map_err(backend)?;
+    let mut n = 0;
+    for r in records {
+        n += insert
+            .execute(params![
+                r.seq,
+                ms(r.at),
+                r.resource.map(|x| x.to_string()),
+                r.operation.as_str(),
+                r.identity.map(|x| x.to_string()),
+                r.outcome.as_str(),
+                r.credential.as_str(),
+                r.client.map(|x| x.to_string()),
+                r.request_id,
+                r.detail,
+            ])
+            .map_err(backend)?;
+    }
+    Ok(n)
+}
+
+/// Deletes at most `limit` of the oldest records made before `before` (ms).
+fn prune_audit(
+    tx: &rusqlite::Transaction<'_>,
+    before: i64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "DELETE FROM audit_log WHERE seq IN
+           (SELECT seq FROM audit_log WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![before, limit]))
+    .map_err(backend)
+}
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.get(0)?,
+        at_ms: r.get(1)?,
+        resource: r.get(2)?,
+        operation: r.get(3)?,
+        identity: r.get(4)?,
+        outcome: r.get(5)?,
+        credential: r.get(6)?,
+        client: r.get(7)?,
+        request_id: r.get(8)?,
+        detail: r.get(9)?,
+    })
 }
 
 const ASSIGNMENT_COLUMNS: &str = "resource_id, tenant_id, object_id, principal_type, client_ids";
@@ -1109,7 +1272,11 @@ fn read_signing_keys(c: &Connection) -> Result<Vec<StoredSigningKey>, StoreError
     Ok(keys)
 }
 
-fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, StoreError> {
+fn create(
+    tx: &rusqlite::Transaction<'_>,
+    new: &NewIdentity,
+    actor: &Actor,
+) -> Result<Created, StoreError> {
     let resource = new.id.resource().to_string();
     let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
     // A tombstoned id is never used again (random ids make this a formality).
@@ -1122,6 +1289,12 @@ fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, 
         .and_then(|mut s| s.execute(params![new.id.to_string(), resource, custom, ms(new.created_at)]))
         .map_err(backend)?;
     if inserted == 1 {
+        let event = AuditEvent::identity(
+            AuditOperation::CreateIdentity,
+            new.id,
+            AuditOutcome::Success,
+        );
+        write_audit(tx, actor, &event)?;
         return Ok(Created {
             identity: IdentityRecord {
                 id: new.id,
@@ -1149,14 +1322,25 @@ fn create(tx: &rusqlite::Transaction<'_>, new: &NewIdentity) -> Result<Created, 
         })
         .map_err(backend)?
         .ok_or_else(|| StoreError::backend(format!("identity id {} already exists", new.id)))?;
+    let existing = identity_record(row)?;
+    let event = AuditEvent::identity(
+        AuditOperation::CreateIdentity,
+        existing.id,
+        AuditOutcome::Existing,
+    );
+    write_audit(tx, actor, &event)?;
     Ok(Created {
-        identity: identity_record(row)?,
+        identity: existing,
         created: false,
     })
 }
 
 /// Deletes an identity and leaves its tombstone; false when it did not exist.
-fn delete(tx: &rusqlite::Transaction<'_>, id: &IdentityId) -> Result<bool, StoreError> {
+fn delete(
+    tx: &rusqlite::Transaction<'_>,
+    id: &IdentityId,
+    actor: &Actor,
+) -> Result<bool, StoreError> {
     let deleted = tx
         .prepare_cached("DELETE FROM identities WHERE id = ?1 RETURNING resource_id")
         .and_then(|mut s| {
@@ -1164,6 +1348,16 @@ fn delete(tx: &rusqlite::Transaction<'_>, id: &IdentityId) -> Result<bool, Store
                 .optional()
         })
         .map_err(backend)?;
+    let outcome = if deleted.is_some() {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::NotFound
+    };
+    write_audit(
+        tx,
+        actor,
+        &AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome),
+    )?;
     let Some(resource) = deleted else {
         return Ok(false);
     };
@@ -1180,6 +1374,29 @@ fn delete(tx: &rusqlite::Transaction<'_>, id: &IdentityId) -> Result<bool, Store
     })
     .map_err(backend)?;
     Ok(true)
+}
+
+/// Increments an identity's revocation epoch; `None` when it does not exist.
+fn revoke(
+    tx: &rusqlite::Transaction<'_>,
+    id: &IdentityId,
+    actor: &Actor,
+) -> Result<Option<u64>, StoreError> {
+    let epoch = tx
+        .prepare_cached(
+            "UPDATE identities SET revocation_epoch = revocation_epoch + 1 WHERE id = ?1 RETURNING revocation_epoch",
+        )
+        .and_then(|mut s| s.query_row([id.to_string()], |r| r.get::<_, i64>(0)).optional())
+        .map_err(backend)?
+        .map(|e| u64::try_from(e).map_err(|_| StoreError::corrupt("negative epoch")))
+        .transpose()?;
+    let event = match epoch {
+        Some(e) => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::Success)
+            .with_detail(format!("epoch {e}")),
+        None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
+    };
+    write_audit(tx, actor, &event)?;
+    Ok(epoch)
 }
 
 /// Imports identities: a tombstoned id is skipped, an existing one only gets the higher epoch.
@@ -1482,8 +1699,13 @@ fn rewrite_keys(tx: &rusqlite::Transaction<'_>, plan: &KeyRewrite) -> Result<usi
 
 #[async_trait]
 impl IdentityStore for SqliteStore {
-    async fn create_identity(&self, new: NewIdentity) -> Result<Created, StoreError> {
-        self.submit(|r| Job::Create(new, r)).await
+    async fn create_identity(
+        &self,
+        new: NewIdentity,
+        actor: &Actor,
+    ) -> Result<Created, StoreError> {
+        let actor = actor.clone();
+        self.submit(|r| Job::Create(new, actor, r)).await
     }
 
     async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
@@ -1551,14 +1773,18 @@ impl IdentityStore for SqliteStore {
         ))
     }
 
-    async fn revoke_tokens(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {
-        let id = *id;
-        self.submit(|r| Job::Revoke(id, r)).await
+    async fn revoke_tokens(
+        &self,
+        id: &IdentityId,
+        actor: &Actor,
+    ) -> Result<Option<u64>, StoreError> {
+        let (id, actor) = (*id, actor.clone());
+        self.submit(|r| Job::Revoke(id, actor, r)).await
     }
 
-    async fn delete_identity(&self, id: &IdentityId) -> Result<bool, StoreError> {
-        let id = *id;
-        self.submit(|r| Job::Delete(id, r)).await
+    async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
+        let (id, actor) = (*id, actor.clone());
+        self.submit(|r| Job::Delete(id, actor, r)).await
     }
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
@@ -1711,8 +1937,10 @@ impl AssignmentStore for SqliteStore {
         &self,
         resource: ResourceId,
         assignment: TeamsAssignment,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
-        self.submit(|r| Job::PutAssignment(resource, assignment, r))
+        let actor = actor.clone();
+        self.submit(|r| Job::PutAssignment(resource, assignment, actor, r))
             .await
     }
 
@@ -1721,9 +1949,11 @@ impl AssignmentStore for SqliteStore {
         resource: ResourceId,
         tenant: Uuid,
         object: Uuid,
+        actor: &Actor,
     ) -> Result<bool, StoreError> {
-        let key = assignment_key(resource, tenant, object);
-        self.submit(|r| Job::DeleteAssignment(key, r)).await
+        let actor = actor.clone();
+        self.submit(|r| Job::DeleteAssignment(resource, tenant, object, actor, r))
+            .await
     }
 }
 
@@ -1813,6 +2043,67 @@ impl BulkIdentities for SqliteStore {
             }
             Ok(out)
         })
+    }
+
+    async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<usize, StoreError> {
+        self.submit(|r| Job::ImportAudit(records, r)).await
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let after = query.after.unwrap_or(0);
+        let since = query.since.map(ms);
+        let resource = query.resource.map(|r| r.to_string());
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log
+                 WHERE seq > ?1 AND (?2 IS NULL OR at_ms >= ?2) AND (?3 IS NULL OR resource_id = ?3)
+                 ORDER BY seq LIMIT ?4"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![after, since, resource, limit], audit_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
+        })?;
+        rows.into_iter().map(AuditRow::record).collect()
+    }
+
+    async fn token_counts(&self) -> Result<Vec<TokenCount>, StoreError> {
+        let rows = self.read(|c| {
+            c.prepare_cached(
+                "SELECT resource_id, count, last_issued_at_ms FROM token_counts ORDER BY resource_id",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
+        })?;
+        rows.into_iter()
+            .map(|(resource, count, last)| {
+                Ok(TokenCount {
+                    resource: ResourceId::parse(&resource)
+                        .map_err(|_| StoreError::corrupt(format!("token count of {resource:?}")))?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    last_issued_at: last.map(from_ms).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_audit(&self, before: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        let before = ms(before);
+        self.submit(|r| Job::PruneAudit(before, limit, r)).await
     }
 }
 
@@ -1942,7 +2233,7 @@ mod tests {
         let store = SqliteStore::open(dir.path().join("callsign.db")).expect("open");
         let resource = ResourceId::new_random();
         let kept = store
-            .create_identity(new_identity(resource))
+            .create_identity(new_identity(resource), &Actor::operator())
             .await
             .expect("create")
             .identity;
@@ -1966,7 +2257,7 @@ mod tests {
             new.custom_id = Some(
                 CustomId::parse(&format!("{}{}", "x".repeat(150), new.id)).expect("custom id"),
             );
-            if let Err(e) = store.create_identity(new).await {
+            if let Err(e) = store.create_identity(new, &Actor::operator()).await {
                 err = Some(e);
                 break;
             }
@@ -2012,11 +2303,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         store
-            .create_identity(new_identity(resource))
+            .create_identity(new_identity(resource), &Actor::operator())
             .await
             .expect("writes work again");
         assert_eq!(
-            store.revoke_tokens(&kept.id).await.expect("revoke"),
+            store
+                .revoke_tokens(&kept.id, &Actor::operator())
+                .await
+                .expect("revoke"),
             Some(1)
         );
         store.close().await;

@@ -11,10 +11,10 @@ use callsign_core::{
     TeamsAssignment,
 };
 use callsign_store::{
-    AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId, IdentityFilter,
-    IdentityRecord, IdentityStore, ImportReport, KeySlot, MAX_RESOURCES_PER_HOST, NewIdentity,
-    PostgresOptions, PostgresStore, ResourceCreated, ResourceDeleted, ResourceRecord, SqliteStore,
-    Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    Actor, AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId,
+    IdentityFilter, IdentityRecord, IdentityStore, ImportReport, KeySlot, MAX_RESOURCES_PER_HOST,
+    NewIdentity, PostgresOptions, PostgresStore, ResourceCreated, ResourceDeleted, ResourceRecord,
+    SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
@@ -31,7 +31,10 @@ fn new_identity(resource: ResourceId, custom: Option<&str>) -> NewIdentity {
 async fn create_then_get_returns_the_identity(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let new = new_identity(r, None);
-    let created = store.create_identity(new.clone()).await.expect("create");
+    let created = store
+        .create_identity(new.clone(), &Actor::operator())
+        .await
+        .expect("create");
     assert!(created.created);
     assert_eq!(created.identity.id, new.id);
     assert_eq!(created.identity.revocation_epoch, 0);
@@ -48,11 +51,17 @@ async fn create_then_get_returns_the_identity(store: Arc<dyn BulkStore>) {
 async fn custom_id_is_idempotent_per_resource(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let first = store
-        .create_identity(new_identity(r, Some("alice@example.com")))
+        .create_identity(
+            new_identity(r, Some("alice@example.com")),
+            &Actor::operator(),
+        )
         .await
         .expect("create");
     let again = store
-        .create_identity(new_identity(r, Some("alice@example.com")))
+        .create_identity(
+            new_identity(r, Some("alice@example.com")),
+            &Actor::operator(),
+        )
         .await
         .expect("create again");
     assert!(first.created);
@@ -64,10 +73,10 @@ async fn custom_id_is_idempotent_per_resource(store: Arc<dyn BulkStore>) {
     );
     // Another resource may use the same custom id for its own identity.
     let elsewhere = store
-        .create_identity(new_identity(
-            ResourceId::new_random(),
-            Some("alice@example.com"),
-        ))
+        .create_identity(
+            new_identity(ResourceId::new_random(), Some("alice@example.com")),
+            &Actor::operator(),
+        )
         .await
         .expect("create elsewhere");
     assert!(elsewhere.created);
@@ -81,7 +90,7 @@ async fn concurrent_creates_with_one_custom_id_yield_one_identity(store: Arc<dyn
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             store
-                .create_identity(new_identity(r, Some("bob")))
+                .create_identity(new_identity(r, Some("bob")), &Actor::operator())
                 .await
                 .expect("create")
         }));
@@ -100,12 +109,24 @@ async fn concurrent_creates_with_one_custom_id_yield_one_identity(store: Arc<dyn
 async fn revoke_increments_the_epoch(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
-        .create_identity(new_identity(r, None))
+        .create_identity(new_identity(r, None), &Actor::operator())
         .await
         .expect("create");
     let id = c.identity.id;
-    assert_eq!(store.revoke_tokens(&id).await.expect("revoke"), Some(1));
-    assert_eq!(store.revoke_tokens(&id).await.expect("revoke"), Some(2));
+    assert_eq!(
+        store
+            .revoke_tokens(&id, &Actor::operator())
+            .await
+            .expect("revoke"),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .revoke_tokens(&id, &Actor::operator())
+            .await
+            .expect("revoke"),
+        Some(2)
+    );
     let got = store
         .get_identity(&id)
         .await
@@ -113,19 +134,30 @@ async fn revoke_increments_the_epoch(store: Arc<dyn BulkStore>) {
         .expect("present");
     assert_eq!(got.revocation_epoch, 2);
     let unknown = IdentityId::new_random(r);
-    assert_eq!(store.revoke_tokens(&unknown).await.expect("revoke"), None);
+    assert_eq!(
+        store
+            .revoke_tokens(&unknown, &Actor::operator())
+            .await
+            .expect("revoke"),
+        None
+    );
 }
 
 async fn concurrent_revokes_are_all_counted(store: Arc<dyn BulkStore>) {
     let c = store
-        .create_identity(new_identity(ResourceId::new_random(), None))
+        .create_identity(
+            new_identity(ResourceId::new_random(), None),
+            &Actor::operator(),
+        )
         .await
         .expect("create");
     let id = c.identity.id;
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let store = Arc::clone(&store);
-        tasks.push(tokio::spawn(async move { store.revoke_tokens(&id).await }));
+        tasks.push(tokio::spawn(async move {
+            store.revoke_tokens(&id, &Actor::operator()).await
+        }));
     }
     let mut epochs = Vec::new();
     for t in tasks {
@@ -138,18 +170,34 @@ async fn concurrent_revokes_are_all_counted(store: Arc<dyn BulkStore>) {
 async fn delete_removes_everything(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
-        .create_identity(new_identity(r, Some("carol")))
+        .create_identity(new_identity(r, Some("carol")), &Actor::operator())
         .await
         .expect("create");
     let id = c.identity.id;
     store.record_token_issued(&id, OffsetDateTime::now_utc());
-    assert!(store.delete_identity(&id).await.expect("delete"));
+    assert!(
+        store
+            .delete_identity(&id, &Actor::operator())
+            .await
+            .expect("delete")
+    );
     assert_eq!(store.get_identity(&id).await.expect("get"), None);
-    assert!(!store.delete_identity(&id).await.expect("delete again"));
-    assert_eq!(store.revoke_tokens(&id).await.expect("revoke"), None);
+    assert!(
+        !store
+            .delete_identity(&id, &Actor::operator())
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(
+        store
+            .revoke_tokens(&id, &Actor::operator())
+            .await
+            .expect("revoke"),
+        None
+    );
     // The custom id is free again and yields a new identity.
     let again = store
-        .create_identity(new_identity(r, Some("carol")))
+        .create_identity(new_identity(r, Some("carol")), &Actor::operator())
         .await
         .expect("create");
     assert!(again.created);
@@ -158,7 +206,10 @@ async fn delete_removes_everything(store: Arc<dyn BulkStore>) {
 
 async fn last_token_time_is_visible(store: Arc<dyn BulkStore>) {
     let c = store
-        .create_identity(new_identity(ResourceId::new_random(), None))
+        .create_identity(
+            new_identity(ResourceId::new_random(), None),
+            &Actor::operator(),
+        )
         .await
         .expect("create");
     let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
@@ -201,17 +252,22 @@ async fn listing_pages_through_a_resource_in_id_order_without_others(store: Arc<
     for i in 0..23 {
         let custom = format!("user-{i}");
         let c = store
-            .create_identity(new_identity(r, Some(&custom)))
+            .create_identity(new_identity(r, Some(&custom)), &Actor::operator())
             .await
             .expect("create");
         ids.push(c.identity.id);
         store
-            .create_identity(new_identity(elsewhere, Some(&custom)))
+            .create_identity(new_identity(elsewhere, Some(&custom)), &Actor::operator())
             .await
             .expect("create elsewhere");
     }
     let gone = ids.remove(5);
-    assert!(store.delete_identity(&gone).await.expect("delete"));
+    assert!(
+        store
+            .delete_identity(&gone, &Actor::operator())
+            .await
+            .expect("delete")
+    );
     ids.sort_by_key(ToString::to_string);
     for limit in [1, 4, 22, 23, 100] {
         let listed = list_all(store.as_ref(), r, limit, &IdentityFilter::default()).await;
@@ -242,7 +298,7 @@ async fn listing_filters_by_custom_id_prefix_and_token_time(store: Arc<dyn BulkS
         let store = Arc::clone(&store);
         async move {
             store
-                .create_identity(new_identity(r, custom))
+                .create_identity(new_identity(r, custom), &Actor::operator())
                 .await
                 .expect("create")
                 .identity
@@ -319,7 +375,7 @@ async fn a_sparse_filter_reads_a_bounded_run_of_rows_per_page(store: Arc<dyn Bul
         let custom = if i % 25 == 7 { "needle" } else { "hay" };
         let custom = format!("{custom}-{i}");
         let c = store
-            .create_identity(new_identity(r, Some(&custom)))
+            .create_identity(new_identity(r, Some(&custom)), &Actor::operator())
             .await
             .expect("create");
         if custom.starts_with("needle") {
@@ -357,7 +413,7 @@ async fn listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing(
     let mut stable = Vec::new();
     for _ in 0..300 {
         let c = store
-            .create_identity(new_identity(r, None))
+            .create_identity(new_identity(r, None), &Actor::operator())
             .await
             .expect("create");
         stable.push(c.identity.id);
@@ -365,7 +421,7 @@ async fn listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing(
     let mut doomed = Vec::new();
     for _ in 0..150 {
         let c = store
-            .create_identity(new_identity(r, None))
+            .create_identity(new_identity(r, None), &Actor::operator())
             .await
             .expect("create");
         doomed.push(c.identity.id);
@@ -375,10 +431,15 @@ async fn listing_under_concurrent_creates_and_deletes_skips_and_repeats_nothing(
         tokio::spawn(async move {
             for id in doomed {
                 store
-                    .create_identity(new_identity(r, None))
+                    .create_identity(new_identity(r, None), &Actor::operator())
                     .await
                     .expect("create");
-                assert!(store.delete_identity(&id).await.expect("delete"));
+                assert!(
+                    store
+                        .delete_identity(&id, &Actor::operator())
+                        .await
+                        .expect("delete")
+                );
             }
         })
     };
@@ -485,12 +546,15 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn BulkStore>) {
     for i in 0..25 {
         let custom = (i % 2 == 0).then(|| format!("user-{i}"));
         let c = store
-            .create_identity(new_identity(r, custom.as_deref()))
+            .create_identity(new_identity(r, custom.as_deref()), &Actor::operator())
             .await
             .expect("create");
         originals.push(c.identity.id);
     }
-    store.revoke_tokens(&originals[3]).await.expect("revoke");
+    store
+        .revoke_tokens(&originals[3], &Actor::operator())
+        .await
+        .expect("revoke");
     // Page through in id order.
     let mut all: Vec<IdentityRecord> = Vec::new();
     let mut after = None;
@@ -543,13 +607,21 @@ async fn identities_export_and_import_losslessly(store: Arc<dyn BulkStore>) {
 async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
-        .create_identity(new_identity(r, Some("erin")))
+        .create_identity(new_identity(r, Some("erin")), &Actor::operator())
         .await
         .expect("create");
     let record = c.identity;
-    store.revoke_tokens(&record.id).await.expect("revoke");
+    store
+        .revoke_tokens(&record.id, &Actor::operator())
+        .await
+        .expect("revoke");
     let before = OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    assert!(store.delete_identity(&record.id).await.expect("delete"));
+    assert!(
+        store
+            .delete_identity(&record.id, &Actor::operator())
+            .await
+            .expect("delete")
+    );
     let tombstones = store.list_tombstones(None, 100).await.expect("list");
     assert_eq!(tombstones.len(), 1);
     assert_eq!(tombstones[0].id, record.id);
@@ -557,7 +629,7 @@ async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn BulkStore
     // Deleting what is gone writes no second tombstone.
     assert!(
         !store
-            .delete_identity(&record.id)
+            .delete_identity(&record.id, &Actor::operator())
             .await
             .expect("delete again")
     );
@@ -585,7 +657,7 @@ async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn BulkStore
     assert_eq!(store.get_identity(&record.id).await.expect("get"), None);
     // The custom id is free: a new identity takes it, and it imports alongside.
     let again = store
-        .create_identity(new_identity(r, Some("erin")))
+        .create_identity(new_identity(r, Some("erin")), &Actor::operator())
         .await
         .expect("create again");
     assert!(again.created);
@@ -596,14 +668,19 @@ async fn delete_leaves_a_tombstone_that_import_respects(store: Arc<dyn BulkStore
         custom_id: None,
         created_at: OffsetDateTime::now_utc(),
     };
-    assert!(store.create_identity(reuse).await.is_err());
+    assert!(
+        store
+            .create_identity(reuse, &Actor::operator())
+            .await
+            .is_err()
+    );
     assert_eq!(store.get_identity(&record.id).await.expect("get"), None);
 }
 
 async fn reimport_keeps_the_higher_epoch(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
-        .create_identity(new_identity(r, None))
+        .create_identity(new_identity(r, None), &Actor::operator())
         .await
         .expect("create");
     let id = c.identity.id;
@@ -640,13 +717,16 @@ async fn reimport_keeps_the_higher_epoch(store: Arc<dyn BulkStore>) {
         .expect("import");
     assert_eq!(report, ImportReport::default());
     assert_eq!(
-        store.revoke_tokens(&id).await.expect("revoke"),
+        store
+            .revoke_tokens(&id, &Actor::operator())
+            .await
+            .expect("revoke"),
         Some(4),
         "the epoch counts on from the raised value"
     );
     // A new identity whose custom id another identity of the resource holds is left out.
     let taken = store
-        .create_identity(new_identity(r, Some("frank")))
+        .create_identity(new_identity(r, Some("frank")), &Actor::operator())
         .await
         .expect("create");
     let clash = IdentityRecord {
@@ -683,7 +763,7 @@ async fn imported_tombstones_delete_and_list_in_pages(store: Arc<dyn BulkStore>)
     for i in 0..5 {
         let custom = format!("t{i}");
         let c = store
-            .create_identity(new_identity(r, Some(&custom)))
+            .create_identity(new_identity(r, Some(&custom)), &Actor::operator())
             .await
             .expect("create");
         alive.push(c.identity.id);
@@ -729,7 +809,7 @@ async fn imported_tombstones_delete_and_list_in_pages(store: Arc<dyn BulkStore>)
     // The custom id of an identity deleted that way is free again.
     assert!(
         store
-            .create_identity(new_identity(r, Some("t0")))
+            .create_identity(new_identity(r, Some("t0")), &Actor::operator())
             .await
             .expect("create")
             .created
@@ -780,7 +860,12 @@ async fn assignment_put_creates_then_replaces(store: Arc<dyn BulkStore>) {
         None
     );
     let first = assignment(tenant, object, PrincipalType::User, None);
-    assert!(store.put_assignment(r, first.clone()).await.expect("put"));
+    assert!(
+        store
+            .put_assignment(r, first.clone(), &Actor::operator())
+            .await
+            .expect("put")
+    );
     assert_eq!(
         store.get_assignment(r, tenant, object).await.expect("get"),
         Some(first)
@@ -793,7 +878,7 @@ async fn assignment_put_creates_then_replaces(store: Arc<dyn BulkStore>) {
     );
     assert!(
         !store
-            .put_assignment(r, second.clone())
+            .put_assignment(r, second.clone(), &Actor::operator())
             .await
             .expect("put again"),
         "a second put replaces"
@@ -817,15 +902,20 @@ async fn assignment_delete_removes_it(store: Arc<dyn BulkStore>) {
     let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
     assert!(
         !store
-            .delete_assignment(r, tenant, object)
+            .delete_assignment(r, tenant, object, &Actor::operator())
             .await
             .expect("delete unknown")
     );
     let a = assignment(tenant, object, PrincipalType::User, Some(vec![]));
-    assert!(store.put_assignment(r, a.clone()).await.expect("put"));
     assert!(
         store
-            .delete_assignment(r, tenant, object)
+            .put_assignment(r, a.clone(), &Actor::operator())
+            .await
+            .expect("put")
+    );
+    assert!(
+        store
+            .delete_assignment(r, tenant, object, &Actor::operator())
             .await
             .expect("delete")
     );
@@ -835,19 +925,29 @@ async fn assignment_delete_removes_it(store: Arc<dyn BulkStore>) {
     );
     assert!(
         !store
-            .delete_assignment(r, tenant, object)
+            .delete_assignment(r, tenant, object, &Actor::operator())
             .await
             .expect("delete again")
     );
     // Putting it again is a creation.
-    assert!(store.put_assignment(r, a).await.expect("put again"));
+    assert!(
+        store
+            .put_assignment(r, a, &Actor::operator())
+            .await
+            .expect("put again")
+    );
 }
 
 async fn assignments_are_per_resource(store: Arc<dyn BulkStore>) {
     let (mine, theirs) = (ResourceId::new_random(), ResourceId::new_random());
     let (tenant, object) = (Uuid::new_v4(), Uuid::new_v4());
     let a = assignment(tenant, object, PrincipalType::User, None);
-    assert!(store.put_assignment(mine, a.clone()).await.expect("put"));
+    assert!(
+        store
+            .put_assignment(mine, a.clone(), &Actor::operator())
+            .await
+            .expect("put")
+    );
     assert_eq!(
         store
             .get_assignment(theirs, tenant, object)
@@ -857,7 +957,7 @@ async fn assignments_are_per_resource(store: Arc<dyn BulkStore>) {
     );
     assert!(
         !store
-            .delete_assignment(theirs, tenant, object)
+            .delete_assignment(theirs, tenant, object, &Actor::operator())
             .await
             .expect("delete elsewhere")
     );
@@ -870,7 +970,7 @@ async fn assignments_are_per_resource(store: Arc<dyn BulkStore>) {
     );
     assert!(
         store
-            .put_assignment(theirs, b.clone())
+            .put_assignment(theirs, b.clone(), &Actor::operator())
             .await
             .expect("put elsewhere")
     );
@@ -903,7 +1003,12 @@ async fn assignment_client_ids_round_trip_exactly(store: Arc<dyn BulkStore>) {
     for (i, clients) in cases.into_iter().enumerate() {
         let object = Uuid::new_v4();
         let a = assignment(tenant, object, PrincipalType::User, clients);
-        assert!(store.put_assignment(r, a.clone()).await.expect("put"));
+        assert!(
+            store
+                .put_assignment(r, a.clone(), &Actor::operator())
+                .await
+                .expect("put")
+        );
         assert_eq!(
             store.get_assignment(r, tenant, object).await.expect("get"),
             Some(a),
@@ -915,7 +1020,10 @@ async fn assignment_client_ids_round_trip_exactly(store: Arc<dyn BulkStore>) {
     let two = Some(vec![Uuid::new_v4(), Uuid::new_v4()]);
     for clients in [two.clone(), Some(vec![]), None, two] {
         let a = assignment(tenant, object, PrincipalType::ResourceAccount, clients);
-        store.put_assignment(r, a.clone()).await.expect("put");
+        store
+            .put_assignment(r, a.clone(), &Actor::operator())
+            .await
+            .expect("put");
         assert_eq!(
             store.get_assignment(r, tenant, object).await.expect("get"),
             Some(a)
@@ -936,7 +1044,10 @@ async fn concurrent_first_puts_of_one_assignment_create_once(store: Arc<dyn Bulk
             Some(vec![Uuid::from_u128(i)]),
         );
         tasks.push(tokio::spawn(async move {
-            store.put_assignment(r, a).await.expect("put")
+            store
+                .put_assignment(r, a, &Actor::operator())
+                .await
+                .expect("put")
         }));
     }
     let mut created = 0;
@@ -965,14 +1076,24 @@ async fn all_assignments_lists_every_resource_in_order(store: Arc<dyn BulkStore>
         for k in 0..4 {
             let clients = (k % 2 == 0).then(|| vec![Uuid::new_v4()]);
             let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, clients);
-            assert!(store.put_assignment(r, a.clone()).await.expect("put"));
+            assert!(
+                store
+                    .put_assignment(r, a.clone(), &Actor::operator())
+                    .await
+                    .expect("put")
+            );
             expected.push((r, a));
         }
     }
     let deleted = expected.pop().expect("one");
     assert!(
         store
-            .delete_assignment(deleted.0, deleted.1.tenant_id, deleted.1.object_id)
+            .delete_assignment(
+                deleted.0,
+                deleted.1.tenant_id,
+                deleted.1.object_id,
+                &Actor::operator()
+            )
             .await
             .expect("delete")
     );
@@ -1020,11 +1141,11 @@ async fn resources_are_created_listed_and_deleted_with_what_they_hold(store: Arc
     assert_eq!(store.config_generation().await.expect("generation"), g1);
 
     let kept = store
-        .create_identity(new_identity(default.id, Some("same")))
+        .create_identity(new_identity(default.id, Some("same")), &Actor::operator())
         .await
         .expect("create");
     let gone = store
-        .create_identity(new_identity(tenant.id, Some("same")))
+        .create_identity(new_identity(tenant.id, Some("same")), &Actor::operator())
         .await
         .expect("create");
     let a = Uuid::new_v4();
@@ -1035,7 +1156,7 @@ async fn resources_are_created_listed_and_deleted_with_what_they_hold(store: Arc
         client_ids: None,
     };
     store
-        .put_assignment(tenant.id, assignment)
+        .put_assignment(tenant.id, assignment, &Actor::operator())
         .await
         .expect("put");
 
@@ -1133,11 +1254,11 @@ async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<
     let other = named("tenant-other", None);
     store.create_resource(other.clone()).await.expect("create");
     let mine = store
-        .create_identity(new_identity(tenant.id, None))
+        .create_identity(new_identity(tenant.id, None), &Actor::operator())
         .await
         .expect("create");
     let theirs = store
-        .create_identity(new_identity(other.id, None))
+        .create_identity(new_identity(other.id, None), &Actor::operator())
         .await
         .expect("create");
     let g0 = store.config_generation().await.expect("generation");
@@ -1340,10 +1461,16 @@ async fn sqlite_data_survives_reopening() {
     let path = dir.path().join("callsign.db");
     let store = SqliteStore::open(&path).expect("open");
     let c = store
-        .create_identity(new_identity(ResourceId::new_random(), Some("dave")))
+        .create_identity(
+            new_identity(ResourceId::new_random(), Some("dave")),
+            &Actor::operator(),
+        )
         .await
         .expect("create");
-    store.revoke_tokens(&c.identity.id).await.expect("revoke");
+    store
+        .revoke_tokens(&c.identity.id, &Actor::operator())
+        .await
+        .expect("revoke");
     let resource = ResourceId::new_random();
     let kept = assignment(
         Uuid::new_v4(),
@@ -1353,16 +1480,21 @@ async fn sqlite_data_survives_reopening() {
     );
     let removed = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
     store
-        .put_assignment(resource, kept.clone())
+        .put_assignment(resource, kept.clone(), &Actor::operator())
         .await
         .expect("put");
     store
-        .put_assignment(resource, removed.clone())
+        .put_assignment(resource, removed.clone(), &Actor::operator())
         .await
         .expect("put");
     assert!(
         store
-            .delete_assignment(resource, removed.tenant_id, removed.object_id)
+            .delete_assignment(
+                resource,
+                removed.tenant_id,
+                removed.object_id,
+                &Actor::operator()
+            )
             .await
             .expect("delete")
     );
@@ -1398,7 +1530,10 @@ async fn sqlite_reports_corrupt_assignments() {
     let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
     for corruption in CORRUPTIONS {
         let store = SqliteStore::open(&path).expect("open");
-        store.put_assignment(r, a.clone()).await.expect("put");
+        store
+            .put_assignment(r, a.clone(), &Actor::operator())
+            .await
+            .expect("put");
         store.close().await;
         drop(store);
         let conn = rusqlite::Connection::open(&path).expect("raw open");
@@ -1436,7 +1571,10 @@ async fn postgres_reports_corrupt_assignments() {
     let r = ResourceId::new_random();
     let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, None);
     for corruption in CORRUPTIONS {
-        store.put_assignment(r, a.clone()).await.expect("put");
+        store
+            .put_assignment(r, a.clone(), &Actor::operator())
+            .await
+            .expect("put");
         let corruption_pg = corruption
             .replace("client_ids = '", "client_ids = '{")
             .replace("aadd'", "aadd}'");
@@ -1484,7 +1622,10 @@ async fn sqlite_reports_a_corrupt_custom_id() {
     let path = dir.path().join("callsign.db");
     let store = SqliteStore::open(&path).expect("open");
     let created = store
-        .create_identity(new_identity(ResourceId::new_random(), Some("erin")))
+        .create_identity(
+            new_identity(ResourceId::new_random(), Some("erin")),
+            &Actor::operator(),
+        )
         .await
         .expect("create")
         .identity;
@@ -1507,7 +1648,10 @@ async fn sqlite_reports_a_corrupt_custom_id() {
 async fn postgres_reports_a_corrupt_custom_id() {
     let (store, db) = postgres_store().await;
     let created = store
-        .create_identity(new_identity(ResourceId::new_random(), Some("erin")))
+        .create_identity(
+            new_identity(ResourceId::new_random(), Some("erin")),
+            &Actor::operator(),
+        )
         .await
         .expect("create")
         .identity;
@@ -1527,7 +1671,10 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
     let (sqlite, dir) = make_sqlite().await;
     let (pg, db) = make_postgres().await;
     let (resource, ids) = started_deployment(sqlite.as_ref(), 120).await;
-    sqlite.revoke_tokens(&ids[7]).await.expect("revoke");
+    sqlite
+        .revoke_tokens(&ids[7], &Actor::operator())
+        .await
+        .expect("revoke");
     let mut assignments = Vec::new();
     for i in 0..5u128 {
         let clients = match i {
@@ -1538,7 +1685,7 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         let a = assignment(Uuid::new_v4(), Uuid::new_v4(), PrincipalType::User, clients);
         assert!(
             sqlite
-                .put_assignment(resource.id, a.clone())
+                .put_assignment(resource.id, a.clone(), &Actor::operator())
                 .await
                 .expect("put")
         );
@@ -1550,7 +1697,7 @@ async fn an_embedded_deployment_moves_to_postgres_losing_nothing() {
         ..assignments[4].1.clone()
     };
     assert!(
-        pg.put_assignment(resource.id, newer.clone())
+        pg.put_assignment(resource.id, newer.clone(), &Actor::operator())
             .await
             .expect("put")
     );
@@ -1646,7 +1793,10 @@ async fn started_deployment(store: &dyn BulkStore, n: usize) -> (ResourceRecord,
     for i in 0..n {
         let custom = (i % 3 == 0).then(|| format!("c{i}"));
         let c = store
-            .create_identity(new_identity(resource.id, custom.as_deref()))
+            .create_identity(
+                new_identity(resource.id, custom.as_deref()),
+                &Actor::operator(),
+            )
             .await
             .expect("create");
         ids.push(c.identity.id);
@@ -1681,10 +1831,18 @@ async fn a_repeated_copy_never_brings_back_a_deleted_identity(
     assert_eq!(first.tombstones_read, 0);
     // After the cut-over the old store is still written to by mistake (or copied from before
     // the last writes): a delete there, and the freed custom id taken by a new identity.
-    assert!(from.delete_identity(&ids[0]).await.expect("delete"));
-    assert!(from.delete_identity(&ids[1]).await.expect("delete"));
+    assert!(
+        from.delete_identity(&ids[0], &Actor::operator())
+            .await
+            .expect("delete")
+    );
+    assert!(
+        from.delete_identity(&ids[1], &Actor::operator())
+            .await
+            .expect("delete")
+    );
     let reborn = from
-        .create_identity(new_identity(resource.id, Some("c0")))
+        .create_identity(new_identity(resource.id, Some("c0")), &Actor::operator())
         .await
         .expect("create")
         .identity;
@@ -1777,11 +1935,22 @@ async fn a_repeated_copy_carries_a_revoke(from: &dyn BulkStore, to: &dyn BulkSto
         .expect("get")
         .expect("copied")
         .revocation_epoch;
-    assert_eq!(from.revoke_tokens(&ids[5]).await.expect("revoke"), Some(1));
+    assert_eq!(
+        from.revoke_tokens(&ids[5], &Actor::operator())
+            .await
+            .expect("revoke"),
+        Some(1)
+    );
     // Revoked twice on the target since the cut-over: the target is ahead and stays so.
-    to.revoke_tokens(&ids[6]).await.expect("revoke");
-    to.revoke_tokens(&ids[6]).await.expect("revoke");
-    from.revoke_tokens(&ids[6]).await.expect("revoke");
+    to.revoke_tokens(&ids[6], &Actor::operator())
+        .await
+        .expect("revoke");
+    to.revoke_tokens(&ids[6], &Actor::operator())
+        .await
+        .expect("revoke");
+    from.revoke_tokens(&ids[6], &Actor::operator())
+        .await
+        .expect("revoke");
     let again = callsign_store::copy_store(from, to, &batch_of(4))
         .await
         .expect("copy again");
@@ -1819,24 +1988,40 @@ async fn a_diverged_target_is_refused_unless_forced(from: &dyn BulkStore, to: &d
     // On the target since: one identity created (holding a custom id the source will use
     // too), one deleted.
     let created = to
-        .create_identity(new_identity(resource.id, Some("shared")))
+        .create_identity(
+            new_identity(resource.id, Some("shared")),
+            &Actor::operator(),
+        )
         .await
         .expect("create")
         .identity;
-    assert!(to.delete_identity(&ids[2]).await.expect("delete"));
+    assert!(
+        to.delete_identity(&ids[2], &Actor::operator())
+            .await
+            .expect("delete")
+    );
     // On the source since: a delete, a create, a create clashing on the custom id, a revoke.
-    assert!(from.delete_identity(&ids[3]).await.expect("delete"));
+    assert!(
+        from.delete_identity(&ids[3], &Actor::operator())
+            .await
+            .expect("delete")
+    );
     let newer = from
-        .create_identity(new_identity(resource.id, None))
+        .create_identity(new_identity(resource.id, None), &Actor::operator())
         .await
         .expect("create")
         .identity;
     let clashing = from
-        .create_identity(new_identity(resource.id, Some("shared")))
+        .create_identity(
+            new_identity(resource.id, Some("shared")),
+            &Actor::operator(),
+        )
         .await
         .expect("create")
         .identity;
-    from.revoke_tokens(&ids[4]).await.expect("revoke");
+    from.revoke_tokens(&ids[4], &Actor::operator())
+        .await
+        .expect("revoke");
 
     let err = callsign_store::copy_store(from, to, &batch_of(5))
         .await
@@ -1946,3 +2131,5 @@ copy_pairs!(
     postgres_to_sqlite: make_postgres -> make_sqlite,
     sqlite_to_sqlite: make_sqlite -> make_sqlite,
 );
+#[path = "store/audit.rs"]
+mod audit;

@@ -291,6 +291,18 @@ impl TestApp {
         (record, client)
     }
 
+    /// The audit log of the server's store, every record in sequence order.
+    pub async fn audit_records(&self) -> Vec<callsign_store::AuditRecord> {
+        let query = callsign_store::AuditQuery {
+            limit: 1_000_000,
+            ..callsign_store::AuditQuery::default()
+        };
+        self.store
+            .audit_records(&query)
+            .await
+            .expect("audit records")
+    }
+
     /// Stops the server as SIGTERM would and checks it ended cleanly.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -87,6 +87,9 @@ pub enum Command {
     Bench(callsign_bench::BenchArgs),
     /// Bulk-insert identities straight into a store (for scale benchmarks).
     Seed(callsign_bench::SeedArgs),
+    /// Print the audit log of a store (table, or JSON lines with --json); works while servers
+    /// run.
+    Audit(crate::audit_cmd::AuditArgs),
 }
 
 /// Store selection shared by several commands.
@@ -211,6 +214,10 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "CALLSIGN_LOG_JSON")]
     pub log_json: bool,
+    /// How long audit records are kept before they are pruned (90d, 12h, …; 0 or off: for
+    /// ever) [default: 90d].
+    #[arg(long, env = "CALLSIGN_AUDIT_RETENTION")]
+    pub audit_retention: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -395,6 +402,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub log_json: bool,
     pub endpoint: Option<String>,
+    pub audit_retention: Option<String>,
     #[serde(flatten)]
     pub limits: LimitArgs,
 }
@@ -502,6 +510,9 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
         bail!("at most {MAX_PUBLIC_HOSTS} --public-host values");
     }
     args.limits.or(file.limits).apply(&mut settings)?;
+    if let Some(r) = args.audit_retention.or(file.audit_retention) {
+        settings.audit_retention = crate::audit_cmd::parse_retention(&r)?;
+    }
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
         if n < 1024 {
             bail!("--max-body-bytes must be at least 1024");
@@ -736,6 +747,29 @@ mod tests {
         assert_eq!(d.settings.signing_alg, Algorithm::Es256);
         let upper = resolve_serve(serve_args(&["--signing-alg", "RS256"])).expect("resolves");
         assert_eq!(upper.settings.signing_alg, Algorithm::Rs256);
+    }
+
+    #[test]
+    fn audit_retention_comes_from_the_flag_or_the_file_and_defaults_to_90_days() {
+        use std::time::Duration;
+        let d = resolve_serve(serve_args(&[])).expect("resolves");
+        assert_eq!(
+            d.settings.audit_retention,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("callsign.toml");
+        std::fs::write(&file, "audit_retention = \"30d\"\n").expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        let f = resolve_serve(serve_args(&["--config", cfg])).expect("resolves");
+        assert_eq!(
+            f.settings.audit_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let off = resolve_serve(serve_args(&["--config", cfg, "--audit-retention", "off"]))
+            .expect("resolves");
+        assert_eq!(off.settings.audit_retention, None);
+        assert!(resolve_serve(serve_args(&["--audit-retention", "soon"])).is_err());
     }
 
     #[test]

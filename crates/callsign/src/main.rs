@@ -3,6 +3,7 @@
 //! A thin binary over `callsign-server`: it parses flags, environment and an optional TOML file
 //! into `Settings`, sets up logging and signals, and runs one of the subcommands.
 
+mod audit_cmd;
 mod client_cmd;
 mod config;
 mod resource_cmd;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
             | Command::Seal(_)
             | Command::RotateMasterKey(_)
             | Command::MigrateStore(_)
+            | Command::Audit(_)
     ) {
         init_command_logging();
     }
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::MigrateStore(args) => migrate_store(args).await,
             Command::Bench(args) => callsign_bench::run_bench(args).await,
             Command::Seed(args) => callsign_bench::run_seed(args).await,
+            Command::Audit(args) => audit_cmd::run(args).await,
         }
     });
     match result {
@@ -345,6 +348,7 @@ fn print_copy_report(report: &callsign_store::CopyReport) {
         report.epochs_raised,
         report.assignments
     );
+    println!("callsign: {} audit record(s) copied", report.audit_records);
     println!(
         "callsign: {} deletion(s) read, {} new, {} identities deleted on the target",
         report.tombstones_read, report.tombstones_inserted, report.identities_deleted

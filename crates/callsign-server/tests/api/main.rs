@@ -24,6 +24,7 @@ macro_rules! on_every_backend {
     };
 }
 
+mod audit;
 mod bad_input;
 mod clock;
 mod limits;

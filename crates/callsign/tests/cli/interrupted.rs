@@ -192,7 +192,7 @@ async fn pg_has_table(pg: &tokio_postgres::Client, table: &str) -> bool {
         .get(0)
 }
 
-/// The tables (and indexes) each PostgreSQL migration creates (version 1, 2, 3, 4).
+/// The tables (and indexes) each PostgreSQL migration creates (version 1 to 6).
 const PG_TABLES: &[&[&str]] = &[
     &[
         "callsign_resources",
@@ -202,6 +202,12 @@ const PG_TABLES: &[&[&str]] = &[
     &["callsign_teams_assignments"],
     &["callsign_identity_tombstones"],
     &["callsign_identities_by_resource"],
+    &["callsign_resources_by_name", "callsign_config_generation"],
+    &[
+        "callsign_audit_log",
+        "callsign_audit_log_at",
+        "callsign_token_counts",
+    ],
 ];
 
 /// The applied migrations, checked against the tables: applied in order (1..=n), each wholly
@@ -265,12 +271,14 @@ fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
     (scratch, db)
 }
 
-/// The tables (and indexes) each SQLite migration creates (version 1, 2, 3, 4).
+/// The tables (and indexes) each SQLite migration creates (version 1 to 6).
 const SQLITE_TABLES: &[&[&str]] = &[
     &["resources", "signing_keys", "identities"],
     &["teams_assignments"],
     &["identity_tombstones"],
     &["identities_by_resource"],
+    &["resources_by_name", "config_generation"],
+    &["audit_log", "audit_log_at", "token_counts"],
 ];
 
 /// A data dir's schema, checked against `PRAGMA user_version` as [`pg_schema_consistent`]
