@@ -182,7 +182,10 @@ async fn copy_resources(
     let mut changed = 0;
     for source in from.resources().await? {
         let Some(target) = present.iter().find(|r| r.id == source.id) else {
-            match to.create_resource(source.clone()).await? {
+            match to
+                .create_resource(source.clone(), &Actor::operator())
+                .await?
+            {
                 ResourceCreated::Created => {}
                 refused => {
                     return Err(CopyError::ResourceRefused(source.name.to_string(), refused));
@@ -196,7 +199,7 @@ async fn copy_resources(
             if let Some(key) = source.key(slot)
                 && target.key(slot) != Some(key)
             {
-                to.replace_access_key(source.id, slot, key.clone(), false)
+                to.replace_access_key(source.id, slot, key.clone(), false, &Actor::operator())
                     .await?;
                 differs = true;
             }

@@ -533,6 +533,49 @@ impl ResourceRecord {
 /// resources need host names of their own.
 pub const MAX_RESOURCES_PER_HOST: usize = 4;
 
+/// The audit record of a replaced access key.
+pub(crate) fn key_replaced_event(
+    resource: ResourceId,
+    slot: KeySlot,
+    revoke_tokens: bool,
+    revoked: u64,
+) -> AuditEvent {
+    let detail = if revoke_tokens {
+        format!(
+            "{} key; every token revoked ({revoked} identities)",
+            slot.as_str()
+        )
+    } else {
+        format!("{} key", slot.as_str())
+    };
+    AuditEvent::resource(
+        AuditOperation::RegenerateKey,
+        resource,
+        AuditOutcome::Success,
+    )
+    .with_detail(detail)
+}
+
+/// The audit record of a created resource.
+pub(crate) fn resource_created_event(r: &StoredResource, default: bool) -> AuditEvent {
+    let mut detail = format!("name {}", r.name);
+    if let Some(host) = &r.host {
+        detail.push_str(", host ");
+        detail.push_str(host);
+    }
+    if default {
+        detail.push_str(", the default resource");
+    }
+    AuditEvent::resource(AuditOperation::CreateResource, r.id, AuditOutcome::Success)
+        .with_detail(detail)
+}
+
+/// The audit record of a deleted resource.
+pub(crate) fn resource_deleted_event(id: ResourceId, identities: u64) -> AuditEvent {
+    AuditEvent::resource(AuditOperation::DeleteResource, id, AuditOutcome::Success)
+        .with_detail(format!("with {identities} identities"))
+}
+
 /// Which of a resource's access keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeySlot {
@@ -666,24 +709,32 @@ pub trait ResourceStore: Send + Sync {
 
     /// Stores a new resource, unless its name is taken or its host is full (checked atomically
     /// with the insert, also against concurrent creates on other nodes).
+    /// Audited as `createResource` when stored (a refusal changes nothing and is not).
     async fn create_resource(
         &self,
         resource: ResourceRecord,
+        actor: &Actor,
     ) -> Result<ResourceCreated, StoreError>;
 
     /// Deletes a resource with its identities, tombstones and assignments, in one transaction.
-    async fn delete_resource(&self, id: ResourceId) -> Result<ResourceDeleted, StoreError>;
+    /// Audited as `deleteResource` when deleted.
+    async fn delete_resource(
+        &self,
+        id: ResourceId,
+        actor: &Actor,
+    ) -> Result<ResourceDeleted, StoreError>;
 
     /// Replaces the key in `slot` (the others keep working); with `revoke_tokens`, every token
     /// issued so far for the resource is revoked in the same transaction (every identity's
     /// revocation epoch is raised). Returns how many identities were revoked, `None` when there
-    /// is no such resource.
+    /// is no such resource. Audited as `regenerateKey` (the detail names the key, and the revoke).
     async fn replace_access_key(
         &self,
         id: ResourceId,
         slot: KeySlot,
         key: AccessKey,
         revoke_tokens: bool,
+        actor: &Actor,
     ) -> Result<Option<u64>, StoreError>;
 
     /// A number that changes whenever resources or keys change (one cheap read).

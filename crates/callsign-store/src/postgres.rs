@@ -36,7 +36,8 @@ use crate::{
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
-    ResourceDeleted, SealStatus, StoredResource, count_sealed,
+    ResourceDeleted, SealStatus, StoredResource, count_sealed, key_replaced_event,
+    resource_created_event, resource_deleted_event,
 };
 use deadpool_postgres::GenericClient;
 
@@ -952,6 +953,7 @@ impl ResourceStore for PostgresStore {
             Some(row) => resource(&row)?,
             None => {
                 insert_resource(&tx, &stored, true).await?;
+                write_audit(&tx, &Actor::node(), &resource_created_event(&stored, true)).await?;
                 stored
             }
         };
@@ -978,6 +980,7 @@ impl ResourceStore for PostgresStore {
     async fn create_resource(
         &self,
         candidate: ResourceRecord,
+        actor: &Actor,
     ) -> Result<ResourceCreated, StoreError> {
         let stored = self.keys.seal_resource(&candidate);
         let mut client = self.pool.get().await.map_err(pool_error)?;
@@ -1003,14 +1006,19 @@ impl ResourceStore for PostgresStore {
             return Ok(ResourceCreated::HostFull);
         }
         insert_resource(&tx, &stored, false).await?;
+        write_audit(&tx, actor, &resource_created_event(&stored, false)).await?;
         tx.commit().await.map_err(pg)?;
         Ok(ResourceCreated::Created)
     }
 
-    async fn delete_resource(&self, id: ResourceId) -> Result<ResourceDeleted, StoreError> {
+    async fn delete_resource(
+        &self,
+        resource: ResourceId,
+        actor: &Actor,
+    ) -> Result<ResourceDeleted, StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
-        let id = id.to_string();
+        let id = resource.to_string();
         let is_default: Option<bool> = tx
             .query_opt(
                 "SELECT is_default FROM callsign_resources WHERE id = $1 FOR UPDATE",
@@ -1048,6 +1056,7 @@ impl ResourceStore for PostgresStore {
             tx.execute(sql, &[&id]).await.map_err(pg)?;
         }
         bump_generation(&tx).await?;
+        write_audit(&tx, actor, &resource_deleted_event(resource, identities)).await?;
         tx.commit().await.map_err(pg)?;
         Ok(ResourceDeleted::Deleted { identities })
     }
@@ -1058,8 +1067,10 @@ impl ResourceStore for PostgresStore {
         slot: KeySlot,
         key: AccessKey,
         revoke_tokens: bool,
+        actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
         let stored = self.keys.seal_access_key(id, slot, &key);
+        let resource = id;
         let sql = match slot {
             KeySlot::Primary => "UPDATE callsign_resources SET primary_key = $2 WHERE id = $1",
             KeySlot::Secondary => "UPDATE callsign_resources SET secondary_key = $2 WHERE id = $1",
@@ -1083,6 +1094,8 @@ impl ResourceStore for PostgresStore {
             0
         };
         bump_generation(&tx).await?;
+        let event = key_replaced_event(resource, slot, revoke_tokens, revoked);
+        write_audit(&tx, actor, &event).await?;
         tx.commit().await.map_err(pg)?;
         Ok(Some(revoked))
     }
@@ -1630,7 +1643,7 @@ impl BulkIdentities for PostgresStore {
         tx.execute(
             "SELECT setval('callsign_audit_log_seq_seq', m) FROM
                (SELECT max(seq) AS m FROM callsign_audit_log) AS x
-             WHERE m > (SELECT last_value FROM callsign_audit_log_seq_seq)",
+             WHERE m >= (SELECT last_value FROM callsign_audit_log_seq_seq)",
             &[],
         )
         .await

@@ -42,7 +42,8 @@ use crate::{
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
-    ResourceDeleted, SealStatus, StoredResource, count_sealed,
+    ResourceDeleted, SealStatus, StoredResource, count_sealed, key_replaced_event,
+    resource_created_event, resource_deleted_event,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
@@ -174,9 +175,9 @@ enum Job {
     Revoke(IdentityId, Actor, Reply<Option<u64>>),
     Delete(IdentityId, Actor, Reply<bool>),
     Bootstrap(StoredResource, Reply<StoredResource>),
-    CreateResource(StoredResource, Reply<ResourceCreated>),
-    DeleteResource(ResourceId, Reply<ResourceDeleted>),
-    ReplaceKey(KeyReplacement, Reply<Option<u64>>),
+    CreateResource(StoredResource, Actor, Reply<ResourceCreated>),
+    DeleteResource(ResourceId, Actor, Reply<ResourceDeleted>),
+    ReplaceKey(KeyReplacement, Actor, Reply<Option<u64>>),
     RewriteKeys(KeyRewrite, Reply<usize>),
     AddKey(StoredSigningKey, Reply<()>),
     BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
@@ -876,9 +877,9 @@ fn fail(job: Job, e: StoreError) {
         Job::Revoke(_, _, r) => drop(r.send(Err(e))),
         Job::Delete(_, _, r) => drop(r.send(Err(e))),
         Job::Bootstrap(_, r) => drop(r.send(Err(e))),
-        Job::CreateResource(_, r) => drop(r.send(Err(e))),
-        Job::DeleteResource(_, r) => drop(r.send(Err(e))),
-        Job::ReplaceKey(_, r) => drop(r.send(Err(e))),
+        Job::CreateResource(_, _, r) => drop(r.send(Err(e))),
+        Job::DeleteResource(_, _, r) => drop(r.send(Err(e))),
+        Job::ReplaceKey(_, _, r) => drop(r.send(Err(e))),
         Job::RewriteKeys(_, r) => drop(r.send(Err(e))),
         Job::AddKey(_, r) => drop(r.send(Err(e))),
         Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
@@ -962,15 +963,18 @@ fn run_job(
         Job::Bootstrap(candidate, reply) => {
             answer(reply, in_savepoint(tx, |tx| bootstrap(tx, candidate)))
         }
-        Job::CreateResource(resource, reply) => {
-            answer(reply, in_savepoint(tx, |tx| create_resource(tx, &resource)))
-        }
-        Job::DeleteResource(id, reply) => {
-            answer(reply, in_savepoint(tx, |tx| delete_resource(tx, id)))
-        }
-        Job::ReplaceKey(replacement, reply) => {
-            answer(reply, in_savepoint(tx, |tx| replace_key(tx, &replacement)))
-        }
+        Job::CreateResource(resource, actor, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| create_resource(tx, &resource, &actor)),
+        ),
+        Job::DeleteResource(id, actor, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| delete_resource(tx, id, &actor)),
+        ),
+        Job::ReplaceKey(replacement, actor, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| replace_key(tx, &replacement, &actor)),
+        ),
         Job::RewriteKeys(plan, reply) => {
             answer(reply, in_savepoint(tx, |tx| rewrite_keys(tx, &plan)))
         }
@@ -1484,6 +1488,11 @@ fn bootstrap(
         return Ok(existing);
     }
     insert_resource(tx, &candidate, true)?;
+    write_audit(
+        tx,
+        &Actor::node(),
+        &resource_created_event(&candidate, true),
+    )?;
     read_default_resource(tx)?.ok_or_else(|| StoreError::backend("the default resource vanished"))
 }
 
@@ -1523,6 +1532,7 @@ fn bump_generation(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
 fn create_resource(
     tx: &rusqlite::Transaction<'_>,
     r: &StoredResource,
+    actor: &Actor,
 ) -> Result<ResourceCreated, StoreError> {
     let taken: bool = tx
         .query_row(
@@ -1545,15 +1555,17 @@ fn create_resource(
         return Ok(ResourceCreated::HostFull);
     }
     insert_resource(tx, r, false)?;
+    write_audit(tx, actor, &resource_created_event(r, false))?;
     Ok(ResourceCreated::Created)
 }
 
 /// Deletes a resource and what it holds; its identities leave tombstones, as a delete does.
 fn delete_resource(
     tx: &rusqlite::Transaction<'_>,
-    id: ResourceId,
+    resource: ResourceId,
+    actor: &Actor,
 ) -> Result<ResourceDeleted, StoreError> {
-    let id = id.to_string();
+    let id = resource.to_string();
     let is_default: Option<bool> = tx
         .query_row(
             "SELECT is_default FROM resources WHERE id = ?1",
@@ -1585,6 +1597,11 @@ fn delete_resource(
     tx.execute("DELETE FROM resources WHERE id = ?1", [&id])
         .map_err(backend)?;
     bump_generation(tx)?;
+    write_audit(
+        tx,
+        actor,
+        &resource_deleted_event(resource, identities as u64),
+    )?;
     Ok(ResourceDeleted::Deleted {
         identities: identities as u64,
     })
@@ -1593,6 +1610,7 @@ fn delete_resource(
 fn replace_key(
     tx: &rusqlite::Transaction<'_>,
     k: &KeyReplacement,
+    actor: &Actor,
 ) -> Result<Option<u64>, StoreError> {
     let sql = match k.slot {
         KeySlot::Primary => "UPDATE resources SET primary_key = ?2 WHERE id = ?1",
@@ -1613,6 +1631,8 @@ fn replace_key(
         0
     };
     bump_generation(tx)?;
+    let event = key_replaced_event(k.resource, k.slot, k.revoke_tokens, revoked as u64);
+    write_audit(tx, actor, &event)?;
     Ok(Some(revoked as u64))
 }
 
@@ -1819,13 +1839,20 @@ impl ResourceStore for SqliteStore {
     async fn create_resource(
         &self,
         resource: ResourceRecord,
+        actor: &Actor,
     ) -> Result<ResourceCreated, StoreError> {
         let stored = self.keys.seal_resource(&resource);
-        self.submit(|r| Job::CreateResource(stored, r)).await
+        let actor = actor.clone();
+        self.submit(|r| Job::CreateResource(stored, actor, r)).await
     }
 
-    async fn delete_resource(&self, id: ResourceId) -> Result<ResourceDeleted, StoreError> {
-        self.submit(|r| Job::DeleteResource(id, r)).await
+    async fn delete_resource(
+        &self,
+        id: ResourceId,
+        actor: &Actor,
+    ) -> Result<ResourceDeleted, StoreError> {
+        let actor = actor.clone();
+        self.submit(|r| Job::DeleteResource(id, actor, r)).await
     }
 
     async fn replace_access_key(
@@ -1834,14 +1861,17 @@ impl ResourceStore for SqliteStore {
         slot: KeySlot,
         key: AccessKey,
         revoke_tokens: bool,
+        actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
+        let actor = actor.clone();
         let replacement = KeyReplacement {
             resource: id,
             slot,
             stored: self.keys.seal_access_key(id, slot, &key),
             revoke_tokens,
         };
-        self.submit(|r| Job::ReplaceKey(replacement, r)).await
+        self.submit(|r| Job::ReplaceKey(replacement, actor, r))
+            .await
     }
 
     async fn config_generation(&self) -> Result<u64, StoreError> {

@@ -1117,7 +1117,10 @@ async fn resources_are_created_listed_and_deleted_with_what_they_hold(store: Arc
     let g0 = store.config_generation().await.expect("generation");
     let tenant = named("tenant-a", Some("A.Example.com"));
     assert_eq!(
-        store.create_resource(tenant.clone()).await.expect("create"),
+        store
+            .create_resource(tenant.clone(), &Actor::operator())
+            .await
+            .expect("create"),
         ResourceCreated::Created
     );
     let g1 = store.config_generation().await.expect("generation");
@@ -1132,7 +1135,7 @@ async fn resources_are_created_listed_and_deleted_with_what_they_hold(store: Arc
     // A name is unique; nothing is stored for a refused create.
     assert_eq!(
         store
-            .create_resource(named("tenant-a", None))
+            .create_resource(named("tenant-a", None), &Actor::operator())
             .await
             .expect("create"),
         ResourceCreated::NameTaken
@@ -1161,15 +1164,24 @@ async fn resources_are_created_listed_and_deleted_with_what_they_hold(store: Arc
         .expect("put");
 
     assert_eq!(
-        store.delete_resource(default.id).await.expect("delete"),
+        store
+            .delete_resource(default.id, &Actor::operator())
+            .await
+            .expect("delete"),
         ResourceDeleted::IsDefault
     );
     assert_eq!(
-        store.delete_resource(tenant.id).await.expect("delete"),
+        store
+            .delete_resource(tenant.id, &Actor::operator())
+            .await
+            .expect("delete"),
         ResourceDeleted::Deleted { identities: 1 }
     );
     assert_eq!(
-        store.delete_resource(tenant.id).await.expect("delete"),
+        store
+            .delete_resource(tenant.id, &Actor::operator())
+            .await
+            .expect("delete"),
         ResourceDeleted::NotFound
     );
     assert!(store.config_generation().await.expect("generation") > g1);
@@ -1212,7 +1224,7 @@ async fn a_host_holds_a_bounded_number_of_resources(store: Arc<dyn BulkStore>) {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             store
-                .create_resource(named(&format!("local-{i}"), None))
+                .create_resource(named(&format!("local-{i}"), None), &Actor::operator())
                 .await
                 .expect("create")
         }));
@@ -1229,7 +1241,10 @@ async fn a_host_holds_a_bounded_number_of_resources(store: Arc<dyn BulkStore>) {
     for i in 0..MAX_RESOURCES_PER_HOST {
         assert_eq!(
             store
-                .create_resource(named(&format!("far-{i}"), Some("far.example")))
+                .create_resource(
+                    named(&format!("far-{i}"), Some("far.example")),
+                    &Actor::operator()
+                )
                 .await
                 .expect("create"),
             ResourceCreated::Created
@@ -1237,7 +1252,7 @@ async fn a_host_holds_a_bounded_number_of_resources(store: Arc<dyn BulkStore>) {
     }
     assert_eq!(
         store
-            .create_resource(named("far-x", Some("FAR.example.")))
+            .create_resource(named("far-x", Some("FAR.example.")), &Actor::operator())
             .await
             .expect("create"),
         ResourceCreated::HostFull
@@ -1250,9 +1265,15 @@ async fn a_host_holds_a_bounded_number_of_resources(store: Arc<dyn BulkStore>) {
 
 async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<dyn BulkStore>) {
     let tenant = named("tenant-k", None);
-    store.create_resource(tenant.clone()).await.expect("create");
+    store
+        .create_resource(tenant.clone(), &Actor::operator())
+        .await
+        .expect("create");
     let other = named("tenant-other", None);
-    store.create_resource(other.clone()).await.expect("create");
+    store
+        .create_resource(other.clone(), &Actor::operator())
+        .await
+        .expect("create");
     let mine = store
         .create_identity(new_identity(tenant.id, None), &Actor::operator())
         .await
@@ -1266,7 +1287,13 @@ async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<
     let fresh = AccessKey::generate();
     assert_eq!(
         store
-            .replace_access_key(tenant.id, KeySlot::Primary, fresh.clone(), false)
+            .replace_access_key(
+                tenant.id,
+                KeySlot::Primary,
+                fresh.clone(),
+                false,
+                &Actor::operator()
+            )
             .await
             .expect("replace"),
         Some(0)
@@ -1283,14 +1310,26 @@ async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<
 
     let verify = AccessKey::generate();
     store
-        .replace_access_key(tenant.id, KeySlot::VerifyOnly, verify.clone(), false)
+        .replace_access_key(
+            tenant.id,
+            KeySlot::VerifyOnly,
+            verify.clone(),
+            false,
+            &Actor::operator(),
+        )
         .await
         .expect("verify-only key");
     assert_eq!(find(&store, tenant.id).await.verify_key, Some(verify));
 
     assert_eq!(
         store
-            .replace_access_key(tenant.id, KeySlot::Secondary, AccessKey::generate(), true)
+            .replace_access_key(
+                tenant.id,
+                KeySlot::Secondary,
+                AccessKey::generate(),
+                true,
+                &Actor::operator()
+            )
             .await
             .expect("replace"),
         Some(1)
@@ -1313,7 +1352,8 @@ async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<
                 ResourceId::new_random(),
                 KeySlot::Primary,
                 AccessKey::generate(),
-                true
+                true,
+                &Actor::operator()
             )
             .await
             .expect("replace"),
@@ -1886,13 +1926,21 @@ async fn a_repeated_copy_never_brings_back_a_deleted_identity(
 async fn every_resource_and_its_current_keys_are_copied(from: &dyn BulkStore, to: &dyn BulkStore) {
     let (default, _) = started_deployment(from, 2).await;
     let tenant = named("copied-tenant", Some("copied.example"));
-    from.create_resource(tenant.clone()).await.expect("create");
-    let verify = AccessKey::generate();
-    from.replace_access_key(tenant.id, KeySlot::VerifyOnly, verify, false)
+    from.create_resource(tenant.clone(), &Actor::operator())
         .await
-        .expect("verify-only key");
+        .expect("create");
+    let verify = AccessKey::generate();
+    from.replace_access_key(
+        tenant.id,
+        KeySlot::VerifyOnly,
+        verify,
+        false,
+        &Actor::operator(),
+    )
+    .await
+    .expect("verify-only key");
     let theirs = from
-        .create_identity(new_identity(tenant.id, Some("t")))
+        .create_identity(new_identity(tenant.id, Some("t")), &Actor::operator())
         .await
         .expect("create")
         .identity;
@@ -1907,9 +1955,15 @@ async fn every_resource_and_its_current_keys_are_copied(from: &dyn BulkStore, to
     assert!(to.get_identity(&theirs.id).await.expect("get").is_some());
 
     // A key regenerated on the source since replaces the target's on the next copy.
-    from.replace_access_key(default.id, KeySlot::Secondary, AccessKey::generate(), false)
-        .await
-        .expect("regenerate");
+    from.replace_access_key(
+        default.id,
+        KeySlot::Secondary,
+        AccessKey::generate(),
+        false,
+        &Actor::operator(),
+    )
+    .await
+    .expect("regenerate");
     let again = callsign_store::copy_store(from, to, &batch_of(4))
         .await
         .expect("copy again");

@@ -278,7 +278,7 @@ impl TestApp {
         );
         let created = self
             .store
-            .create_resource(record.clone())
+            .create_resource(record.clone(), &callsign_store::Actor::operator())
             .await
             .expect("create the resource");
         assert_eq!(created, callsign_store::ResourceCreated::Created);
@@ -292,15 +292,24 @@ impl TestApp {
     }
 
     /// The audit log of the server's store, every record in sequence order.
+    ///
+    /// The record of the deployment's own beginning (the default resource, created by the node
+    /// at its first start) is left out: these are the records of what a test did.
     pub async fn audit_records(&self) -> Vec<callsign_store::AuditRecord> {
         let query = callsign_store::AuditQuery {
             limit: 1_000_000,
             ..callsign_store::AuditQuery::default()
         };
-        self.store
+        let mut records = self
+            .store
             .audit_records(&query)
             .await
-            .expect("audit records")
+            .expect("audit records");
+        records.retain(|r| {
+            !(r.operation == callsign_store::AuditOperation::CreateResource
+                && r.credential == callsign_store::Credential::Node)
+        });
+        records
     }
 
     /// Stops the server as SIGTERM would and checks it ended cleanly.

@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 use callsign_client::api::connection_string;
 use callsign_core::{AccessKey, HostName, ResourceName, SystemClock};
 use callsign_store::{
-    KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated, ResourceDeleted, ResourceRecord, Store,
-    StoreLocation,
+    Actor, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated, ResourceDeleted, ResourceRecord,
+    Store, StoreLocation,
 };
 use serde_json::json;
 
@@ -142,7 +142,11 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             // has started on yet.
             let outcome =
                 match callsign_store::ensure_default_resource(store.as_ref(), &SystemClock).await {
-                    Ok(_) => store.create_resource(record.clone()).await,
+                    Ok(_) => {
+                        store
+                            .create_resource(record.clone(), &Actor::operator())
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
             store.close().await;
@@ -233,7 +237,10 @@ async fn delete(store: StoreArgs, resource: String, yes: bool) -> anyhow::Result
         let (all, default) = resources_and_default(store.as_ref()).await;
         let (all, default) = (all?, default?);
         let r = find(&all, Some(&resource), default)?;
-        Ok::<_, anyhow::Error>((r.clone(), store.delete_resource(r.id).await?))
+        Ok::<_, anyhow::Error>((
+            r.clone(),
+            store.delete_resource(r.id, &Actor::operator()).await?,
+        ))
     }
     .await;
     store.close().await;
@@ -288,7 +295,7 @@ async fn replace(
     let mut record = find(&all?, resource, default?)?.clone();
     let key = AccessKey::generate();
     let revoked = store
-        .replace_access_key(record.id, slot, key.clone(), revoke)
+        .replace_access_key(record.id, slot, key.clone(), revoke, &Actor::operator())
         .await?
         .with_context(|| format!("resource {} was deleted meanwhile", record.id))?;
     match slot {

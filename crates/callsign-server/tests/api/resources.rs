@@ -142,7 +142,13 @@ async fn the_verify_only_key_may_introspect_and_nothing_else(backend: Backend) {
     let verify_key = AccessKey::generate();
     let resource = callsign_core::ResourceId::parse(&app.resource_id).expect("guid");
     app.store
-        .replace_access_key(resource, KeySlot::VerifyOnly, verify_key.clone(), false)
+        .replace_access_key(
+            resource,
+            KeySlot::VerifyOnly,
+            verify_key.clone(),
+            false,
+            &callsign_store::Actor::operator(),
+        )
         .await
         .expect("make the verify-only key");
     let verifier = app.client_with(&app.endpoint, verify_key.expose());
@@ -232,7 +238,13 @@ async fn a_replaced_key_is_refused_and_the_other_keeps_working(backend: Backend)
     let fresh = AccessKey::generate();
     let revoked = app
         .store
-        .replace_access_key(resource, KeySlot::Primary, fresh.clone(), true)
+        .replace_access_key(
+            resource,
+            KeySlot::Primary,
+            fresh.clone(),
+            true,
+            &callsign_store::Actor::operator(),
+        )
         .await
         .expect("replace the primary key")
         .expect("the resource exists");

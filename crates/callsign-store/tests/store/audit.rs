@@ -361,7 +361,8 @@ macro_rules! audit_suite {
                 a_failed_write_leaves_no_record,
                 concurrent_writes_are_each_recorded_once,
                 prune_removes_only_old_records_in_bounded_batches,
-                token_counts_are_kept_per_resource
+                token_counts_are_kept_per_resource,
+                resource_and_key_changes_leave_one_record_each
             );
         }
     };
@@ -435,3 +436,96 @@ audit_copies!(
     sqlite_to_postgres: make_sqlite -> make_postgres,
     postgres_to_sqlite: make_postgres -> make_sqlite,
 );
+
+/// Resource and key changes are recorded like identity changes; refusals are not.
+async fn resource_and_key_changes_leave_one_record_each(store: Arc<dyn BulkStore>) {
+    let clock = callsign_core::SystemClock;
+    let (default, _) = callsign_store::ensure_default_resource(store.as_ref(), &clock)
+        .await
+        .expect("default");
+    let tenant = named("audited", Some("audited.example"));
+    let who = actor("op-1");
+    store
+        .create_resource(tenant.clone(), &who)
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .create_resource(named("audited", None), &who)
+            .await
+            .expect("create"),
+        ResourceCreated::NameTaken
+    );
+    store
+        .replace_access_key(
+            tenant.id,
+            KeySlot::Primary,
+            AccessKey::generate(),
+            false,
+            &who,
+        )
+        .await
+        .expect("replace");
+    store
+        .create_identity(new_identity(tenant.id, None), &who)
+        .await
+        .expect("create");
+    store
+        .replace_access_key(
+            tenant.id,
+            KeySlot::Secondary,
+            AccessKey::generate(),
+            true,
+            &who,
+        )
+        .await
+        .expect("replace");
+    store
+        .delete_resource(tenant.id, &who)
+        .await
+        .expect("delete");
+
+    let ops: Vec<_> = records_of(store.as_ref(), tenant.id)
+        .await
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.credential, Credential::Secondary);
+            assert_eq!(r.request_id.as_deref(), Some("op-1"));
+            (r.operation, r.outcome, r.detail.unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            (
+                AuditOperation::CreateResource,
+                AuditOutcome::Success,
+                "name audited, host audited.example".to_owned()
+            ),
+            (
+                AuditOperation::RegenerateKey,
+                AuditOutcome::Success,
+                "primary key".to_owned()
+            ),
+            (
+                AuditOperation::CreateIdentity,
+                AuditOutcome::Success,
+                String::new()
+            ),
+            (
+                AuditOperation::RegenerateKey,
+                AuditOutcome::Success,
+                "secondary key; every token revoked (1 identities)".to_owned()
+            ),
+            (
+                AuditOperation::DeleteResource,
+                AuditOutcome::Success,
+                "with 1 identities".to_owned()
+            ),
+        ]
+    );
+    let first = records_of(store.as_ref(), default.id).await;
+    assert_eq!(first.len(), 1, "the default resource's creation");
+    assert_eq!(first[0].operation, AuditOperation::CreateResource);
+    assert_eq!(first[0].credential, Credential::Node);
+}

@@ -117,9 +117,14 @@ fn audit_exports_what_a_running_server_changed(data_dir: &Path, extra: &[&str], 
     });
     let resource = id[6..42].to_owned();
 
-    // While the server runs.
-    let records = json_lines(&audit(store, &["--json"]));
-    assert_eq!(records.len(), 3, "{records:?}");
+    // While the server runs. The first record is the deployment's beginning: its first node
+    // created the default resource.
+    let mut records = json_lines(&audit(store, &["--json"]));
+    assert_eq!(records.len(), 4, "{records:?}");
+    let beginning = records.remove(0);
+    assert_eq!(beginning["operation"], "createResource");
+    assert_eq!(beginning["credential"], "node");
+    assert_eq!(beginning["resourceId"], resource.as_str());
     let expected = [
         ("createIdentity", "primary", &requests[0], Value::Null),
         (
@@ -166,21 +171,22 @@ fn audit_exports_what_a_running_server_changed(data_dir: &Path, extra: &[&str], 
         let time = r["time"].as_str().expect("time");
         assert!(time.ends_with('Z') && time.len() == 24, "{time}");
     }
+    let with_beginning: Vec<Value> = std::iter::once(beginning).chain(records).collect();
     assert_eq!(
         json_lines(&audit(store, &["--json", "--since", "1h"])),
-        records
+        with_beginning
     );
     assert_eq!(
         json_lines(&audit(store, &["--json", "--resource", &resource])),
-        records
+        with_beginning
     );
     let other = "00000000-0000-4000-8000-000000000000";
     assert!(audit(store, &["--json", "--resource", other]).is_empty());
     assert!(audit(store, &["--json", "--since", "2999-01-01T00:00:00Z"]).is_empty());
     let table = audit(store, &[]);
-    assert_eq!(table.len(), 4, "{table:?}");
+    assert_eq!(table.len(), 5, "{table:?}");
     assert!(table[0].contains("OPERATION") && table[0].contains("REQUEST"));
-    assert!(table[2].contains("revokeTokens") && table[2].contains(&requests[1]));
+    assert!(table[3].contains("revokeTokens") && table[3].contains(&requests[1]));
     // A bad filter is one clear line.
     let (ok, _, err) = run(&[&["audit"][..], store, &["--since", "yesterday"]].concat());
     assert!(
@@ -348,7 +354,9 @@ fn every_acknowledged_change_has_one_record_across_kill_9() {
     );
 
     let d = dir.path().to_str().expect("utf-8");
-    let records = json_lines(&audit(&["--data-dir", d], &["--json"]));
+    let mut records = json_lines(&audit(&["--data-dir", d], &["--json"]));
+    // The deployment's beginning: the first node created the default resource.
+    assert_eq!(records.remove(0)["operation"], "createResource");
     let mut by_request: BTreeMap<String, &Value> = BTreeMap::new();
     for r in &records {
         let req = r["requestId"].as_str().expect("request id").to_owned();
