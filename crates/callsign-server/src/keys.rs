@@ -133,6 +133,10 @@ pub async fn rotate_signing_key(
 ) -> anyhow::Result<PendingKey> {
     // RSA key generation takes a while: off the async workers.
     let key = tokio::task::spawn_blocking(move || SigningKey::generate(alg)).await??;
+    // The store keeps milliseconds: the times reported are the times stored.
+    let now = now
+        .replace_nanosecond(u32::from(now.millisecond()) * 1_000_000)
+        .unwrap_or(now);
     let activates_at = now + ACTIVATION_LEAD;
     let rotation = KeyRotation {
         key: StoredSigningKey {
