@@ -219,7 +219,11 @@ impl Keys {
 
     /// Runs `f` with the issuer of the active key: one uncontended read lock, no allocation.
     pub(crate) fn with_issuer<R>(&self, f: impl FnOnce(&TokenIssuer) -> R) -> R {
-        f(&self.current.read().unwrap_or_else(|e| e.into_inner()).issuer)
+        f(&self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .issuer)
     }
 
     /// How often the keys are reloaded.
@@ -260,7 +264,10 @@ impl Keys {
         let stored = store.signing_keys().await?;
         self.install(&stored, now)?;
         let mut changed = false;
-        if stored.iter().any(|k| k.retire_after.is_some_and(|t| t <= now)) {
+        if stored
+            .iter()
+            .any(|k| k.retire_after.is_some_and(|t| t <= now))
+        {
             match store.retire_signing_keys(now).await {
                 Ok(kids) => {
                     for kid in &kids {
@@ -280,7 +287,9 @@ impl Keys {
                     changed = true;
                 }
                 Ok(_) => changed = true,
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduled signing-key rotation failed"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "scheduled signing-key rotation failed")
+                }
             }
         }
         if changed {
@@ -403,8 +412,14 @@ mod tests {
         assert_eq!(kid(3_000), Some("next"));
         assert_eq!(kid(500), Some("old"), "all pending: the first to activate");
         use KeyState::*;
-        assert_eq!(key_states(&keys, at(2_400)), [Pending, Active, Previous, Active]);
-        assert_eq!(key_states(&keys, at(3_000)), [Active, Previous, Retired, Active]);
+        assert_eq!(
+            key_states(&keys, at(2_400)),
+            [Pending, Active, Previous, Active]
+        );
+        assert_eq!(
+            key_states(&keys, at(3_000)),
+            [Active, Previous, Retired, Active]
+        );
     }
 
     #[test]

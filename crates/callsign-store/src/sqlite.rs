@@ -37,8 +37,9 @@ use crate::audit::{
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
-    ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
-    from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
+    ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey,
+    Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows, stored_custom_id,
+    unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,

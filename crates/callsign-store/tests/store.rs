@@ -635,7 +635,10 @@ async fn concurrent_rotations_add_exactly_one_key(store: Arc<dyn BulkStore>) {
         }
     }
     assert_eq!(added, 1, "exactly one rotation adds its key");
-    assert!(pending.len() <= 1, "the others name one pending key: {pending:?}");
+    assert!(
+        pending.len() <= 1,
+        "the others name one pending key: {pending:?}"
+    );
     assert_eq!(store.signing_keys().await.expect("read").len(), 2);
 }
 

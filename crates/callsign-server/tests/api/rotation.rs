@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callsign_core::{Clock as _, FixedClock};
 use callsign_core::token::Algorithm;
+use callsign_core::{Clock as _, FixedClock};
 use callsign_server::{ACTIVATION_LEAD, MAX_TOKEN_LIFETIME, RETIRE_MARGIN, rotate_signing_key};
 use callsign_store::{KeyProtection, PostgresOptions, PostgresStore, Store};
 use callsign_testkit::{Backend, TestApp};
@@ -122,7 +122,11 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
         .expect("rotate");
     assert!(new.added);
     until_published(&app, |kids| kids.contains(&new.kid) && kids.contains(&old)).await;
-    assert_eq!(kid(&issue(&app, &id).await), old, "a pending key does not sign");
+    assert_eq!(
+        kid(&issue(&app, &id).await),
+        old,
+        "a pending key does not sign"
+    );
 
     clock.advance(span(ACTIVATION_LEAD));
     let mut new_token = issue(&app, &id).await;
@@ -135,7 +139,10 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     }
     assert_eq!(kid(&new_token), new.kid, "the node switched to the new key");
     assert!(verifies(&app, &new_token).await);
-    assert!(verifies(&app, &old_token).await, "the old key still verifies");
+    assert!(
+        verifies(&app, &old_token).await,
+        "the old key still verifies"
+    );
     assert_eq!(app.introspect(&old_token).await["active"], true);
 
     // Until the retirement bound the previous key stays published (its tokens have expired).
@@ -199,7 +206,11 @@ async fn scheduled_rotation_adds_a_key_once_the_active_one_has_signed_for_the_pe
         .find(|k| **k != first[0])
         .expect("a new key")
         .clone();
-    assert_eq!(kid(&issue(&app, &id).await), first[0], "pending, not signing");
+    assert_eq!(
+        kid(&issue(&app, &id).await),
+        first[0],
+        "pending, not signing"
+    );
     tokio::time::sleep(REFRESH * 3).await;
     assert_eq!(published(&app).await.len(), 2, "one pending key at a time");
 
