@@ -249,4 +249,39 @@ mod tests {
         assert!(parse_rotation("10m").is_err());
         assert!(parse_rotation("soon").is_err());
     }
+
+    fn serve(argv: &[&str]) -> anyhow::Result<Settings> {
+        use clap::Parser as _;
+        let mut full = vec!["callsign", "serve"];
+        full.extend_from_slice(argv);
+        match crate::config::Cli::try_parse_from(full)?.command {
+            crate::config::Command::Serve(a) => Ok(crate::config::resolve_serve(*a)?.settings),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn serve_takes_the_rotation_period_and_refresh_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("callsign.toml");
+        std::fs::write(
+            &file,
+            "signing_key_rotation = \"30d\"\nkey_refresh_secs = 5\n",
+        )
+        .expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        let s = serve(&["--config", cfg]).expect("resolves");
+        assert_eq!(
+            s.signing_key_rotation,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(s.key_refresh, Duration::from_secs(5));
+        let s = serve(&["--config", cfg, "--signing-key-rotation", "off"]).expect("resolves");
+        assert_eq!(s.signing_key_rotation, None);
+        let d = serve(&[]).expect("resolves");
+        assert_eq!(d.signing_key_rotation, None);
+        assert_eq!(d.key_refresh, callsign_server::DEFAULT_KEY_REFRESH);
+        assert!(serve(&["--key-refresh-secs", "61"]).is_err());
+        assert!(serve(&["--signing-key-rotation", "5m"]).is_err());
+    }
 }
