@@ -2081,7 +2081,7 @@ async fn every_resource_and_its_current_keys_are_copied(from: &dyn BulkStore, to
         .await
         .expect("verify-only key");
     let theirs = from
-        .create_identity(new_identity(tenant.id, Some("t")))
+        .create_identity(new_identity(tenant.id, Some("t")), &Actor::operator())
         .await
         .expect("create")
         .identity;

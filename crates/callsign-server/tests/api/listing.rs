@@ -336,7 +336,11 @@ async fn seed(app: &TestApp, n: usize) -> Vec<String> {
                 custom_id: None,
                 created_at: time::OffsetDateTime::now_utc(),
             };
-            let created = app.store.create_identity(new).await.expect("create");
+            let created = app
+                .store
+                .create_identity(new, &callsign_store::Actor::operator())
+                .await
+                .expect("create");
             created.identity.id.to_string()
         })
         .buffer_unordered(64)
