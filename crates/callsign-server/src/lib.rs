@@ -39,6 +39,10 @@ mod version;
 
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
+pub use keys::{
+    ACTIVATION_LEAD, DEFAULT_KEY_REFRESH, JWKS_MAX_AGE, KeyState, MAX_TOKEN_LIFETIME, PendingKey,
+    RETIRE_MARGIN, key_states, retirement_bound, rotate_signing_key, signing_key_for,
+};
 pub use settings::{DEFAULT_AUDIT_RETENTION, Settings};
 pub use startup::Application;
 pub use throttle::{OperationClass, Rate, ThrottleConfig};

@@ -101,7 +101,7 @@ pub(crate) fn jwks(state: &AppState) -> Response {
             ),
             (
                 header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=300"),
+                HeaderValue::from_static(crate::keys::JWKS_CACHE_CONTROL),
             ),
         ],
         state.keys.get().jwks.clone(),
@@ -189,7 +189,10 @@ pub(crate) async fn introspect(
     if let Some(kid) = token_kid(&req.token)
         && !state.keys.get().knows(&kid)
     {
-        state.keys.refresh_if_stale(state.store.as_ref()).await?;
+        state
+            .keys
+            .refresh_if_stale(state.store.as_ref(), now)
+            .await?;
     }
     let token = match state.keys.get().verifier.verify(&req.token, now) {
         Ok(token) => token,

@@ -151,14 +151,17 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Reloads the signing keys from the store every `REFRESH_EVERY` (other nodes may add some).
+/// Reloads the signing keys from the store every refresh interval (other nodes may add some, a
+/// pending one may have come into force), retiring and rotating them as due.
 fn spawn_key_refresher(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::keys::REFRESH_EVERY);
+        let mut tick = tokio::time::interval(state.keys.refresh_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = state.keys.refresh(state.store.as_ref()).await {
+            let now = state.clock.now();
+            if let Err(e) = state.keys.maintain(state.store.as_ref(), now).await {
                 tracing::warn!(error = %e.chain(), "could not reload the signing keys");
             }
         }

@@ -51,6 +51,12 @@ pub struct Settings {
     pub resource_poll: Duration,
     /// How long audit records are kept before every node prunes them (`None`: for ever).
     pub audit_retention: Option<Duration>,
+    /// How often the node reloads its signing keys (and retires, and rotates when scheduled).
+    /// Keep it at most a minute: [`ACTIVATION_LEAD`](crate::ACTIVATION_LEAD) counts on it.
+    pub key_refresh: Duration,
+    /// Scheduled signing-key rotation: a new key once the active one has signed this long
+    /// (`--signing-key-rotation`; off by default).
+    pub signing_key_rotation: Option<Duration>,
 }
 
 impl Settings {
@@ -75,6 +81,8 @@ impl Settings {
             auth_failures_per_minute: 60,
             resource_poll: Duration::from_secs(1),
             audit_retention: Some(DEFAULT_AUDIT_RETENTION),
+            key_refresh: crate::keys::DEFAULT_KEY_REFRESH,
+            signing_key_rotation: None,
         }
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use callsign_api::connection_string;
-use callsign_core::token::TokenIssuer;
 use callsign_core::{Clock, ResourceId, SystemClock};
 use callsign_store::{
     Database, KeyMaterialStore, KeyProtection, PostgresOptions, ResourceRecord, Store,
@@ -72,13 +71,17 @@ impl Application {
         let (resource, first_start) =
             ensure_default_resource(store.as_ref(), clock.as_ref()).await?;
         warn_about_sealing(store.as_ref(), &settings.keys).await;
-        let (active, keys) =
-            crate::keys::bootstrap(store.as_ref(), settings.signing_alg, clock.as_ref()).await?;
-        let issuer_name = settings
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("urn:callsign:{}", resource.id));
-        let issuer = TokenIssuer::new(active, &issuer_name, &settings.location)?;
+        let signer = crate::keys::Signer {
+            alg: settings.signing_alg,
+            issuer: settings
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("urn:callsign:{}", resource.id)),
+            location: settings.location.clone(),
+            rotation: settings.signing_key_rotation,
+            refresh_every: settings.key_refresh,
+        };
+        let keys = crate::keys::bootstrap(store.as_ref(), signer, clock.as_ref()).await?;
 
         let tls_config = tls::server_config(&settings.tls, &settings.data_dir, clock.now())?;
         let authenticator = Authenticator::new(
@@ -94,7 +97,6 @@ impl Application {
             store,
             authenticator,
             resources,
-            issuer,
             keys,
             clock,
             max_body_bytes: settings.max_body_bytes,

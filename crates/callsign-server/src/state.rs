@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use callsign_core::token::{IssuedToken, TokenIssuer};
+use callsign_core::token::IssuedToken;
 use callsign_core::{
     Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes, TeamsAssignment,
 };
@@ -18,7 +18,6 @@ pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) authenticator: Authenticator,
     pub(crate) resources: crate::resources::Resources,
-    pub(crate) issuer: TokenIssuer,
     pub(crate) keys: crate::keys::Keys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) max_body_bytes: usize,
@@ -198,14 +197,16 @@ impl Directory<'_> {
         let now = self.state.clock.now();
         let token = self
             .state
-            .issuer
-            .issue(
-                &identity.id,
-                scopes,
-                expires_in,
-                identity.revocation_epoch,
-                now,
-            )
+            .keys
+            .with_issuer(|issuer| {
+                issuer.issue(
+                    &identity.id,
+                    scopes,
+                    expires_in,
+                    identity.revocation_epoch,
+                    now,
+                )
+            })
             .map_err(|e| {
                 ApiError::internal(anyhow::Error::new(e).context("token signing failed"))
             })?;

@@ -632,8 +632,47 @@ pub struct StoredSigningKey {
     pub alg: Algorithm,
     /// Private key, PKCS#8 DER.
     pub pkcs8: Vec<u8>,
-    /// Creation time; the newest key signs.
+    /// Creation time.
     pub created_at: OffsetDateTime,
+    /// When it starts signing: the newest key of its algorithm whose time has come signs, and a
+    /// key before its time (pending) is published but does not sign yet. A key bootstrapped on
+    /// first start, or stored before rotation existed, activates when it is created.
+    pub activates_at: OffsetDateTime,
+    /// When it may be deleted (retired), set when a successor is added: by then every token it
+    /// signed has expired. `None`: no successor yet, kept.
+    pub retire_after: Option<OffsetDateTime>,
+}
+
+impl StoredSigningKey {
+    /// Whether it is pending at `now`: published, not signing yet.
+    pub fn is_pending(&self, now: OffsetDateTime) -> bool {
+        self.activates_at > now
+    }
+}
+
+/// What [`SigningKeyStore::rotate_signing_key`] is asked to do.
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    /// The new key, `activates_at` in the future.
+    pub key: StoredSigningKey,
+    /// The time of the caller: keys of the algorithm activating after it are pending.
+    pub now: OffsetDateTime,
+    /// The retirement bound given to the keys the new one succeeds.
+    pub retire_previous_after: OffsetDateTime,
+}
+
+/// What a [`SigningKeyStore::rotate_signing_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The key was added, pending until its `activates_at`.
+    Added,
+    /// Nothing changed: a key of the algorithm is pending already.
+    AlreadyPending {
+        /// The pending key.
+        kid: String,
+        /// When it starts signing.
+        activates_at: OffsetDateTime,
+    },
 }
 
 impl Drop for StoredSigningKey {
@@ -648,6 +687,8 @@ impl std::fmt::Debug for StoredSigningKey {
             .field("kid", &self.kid)
             .field("alg", &self.alg)
             .field("created_at", &self.created_at)
+            .field("activates_at", &self.activates_at)
+            .field("retire_after", &self.retire_after)
             .finish_non_exhaustive()
     }
 }
@@ -762,6 +803,18 @@ pub trait SigningKeyStore: Send + Sync {
         &self,
         candidate: StoredSigningKey,
     ) -> Result<StoredSigningKey, StoreError>;
+
+    /// Adds `rotation.key` as the next key of its algorithm, and gives every other key of that
+    /// algorithm without a retirement bound `rotation.retire_previous_after`, in one
+    /// transaction; unless a key of the algorithm is pending at `rotation.now` already, which
+    /// is returned and nothing changes. Atomic across nodes and processes: of concurrent
+    /// rotations of one algorithm exactly one adds its key.
+    async fn rotate_signing_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError>;
+
+    /// Deletes, in one transaction, every key whose retirement bound is at or before `now` and
+    /// which a newer key of its algorithm, active at `now`, succeeds; returns their kids.
+    /// Idempotent: any node may run it.
+    async fn retire_signing_keys(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError>;
 }
 
 /// Teams extension access assignments, per resource, keyed by `(tenant, object)`.
@@ -876,6 +929,8 @@ impl KeyProtection {
             alg: k.alg,
             pkcs8: self.store_bytes(&k.pkcs8, &signing_key_slot(&k.kid)),
             created_at: k.created_at,
+            activates_at: k.activates_at,
+            retire_after: k.retire_after,
         }
     }
 
@@ -891,6 +946,8 @@ impl KeyProtection {
                 .load_bytes(&k.pkcs8, &signing_key_slot(&k.kid))?
                 .to_vec(),
             created_at: k.created_at,
+            activates_at: k.activates_at,
+            retire_after: k.retire_after,
         })
     }
 }

@@ -30,9 +30,10 @@ use crate::audit::{
 use crate::pg_tls;
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
-    IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
-    SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
-    from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
+    IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
+    ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey,
+    Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows, stored_custom_id,
+    unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
@@ -164,6 +165,18 @@ CREATE TABLE callsign_token_counts (
 );
 "#,
     ),
+    (
+        7,
+        "signing key rotation",
+        // When a key starts signing (keys stored before: when created) and when it may be
+        // retired (set when a successor is added).
+        r#"
+ALTER TABLE callsign_signing_keys ADD COLUMN activates_at_ms BIGINT;
+UPDATE callsign_signing_keys SET activates_at_ms = created_at_ms;
+ALTER TABLE callsign_signing_keys ALTER COLUMN activates_at_ms SET NOT NULL;
+ALTER TABLE callsign_signing_keys ADD COLUMN retire_after_ms BIGINT;
+"#,
+    ),
 ];
 
 /// Advisory lock key for migrations and bootstrap ("callsign" in ASCII).
@@ -271,8 +284,42 @@ const RESOURCE_COLUMNS: &str =
     "id, name, host, primary_key, secondary_key, verify_key, created_at_ms";
 const SELECT_DEFAULT_RESOURCE: &str = "SELECT id, name, host, primary_key, secondary_key, \
      verify_key, created_at_ms FROM callsign_resources WHERE is_default";
-const INSERT_SIGNING_KEY: &str =
-    "INSERT INTO callsign_signing_keys (kid, alg, pkcs8, created_at_ms) VALUES ($1, $2, $3, $4)";
+const INSERT_SIGNING_KEY: &str = "INSERT INTO callsign_signing_keys
+    (kid, alg, pkcs8, created_at_ms, activates_at_ms, retire_after_ms) VALUES ($1, $2, $3, $4, $5, $6)";
+const SIGNING_KEY_COLUMNS: &str =
+    "kid, alg, pkcs8, created_at_ms, activates_at_ms, retire_after_ms";
+
+/// Deletes the keys past their retirement bound (`$1`: now) that an active newer key of their
+/// algorithm succeeds.
+const RETIRE_KEYS: &str = "
+DELETE FROM callsign_signing_keys
+WHERE retire_after_ms IS NOT NULL AND retire_after_ms <= $1
+  AND EXISTS (SELECT 1 FROM callsign_signing_keys AS s WHERE s.alg = callsign_signing_keys.alg
+              AND s.activates_at_ms > callsign_signing_keys.activates_at_ms
+              AND s.activates_at_ms <= $1)
+RETURNING kid";
+
+/// Inserts a signing key (in its stored form).
+async fn insert_signing_key(
+    client: &impl deadpool_postgres::GenericClient,
+    key: &StoredSigningKey,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            INSERT_SIGNING_KEY,
+            &[
+                &key.kid,
+                &key.alg.jose_name(),
+                &key.pkcs8,
+                &ms(key.created_at),
+                &ms(key.activates_at),
+                &key.retire_after.map(ms),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
 
 const IDENTITY_COLUMNS: &str =
     "id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms";
@@ -341,6 +388,12 @@ fn signing_key(row: &tokio_postgres::Row) -> Result<StoredSigningKey, StoreError
             .ok_or_else(|| StoreError::corrupt(format!("signing key algorithm {alg:?}")))?,
         pkcs8: row.try_get(2).map_err(pg)?,
         created_at: from_ms(row.try_get(3).map_err(pg)?)?,
+        activates_at: from_ms(row.try_get(4).map_err(pg)?)?,
+        retire_after: row
+            .try_get::<_, Option<i64>>(5)
+            .map_err(pg)?
+            .map(from_ms)
+            .transpose()?,
     })
 }
 
@@ -1159,7 +1212,9 @@ impl SigningKeyStore for PostgresStore {
         let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client
             .query(
-                "SELECT kid, alg, pkcs8, created_at_ms FROM callsign_signing_keys ORDER BY created_at_ms DESC, seq DESC",
+                &format!(
+                    "SELECT {SIGNING_KEY_COLUMNS} FROM callsign_signing_keys ORDER BY created_at_ms DESC, seq DESC"
+                ),
                 &[],
             )
             .await
@@ -1172,19 +1227,7 @@ impl SigningKeyStore for PostgresStore {
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
         let key = self.keys.seal_signing_key(&key);
         let client = self.pool.get().await.map_err(pool_error)?;
-        client
-            .execute(
-                INSERT_SIGNING_KEY,
-                &[
-                    &key.kid,
-                    &key.alg.jose_name(),
-                    &key.pkcs8,
-                    &ms(key.created_at),
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(())
+        insert_signing_key(&client, &key).await
     }
 
     async fn bootstrap_signing_key(
@@ -1200,8 +1243,10 @@ impl SigningKeyStore for PostgresStore {
             .map_err(pg)?;
         let existing = tx
             .query_opt(
-                "SELECT kid, alg, pkcs8, created_at_ms FROM callsign_signing_keys WHERE alg = $1
-                 ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+                &format!(
+                    "SELECT {SIGNING_KEY_COLUMNS} FROM callsign_signing_keys WHERE alg = $1
+                     ORDER BY created_at_ms DESC, seq DESC LIMIT 1"
+                ),
                 &[&candidate.alg.jose_name()],
             )
             .await
@@ -1209,22 +1254,58 @@ impl SigningKeyStore for PostgresStore {
         let key = match existing {
             Some(row) => signing_key(&row)?,
             None => {
-                tx.execute(
-                    INSERT_SIGNING_KEY,
-                    &[
-                        &candidate.kid,
-                        &candidate.alg.jose_name(),
-                        &candidate.pkcs8,
-                        &ms(candidate.created_at),
-                    ],
-                )
-                .await
-                .map_err(pg)?;
+                insert_signing_key(&tx, &candidate).await?;
                 candidate
             }
         };
         tx.commit().await.map_err(pg)?;
         self.keys.open_signing_key(&key)
+    }
+
+    async fn rotate_signing_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
+        let key = self.keys.seal_signing_key(&rotation.key);
+        let alg = key.alg.jose_name();
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // One rotation at a time across nodes (and with bootstrap and re-sealing).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg)?;
+        let pending = tx
+            .query_opt(
+                "SELECT kid, activates_at_ms FROM callsign_signing_keys
+                 WHERE alg = $1 AND activates_at_ms > $2 ORDER BY activates_at_ms LIMIT 1",
+                &[&alg, &ms(rotation.now)],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = pending {
+            return Ok(Rotation::AlreadyPending {
+                kid: row.try_get(0).map_err(pg)?,
+                activates_at: from_ms(row.try_get(1).map_err(pg)?)?,
+            });
+        }
+        insert_signing_key(&tx, &key).await?;
+        tx.execute(
+            "UPDATE callsign_signing_keys SET retire_after_ms = $3
+             WHERE alg = $1 AND kid <> $2 AND retire_after_ms IS NULL",
+            &[&alg, &key.kid, &ms(rotation.retire_previous_after)],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Rotation::Added)
+    }
+
+    async fn retire_signing_keys(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .query(RETIRE_KEYS, &[&ms(now)])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.try_get(0).map_err(pg))
+            .collect()
     }
 }
 
@@ -1245,7 +1326,7 @@ impl PostgresStore {
             .collect::<Result<Vec<_>, _>>()?;
         let keys = client
             .query(
-                "SELECT kid, alg, pkcs8, created_at_ms FROM callsign_signing_keys",
+                &format!("SELECT {SIGNING_KEY_COLUMNS} FROM callsign_signing_keys"),
                 &[],
             )
             .await

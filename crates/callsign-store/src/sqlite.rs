@@ -36,9 +36,10 @@ use crate::audit::{
 };
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
-    IdentityStore, ImportReport, NewIdentity, PendingTokenTimes, ResourceRecord, ResourceStore,
-    SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey, Tombstone, TombstoneReport,
-    from_unix_ms as from_ms, scan_rows, stored_custom_id, unix_ms as ms,
+    IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
+    ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey,
+    Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows, stored_custom_id,
+    unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
@@ -141,6 +142,13 @@ CREATE TABLE token_counts (
     last_issued_at_ms INTEGER
 ) WITHOUT ROWID;
 "#,
+    // Signing-key rotation: when a key starts signing (keys stored before: when created) and
+    // when it may be retired (set when a successor is added).
+    r#"
+ALTER TABLE signing_keys ADD COLUMN activates_at_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE signing_keys ADD COLUMN retire_after_ms INTEGER;
+UPDATE signing_keys SET activates_at_ms = created_at_ms;
+"#,
 ];
 
 const READERS: usize = 4;
@@ -181,6 +189,8 @@ enum Job {
     RewriteKeys(KeyRewrite, Reply<usize>),
     AddKey(StoredSigningKey, Reply<()>),
     BootstrapKey(StoredSigningKey, Reply<StoredSigningKey>),
+    RotateKey(KeyRotation, Reply<Rotation>),
+    RetireKeys(i64, Reply<Vec<String>>),
     Import(Vec<IdentityRecord>, Reply<ImportReport>),
     ImportTombstones(Vec<Tombstone>, Reply<TombstoneReport>),
     PutAssignment(ResourceId, TeamsAssignment, Actor, Reply<bool>),
@@ -883,6 +893,8 @@ fn fail(job: Job, e: StoreError) {
         Job::RewriteKeys(_, r) => drop(r.send(Err(e))),
         Job::AddKey(_, r) => drop(r.send(Err(e))),
         Job::BootstrapKey(_, r) => drop(r.send(Err(e))),
+        Job::RotateKey(_, r) => drop(r.send(Err(e))),
+        Job::RetireKeys(_, r) => drop(r.send(Err(e))),
         Job::Import(_, r) => drop(r.send(Err(e))),
         Job::ImportTombstones(_, r) => drop(r.send(Err(e))),
         Job::PutAssignment(_, _, _, r) => drop(r.send(Err(e))),
@@ -989,6 +1001,19 @@ fn run_job(
                     Some(k) => Ok(k),
                     None => insert_key(tx, &candidate).map(|()| candidate),
                 }
+            }),
+        ),
+        Job::RotateKey(rotation, reply) => {
+            answer(reply, in_savepoint(tx, |tx| rotate_key(tx, &rotation)))
+        }
+        Job::RetireKeys(now, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| {
+                let mut stmt = tx.prepare_cached(RETIRE_KEYS).map_err(backend)?;
+                let kids = stmt
+                    .query_map([now], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                kids.collect::<Result<Vec<_>, _>>().map_err(backend)
             }),
         ),
         Job::Import(records, reply) => answer(reply, in_savepoint(tx, |tx| import(tx, &records))),
@@ -1239,38 +1264,94 @@ fn assignment_record(row: AssignmentRow) -> Result<(ResourceId, TeamsAssignment)
 
 fn insert_key(tx: &rusqlite::Transaction<'_>, key: &StoredSigningKey) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![key.kid, key.alg.jose_name(), key.pkcs8, ms(key.created_at)],
+        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at_ms, activates_at_ms, retire_after_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            key.kid,
+            key.alg.jose_name(),
+            key.pkcs8,
+            ms(key.created_at),
+            ms(key.activates_at),
+            key.retire_after.map(ms)
+        ],
     )
     .map(|_| ())
     .map_err(backend)
 }
 
+/// Deletes the keys past their retirement bound (`?1`: now) that an active newer key of their
+/// algorithm succeeds.
+const RETIRE_KEYS: &str = "
+DELETE FROM signing_keys
+WHERE retire_after_ms IS NOT NULL AND retire_after_ms <= ?1
+  AND EXISTS (SELECT 1 FROM signing_keys AS s WHERE s.alg = signing_keys.alg
+              AND s.activates_at_ms > signing_keys.activates_at_ms AND s.activates_at_ms <= ?1)
+RETURNING kid";
+
+/// Adds the rotation's key unless one of its algorithm is pending (one transaction, so that
+/// processes sharing the file agree: SQLite has one writer at a time).
+fn rotate_key(
+    tx: &rusqlite::Transaction<'_>,
+    rotation: &KeyRotation,
+) -> Result<Rotation, StoreError> {
+    let key = &rotation.key;
+    let alg = key.alg.jose_name();
+    let pending = tx
+        .query_row(
+            "SELECT kid, activates_at_ms FROM signing_keys WHERE alg = ?1 AND activates_at_ms > ?2
+             ORDER BY activates_at_ms LIMIT 1",
+            params![alg, ms(rotation.now)],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    if let Some((kid, at)) = pending {
+        return Ok(Rotation::AlreadyPending {
+            kid,
+            activates_at: from_ms(at)?,
+        });
+    }
+    insert_key(tx, key)?;
+    tx.execute(
+        "UPDATE signing_keys SET retire_after_ms = ?3
+         WHERE alg = ?1 AND kid <> ?2 AND retire_after_ms IS NULL",
+        params![alg, key.kid, ms(rotation.retire_previous_after)],
+    )
+    .map_err(backend)?;
+    Ok(Rotation::Added)
+}
+
 fn read_signing_keys(c: &Connection) -> Result<Vec<StoredSigningKey>, StoreError> {
     let mut stmt = c
         .prepare_cached(
-            "SELECT kid, alg, pkcs8, created_at_ms FROM signing_keys ORDER BY created_at_ms DESC, rowid DESC",
+            "SELECT kid, alg, pkcs8, created_at_ms, activates_at_ms, retire_after_ms
+             FROM signing_keys ORDER BY created_at_ms DESC, rowid DESC",
         )
         .map_err(backend)?;
     let rows = stmt
         .query_map([], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
                 r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, i64>(3)?,
+                (
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ),
             ))
         })
         .map_err(backend)?;
     let mut keys = Vec::new();
     for row in rows {
-        let (kid, alg, pkcs8, created) = row.map_err(backend)?;
+        let ((kid, alg), pkcs8, (created, activates, retire)) = row.map_err(backend)?;
         keys.push(StoredSigningKey {
             alg: Algorithm::from_jose_name(&alg)
                 .ok_or_else(|| StoreError::corrupt(format!("signing key algorithm {alg:?}")))?,
             kid,
             pkcs8,
             created_at: from_ms(created)?,
+            activates_at: from_ms(activates)?,
+            retire_after: retire.map(from_ms).transpose()?,
         });
     }
     Ok(keys)
@@ -1905,6 +1986,18 @@ impl SigningKeyStore for SqliteStore {
     async fn add_signing_key(&self, key: StoredSigningKey) -> Result<(), StoreError> {
         let stored = self.keys.seal_signing_key(&key);
         self.submit(|r| Job::AddKey(stored, r)).await
+    }
+
+    async fn rotate_signing_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
+        let rotation = KeyRotation {
+            key: self.keys.seal_signing_key(&rotation.key),
+            ..rotation
+        };
+        self.submit(|r| Job::RotateKey(rotation, r)).await
+    }
+
+    async fn retire_signing_keys(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
+        self.submit(|r| Job::RetireKeys(ms(now), r)).await
     }
 }
 

@@ -12,9 +12,10 @@ use callsign_core::{
 };
 use callsign_store::{
     Actor, AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId,
-    IdentityFilter, IdentityRecord, IdentityStore, ImportReport, KeySlot, MAX_RESOURCES_PER_HOST,
-    NewIdentity, PostgresOptions, PostgresStore, ResourceCreated, ResourceDeleted, ResourceRecord,
-    SqliteStore, Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    IdentityFilter, IdentityRecord, IdentityStore, ImportReport, KeyProtection, KeyRotation,
+    KeySlot, MAX_RESOURCES_PER_HOST, MasterKey, NewIdentity, PostgresOptions, PostgresStore,
+    ResourceCreated, ResourceDeleted, ResourceRecord, Rotation, Sealer, SqliteStore, Store,
+    StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
@@ -488,6 +489,8 @@ async fn signing_keys_come_back_newest_first(store: Arc<dyn BulkStore>) {
         alg: Algorithm::Es256,
         pkcs8: vec![1, 2, 3],
         created_at: OffsetDateTime::from_unix_timestamp(secs).expect("time"),
+        activates_at: OffsetDateTime::from_unix_timestamp(secs).expect("time"),
+        retire_after: None,
     };
     store
         .add_signing_key(key("old", 1_600_000_000))
@@ -514,6 +517,8 @@ async fn signing_key_bootstrap_agrees_on_one_key_per_algorithm(store: Arc<dyn Bu
         alg,
         pkcs8: vec![9],
         created_at: OffsetDateTime::now_utc(),
+        activates_at: OffsetDateTime::now_utc(),
+        retire_after: None,
     };
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -538,6 +543,185 @@ async fn signing_key_bootstrap_agrees_on_one_key_per_algorithm(store: Arc<dyn Bu
         .expect("bootstrap");
     assert_eq!(rsa.kid, "r1");
     assert_eq!(store.signing_keys().await.expect("read").len(), 2);
+}
+
+/// An instant `secs` after a fixed start.
+fn t(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).expect("time")
+}
+
+/// A key of `alg` created at `created`, activating at `activates`.
+fn timed_key(kid: &str, alg: Algorithm, created: i64, activates: i64) -> StoredSigningKey {
+    StoredSigningKey {
+        kid: kid.into(),
+        alg,
+        pkcs8: kid.as_bytes().to_vec(),
+        created_at: t(created),
+        activates_at: t(activates),
+        retire_after: None,
+    }
+}
+
+/// Rotating to `kid` at `now`: active 600 s later, the keys it succeeds retired 1000 s after that.
+fn rotation(kid: &str, alg: Algorithm, now: i64) -> KeyRotation {
+    KeyRotation {
+        key: timed_key(kid, alg, now, now + 600),
+        now: t(now),
+        retire_previous_after: t(now + 1600),
+    }
+}
+
+async fn rotation_adds_one_pending_key_and_refuses_another_while_it_is_pending(
+    store: Arc<dyn BulkStore>,
+) {
+    store
+        .bootstrap_signing_key(timed_key("a", Algorithm::Es256, 0, 0))
+        .await
+        .expect("bootstrap");
+    let added = store.rotate_signing_key(rotation("b", Algorithm::Es256, 10));
+    assert_eq!(added.await.expect("rotate"), Rotation::Added);
+    let again = store.rotate_signing_key(rotation("c", Algorithm::Es256, 20));
+    assert_eq!(
+        again.await.expect("rotate again"),
+        Rotation::AlreadyPending {
+            kid: "b".into(),
+            activates_at: t(610)
+        }
+    );
+    let keys = store.signing_keys().await.expect("read");
+    let view: Vec<_> = keys
+        .iter()
+        .map(|k| (k.kid.as_str(), k.activates_at, k.retire_after))
+        .collect();
+    assert_eq!(view, [("b", t(610), None), ("a", t(0), Some(t(1610)))]);
+    assert_eq!(keys[0].pkcs8, b"b", "the private key round-trips");
+    // Another algorithm rotates on its own.
+    let rsa = store.rotate_signing_key(rotation("r", Algorithm::Rs256, 20));
+    assert_eq!(rsa.await.expect("rotate rsa"), Rotation::Added);
+    // Once `b` signs, the next rotation gives it a bound and leaves `a`'s as it was.
+    let next = store.rotate_signing_key(rotation("d", Algorithm::Es256, 700));
+    assert_eq!(next.await.expect("rotate"), Rotation::Added);
+    let keys = store.signing_keys().await.expect("read");
+    let bound = |kid: &str| keys.iter().find(|k| k.kid == kid).expect(kid).retire_after;
+    assert_eq!(bound("a"), Some(t(1610)));
+    assert_eq!(bound("b"), Some(t(2300)));
+    assert_eq!(bound("d"), None);
+    assert_eq!(bound("r"), None);
+}
+
+async fn concurrent_rotations_add_exactly_one_key(store: Arc<dyn BulkStore>) {
+    store
+        .bootstrap_signing_key(timed_key("a", Algorithm::Es256, 0, 0))
+        .await
+        .expect("bootstrap");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .rotate_signing_key(rotation(&format!("k{i}"), Algorithm::Es256, 10))
+                .await
+                .expect("rotate")
+        }));
+    }
+    let mut added = 0;
+    let mut pending = std::collections::HashSet::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Rotation::Added => added += 1,
+            Rotation::AlreadyPending { kid, .. } => {
+                pending.insert(kid);
+            }
+        }
+    }
+    assert_eq!(added, 1, "exactly one rotation adds its key");
+    assert!(
+        pending.len() <= 1,
+        "the others name one pending key: {pending:?}"
+    );
+    assert_eq!(store.signing_keys().await.expect("read").len(), 2);
+}
+
+async fn retirement_removes_only_keys_past_their_bound_with_an_active_successor(
+    store: Arc<dyn BulkStore>,
+) {
+    store
+        .bootstrap_signing_key(timed_key("a", Algorithm::Es256, 0, 0))
+        .await
+        .expect("bootstrap");
+    store
+        .rotate_signing_key(rotation("b", Algorithm::Es256, 10))
+        .await
+        .expect("rotate");
+    // A bound without an active newer key of its algorithm never retires a key.
+    let mut lone = timed_key("lone", Algorithm::Rs256, 0, 0);
+    lone.retire_after = Some(t(5));
+    store.add_signing_key(lone).await.expect("add");
+    let retire = |now| {
+        let store = Arc::clone(&store);
+        async move { store.retire_signing_keys(t(now)).await.expect("retire") }
+    };
+    assert!(retire(1609).await.is_empty(), "before the bound");
+    assert_eq!(retire(1610).await, ["a"]);
+    assert!(retire(1610).await.is_empty(), "idempotent");
+    let kids: Vec<_> = store
+        .signing_keys()
+        .await
+        .expect("read")
+        .iter()
+        .map(|k| k.kid.clone())
+        .collect();
+    assert_eq!(kids, ["b", "lone"]);
+}
+
+/// A rotated key on a sealed store is stored sealed and opens as it was.
+async fn a_rotated_key_is_sealed_at_rest(store: Arc<dyn BulkStore>) {
+    store
+        .bootstrap_signing_key(timed_key("a", Algorithm::Es256, 0, 0))
+        .await
+        .expect("bootstrap");
+    store
+        .rotate_signing_key(rotation("b", Algorithm::Es256, 10))
+        .await
+        .expect("rotate");
+    let status = store.seal_status().await.expect("status");
+    assert_eq!((status.sealed, status.plain), (2, 0));
+    let keys = store.signing_keys().await.expect("read");
+    assert_eq!(keys[0].pkcs8, b"b");
+    assert_eq!(store.reseal_keys().await.expect("reseal"), 2);
+    let keys = store.signing_keys().await.expect("read");
+    assert_eq!(
+        (keys[0].pkcs8.as_slice(), keys[1].retire_after),
+        (b"b".as_slice(), Some(t(1610)))
+    );
+}
+
+fn sealed() -> KeyProtection {
+    KeyProtection::sealed(Sealer::new(MasterKey::from_bytes(&[7; 32])))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_seals_a_rotated_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open_with(dir.path().join("callsign.db"), sealed()).expect("open");
+    let store: Arc<dyn BulkStore> = Arc::new(store);
+    a_rotated_key_is_sealed_at_rest(Arc::clone(&store)).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_seals_a_rotated_key() {
+    let db = TestDatabase::create().await;
+    let options = PostgresOptions {
+        keys: sealed(),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect(&db.url(), &options)
+        .await
+        .expect("connect");
+    let store: Arc<dyn BulkStore> = Arc::new(store);
+    a_rotated_key_is_sealed_at_rest(Arc::clone(&store)).await;
+    store.close().await;
 }
 
 async fn identities_export_and_import_losslessly(store: Arc<dyn BulkStore>) {
@@ -1402,6 +1586,9 @@ macro_rules! conformance_suite {
                 replacing_a_key_keeps_the_others_and_may_revoke_every_token,
                 signing_keys_come_back_newest_first,
                 signing_key_bootstrap_agrees_on_one_key_per_algorithm,
+                rotation_adds_one_pending_key_and_refuses_another_while_it_is_pending,
+                concurrent_rotations_add_exactly_one_key,
+                retirement_removes_only_keys_past_their_bound_with_an_active_successor,
                 identities_export_and_import_losslessly,
                 delete_leaves_a_tombstone_that_import_respects,
                 reimport_keeps_the_higher_epoch,
@@ -1826,6 +2013,8 @@ async fn started_deployment(store: &dyn BulkStore, n: usize) -> (ResourceRecord,
             alg: Algorithm::Es256,
             pkcs8: vec![1, 2, 3],
             created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+            activates_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+            retire_after: None,
         })
         .await
         .expect("key");

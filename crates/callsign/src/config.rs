@@ -90,6 +90,9 @@ pub enum Command {
     /// Print the audit log of a store (table, or JSON lines with --json); works while servers
     /// run.
     Audit(crate::audit_cmd::AuditArgs),
+    /// Rotate and list the token signing keys of a store (safe while servers run on it).
+    #[command(subcommand)]
+    SigningKey(crate::signing_key_cmd::SigningKeyCommand),
 }
 
 /// Store selection shared by several commands.
@@ -220,6 +223,13 @@ pub struct ServeArgs {
     pub audit_retention: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Scheduled signing-key rotation: a new key once the active one has signed this long, e.g.
+    /// 30d or 12h (at least 1h), or off [default: off].
+    #[arg(long, env = "CALLSIGN_SIGNING_KEY_ROTATION")]
+    pub signing_key_rotation: Option<String>,
+    /// Seconds between reloads of the signing keys, 1 to 60 [default: 30].
+    #[arg(long, env = "CALLSIGN_KEY_REFRESH_SECS")]
+    pub key_refresh_secs: Option<u64>,
 }
 
 /// Limits against hostile traffic; every one also a `CALLSIGN_*` variable and a TOML key.
@@ -405,6 +415,8 @@ pub struct FileConfig {
     pub audit_retention: Option<String>,
     #[serde(flatten)]
     pub limits: LimitArgs,
+    pub signing_key_rotation: Option<String>,
+    pub key_refresh_secs: Option<u64>,
 }
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -513,6 +525,13 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     if let Some(r) = args.audit_retention.or(file.audit_retention) {
         settings.audit_retention = crate::audit_cmd::parse_retention(&r)?;
     }
+    crate::signing_key_cmd::apply_serve_options(
+        &mut settings,
+        args.signing_key_rotation
+            .or(file.signing_key_rotation)
+            .as_deref(),
+        args.key_refresh_secs.or(file.key_refresh_secs),
+    )?;
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
         if n < 1024 {
             bail!("--max-body-bytes must be at least 1024");

@@ -7,6 +7,7 @@ mod audit_cmd;
 mod client_cmd;
 mod config;
 mod resource_cmd;
+mod signing_key_cmd;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             | Command::RotateMasterKey(_)
             | Command::MigrateStore(_)
             | Command::Audit(_)
+            | Command::SigningKey(_)
     ) {
         init_command_logging();
     }
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => callsign_bench::run_bench(args).await,
             Command::Seed(args) => callsign_bench::run_seed(args).await,
             Command::Audit(args) => audit_cmd::run(args).await,
+            Command::SigningKey(cmd) => signing_key_cmd::run(cmd).await,
         }
     });
     match result {

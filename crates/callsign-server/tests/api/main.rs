@@ -31,5 +31,6 @@ mod limits;
 mod listing;
 mod operations;
 mod resources;
+mod rotation;
 mod tokens;
 mod versions;

@@ -185,14 +185,27 @@ async fn pg_settled(pg: &tokio_postgres::Client) {
     }
 }
 
+/// Whether the table or index `table` exists, or for `table.column` that column.
 async fn pg_has_table(pg: &tokio_postgres::Client, table: &str) -> bool {
+    if let Some((table, column)) = table.split_once('.') {
+        return pg
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2)",
+                &[&table, &column],
+            )
+            .await
+            .expect("information_schema")
+            .get(0);
+    }
     pg.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await
         .expect("to_regclass")
         .get(0)
 }
 
-/// The tables (and indexes) each PostgreSQL migration creates (version 1 to 6).
+/// The tables and indexes (`table.column`: columns) each PostgreSQL migration creates
+/// (version 1 to 7).
 const PG_TABLES: &[&[&str]] = &[
     &[
         "callsign_resources",
@@ -207,6 +220,10 @@ const PG_TABLES: &[&[&str]] = &[
         "callsign_audit_log",
         "callsign_audit_log_at",
         "callsign_token_counts",
+    ],
+    &[
+        "callsign_signing_keys.activates_at_ms",
+        "callsign_signing_keys.retire_after_ms",
     ],
 ];
 
@@ -271,7 +288,8 @@ fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
     (scratch, db)
 }
 
-/// The tables (and indexes) each SQLite migration creates (version 1 to 6).
+/// The tables and indexes (`table.column`: columns) each SQLite migration creates
+/// (version 1 to 7).
 const SQLITE_TABLES: &[&[&str]] = &[
     &["resources", "signing_keys", "identities"],
     &["teams_assignments"],
@@ -279,6 +297,10 @@ const SQLITE_TABLES: &[&[&str]] = &[
     &["identities_by_resource"],
     &["resources_by_name", "config_generation"],
     &["audit_log", "audit_log_at", "token_counts"],
+    &[
+        "signing_keys.activates_at_ms",
+        "signing_keys.retire_after_ms",
+    ],
 ];
 
 /// A data dir's schema, checked against `PRAGMA user_version` as [`pg_schema_consistent`]
@@ -294,13 +316,19 @@ fn sqlite_schema_consistent(data_dir: &Path) -> usize {
     let version = usize::try_from(version).expect("version");
     for (i, tables) in SQLITE_TABLES.iter().enumerate() {
         for table in *tables {
-            let present: bool = db
-                .query_row(
+            let present: bool = match table.split_once('.') {
+                Some((table, column)) => db.query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
+                    |r| r.get(0),
+                ),
+                None => db.query_row(
                     "SELECT count(*) > 0 FROM sqlite_master WHERE type IN ('table', 'index') AND name = ?1",
                     [table],
                     |r| r.get(0),
-                )
-                .expect("sqlite_master");
+                ),
+            }
+            .expect("sqlite_master");
             assert_eq!(
                 present,
                 i < version,

@@ -14,6 +14,7 @@ mod permissions;
 mod resources;
 mod sealing;
 mod secrets;
+mod signing_keys;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
