@@ -21,7 +21,7 @@ use anyhow::Context as _;
 
 use callsign_core::token::{Algorithm, SigningKey, TokenIssuer, TokenVerifier, VerifyingKey};
 use callsign_core::{Clock, ExpiresIn};
-use callsign_store::{KeyRotation, Rotation, SigningKeyStore, StoreError, StoredSigningKey};
+use callsign_store::{Actor, KeyRotation, Rotation, SigningKeyStore, StoreError, StoredSigningKey};
 use time::OffsetDateTime;
 
 use crate::meta::jwks_document;
@@ -130,6 +130,7 @@ pub async fn rotate_signing_key(
     store: &dyn SigningKeyStore,
     alg: Algorithm,
     now: OffsetDateTime,
+    actor: Actor,
 ) -> anyhow::Result<PendingKey> {
     // RSA key generation takes a while: off the async workers.
     let key = tokio::task::spawn_blocking(move || SigningKey::generate(alg)).await??;
@@ -149,6 +150,7 @@ pub async fn rotate_signing_key(
         },
         now,
         retire_previous_after: retirement_bound(activates_at),
+        actor,
     };
     Ok(match store.rotate_signing_key(rotation).await? {
         Rotation::Added => PendingKey {
@@ -281,7 +283,7 @@ impl Keys {
         if let Some(period) = self.signer.rotation
             && rotation_due(&stored, self.signer.alg, now, period)
         {
-            match rotate_signing_key(store, self.signer.alg, now).await {
+            match rotate_signing_key(store, self.signer.alg, now, Actor::node()).await {
                 Ok(key) if key.added => {
                     tracing::info!(kid = %key.kid, activates_at = %key.activates_at, "scheduled signing-key rotation: added a pending key");
                     changed = true;

@@ -659,6 +659,41 @@ pub struct KeyRotation {
     pub now: OffsetDateTime,
     /// The retirement bound given to the keys the new one succeeds.
     pub retire_previous_after: OffsetDateTime,
+    /// Who rotates (an operator's command, or a node on its schedule), for the audit log.
+    pub actor: Actor,
+}
+
+impl KeyRotation {
+    /// The audit record of the added key.
+    pub(crate) fn event(&self) -> AuditEvent {
+        let detail = format!(
+            "kid {} ({}), signs from {}",
+            self.key.kid,
+            self.key.alg.jose_name(),
+            self.key
+                .activates_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        );
+        AuditEvent {
+            operation: AuditOperation::RotateSigningKey,
+            resource: None,
+            identity: None,
+            outcome: AuditOutcome::Success,
+            detail: Some(detail),
+        }
+    }
+}
+
+/// The audit record of a retired signing key.
+pub(crate) fn key_retired_event(kid: &str) -> AuditEvent {
+    AuditEvent {
+        operation: AuditOperation::RetireSigningKey,
+        resource: None,
+        identity: None,
+        outcome: AuditOutcome::Success,
+        detail: Some(format!("kid {kid}")),
+    }
 }
 
 /// What a [`SigningKeyStore::rotate_signing_key`] did.
@@ -808,12 +843,13 @@ pub trait SigningKeyStore: Send + Sync {
     /// algorithm without a retirement bound `rotation.retire_previous_after`, in one
     /// transaction; unless a key of the algorithm is pending at `rotation.now` already, which
     /// is returned and nothing changes. Atomic across nodes and processes: of concurrent
-    /// rotations of one algorithm exactly one adds its key.
+    /// rotations of one algorithm exactly one adds its key. An added key is audited
+    /// (`rotateSigningKey`, by `rotation.actor`).
     async fn rotate_signing_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError>;
 
     /// Deletes, in one transaction, every key whose retirement bound is at or before `now` and
-    /// which a newer key of its algorithm, active at `now`, succeeds; returns their kids.
-    /// Idempotent: any node may run it.
+    /// which a newer key of its algorithm, active at `now`, succeeds; returns their kids. Each
+    /// retirement is audited (`retireSigningKey`, by the node). Idempotent: any node may run it.
     async fn retire_signing_keys(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError>;
 }
 

@@ -1293,19 +1293,26 @@ impl SigningKeyStore for PostgresStore {
         )
         .await
         .map_err(pg)?;
+        write_audit(&tx, &rotation.actor, &rotation.event()).await?;
         tx.commit().await.map_err(pg)?;
         Ok(Rotation::Added)
     }
 
     async fn retire_signing_keys(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        client
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let kids = tx
             .query(RETIRE_KEYS, &[&ms(now)])
             .await
             .map_err(pg)?
             .iter()
             .map(|r| r.try_get(0).map_err(pg))
-            .collect()
+            .collect::<Result<Vec<String>, _>>()?;
+        for kid in &kids {
+            write_audit(&tx, &Actor::node(), &crate::key_retired_event(kid)).await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(kids)
     }
 }
 

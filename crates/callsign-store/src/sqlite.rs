@@ -1012,8 +1012,13 @@ fn run_job(
                 let mut stmt = tx.prepare_cached(RETIRE_KEYS).map_err(backend)?;
                 let kids = stmt
                     .query_map([now], |r| r.get::<_, String>(0))
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(backend)?;
-                kids.collect::<Result<Vec<_>, _>>().map_err(backend)
+                for kid in &kids {
+                    write_audit(tx, &Actor::node(), &crate::key_retired_event(kid))?;
+                }
+                Ok(kids)
             }),
         ),
         Job::Import(records, reply) => answer(reply, in_savepoint(tx, |tx| import(tx, &records))),
@@ -1318,6 +1323,7 @@ fn rotate_key(
         params![alg, key.kid, ms(rotation.retire_previous_after)],
     )
     .map_err(backend)?;
+    write_audit(tx, &rotation.actor, &rotation.event())?;
     Ok(Rotation::Added)
 }
 

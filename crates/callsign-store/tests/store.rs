@@ -568,6 +568,7 @@ fn rotation(kid: &str, alg: Algorithm, now: i64) -> KeyRotation {
         key: timed_key(kid, alg, now, now + 600),
         now: t(now),
         retire_previous_after: t(now + 1600),
+        actor: Actor::operator(),
     }
 }
 

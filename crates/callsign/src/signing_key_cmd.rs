@@ -124,7 +124,13 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             None => default_alg(&keys)?,
         };
         let now = OffsetDateTime::now_utc();
-        let key = callsign_server::rotate_signing_key(store.as_ref(), alg, now).await?;
+        let key = callsign_server::rotate_signing_key(
+            store.as_ref(),
+            alg,
+            now,
+            callsign_store::Actor::operator(),
+        )
+        .await?;
         anyhow::Ok((alg, key, now))
     }
     .await;

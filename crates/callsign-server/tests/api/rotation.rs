@@ -117,9 +117,14 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     let old = kid(&old_token);
 
     let store = store_of(&app).await;
-    let new = rotate_signing_key(store.as_ref(), Algorithm::Es256, clock.now())
-        .await
-        .expect("rotate");
+    let new = rotate_signing_key(
+        store.as_ref(),
+        Algorithm::Es256,
+        clock.now(),
+        callsign_store::Actor::operator(),
+    )
+    .await
+    .expect("rotate");
     assert!(new.added);
     until_published(&app, |kids| kids.contains(&new.kid) && kids.contains(&old)).await;
     assert_eq!(
@@ -172,12 +177,22 @@ async fn a_second_rotation_while_one_is_pending_changes_nothing(backend: Backend
     let clock = Arc::new(FixedClock::new(time::OffsetDateTime::now_utc()));
     let app = spawn(backend, Arc::clone(&clock), None).await;
     let store = store_of(&app).await;
-    let first = rotate_signing_key(store.as_ref(), Algorithm::Es256, clock.now())
-        .await
-        .expect("rotate");
-    let second = rotate_signing_key(store.as_ref(), Algorithm::Es256, clock.now())
-        .await
-        .expect("rotate again");
+    let first = rotate_signing_key(
+        store.as_ref(),
+        Algorithm::Es256,
+        clock.now(),
+        callsign_store::Actor::operator(),
+    )
+    .await
+    .expect("rotate");
+    let second = rotate_signing_key(
+        store.as_ref(),
+        Algorithm::Es256,
+        clock.now(),
+        callsign_store::Actor::operator(),
+    )
+    .await
+    .expect("rotate again");
     assert!(first.added && !second.added);
     assert_eq!(
         (second.kid, second.activates_at),

@@ -362,7 +362,8 @@ macro_rules! audit_suite {
                 concurrent_writes_are_each_recorded_once,
                 prune_removes_only_old_records_in_bounded_batches,
                 token_counts_are_kept_per_resource,
-                resource_and_key_changes_leave_one_record_each
+                resource_and_key_changes_leave_one_record_each,
+                signing_key_rotation_and_retirement_are_recorded
             );
         }
     };
@@ -528,4 +529,56 @@ async fn resource_and_key_changes_leave_one_record_each(store: Arc<dyn BulkStore
     assert_eq!(first.len(), 1, "the default resource's creation");
     assert_eq!(first[0].operation, AuditOperation::CreateResource);
     assert_eq!(first[0].credential, Credential::Node);
+}
+
+/// A rotation that adds a key is recorded with who asked; one refused while a key is pending is
+/// not; each retirement is recorded as the node's.
+async fn signing_key_rotation_and_retirement_are_recorded(store: Arc<dyn BulkStore>) {
+    store
+        .bootstrap_signing_key(timed_key("a", callsign_core::token::Algorithm::Es256, 0, 0))
+        .await
+        .expect("bootstrap");
+    let alg = callsign_core::token::Algorithm::Es256;
+    store
+        .rotate_signing_key(rotation("b", alg, 10))
+        .await
+        .expect("rotate");
+    store
+        .rotate_signing_key(rotation("c", alg, 20))
+        .await
+        .expect("rotate while pending");
+    assert_eq!(
+        store.retire_signing_keys(t(2000)).await.expect("retire"),
+        vec!["a".to_owned()]
+    );
+    let records: Vec<_> = all_records(store.as_ref())
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r.operation,
+                r.credential,
+                r.resource,
+                r.detail.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].0, AuditOperation::RotateSigningKey);
+    assert_eq!(records[0].1, Credential::Operator);
+    assert_eq!(records[0].2, None);
+    assert!(
+        records[0].3.starts_with("kid b (ES256), signs from "),
+        "{}",
+        records[0].3
+    );
+    assert_eq!(
+        records[1],
+        (
+            AuditOperation::RetireSigningKey,
+            Credential::Node,
+            None,
+            "kid a".to_owned()
+        )
+    );
 }
