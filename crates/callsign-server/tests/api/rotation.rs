@@ -158,7 +158,7 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     assert!(published(&app).await.contains(&old));
     clock.advance(time::Duration::seconds(1));
     let kids = until_published(&app, |kids| !kids.contains(&old)).await;
-    assert_eq!(kids, [new.kid.clone()]);
+    assert_eq!(kids, std::slice::from_ref(&new.kid));
     assert!(
         store
             .signing_keys()
