@@ -18,6 +18,12 @@ pub enum ResourceNameError {
          characters, 253 in all) without scheme, port or path"
     )]
     Host,
+    /// An IP address was given where a resource's own host name is meant.
+    #[error(
+        "an IP address cannot be a resource's host name: requests to it would no longer reach the \
+         resources that share the server's address; use a DNS name (localhost is one)"
+    )]
+    IpAddress,
 }
 
 /// A resource's name: unique in a deployment, as ACS resource names are. 1–63 characters of
@@ -63,6 +69,21 @@ impl fmt::Display for ResourceName {
 pub struct HostName(String);
 
 impl HostName {
+    /// A resource's own host name: a [`HostName`] that is not an IPv4 address (a resource
+    /// claiming the server's address would take its requests from the resources sharing it).
+    pub fn for_resource(s: &str) -> Result<Self, ResourceNameError> {
+        let host = Self::parse(s)?;
+        let numeric_tld = host
+            .0
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if numeric_tld || host.0.starts_with("0x") {
+            return Err(ResourceNameError::IpAddress);
+        }
+        Ok(host)
+    }
+
     /// Checks the rule and folds to lowercase; a trailing dot is dropped.
     pub fn parse(s: &str) -> Result<Self, ResourceNameError> {
         let s = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
@@ -151,5 +172,14 @@ mod tests {
         ] {
             assert_eq!(HostName::parse(bad), Err(ResourceNameError::Host), "{bad}");
         }
+        for ip in ["127.0.0.1", "10.0.0.1.", "1.2.3", "0x7f.1", "2130706433"] {
+            assert_eq!(
+                HostName::for_resource(ip),
+                Err(ResourceNameError::IpAddress),
+                "{ip}"
+            );
+        }
+        assert!(HostName::for_resource("localhost").is_ok());
+        assert!(HostName::for_resource("chat.example.com").is_ok());
     }
 }

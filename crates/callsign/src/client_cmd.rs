@@ -76,14 +76,6 @@ impl ClientArgs {
     }
 }
 
-/// Prints a line on stdout; a closed pipe (`| head`) ends output quietly instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
 #[derive(Debug, clap::Subcommand)]
 pub enum UserCommand {
     /// Create an identity (optionally with a custom id and/or a token).

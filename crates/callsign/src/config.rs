@@ -669,6 +669,8 @@ pub fn resolve_data_dir(args: DataDirArgs) -> anyhow::Result<PathBuf> {
 pub struct ResolvedConnectionString {
     pub store: ResolvedStore,
     pub endpoint: String,
+    /// Whether `--endpoint` (or `CALLSIGN_ENDPOINT`) named it, rather than the server's address.
+    pub explicit_endpoint: bool,
     pub secondary: bool,
     pub resource: Option<String>,
 }
@@ -676,10 +678,12 @@ pub struct ResolvedConnectionString {
 pub fn resolve_connection_string(
     args: ConnectionStringArgs,
 ) -> anyhow::Result<ResolvedConnectionString> {
+    let explicit_endpoint = args.endpoint.is_some();
     let (store, endpoint) = resolve_store_command(&args.common, &args.db, args.endpoint)?;
     Ok(ResolvedConnectionString {
         store,
         endpoint,
+        explicit_endpoint,
         secondary: args.secondary,
         resource: args.resource,
     })

@@ -3,6 +3,14 @@
 //! A thin binary over `callsign-server`: it parses flags, environment and an optional TOML file
 //! into `Settings`, sets up logging and signals, and runs one of the subcommands.
 
+/// Prints a line on stdout; a closed pipe (`| head`) ends output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod audit_cmd;
 mod client_cmd;
 mod config;

@@ -50,7 +50,7 @@ pub enum ResourceCommand {
     List {
         #[command(flatten)]
         store: StoreArgs,
-        /// Print a JSON array of {"id", "name", "host", "createdAt", "default"}.
+        /// Print a JSON array of {"id", "name", "host", "createdAt", "default", "verifyOnlyKey"}.
         #[arg(long)]
         json: bool,
     },
@@ -133,7 +133,7 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             let name = ResourceName::parse(&name).context("--name")?;
             let host = host
                 .as_deref()
-                .map(HostName::parse)
+                .map(HostName::for_resource)
                 .transpose()
                 .context("--host")?;
             let (store, endpoint) = open(&store).await?;
@@ -169,10 +169,10 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             if json {
                 let mut out = summary(&record, false);
                 out["connectionString"] = json!(cs);
-                println!("{out}");
+                out!("{out}");
             } else {
-                println!("callsign: created resource {} ({})", record.name, record.id);
-                println!("{cs}");
+                out!("callsign: created resource {} ({})", record.name, record.id);
+                out!("{cs}");
             }
             Ok(())
         }
@@ -183,10 +183,10 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             let (all, default) = (all?, default?);
             if json {
                 let list: Vec<_> = all.iter().map(|r| summary(r, r.id == default)).collect();
-                println!("{}", serde_json::Value::Array(list));
+                out!("{}", serde_json::Value::Array(list));
             } else {
                 for r in &all {
-                    println!("{}", line(r, r.id == default));
+                    out!("{}", line(r, r.id == default));
                 }
             }
             Ok(())
@@ -202,11 +202,11 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             let (all, default) = (all?, default?);
             let r = find(&all, Some(&resource), default)?;
             if json {
-                println!("{}", summary(r, r.id == default));
+                out!("{}", summary(r, r.id == default));
             } else {
-                println!("{}", line(r, r.id == default));
-                println!("created:    {}", format_time(r.created_at));
-                println!(
+                out!("{}", line(r, r.id == default));
+                out!("created:    {}", format_time(r.created_at));
+                out!(
                     "verify-only key: {}",
                     if r.verify_key.is_some() {
                         "yes"
@@ -247,9 +247,10 @@ async fn delete(store: StoreArgs, resource: String, yes: bool) -> anyhow::Result
     let (r, outcome) = result?;
     match outcome {
         ResourceDeleted::Deleted { identities } => {
-            println!(
+            out!(
                 "callsign: deleted resource {} ({}) and its {identities} identities",
-                r.name, r.id
+                r.name,
+                r.id
             );
             Ok(())
         }
@@ -280,7 +281,7 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             record.name
         );
     }
-    println!("{}", connection_string_of(&record, which, &endpoint)?);
+    out!("{}", connection_string_of(&record, which, &endpoint)?);
     Ok(())
 }
 
@@ -326,7 +327,7 @@ async fn verify_only(args: StoreArgs, resource: Option<String>) -> anyhow::Resul
     .await;
     store.close().await;
     let record = result?;
-    println!(
+    out!(
         "{}",
         connection_string_of(&record, KeySlot::VerifyOnly, &endpoint)?
     );
@@ -353,10 +354,12 @@ pub async fn print_connection_string(
     } else {
         KeySlot::Primary
     };
-    println!(
-        "{}",
-        connection_string_of(&record, slot, &resolved.endpoint)?
-    );
+    let endpoint = if resolved.explicit_endpoint {
+        resolved.endpoint
+    } else {
+        format!("default:{}", resolved.endpoint)
+    };
+    out!("{}", connection_string_of(&record, slot, &endpoint)?);
     Ok(())
 }
 
@@ -466,6 +469,7 @@ fn summary(r: &ResourceRecord, is_default: bool) -> serde_json::Value {
         "host": r.host.as_ref().map(HostName::as_str),
         "createdAt": format_time(r.created_at),
         "default": is_default,
+        "verifyOnlyKey": r.verify_key.is_some(),
     })
 }
 

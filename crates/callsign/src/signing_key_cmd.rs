@@ -143,7 +143,7 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             rfc3339(key.activates_at)
         );
     }
-    println!(
+    out!(
         "callsign: added signing key {} ({alg}); published now, it starts signing at {} (in {} \
          minutes); the keys it replaces are retired after {}",
         key.kid,

@@ -110,6 +110,18 @@ fn resources_and_keys_are_managed_on_the_store_while_the_server_runs() {
         "{named_cs}"
     );
     within_5s(dir, &named_cs, true).expect("reached by its host name");
+    let again = last_line(&ok(dir, &["connection-string", "--resource", "by-name"]));
+    assert_eq!(
+        again, named_cs,
+        "connection-string names the resource's host too"
+    );
+    // An IP address would take the shared address's requests: refused.
+    let (code, _, err) = callsign(
+        dir,
+        &["resource", "create", "--name", "ip", "--host", "127.0.0.1"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("IP address"), "{err}");
 
     let listed: Value =
         serde_json::from_str(&ok(dir, &["resource", "list", "--json"])).expect("json");
@@ -124,6 +136,7 @@ fn resources_and_keys_are_managed_on_the_store_while_the_server_runs() {
     let shown: Value =
         serde_json::from_str(&ok(dir, &["resource", "show", "tenant-b", "--json"])).expect("json");
     assert_eq!(shown["id"], b_id.as_str());
+    assert_eq!(shown["verifyOnlyKey"], false);
 
     // Names are unique; refused creates change nothing.
     let (code, _, err) = callsign(dir, &["resource", "create", "--name", "tenant-b"]);
