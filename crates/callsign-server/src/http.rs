@@ -433,6 +433,13 @@ async fn authenticate(
     };
     // The head is authenticated before the body is read: an unauthenticated client never makes
     // the server buffer or hash a body.
+    // Keys changed in the store and this node could not load them: it cannot tell which keys
+    // are still good, so it serves nobody (fail closed) until it can.
+    if state.resources.is_stale() {
+        return Err(ApiError::Unavailable(anyhow::anyhow!(
+            "resources changed in the store cannot be loaded"
+        )));
+    }
     let head = state
         .authenticator
         .authenticate_head(parts, now.into(), &state.resources.get())

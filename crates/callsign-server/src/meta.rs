@@ -78,6 +78,11 @@ impl Readiness {
 /// so it is asked on every request, not cached.
 pub(crate) async fn ready(state: &AppState) -> Result<Response, ApiError> {
     state.store.writable()?;
+    if state.resources.is_stale() {
+        return Err(ApiError::Unavailable(anyhow::anyhow!(
+            "resources changed in the store cannot be loaded"
+        )));
+    }
     if state.readiness.ready(state).await {
         Ok(json(
             StatusCode::OK,

@@ -13,7 +13,7 @@
 //! resource takes effect on every node within that interval.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use callsign_core::{HostName, ResourceId};
@@ -87,9 +87,15 @@ impl Routing {
 }
 
 /// The routing table in force, reloaded when the store says resources changed.
+///
+/// Fails closed: when the store says resources or keys changed but they cannot be loaded (keys
+/// sealed under a master key this node lacks, say), the table is *stale* and the node refuses
+/// every authenticated request with 503 and reports not ready until a reload succeeds, rather
+/// than go on accepting keys that may have been revoked.
 pub(crate) struct Resources {
     current: RwLock<Arc<Routing>>,
     generation: AtomicU64,
+    stale: AtomicBool,
 }
 
 impl Resources {
@@ -100,6 +106,7 @@ impl Resources {
         Ok(Self {
             current: RwLock::new(Arc::new(Routing::build(&resources))),
             generation: AtomicU64::new(generation),
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -108,16 +115,34 @@ impl Resources {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Reloads the table if the store's generation moved; true when it did.
+    /// Whether resources changed in the store and could not be loaded (see [`Resources`]).
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    /// Reloads the table if the store's generation moved; true when it did. A store that cannot
+    /// be read keeps the table (every request needs the store anyway); a change that cannot be
+    /// loaded makes it stale, logged once, until a reload succeeds.
     pub(crate) async fn refresh(&self, store: &dyn ResourceStore) -> Result<bool, StoreError> {
         let generation = store.config_generation().await?;
         if generation == self.generation.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let resources = store.resources().await?;
+        let resources = match store.resources().await {
+            Ok(r) => r,
+            Err(e) => {
+                if !self.stale.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e.chain(), "resources or keys changed in the store and cannot be loaded: refusing requests (503) until they can");
+                }
+                return Err(e);
+            }
+        };
         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Routing::build(&resources));
         self.generation.store(generation, Ordering::Release);
+        if self.stale.swap(false, Ordering::AcqRel) {
+            tracing::warn!("resources loaded again: serving requests");
+        }
         tracing::info!(resources = resources.len(), "resources reloaded");
         Ok(true)
     }

@@ -176,8 +176,10 @@ fn spawn_resource_poller(state: Arc<AppState>, every: Duration) -> tokio::task::
         tick.tick().await;
         loop {
             tick.tick().await;
+            // A failure to load a change is logged once by `refresh` (the node then refuses
+            // requests); one to reach the store shows in the requests that need it.
             if let Err(e) = state.resources.refresh(state.store.as_ref()).await {
-                tracing::warn!(error = %e.chain(), "could not reload the resources");
+                tracing::debug!(error = %e.chain(), "could not reload the resources");
             }
         }
     })

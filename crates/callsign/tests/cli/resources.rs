@@ -196,3 +196,37 @@ fn resources_and_keys_are_managed_on_the_store_while_the_server_runs() {
     assert!(err.contains("no resource"), "{err}");
     drop(server);
 }
+
+/// A node that cannot load a change of keys (here: sealed under a master key it was not given)
+/// fails closed: it refuses requests with 503 and reports not ready, instead of accepting the
+/// key that was just regenerated.
+#[test]
+fn a_node_that_cannot_load_changed_keys_refuses_requests() {
+    let tmp = tempfile::tempdir().expect("dir");
+    let dir = tmp.path();
+    let server = Server::start(dir, &[]);
+    let cs = server.connection_string();
+    within_5s(dir, &cs, true).expect("served");
+    let master = dir.join("master.key");
+    let m = master.to_str().expect("utf-8");
+    ok(dir, &["seal", "--master-key-file", m]);
+    ok(
+        dir,
+        &["keys", "regenerate", "primary", "--master-key-file", m],
+    );
+    let started = Instant::now();
+    // Until the node polls the store (a second) the old key works; then nothing does.
+    let refusal = within_5s(dir, &cs, false).expect_err("refused");
+    assert!(refusal.contains("ServiceUnavailable"), "{refusal}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = create_user(dir, &cs).expect_err("still refused");
+    assert!(still.contains("ServiceUnavailable"), "{still}");
+    let http = crate::client(dir);
+    let status = crate::runtime().block_on(async {
+        let r = http.get(format!("{}ready", server.endpoint)).send().await;
+        r.expect("ready").status().as_u16()
+    });
+    assert_eq!(status, 503, "not ready while it cannot load its keys");
+    drop(server);
+}
