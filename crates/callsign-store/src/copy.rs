@@ -7,7 +7,7 @@ use callsign_core::IdentityId;
 
 use crate::{
     Actor, AssignmentStore, AuditQuery, BulkIdentities, BulkStore, KeySlot, ResourceCreated,
-    ResourceRecord, ResourceStore, SigningKeyStore, StoreError,
+    ResourceDeleted, ResourceRecord, ResourceStore, SigningKeyStore, StoreError,
 };
 
 /// How many ids of each kind of divergence a [`CopyError::Diverged`] names.
@@ -110,7 +110,7 @@ pub enum CopyError {
         examples: Vec<DivergedId>,
     },
     /// The target refused a resource of the source (its name or host is in use there).
-    #[error("the target refused resource {0}: {1:?}")]
+    #[error("the target refused resource {0}: {reason}", reason = refusal(*.1))]
     ResourceRefused(String, ResourceCreated),
     /// A store failed.
     #[error(transparent)]
@@ -172,15 +172,26 @@ pub async fn copy_store(
     Ok(report)
 }
 
-/// Brings every resource of the source to the target: a missing one is created, one present
-/// (by id) gets the source's access keys. Returns how many were created or changed.
+/// Brings every resource of the source to the target: a resource deleted on the source is
+/// deleted on the target first (with its identities), one deleted on either side is never
+/// created again, a missing one is created, one present (by id) gets the source's access keys.
+/// Returns how many were created, changed or deleted.
 async fn copy_resources(
     from: &dyn ResourceStore,
     to: &dyn ResourceStore,
 ) -> Result<usize, CopyError> {
-    let present = to.resources().await?;
     let mut changed = 0;
+    for id in from.deleted_resources().await? {
+        if let ResourceDeleted::Deleted { .. } = to.delete_resource(id, &Actor::operator()).await? {
+            changed += 1;
+        }
+    }
+    let deleted_on_target = to.deleted_resources().await?;
+    let present = to.resources().await?;
     for source in from.resources().await? {
+        if deleted_on_target.contains(&source.id) {
+            continue;
+        }
         let Some(target) = present.iter().find(|r| r.id == source.id) else {
             match to
                 .create_resource(source.clone(), &Actor::operator())
@@ -227,6 +238,17 @@ async fn copy_audit(
         added += to.import_audit(page).await?;
     }
     Ok(added)
+}
+
+/// Why a target refused a resource, in words.
+fn refusal(outcome: ResourceCreated) -> &'static str {
+    match outcome {
+        ResourceCreated::NameTaken => "another resource of the target has its name",
+        ResourceCreated::HostFull => {
+            "its host is shared by as many resources as allowed on the target"
+        }
+        ResourceCreated::Created => "created",
+    }
 }
 
 /// The source's default resource, checked against the target's (if it has one yet).

@@ -813,6 +813,10 @@ pub trait ResourceStore: Send + Sync {
         actor: &Actor,
     ) -> Result<Option<u64>, StoreError>;
 
+    /// The ids of deleted resources (a deletion leaves one, never removed): a copy between
+    /// stores deletes them on the target and never brings them back.
+    async fn deleted_resources(&self) -> Result<Vec<ResourceId>, StoreError>;
+
     /// A number that changes whenever resources or keys change (one cheap read).
     async fn config_generation(&self) -> Result<u64, StoreError>;
 

@@ -136,6 +136,10 @@ CREATE TABLE callsign_config_generation (
     generation BIGINT NOT NULL
 );
 INSERT INTO callsign_config_generation (id, generation) VALUES (1, 0);
+CREATE TABLE callsign_resource_tombstones (
+    id            TEXT PRIMARY KEY,
+    deleted_at_ms BIGINT NOT NULL
+);
 "#,
     ),
     (
@@ -1108,6 +1112,13 @@ impl ResourceStore for PostgresStore {
         ] {
             tx.execute(sql, &[&id]).await.map_err(pg)?;
         }
+        tx.execute(
+            "INSERT INTO callsign_resource_tombstones (id, deleted_at_ms) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&id, &ms(OffsetDateTime::now_utc())],
+        )
+        .await
+        .map_err(pg)?;
         bump_generation(&tx).await?;
         write_audit(&tx, actor, &resource_deleted_event(resource, identities)).await?;
         tx.commit().await.map_err(pg)?;
@@ -1151,6 +1162,23 @@ impl ResourceStore for PostgresStore {
         write_audit(&tx, actor, &event).await?;
         tx.commit().await.map_err(pg)?;
         Ok(Some(revoked))
+    }
+
+    async fn deleted_resources(&self) -> Result<Vec<ResourceId>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .query(
+                "SELECT id FROM callsign_resource_tombstones ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get(0).map_err(pg)?;
+                ResourceId::parse(&id).map_err(|_| StoreError::corrupt("resource tombstone"))
+            })
+            .collect()
     }
 
     async fn config_generation(&self) -> Result<u64, StoreError> {

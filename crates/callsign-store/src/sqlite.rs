@@ -118,6 +118,10 @@ CREATE TABLE config_generation (
     generation INTEGER NOT NULL
 );
 INSERT INTO config_generation (id, generation) VALUES (1, 0);
+CREATE TABLE resource_tombstones (
+    id            TEXT PRIMARY KEY,
+    deleted_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
     // The audit log (one record per change, written in the change's transaction) and the
     // tokens issued per resource (written by the token-time flush).
@@ -1683,6 +1687,11 @@ fn delete_resource(
     .map_err(backend)?;
     tx.execute("DELETE FROM resources WHERE id = ?1", [&id])
         .map_err(backend)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO resource_tombstones (id, deleted_at_ms) VALUES (?1, ?2)",
+        params![id, now],
+    )
+    .map_err(backend)?;
     bump_generation(tx)?;
     write_audit(
         tx,
@@ -1959,6 +1968,19 @@ impl ResourceStore for SqliteStore {
         };
         self.submit(|r| Job::ReplaceKey(replacement, actor, r))
             .await
+    }
+
+    async fn deleted_resources(&self) -> Result<Vec<ResourceId>, StoreError> {
+        let ids: Vec<String> = self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id FROM resource_tombstones ORDER BY id")
+                .map_err(backend)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })?;
+        ids.iter()
+            .map(|id| ResourceId::parse(id).map_err(|_| StoreError::corrupt("resource tombstone")))
+            .collect()
     }
 
     async fn config_generation(&self) -> Result<u64, StoreError> {

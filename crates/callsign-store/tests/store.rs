@@ -2166,6 +2166,38 @@ async fn every_resource_and_its_current_keys_are_copied(from: &dyn BulkStore, to
         .await
         .expect("copy a third time");
     assert_eq!(third.resources, 0);
+
+    // A resource deleted on the source (a tenant whose keys leaked, say) is deleted on the
+    // target with its identities, and a later copy never brings it back.
+    from.delete_resource(tenant.id, &Actor::operator())
+        .await
+        .expect("delete");
+    let fourth = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy after a delete");
+    assert_eq!(fourth.resources, 1);
+    assert!(
+        to.resources()
+            .await
+            .expect("list")
+            .iter()
+            .all(|r| r.id != tenant.id)
+    );
+    assert_eq!(to.get_identity(&theirs.id).await.expect("get"), None);
+    assert_eq!(
+        to.deleted_resources().await.expect("tombstones"),
+        vec![tenant.id]
+    );
+    callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy again");
+    assert!(
+        to.resources()
+            .await
+            .expect("list")
+            .iter()
+            .all(|r| r.id != tenant.id)
+    );
 }
 
 async fn a_repeated_copy_carries_a_revoke(from: &dyn BulkStore, to: &dyn BulkStore) {
