@@ -319,8 +319,9 @@ impl Keys {
     }
 }
 
-/// The key set of `stored` at `now`: every key that loads verifies (the signing one first in
-/// the JWKS), the signing key of the signer's algorithm signs.
+/// The key set of `stored` at `now`: every key that loads and is not past its retirement bound
+/// verifies (the signing one first in the JWKS), the signing key of the signer's algorithm
+/// signs. A retired key stops verifying at its bound even if deleting it failed.
 fn build(
     stored: &[StoredSigningKey],
     signer: &Signer,
@@ -331,7 +332,12 @@ fn build(
     let active = SigningKey::from_pkcs8(chosen.alg, &chosen.pkcs8)
         .with_context(|| format!("the signing key {} does not load", chosen.kid))?;
     let mut keys: Vec<VerifyingKey> = Vec::with_capacity(stored.len());
-    for k in stored {
+    let states = key_states(stored, now);
+    for (k, _) in stored
+        .iter()
+        .zip(states)
+        .filter(|(_, state)| *state != KeyState::Retired)
+    {
         match SigningKey::from_pkcs8(k.alg, &k.pkcs8) {
             Ok(key) => keys.push(key.verifying_key()),
             Err(e) => {
@@ -422,6 +428,37 @@ mod tests {
             key_states(&keys, at(3_000)),
             [Active, Previous, Retired, Active]
         );
+    }
+
+    /// A key past its retirement bound neither verifies nor is published, even while its
+    /// deletion keeps failing (a full disk, a read-only replica).
+    #[test]
+    fn a_key_past_its_bound_stops_verifying_though_still_stored() {
+        let real = |activates: i64, retire: Option<i64>| {
+            let generated = SigningKey::generate(Algorithm::Es256).expect("key");
+            let kid = generated.kid().to_owned();
+            StoredSigningKey {
+                kid: kid.clone(),
+                pkcs8: generated.pkcs8_der().to_vec(),
+                ..key(&kid, Algorithm::Es256, activates, retire)
+            }
+        };
+        let stored = [real(2_000, None), real(1_000, Some(2_500))];
+        let (new, old) = (stored[0].kid.clone(), stored[1].kid.clone());
+        let signer = Signer {
+            alg: Algorithm::Es256,
+            issuer: "urn:test".into(),
+            location: "local".into(),
+            rotation: None,
+            refresh_every: Duration::from_secs(30),
+        };
+        let at = |s| OffsetDateTime::from_unix_timestamp(s).expect("time");
+        let before = build(&stored, &signer, at(2_499)).expect("build");
+        assert!(before.knows(&old) && before.knows(&new));
+        let after = build(&stored, &signer, at(2_500)).expect("build");
+        assert!(!after.knows(&old), "a retired key verifies");
+        assert!(after.knows(&new));
+        assert!(!String::from_utf8_lossy(&after.jwks).contains(&old));
     }
 
     #[test]

@@ -1154,8 +1154,9 @@ pub trait BulkIdentities: Send + Sync {
     /// migration).
     async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
 
-    /// Stores audit records as they are (sequence numbers included), keeping a record whose
-    /// sequence number is here already; later records get higher numbers. Returns how many were
+    /// Stores audit records in their order, numbered by this store, leaving out a record that is
+    /// here already (the same in everything but its number), so a repeated copy adds only what
+    /// is new and never drops a record whose number the target had used. Returns how many were
     /// new. For migration between backends ([`copy_store`]), not for serving requests.
     async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<usize, StoreError>;
 }

@@ -1732,14 +1732,29 @@ impl BulkIdentities for PostgresStore {
         let details = text(&|r| r.detail.clone());
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
+        // A record is the same record when everything but its number is: the target numbers
+        // what it imports itself (its own records may have taken the source's numbers), in the
+        // source's order.
         let n = tx
             .execute(
-                &format!(
-                    "INSERT INTO callsign_audit_log ({AUDIT_COLUMNS})
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                       $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-                     ON CONFLICT (seq) DO NOTHING"
-                ),
+                "INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome,
+                                                 credential, client, request_id, detail)
+                 SELECT x.at_ms, x.resource_id, x.operation, x.identity_id, x.outcome,
+                        x.credential, x.client, x.request_id, x.detail
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                      AS x(seq, at_ms, resource_id, operation, identity_id, outcome, credential,
+                           client, request_id, detail)
+                 WHERE NOT EXISTS (
+                   SELECT 1 FROM callsign_audit_log a
+                   WHERE a.at_ms = x.at_ms AND a.operation = x.operation
+                     AND a.resource_id IS NOT DISTINCT FROM x.resource_id
+                     AND a.identity_id IS NOT DISTINCT FROM x.identity_id
+                     AND a.outcome = x.outcome AND a.credential = x.credential
+                     AND a.client IS NOT DISTINCT FROM x.client
+                     AND a.request_id IS NOT DISTINCT FROM x.request_id
+                     AND a.detail IS NOT DISTINCT FROM x.detail)
+                 ORDER BY x.seq",
                 &[
                     &seqs,
                     &ats,
@@ -1755,15 +1770,6 @@ impl BulkIdentities for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        // Later records are numbered after the imported ones.
-        tx.execute(
-            "SELECT setval('callsign_audit_log_seq_seq', m) FROM
-               (SELECT max(seq) AS m FROM callsign_audit_log) AS x
-             WHERE m >= (SELECT last_value FROM callsign_audit_log_seq_seq)",
-            &[],
-        )
-        .await
-        .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(usize::try_from(n).unwrap_or(0))
     }

@@ -1186,17 +1186,22 @@ fn import_audit(
     tx: &rusqlite::Transaction<'_>,
     records: &[AuditRecord],
 ) -> Result<usize, StoreError> {
+    // A record is the same record when everything but its number is: the target numbers what
+    // it imports itself (its own records may have taken the source's numbers).
     let mut insert = tx
-        .prepare_cached(&format!(
-            "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (seq) DO NOTHING"
-        ))
+        .prepare_cached(
+            "INSERT INTO audit_log (at_ms, resource_id, operation, identity_id, outcome, credential,
+                                    client, request_id, detail)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE NOT EXISTS (
+               SELECT 1 FROM audit_log WHERE at_ms = ?1 AND resource_id IS ?2 AND operation = ?3
+                 AND identity_id IS ?4 AND outcome = ?5 AND credential = ?6 AND client IS ?7
+                 AND request_id IS ?8 AND detail IS ?9)",
+        )
         .map_err(backend)?;
     let mut n = 0;
     for r in records {
         n += insert
             .execute(params![
-                r.seq,
                 ms(r.at),
                 r.resource.map(|x| x.to_string()),
                 r.operation.as_str(),

@@ -37,9 +37,17 @@ pub struct AuditArgs {
 
 /// A duration as `--since` and `--audit-retention` take it: `90d`, `12h`, `1h 30m`, `45s`.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| anyhow::anyhow!("{text:?} is not a duration such as 90d, 12h or 30m: {e}"))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a duration such as 90d, 12h or 30m: {e}"))?;
+    // Longer spans would overflow the times they are added to or taken from.
+    if d > MAX_DURATION {
+        bail!("{text:?} is longer than 100 years");
+    }
+    Ok(d)
 }
+
+/// The longest duration read: a hundred years.
+const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// `--audit-retention`: a duration, or `0`/`off` to keep records for ever (`None`).
 pub fn parse_retention(text: &str) -> anyhow::Result<Option<Duration>> {
@@ -60,8 +68,15 @@ fn parse_since(text: &str, now: OffsetDateTime) -> anyhow::Result<OffsetDateTime
     if let Ok(t) = OffsetDateTime::parse(text.trim(), &Rfc3339) {
         return Ok(t);
     }
-    let back = parse_duration(text).context("--since is neither an RFC 3339 time nor")?;
-    Ok(now - back)
+    let back = parse_duration(text).with_context(|| {
+        format!(
+            "--since {text:?} is neither an RFC 3339 time (2026-12-04T00:00:00Z) nor a duration"
+        )
+    })?;
+    time::Duration::try_from(back)
+        .ok()
+        .and_then(|back| now.checked_sub(back))
+        .with_context(|| format!("--since {text:?} reaches before the calendar"))
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
@@ -78,14 +93,28 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
         })
         .transpose()?;
     let resolved = crate::config::resolve_migrate(args.store)?;
+    // A mistyped --data-dir must not read as an empty log (nor make a store).
+    crate::resource_cmd::ensure_store_exists(&resolved)?;
     let store = resolved.open().await?;
     let result = if args.token_counts {
-        print_counts(store.token_counts().await?, resource, args.json)
+        match store.token_counts().await {
+            Ok(counts) => print_counts(counts, resource, args.json),
+            Err(e) => Err(e.into()),
+        }
     } else {
         print_records(store.as_ref(), since, resource, args.json).await
     };
     store.close().await;
-    result
+    // A reader that stopped early (`| head`) is not an error.
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 async fn print_records(

@@ -364,7 +364,7 @@ pub async fn print_connection_string(
 }
 
 /// A mistyped `--data-dir` must not quietly become a new deployment with new keys.
-fn ensure_store_exists(store: &ResolvedStore) -> anyhow::Result<()> {
+pub(crate) fn ensure_store_exists(store: &ResolvedStore) -> anyhow::Result<()> {
     if let StoreLocation::DataDir(dir) = &store.location
         && !callsign_store::database_path(dir).exists()
     {

@@ -67,6 +67,9 @@ pub fn apply_serve_options(
     Ok(())
 }
 
+/// The longest rotation period: ten years (the node adds it to the current time).
+const MAX_ROTATION: Duration = Duration::from_secs(3650 * 86_400);
+
 /// `30d`, `12h`, `2w` (at least an hour), or `off`.
 fn parse_rotation(text: &str) -> anyhow::Result<Option<Duration>> {
     if text.trim().eq_ignore_ascii_case("off") {
@@ -77,6 +80,9 @@ fn parse_rotation(text: &str) -> anyhow::Result<Option<Duration>> {
     })?;
     if period < MIN_ROTATION {
         bail!("--signing-key-rotation must be at least 1h (or off)");
+    }
+    if period > MAX_ROTATION {
+        bail!("--signing-key-rotation must be at most 3650d");
     }
     Ok(Some(period))
 }

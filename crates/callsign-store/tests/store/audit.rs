@@ -412,6 +412,23 @@ async fn a_copy_carries_the_audit_log(from: &dyn BulkStore, to: &dyn BulkStore) 
     let last = records_of(to, resource.id).await.pop().expect("a record");
     assert_eq!(last.request_id.as_deref(), Some("after"));
     assert!(last.seq > max);
+    // The source writes on after the first copy (a last write before the cut-over): the next
+    // copy adds exactly that record, although the target's own record took its number.
+    from.revoke_tokens(&ids[3], &actor("later"))
+        .await
+        .expect("revoke");
+    let third = callsign_store::copy_store(from, to, &batch_of(4))
+        .await
+        .expect("copy a third time");
+    assert_eq!(third.audit_records, 1);
+    let on_target = all_records(to).await;
+    for wanted in ["r", "x", "after", "later"] {
+        let n = on_target
+            .iter()
+            .filter(|r| r.request_id.as_deref() == Some(wanted))
+            .count();
+        assert_eq!(n, 1, "{wanted}");
+    }
 }
 
 macro_rules! audit_copies {
