@@ -137,25 +137,35 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             callsign_store::Actor::operator(),
         )
         .await?;
-        anyhow::Ok((alg, key, now))
+        let replaces = keys.iter().any(|k| k.alg == alg && k.kid != key.kid);
+        anyhow::Ok((alg, key, now, replaces))
     }
     .await;
     store.close().await;
-    let (alg, key, now) = result?;
+    let (alg, key, now, replaces) = result?;
     if !key.added {
         bail!(
-            "a {alg} signing key is pending already: {} starts signing at {}; rotate again after that",
+            "a signing key of {alg} is pending already: {} starts signing at {}; rotate again \
+             after that",
             key.kid,
             rfc3339(key.activates_at)
         );
     }
+    let minutes = (key.activates_at - now).whole_seconds().div_euclid(60)
+        + i64::from((key.activates_at - now).whole_seconds().rem_euclid(60) > 0);
+    let retirement = if replaces {
+        format!(
+            "; the keys it replaces are retired after {}",
+            rfc3339(callsign_server::retirement_bound(key.activates_at))
+        )
+    } else {
+        String::new()
+    };
     out!(
-        "callsign: added signing key {} ({alg}); published now, it starts signing at {} (in {} \
-         minutes); the keys it replaces are retired after {}",
+        "callsign: added signing key {} ({alg}); running servers publish it at their next key \
+         refresh, and it starts signing at {} (in {minutes} minutes){retirement}",
         key.kid,
         rfc3339(key.activates_at),
-        (key.activates_at - now).whole_minutes(),
-        rfc3339(callsign_server::retirement_bound(key.activates_at)),
     );
     Ok(())
 }
