@@ -278,6 +278,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         .cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // A refused request's body may be left unread; HTTP/1 cannot then reuse the connection, and
+    // a client must be told so, or it sends its next request into a closing connection.
+    let unread_body_closes = req.version() < axum::http::Version::HTTP_2
+        && (req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+            || req.headers().contains_key(header::TRANSFER_ENCODING));
     let mut req = req;
     // The request id goes with the request to whatever it changes (the audit log).
     req.extensions_mut().insert(RequestId(request_id));
@@ -308,8 +316,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         Err(ApiError::Denied(reason)) => reason,
         _ => "",
     };
+    let refused = result.is_err();
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     let headers = response.headers_mut();
+    if refused && unread_body_closes {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(v) = client_request_id {
         headers.insert("x-ms-client-request-id", v);
     }

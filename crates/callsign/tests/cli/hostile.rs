@@ -1411,3 +1411,55 @@ fn readiness_probes_that_give_up_while_the_database_hangs_do_not_freeze_readines
     assert!(server.terminate().success());
     drop(db);
 }
+
+/// A request refused before its body was read leaves that body in the connection: HTTP/1 says
+/// `Connection: close`, so a client never sends its next request into a connection the server
+/// is closing (the SDKs would see a reset instead of the 401). A refused request without a body
+/// keeps its connection.
+#[test]
+fn a_refusal_that_leaves_a_body_unread_closes_the_connection_and_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), &[]);
+    let host = server.host();
+    let addr = addr(&server);
+    let tls = tls(dir.path(), b"http/1.1");
+    let date = format_date(SystemTime::now());
+    let auth =
+        format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={WRONG}");
+    let body = br#"{"createTokenWithScopes":["chat"]}"#;
+    let with_body = request(
+        "POST",
+        CREATE,
+        &[
+            ("host", &host),
+            ("x-ms-date", &date),
+            ("x-ms-content-sha256", &content_hash(body)),
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("content-length", &body.len().to_string()),
+        ],
+        body,
+    );
+    let without_body = request(
+        "POST",
+        CREATE,
+        &[
+            ("host", &host),
+            ("x-ms-date", &date),
+            ("x-ms-content-sha256", &content_hash(b"")),
+            ("authorization", &auth),
+            ("content-length", "0"),
+        ],
+        b"",
+    );
+    runtime().block_on(async {
+        let mut s = connect(&tls, addr).await;
+        let r = exchange(&mut s, &without_body).await.expect("answered");
+        assert_denied(&r);
+        assert_ne!(r.header("connection"), Some("close"));
+        // The same connection serves the next one, which carries a body.
+        let r = exchange(&mut s, &with_body).await.expect("answered");
+        assert_denied(&r);
+        assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    });
+}
