@@ -14,13 +14,18 @@
 //! * revoking increments the identity's revocation epoch atomically and returns the new value;
 //! * deleting removes everything stored for the identity, custom id included, and leaves a
 //!   [`Tombstone`] in the same transaction: a deleted id is never created or imported again
-//!   (its custom id is free for a new identity).
+//!   (its custom id is free for a new identity);
+//! * every revoke and delete writes its revocation-feed event(s) in its own transaction
+//!   ([`RevocationFeed`]): a rolled-back change leaves none, a committed one exactly one per
+//!   identity it changed.
 
 pub mod audit;
 mod bootstrap;
 mod copy;
+mod feed;
 pub mod files;
 mod location;
+mod pg_feed;
 mod pg_tls;
 mod postgres;
 mod seal;
@@ -43,6 +48,7 @@ pub use audit::{
 };
 pub use bootstrap::ensure_default_resource;
 pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
+pub use feed::{FeedEvent, FeedRead, Revocation, RevocationFeed, RevocationKind};
 pub use files::{DataDirError, restrict_umask, secure_data_dir};
 pub use location::{
     Database, OpenError, StoreLocation, UnknownScheme, database_path, open_embedded_store,
@@ -1108,6 +1114,7 @@ pub trait Store:
     + KeyMaterialStore
     + StoreHealth
     + AuditLog
+    + RevocationFeed
 {
     /// Flushes lazily recorded data and stops background work. Idempotent.
     async fn close(&self);

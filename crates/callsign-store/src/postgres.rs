@@ -27,7 +27,8 @@ use crate::audit::{
     AUDIT_COLUMNS, Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery,
     AuditRecord, AuditRow, AuditValues, TokenCount,
 };
-use crate::pg_tls;
+use crate::feed::FeedSignal;
+use crate::pg_feed::{ListenTarget, spawn_listener, write_event, write_resource_events};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
@@ -40,6 +41,7 @@ use crate::{
     ResourceDeleted, SealStatus, StoredResource, count_sealed, key_replaced_event,
     resource_created_event, resource_deleted_event,
 };
+use crate::{RevocationKind, pg_tls};
 use deadpool_postgres::GenericClient;
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
@@ -181,6 +183,35 @@ ALTER TABLE callsign_signing_keys ALTER COLUMN activates_at_ms SET NOT NULL;
 ALTER TABLE callsign_signing_keys ADD COLUMN retire_after_ms BIGINT;
 "#,
     ),
+    (
+        8,
+        "revocation feed",
+        // Per resource, a counter of feed positions (locked by each change until it commits, so
+        // positions follow commit order) and the highest position pruned; the events; the epoch
+        // a deleted identity had; indexes for the feed's snapshot.
+        r#"
+ALTER TABLE callsign_identity_tombstones ADD COLUMN revocation_epoch BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX callsign_identity_tombstones_by_resource
+    ON callsign_identity_tombstones (resource_id, id);
+CREATE INDEX callsign_identities_revoked ON callsign_identities (resource_id, id)
+    WHERE revocation_epoch > 0;
+CREATE TABLE callsign_revocation_heads (
+    resource_id    TEXT PRIMARY KEY,
+    seq            BIGINT NOT NULL,
+    pruned_through BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE callsign_revocation_events (
+    resource_id TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    identity_id TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    epoch       BIGINT NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    PRIMARY KEY (resource_id, seq)
+);
+CREATE INDEX callsign_revocation_events_at ON callsign_revocation_events (at_ms);
+"#,
+    ),
 ];
 
 /// Advisory lock key for migrations and bootstrap ("callsign" in ASCII).
@@ -219,6 +250,8 @@ pub struct PostgresStore {
     keys: KeyProtection,
     touched: Arc<PendingTokenTimes>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    signal: Arc<FeedSignal>,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -246,7 +279,7 @@ impl std::fmt::Display for ServerAnswer {
 impl std::error::Error for ServerAnswer {}
 
 /// Classifies a database error: connection-level trouble is worth a retry, the rest is not.
-fn pg(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let transient = code.starts_with("08") // connection exception
@@ -270,7 +303,7 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
     StoreError::unavailable("PostgreSQL connection").caused_by(e)
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
         other => StoreError::unavailable("database connection pool").caused_by(other),
@@ -448,6 +481,10 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("callsign");
         }
+        let target = ListenTarget {
+            config: config.clone(),
+            tls: tls.connector(),
+        };
         let manager = Manager::from_config(
             config,
             tls.connector(),
@@ -475,8 +512,12 @@ impl PostgresStore {
             keys: options.keys.clone(),
             touched: Arc::default(),
             flusher: Mutex::new(None),
+            signal: Arc::default(),
+            listener: Mutex::new(None),
         };
         store.migrate().await?;
+        let listener = spawn_listener(target, store.pool.clone(), Arc::clone(&store.signal));
+        *store.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
         let pool = store.pool.clone();
         let touched = Arc::clone(&store.touched);
         let flusher = tokio::spawn(async move {
@@ -489,6 +530,26 @@ impl PostgresStore {
         });
         *store.flusher.lock().unwrap_or_else(|e| e.into_inner()) = Some(flusher);
         Ok(store)
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn signal(&self) -> &FeedSignal {
+        &self.signal
+    }
+
+    /// Stops the feed listener.
+    fn stop_listener(&self) {
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            l.abort();
+        }
     }
 
     /// Applies pending migrations. Safe to call from several nodes at once.
@@ -939,7 +1000,14 @@ impl IdentityStore for PostgresStore {
             None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
         };
         write_audit(&client, actor, &event).await?;
+        if let Some(e) = epoch {
+            let e = i64::try_from(e).unwrap_or(i64::MAX);
+            write_event(&client, id, RevocationKind::Revoked, e).await?;
+        }
         client.commit().await.map_err(pg)?;
+        if epoch.is_some() {
+            self.signal.bump();
+        }
         Ok(epoch)
     }
 
@@ -951,18 +1019,27 @@ impl IdentityStore for PostgresStore {
         let stmt = client
             .prepare_cached(
                 "WITH gone AS (
-                   DELETE FROM callsign_identities WHERE id = $1 RETURNING id, resource_id
+                   DELETE FROM callsign_identities WHERE id = $1
+                   RETURNING id, resource_id, revocation_epoch
                  )
-                 INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
-                 SELECT id, resource_id, $2 FROM gone
-                 ON CONFLICT (id) DO UPDATE SET deleted_at_ms = EXCLUDED.deleted_at_ms",
+                 INSERT INTO callsign_identity_tombstones
+                   (id, resource_id, deleted_at_ms, revocation_epoch)
+                 SELECT id, resource_id, $2, revocation_epoch FROM gone
+                 ON CONFLICT (id) DO UPDATE SET deleted_at_ms = EXCLUDED.deleted_at_ms,
+                   revocation_epoch = EXCLUDED.revocation_epoch
+                 RETURNING revocation_epoch",
             )
             .await
             .map_err(pg)?;
-        let n = client
-            .execute(&stmt, &[&id.to_string(), &ms(OffsetDateTime::now_utc())])
+        let gone = client
+            .query_opt(&stmt, &[&id.to_string(), &ms(OffsetDateTime::now_utc())])
             .await
             .map_err(pg)?;
+        let n = u64::from(gone.is_some());
+        if let Some(row) = gone {
+            let epoch: i64 = row.try_get(0).map_err(pg)?;
+            write_event(&client, id, RevocationKind::Deleted, epoch).await?;
+        }
         let outcome = if n > 0 {
             AuditOutcome::Success
         } else {
@@ -971,6 +1048,9 @@ impl IdentityStore for PostgresStore {
         let event = AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome);
         write_audit(&client, actor, &event).await?;
         client.commit().await.map_err(pg)?;
+        if n > 0 {
+            self.signal.bump();
+        }
         Ok(n > 0)
     }
 
@@ -1092,13 +1172,26 @@ impl ResourceStore for PostgresStore {
             Some(false) => {}
         }
         tx.execute(
-            "INSERT INTO callsign_identity_tombstones (id, resource_id, deleted_at_ms)
-             SELECT id, resource_id, $2 FROM callsign_identities WHERE resource_id = $1
+            "INSERT INTO callsign_identity_tombstones
+               (id, resource_id, deleted_at_ms, revocation_epoch)
+             SELECT id, resource_id, $2, revocation_epoch FROM callsign_identities
+             WHERE resource_id = $1
              ON CONFLICT DO NOTHING",
             &[&id, &ms(OffsetDateTime::now_utc())],
         )
         .await
         .map_err(pg)?;
+        let count: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM callsign_identities WHERE resource_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        let count = u64::try_from(count).unwrap_or(0);
+        write_resource_events(&tx, &id, RevocationKind::Deleted, count).await?;
         let identities = tx
             .execute(
                 "DELETE FROM callsign_identities WHERE resource_id = $1",
@@ -1122,6 +1215,9 @@ impl ResourceStore for PostgresStore {
         bump_generation(&tx).await?;
         write_audit(&tx, actor, &resource_deleted_event(resource, identities)).await?;
         tx.commit().await.map_err(pg)?;
+        if count > 0 {
+            self.signal.bump();
+        }
         Ok(ResourceDeleted::Deleted { identities })
     }
 
@@ -1157,10 +1253,14 @@ impl ResourceStore for PostgresStore {
         } else {
             0
         };
+        write_resource_events(&tx, &id, RevocationKind::Revoked, revoked).await?;
         bump_generation(&tx).await?;
         let event = key_replaced_event(resource, slot, revoke_tokens, revoked);
         write_audit(&tx, actor, &event).await?;
         tx.commit().await.map_err(pg)?;
+        if revoked > 0 {
+            self.signal.bump();
+        }
         Ok(Some(revoked))
     }
 
@@ -1883,6 +1983,7 @@ impl Store for PostgresStore {
             f.abort();
             let _ = f.await;
         }
+        self.stop_listener();
         flush_touched(&self.pool, &self.touched).await;
         self.pool.close();
     }
@@ -1890,6 +1991,7 @@ impl Store for PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        self.stop_listener();
         if let Some(f) = self
             .flusher
             .lock()

@@ -34,6 +34,7 @@ use crate::audit::{
     AUDIT_COLUMNS, Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery,
     AuditRecord, AuditRow, AuditValues, TokenCount,
 };
+use crate::feed::{FeedSignal, position, revocation_from};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
@@ -41,6 +42,7 @@ use crate::{
     Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows, stored_custom_id,
     unix_ms as ms,
 };
+use crate::{FeedEvent, FeedRead, Revocation, RevocationFeed, RevocationKind};
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
     ResourceDeleted, SealStatus, StoredResource, count_sealed, key_replaced_event,
@@ -153,6 +155,29 @@ ALTER TABLE signing_keys ADD COLUMN activates_at_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE signing_keys ADD COLUMN retire_after_ms INTEGER;
 UPDATE signing_keys SET activates_at_ms = created_at_ms;
 "#,
+    // The revocation feed: per resource, a counter of positions (locked by each change until
+    // it commits, so positions follow commit order) and the highest position pruned; the
+    // events; the epoch a deleted identity had; indexes for the feed's snapshot.
+    r#"
+ALTER TABLE identity_tombstones ADD COLUMN revocation_epoch INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX identity_tombstones_by_resource ON identity_tombstones(resource_id, id);
+CREATE INDEX identities_revoked ON identities(resource_id, id) WHERE revocation_epoch > 0;
+CREATE TABLE revocation_heads (
+    resource_id    TEXT PRIMARY KEY,
+    seq            INTEGER NOT NULL,
+    pruned_through INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE revocation_events (
+    resource_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    identity_id TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    PRIMARY KEY (resource_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX revocation_events_at ON revocation_events(at_ms);
+"#,
 ];
 
 const READERS: usize = 4;
@@ -170,6 +195,11 @@ pub struct SqliteStore {
     touched: Arc<PendingTokenTimes>,
     keys: KeyProtection,
     health: Arc<WriteHealth>,
+    /// Moved after every commit with feed events, by this process or (seen by the watcher
+    /// thread) another one sharing the file.
+    signal: Arc<FeedSignal>,
+    /// Cleared to stop the feed watcher thread.
+    watching: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -201,10 +231,62 @@ enum Job {
     DeleteAssignment(ResourceId, Uuid, Uuid, Actor, Reply<bool>),
     ImportAudit(Vec<AuditRecord>, Reply<usize>),
     PruneAudit(i64, usize, Reply<usize>),
+    PruneFeed(i64, usize, Reply<usize>),
     Flush(Reply<()>),
     /// Runs SQL on the writer's connection, inside the batch (tests only).
     #[cfg(test)]
     Exec(&'static str, Reply<()>),
+}
+
+impl Job {
+    /// Whether the job may write revocation-feed events.
+    fn writes_feed(&self) -> bool {
+        matches!(
+            self,
+            Job::Revoke(..) | Job::Delete(..) | Job::DeleteResource(..) | Job::ReplaceKey(..)
+        )
+    }
+}
+
+/// How often the feed watcher looks for commits of other processes sharing the file.
+const FEED_WATCH: Duration = Duration::from_millis(250);
+
+/// Starts the thread that moves `signal` when another process (a `callsign keys` command, say)
+/// commits feed events to the file: it reads `PRAGMA data_version` (which moves on any other
+/// connection's commit) every [`FEED_WATCH`], and the feed heads when it moved.
+fn spawn_feed_watcher(
+    path: &Path,
+    signal: Arc<FeedSignal>,
+    watching: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
+    let conn = open_reader(path)?;
+    std::thread::Builder::new()
+        .name("callsign-sqlite-feed".into())
+        .spawn(move || {
+            let mut last = (0i64, -1i64);
+            while watching.load(Ordering::Acquire) {
+                std::thread::sleep(FEED_WATCH);
+                let version: i64 = conn
+                    .query_row("PRAGMA data_version", [], |r| r.get(0))
+                    .unwrap_or(last.0);
+                if version == last.0 {
+                    continue;
+                }
+                let heads: i64 = conn
+                    .query_row(
+                        "SELECT coalesce(sum(seq), 0) FROM revocation_heads",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap_or(last.1);
+                if heads != last.1 && last.1 >= 0 {
+                    signal.bump();
+                }
+                last = (version, heads);
+            }
+        })
+        .map(drop)
+        .map_err(|e| StoreError::backend("cannot start the feed watcher thread").caused_by(e))
 }
 
 /// A new access key for a resource's slot, in its stored form, and whether to revoke every token
@@ -504,9 +586,13 @@ impl SqliteStore {
         let (tx, rx) = std_mpsc::channel();
         let thread_touched = Arc::clone(&touched);
         let thread_health = Arc::clone(&health);
+        let signal = Arc::new(FeedSignal::default());
+        let thread_signal = Arc::clone(&signal);
+        let watching = Arc::new(AtomicBool::new(true));
+        spawn_feed_watcher(&path, Arc::clone(&signal), Arc::clone(&watching))?;
         let thread = std::thread::Builder::new()
             .name("callsign-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, thread_touched, thread_health))
+            .spawn(move || writer_loop(conn, rx, thread_touched, thread_health, thread_signal))
             .map_err(|e| StoreError::backend("cannot start the writer thread").caused_by(e))?;
         Ok(Self {
             path,
@@ -516,6 +602,8 @@ impl SqliteStore {
             touched,
             keys,
             health,
+            signal,
+            watching,
         })
     }
 
@@ -676,6 +764,7 @@ fn writer_loop(
     rx: std_mpsc::Receiver<Job>,
     touched: Arc<PendingTokenTimes>,
     health: Arc<WriteHealth>,
+    signal: Arc<FeedSignal>,
 ) {
     let mut last_flush = Instant::now();
     // When a write last failed or the store last checked whether it can write.
@@ -699,8 +788,13 @@ fn writer_loop(
                 }
             }
         }
+        let feeds = batch.iter().any(Job::writes_feed);
         if run_batch(&mut conn, batch, &touched, &health) {
             last_check = Instant::now();
+        }
+        if feeds {
+            // Committed or not, waiters read again: a spurious wake costs one read.
+            signal.bump();
         }
         // Token times are written at most once a second, whatever the write load.
         if last_flush.elapsed() >= TOUCH_FLUSH {
@@ -905,6 +999,7 @@ fn fail(job: Job, e: StoreError) {
         Job::DeleteAssignment(_, _, _, _, r) => drop(r.send(Err(e))),
         Job::ImportAudit(_, r) => drop(r.send(Err(e))),
         Job::PruneAudit(_, _, r) => drop(r.send(Err(e))),
+        Job::PruneFeed(_, _, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
         #[cfg(test)]
         Job::Exec(_, r) => drop(r.send(Err(e))),
@@ -1050,6 +1145,9 @@ fn run_job(
         }
         Job::PruneAudit(before, limit, reply) => {
             answer(reply, in_savepoint(tx, |tx| prune_audit(tx, before, limit)))
+        }
+        Job::PruneFeed(before, limit, reply) => {
+            answer(reply, in_savepoint(tx, |tx| prune_feed(tx, before, limit)))
         }
         Job::Flush(reply) => answer(reply, Ok(())),
         #[cfg(test)]
@@ -1442,10 +1540,14 @@ fn delete(
     actor: &Actor,
 ) -> Result<bool, StoreError> {
     let deleted = tx
-        .prepare_cached("DELETE FROM identities WHERE id = ?1 RETURNING resource_id")
+        .prepare_cached(
+            "DELETE FROM identities WHERE id = ?1 RETURNING resource_id, revocation_epoch",
+        )
         .and_then(|mut s| {
-            s.query_row([id.to_string()], |r| r.get::<_, String>(0))
-                .optional()
+            s.query_row([id.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
         })
         .map_err(backend)?;
     let outcome = if deleted.is_some() {
@@ -1458,21 +1560,24 @@ fn delete(
         actor,
         &AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome),
     )?;
-    let Some(resource) = deleted else {
+    let Some((resource, epoch)) = deleted else {
         return Ok(false);
     };
     tx.prepare_cached(
-        "INSERT INTO identity_tombstones (id, resource_id, deleted_at_ms) VALUES (?1, ?2, ?3)
+        "INSERT INTO identity_tombstones (id, resource_id, deleted_at_ms, revocation_epoch)
+         VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET deleted_at_ms = excluded.deleted_at_ms",
     )
     .and_then(|mut s| {
         s.execute(params![
             id.to_string(),
             resource,
-            ms(OffsetDateTime::now_utc())
+            ms(OffsetDateTime::now_utc()),
+            epoch
         ])
     })
     .map_err(backend)?;
+    write_event(tx, id, RevocationKind::Deleted, epoch)?;
     Ok(true)
 }
 
@@ -1496,7 +1601,127 @@ fn revoke(
         None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
     };
     write_audit(tx, actor, &event)?;
+    if let Some(e) = epoch {
+        write_event(
+            tx,
+            id,
+            RevocationKind::Revoked,
+            i64::try_from(e).unwrap_or(i64::MAX),
+        )?;
+    }
     Ok(epoch)
+}
+
+/// Takes `n` positions of `resource`'s feed (the counter row stays locked until the commit);
+/// returns the first.
+fn take_positions(
+    tx: &rusqlite::Transaction<'_>,
+    resource: &str,
+    n: i64,
+) -> Result<i64, StoreError> {
+    let end: i64 = tx
+        .prepare_cached(
+            "INSERT INTO revocation_heads (resource_id, seq) VALUES (?1, ?2)
+             ON CONFLICT (resource_id) DO UPDATE SET seq = seq + excluded.seq RETURNING seq",
+        )
+        .and_then(|mut s| s.query_row(params![resource, n], |r| r.get(0)))
+        .map_err(backend)?;
+    Ok(end - n + 1)
+}
+
+/// Writes the feed event of one identity's change, in the change's transaction.
+fn write_event(
+    tx: &rusqlite::Transaction<'_>,
+    id: &IdentityId,
+    kind: RevocationKind,
+    epoch: i64,
+) -> Result<(), StoreError> {
+    let resource = id.resource().to_string();
+    let seq = take_positions(tx, &resource, 1)?;
+    tx.prepare_cached(
+        "INSERT INTO revocation_events (resource_id, seq, identity_id, kind, epoch, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            resource,
+            seq,
+            id.to_string(),
+            kind.as_str(),
+            epoch,
+            ms(OffsetDateTime::now_utc())
+        ])
+    })
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Writes one feed event for each of the `n` identities of `resource` (all of them), with
+/// their current epochs, in the change's transaction.
+fn write_resource_events(
+    tx: &rusqlite::Transaction<'_>,
+    resource: &str,
+    kind: RevocationKind,
+    n: usize,
+) -> Result<(), StoreError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let first = take_positions(tx, resource, n)?;
+    tx.execute(
+        "INSERT INTO revocation_events (resource_id, seq, identity_id, kind, epoch, at_ms)
+         SELECT resource_id, ?2 - 1 + row_number() OVER (ORDER BY id), id, ?3,
+                revocation_epoch, ?4
+         FROM identities WHERE resource_id = ?1",
+        params![
+            resource,
+            first,
+            kind.as_str(),
+            ms(OffsetDateTime::now_utc())
+        ],
+    )
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Deletes at most `limit` of the oldest feed events written before `before` (ms), and
+/// remembers, per resource, the highest position deleted.
+fn prune_feed(
+    tx: &rusqlite::Transaction<'_>,
+    before: i64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let gone = tx
+        .prepare_cached(
+            "DELETE FROM revocation_events WHERE (resource_id, seq) IN
+               (SELECT resource_id, seq FROM revocation_events WHERE at_ms < ?1
+                ORDER BY at_ms LIMIT ?2)
+             RETURNING resource_id, seq",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![before, limit], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(backend)?;
+    let mut highest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for (resource, seq) in &gone {
+        let v = highest.entry(resource.as_str()).or_insert(0);
+        *v = (*v).max(*seq);
+    }
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE revocation_heads SET pruned_through = max(pruned_through, ?2)
+             WHERE resource_id = ?1",
+        )
+        .map_err(backend)?;
+    for (resource, seq) in highest {
+        update.execute(params![resource, seq]).map_err(backend)?;
+    }
+    Ok(gone.len())
 }
 
 /// Imports identities: a tombstoned id is skipped, an existing one only gets the higher epoch.
@@ -1677,11 +1902,24 @@ fn delete_resource(
     }
     let now = ms(OffsetDateTime::now_utc());
     tx.execute(
-        "INSERT OR IGNORE INTO identity_tombstones (id, resource_id, deleted_at_ms)
-         SELECT id, resource_id, ?2 FROM identities WHERE resource_id = ?1",
+        "INSERT OR IGNORE INTO identity_tombstones (id, resource_id, deleted_at_ms, revocation_epoch)
+         SELECT id, resource_id, ?2, revocation_epoch FROM identities WHERE resource_id = ?1",
         params![id, now],
     )
     .map_err(backend)?;
+    let count: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM identities WHERE resource_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    write_resource_events(
+        tx,
+        &id,
+        RevocationKind::Deleted,
+        usize::try_from(count).unwrap_or(0),
+    )?;
     let identities = tx
         .execute("DELETE FROM identities WHERE resource_id = ?1", [&id])
         .map_err(backend)?;
@@ -1731,6 +1969,7 @@ fn replace_key(
     } else {
         0
     };
+    write_resource_events(tx, &id, RevocationKind::Revoked, revoked)?;
     bump_generation(tx)?;
     let event = key_replaced_event(k.resource, k.slot, k.revoke_tokens, revoked as u64);
     write_audit(tx, actor, &event)?;
@@ -2277,6 +2516,7 @@ impl StoreHealth for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn close(&self) {
+        self.watching.store(false, Ordering::Release);
         if self
             .writer
             .lock()
@@ -2296,7 +2536,124 @@ impl Store for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        self.watching.store(false, Ordering::Release);
         drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// A resource's feed counter row: (latest position, highest position pruned).
+fn feed_head(conn: &Connection, resource: &str) -> Result<(i64, i64), StoreError> {
+    conn.prepare_cached("SELECT seq, pruned_through FROM revocation_heads WHERE resource_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([resource], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map(Option::unwrap_or_default)
+        .map_err(backend)
+}
+
+/// One snapshot page: revoked identities and recent tombstones of `?1` after `?2` (deleted at
+/// or after `?3`), at most `?4`, in id order.
+const SNAPSHOT_PAGE: &str = "
+SELECT id, kind, epoch FROM (
+    SELECT * FROM (
+        SELECT id, 'revoked' AS kind, revocation_epoch AS epoch FROM identities
+        WHERE resource_id = ?1 AND id > ?2 AND revocation_epoch > 0 ORDER BY id LIMIT ?4)
+    UNION ALL
+    SELECT * FROM (
+        SELECT id, 'deleted' AS kind, revocation_epoch AS epoch FROM identity_tombstones
+        WHERE resource_id = ?1 AND id > ?2 AND deleted_at_ms >= ?3 ORDER BY id LIMIT ?4)
+) ORDER BY id LIMIT ?4";
+
+#[async_trait]
+impl RevocationFeed for SqliteStore {
+    async fn feed_position(&self, resource: ResourceId) -> Result<u64, StoreError> {
+        let (seq, _) = self.read(|c| feed_head(c, &resource.to_string()))?;
+        position(seq)
+    }
+
+    async fn feed_after(
+        &self,
+        resource: ResourceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<FeedRead, StoreError> {
+        let resource = resource.to_string();
+        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (rows, (head, pruned)) = self.read(|c| {
+            // Events first, the head after: a prune committed in between shows in the head.
+            let rows = c
+                .prepare_cached(
+                    "SELECT seq, identity_id, kind, epoch FROM revocation_events
+                     WHERE resource_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![resource, after_i, limit], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
+            Ok((rows, feed_head(c, &resource)?))
+        })?;
+        if after_i > head || after_i < pruned {
+            return Ok(FeedRead::Expired);
+        }
+        rows.into_iter()
+            .map(|(seq, id, kind, epoch)| {
+                Ok(FeedEvent {
+                    seq: position(seq)?,
+                    revocation: revocation_from(&id, &kind, epoch)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(FeedRead::Events)
+    }
+
+    async fn revocation_snapshot(
+        &self,
+        resource: ResourceId,
+        after: Option<&IdentityId>,
+        deleted_since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached(SNAPSHOT_PAGE)
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![resource.to_string(), after, ms(deleted_since), limit],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)
+        })?;
+        rows.iter()
+            .map(|(id, kind, epoch)| revocation_from(id, kind, *epoch))
+            .collect()
+    }
+
+    async fn prune_feed(&self, before: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        let before = ms(before);
+        self.submit(|r| Job::PruneFeed(before, limit, r)).await
+    }
+
+    fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signal.subscribe()
     }
 }
 

@@ -2409,3 +2409,5 @@ copy_pairs!(
 );
 #[path = "store/audit.rs"]
 mod audit;
+#[path = "store/feed.rs"]
+mod feed;

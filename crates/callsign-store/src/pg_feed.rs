@@ -1,0 +1,374 @@
+//! The revocation feed on PostgreSQL: events written in each change's transaction, with a
+//! `pg_notify` there too; one listening connection per node turns notifications (from any node)
+//! into [`FeedSignal`] moves, and while it is down the node polls the feed heads instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use callsign_core::{IdentityId, ResourceId};
+use deadpool_postgres::{GenericClient, Pool};
+use time::OffsetDateTime;
+use tokio_postgres::AsyncMessage;
+
+use crate::feed::{FeedSignal, position, revocation_from};
+use crate::postgres::{PostgresStore, pg, pool_error};
+use crate::{
+    FeedEvent, FeedRead, Revocation, RevocationFeed, RevocationKind, StoreError, unix_ms as ms,
+};
+
+/// The notification channel every node listens on; the payload is the resource id.
+const CHANNEL: &str = "callsign_revocations";
+/// How often the heads are polled while the listening connection is down.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How often the listening connection is checked (a dead TCP connection tells nothing).
+const LISTEN_CHECK: Duration = Duration::from_secs(15);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Takes `n` positions of `resource`'s feed (the counter row stays locked until the commit, so
+/// positions follow commit order) and notifies every node at the commit; returns the first.
+async fn take_positions(
+    tx: &impl GenericClient,
+    resource: &str,
+    n: i64,
+) -> Result<i64, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO callsign_revocation_heads AS h (resource_id, seq) VALUES ($1, $2)
+             ON CONFLICT (resource_id) DO UPDATE SET seq = h.seq + EXCLUDED.seq
+             RETURNING seq",
+        )
+        .await
+        .map_err(pg)?;
+    let row = tx.query_one(&stmt, &[&resource, &n]).await.map_err(pg)?;
+    let end: i64 = row.try_get(0).map_err(pg)?;
+    // Delivered at the commit, and only if it commits.
+    let notify = tx
+        .prepare_cached("SELECT pg_notify($1, $2)")
+        .await
+        .map_err(pg)?;
+    tx.execute(&notify, &[&CHANNEL, &resource])
+        .await
+        .map_err(pg)?;
+    Ok(end - n + 1)
+}
+
+/// Writes the feed event of one identity's change, in the change's transaction.
+pub(crate) async fn write_event(
+    tx: &impl GenericClient,
+    id: &IdentityId,
+    kind: RevocationKind,
+    epoch: i64,
+) -> Result<(), StoreError> {
+    let resource = id.resource().to_string();
+    let seq = take_positions(tx, &resource, 1).await?;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO callsign_revocation_events
+               (resource_id, seq, identity_id, kind, epoch, at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(
+        &stmt,
+        &[
+            &resource,
+            &seq,
+            &id.to_string(),
+            &kind.as_str(),
+            &epoch,
+            &ms(OffsetDateTime::now_utc()),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Writes one feed event for each of the `n` identities of `resource` (all of them), with their
+/// current epochs, in the change's transaction.
+pub(crate) async fn write_resource_events(
+    tx: &impl GenericClient,
+    resource: &str,
+    kind: RevocationKind,
+    n: u64,
+) -> Result<(), StoreError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let first = take_positions(tx, resource, n).await?;
+    tx.execute(
+        "INSERT INTO callsign_revocation_events (resource_id, seq, identity_id, kind, epoch, at_ms)
+         SELECT resource_id, $2::BIGINT - 1 + row_number() OVER (ORDER BY id), id, $3::TEXT,
+                revocation_epoch, $4::BIGINT
+         FROM callsign_identities WHERE resource_id = $1",
+        &[
+            &resource,
+            &first,
+            &kind.as_str(),
+            &ms(OffsetDateTime::now_utc()),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// A resource's feed counter row: (latest position, highest position pruned).
+async fn feed_head(client: &impl GenericClient, resource: &str) -> Result<(i64, i64), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT seq, pruned_through FROM callsign_revocation_heads WHERE resource_id = $1",
+        )
+        .await
+        .map_err(pg)?;
+    match client.query_opt(&stmt, &[&resource]).await.map_err(pg)? {
+        Some(row) => Ok((row.try_get(0).map_err(pg)?, row.try_get(1).map_err(pg)?)),
+        None => Ok((0, 0)),
+    }
+}
+
+/// One snapshot page: revoked identities and recent tombstones of `$1` after `$2` (deleted at
+/// or after `$3`), at most `$4`, in id order.
+const SNAPSHOT_PAGE: &str = "
+SELECT id, kind, epoch FROM (
+    (SELECT id, 'revoked' AS kind, revocation_epoch AS epoch FROM callsign_identities
+     WHERE resource_id = $1 AND id > $2 AND revocation_epoch > 0 ORDER BY id LIMIT $4)
+    UNION ALL
+    (SELECT id, 'deleted' AS kind, revocation_epoch AS epoch FROM callsign_identity_tombstones
+     WHERE resource_id = $1 AND id > $2 AND deleted_at_ms >= $3 ORDER BY id LIMIT $4)
+) AS page ORDER BY id LIMIT $4";
+
+/// Deletes at most `$2` of the oldest events written before `$1` and raises each resource's
+/// highest pruned position; answers how many were deleted. Nodes pruning together skip each
+/// other's rows.
+const PRUNE: &str = "
+WITH gone AS (
+    DELETE FROM callsign_revocation_events WHERE (resource_id, seq) IN (
+        SELECT resource_id, seq FROM callsign_revocation_events WHERE at_ms < $1
+        ORDER BY at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING resource_id, seq
+), highest AS (
+    UPDATE callsign_revocation_heads AS h SET pruned_through = GREATEST(h.pruned_through, g.seq)
+    FROM (SELECT resource_id, max(seq) AS seq FROM gone GROUP BY resource_id) AS g
+    WHERE h.resource_id = g.resource_id
+)
+SELECT count(*) FROM gone";
+
+#[async_trait]
+impl RevocationFeed for PostgresStore {
+    async fn feed_position(&self, resource: ResourceId) -> Result<u64, StoreError> {
+        let client = self.pool().get().await.map_err(pool_error)?;
+        position(feed_head(&client, &resource.to_string()).await?.0)
+    }
+
+    async fn feed_after(
+        &self,
+        resource: ResourceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<FeedRead, StoreError> {
+        let client = self.pool().get().await.map_err(pool_error)?;
+        let resource = resource.to_string();
+        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Events first, the head after: a prune committed in between shows in the head.
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, identity_id, kind, epoch FROM callsign_revocation_events
+                 WHERE resource_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = client
+            .query(&stmt, &[&resource, &after_i, &limit])
+            .await
+            .map_err(pg)?;
+        let (head, pruned) = feed_head(&client, &resource).await?;
+        drop(client);
+        if after_i > head || after_i < pruned {
+            return Ok(FeedRead::Expired);
+        }
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(0).map_err(pg)?;
+                let (id, kind, epoch): (String, String, i64) = (
+                    r.try_get(1).map_err(pg)?,
+                    r.try_get(2).map_err(pg)?,
+                    r.try_get(3).map_err(pg)?,
+                );
+                Ok(FeedEvent {
+                    seq: position(seq)?,
+                    revocation: revocation_from(&id, &kind, epoch)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(FeedRead::Events)
+    }
+
+    async fn revocation_snapshot(
+        &self,
+        resource: ResourceId,
+        after: Option<&IdentityId>,
+        deleted_since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let client = self.pool().get().await.map_err(pool_error)?;
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let stmt = client.prepare_cached(SNAPSHOT_PAGE).await.map_err(pg)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[&resource.to_string(), &after, &ms(deleted_since), &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                let (id, kind, epoch): (String, String, i64) = (
+                    r.try_get(0).map_err(pg)?,
+                    r.try_get(1).map_err(pg)?,
+                    r.try_get(2).map_err(pg)?,
+                );
+                revocation_from(&id, &kind, epoch)
+            })
+            .collect()
+    }
+
+    async fn prune_feed(&self, before: OffsetDateTime, limit: usize) -> Result<usize, StoreError> {
+        let client = self.pool().get().await.map_err(pool_error)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let row = client
+            .query_one(PRUNE, &[&ms(before), &limit])
+            .await
+            .map_err(pg)?;
+        let n: i64 = row.try_get(0).map_err(pg)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signal().subscribe()
+    }
+}
+
+/// What the listening task needs to open its own connection.
+pub(crate) struct ListenTarget {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+/// Keeps one connection listening for feed notifications, reconnecting with backoff; while it
+/// is down, polls the feed heads every [`POLL_EVERY`] so that no event waits for it.
+pub(crate) fn spawn_listener(
+    target: ListenTarget,
+    pool: Pool,
+    signal: Arc<FeedSignal>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = BACKOFF_MIN;
+        let mut warned = false;
+        loop {
+            let started = tokio::time::Instant::now();
+            match listen(&target, &signal).await {
+                Ok(()) => {}
+                Err(e) if !warned => {
+                    tracing::warn!(
+                        error = %e.chain(),
+                        "the revocation feed's listening connection is down; polling the \
+                         store every 250 ms until it is back"
+                    );
+                    warned = true;
+                }
+                Err(e) => tracing::debug!(error = %e.chain(), "feed listener reconnect failed"),
+            }
+            if started.elapsed() > BACKOFF_MAX * 2 {
+                // It had been up a while: a fresh outage starts with a short wait.
+                backoff = BACKOFF_MIN;
+                warned = false;
+            }
+            poll_heads(&pool, &signal, backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
+/// Listens until the connection fails.
+async fn listen(target: &ListenTarget, signal: &FeedSignal) -> Result<(), StoreError> {
+    let (client, mut connection) = target
+        .config
+        .connect(target.tls.clone())
+        .await
+        .map_err(pg)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let result = async {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(pg)?;
+        tracing::debug!("listening for revocation feed notifications");
+        // Whatever was committed while not listening.
+        signal.bump();
+        let mut check = tokio::time::interval(LISTEN_CHECK);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(()) => signal.bump(),
+                    None => return Err(StoreError::unavailable("the listening connection closed")),
+                },
+                _ = check.tick() => {
+                    tokio::time::timeout(LISTEN_CHECK, client.simple_query("SELECT 1"))
+                        .await
+                        .map_err(|_| StoreError::unavailable("the listening connection stalled"))?
+                        .map_err(pg)?;
+                }
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// Polls the sum of the feed heads every [`POLL_EVERY`] for `span`, moving `signal` when it
+/// changes.
+async fn poll_heads(pool: &Pool, signal: &FeedSignal, span: Duration) {
+    let until = tokio::time::Instant::now() + span;
+    let mut last = None;
+    while tokio::time::Instant::now() < until {
+        if let Ok(client) = pool.get().await
+            && let Ok(row) = client
+                .query_one(
+                    "SELECT coalesce(sum(seq), 0)::BIGINT FROM callsign_revocation_heads",
+                    &[],
+                )
+                .await
+        {
+            let sum: Option<i64> = row.try_get(0).ok();
+            if last.is_some() && sum != last {
+                signal.bump();
+            }
+            last = sum;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    signal.bump();
+}
