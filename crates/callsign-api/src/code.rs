@@ -46,6 +46,9 @@ pub enum ErrorCode {
     TooManyRequests,
     /// 431: the request head is over the limit.
     RequestHeaderFieldsTooLarge,
+    /// 410: a revocation-feed cursor older than the feed's retention (callsign extension):
+    /// resynchronise from the snapshot.
+    CursorExpired,
     /// 503: storage is unavailable for now; `Retry-After` says when to come back.
     ServiceUnavailable,
     /// 500: an internal error (the body says nothing more).
@@ -54,7 +57,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::ValidationError,
         ErrorCode::MissingApiVersionParameter,
         ErrorCode::UnsupportedApiVersion,
@@ -72,6 +75,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::TooManyRequests,
         ErrorCode::RequestHeaderFieldsTooLarge,
+        ErrorCode::CursorExpired,
         ErrorCode::ServiceUnavailable,
         ErrorCode::InternalError,
     ];
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "UnsupportedMediaType",
             ErrorCode::TooManyRequests => "TooManyRequests",
             ErrorCode::RequestHeaderFieldsTooLarge => "RequestHeaderFieldsTooLarge",
+            ErrorCode::CursorExpired => "CursorExpired",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
             ErrorCode::InternalError => "InternalError",
         }

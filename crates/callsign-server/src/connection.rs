@@ -352,6 +352,19 @@ impl<S> Counted<S> {
     }
 }
 
+/// The connection a request came on, as a request extension: a response that streams (the
+/// revocation feed) marks it active with each message it writes, so the idle deadline counts
+/// from the last message, not from the request.
+#[derive(Clone)]
+pub(crate) struct Activity(Arc<ConnState>);
+
+impl Activity {
+    /// Marks the connection active now.
+    pub(crate) fn touch(&self) {
+        self.0.touch();
+    }
+}
+
 struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
@@ -372,6 +385,8 @@ where
 
     fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer.ip()));
+        req.extensions_mut()
+            .insert(Activity(Arc::clone(&self.state)));
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
         self.state.touch();
         let guard = InFlight(Arc::clone(&self.state));

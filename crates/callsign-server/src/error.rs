@@ -77,6 +77,16 @@ pub enum ApiError {
         /// The header count limit.
         headers: usize,
     },
+    /// 410 `CursorExpired`: a revocation-feed cursor older than the feed's retention.
+    #[error(
+        "The cursor is older than the revocation feed's retention; resynchronise from \
+         revocations/snapshot."
+    )]
+    CursorExpired,
+    /// 503 `ServiceUnavailable` with `Retry-After`: this node holds as many waiting feed
+    /// requests as it allows (in all, or from this client's address).
+    #[error("Too many requests are waiting on the revocation feed of this node. Retry later.")]
+    TooManyWaiting,
     /// 503 `ServiceUnavailable` with `Retry-After`: storage is unreachable for now.
     #[error("The service is temporarily unavailable. Retry later.")]
     Unavailable(#[source] anyhow::Error),
@@ -120,7 +130,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CursorExpired => StatusCode::GONE,
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) | ApiError::TooManyWaiting => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,7 +158,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             ApiError::HeadersTooLarge { .. } => ErrorCode::RequestHeaderFieldsTooLarge,
-            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => ErrorCode::ServiceUnavailable,
+            ApiError::CursorExpired => ErrorCode::CursorExpired,
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) | ApiError::TooManyWaiting => {
+                ErrorCode::ServiceUnavailable
+            }
             ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
@@ -207,7 +223,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::Unavailable(_) | ApiError::CannotWrite(_) => {
+            ApiError::Unavailable(_) | ApiError::CannotWrite(_) | ApiError::TooManyWaiting => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::TooManyRequests { retry_after } => {

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::state::{AppState, Directory};
 use crate::throttle::OperationClass;
 use crate::version::{self, ApiVersion, Operation};
-use crate::{identities, meta, teams};
+use crate::{feed, identities, meta, teams};
 use callsign_store::Actor;
 
 /// The whole HTTP surface.
@@ -99,6 +99,8 @@ pub(crate) enum Route {
     AssignmentPut(String, String),
     AssignmentDelete(String, String),
     Introspect,
+    Revocations,
+    RevocationSnapshot,
 }
 
 impl Route {
@@ -171,6 +173,8 @@ impl Route {
                 }
             }
             ["tokens", ":introspect"] => only(Method::POST, Route::Introspect, "POST"),
+            ["revocations"] => only(Method::GET, Route::Revocations, "GET"),
+            ["revocations", "snapshot"] => only(Method::GET, Route::RevocationSnapshot, "GET"),
             _ => Err(ApiError::NotFound),
         }
     }
@@ -194,13 +198,20 @@ impl Route {
             Route::AssignmentPut(..) => "assignment_put",
             Route::AssignmentDelete(..) => "assignment_delete",
             Route::Introspect => "introspect",
+            Route::Revocations => "revocations",
+            Route::RevocationSnapshot => "revocation_snapshot",
         }
     }
 
     /// The versioned operation this route is, `None` for callsign's unversioned additions.
     fn operation(&self) -> Option<Operation> {
         Some(match self {
-            Route::Health | Route::Ready | Route::Jwks | Route::Introspect => return None,
+            Route::Health
+            | Route::Ready
+            | Route::Jwks
+            | Route::Introspect
+            | Route::Revocations
+            | Route::RevocationSnapshot => return None,
             Route::Create => Operation::CreateIdentity,
             Route::List => Operation::ListIdentities,
             Route::Get(_) => Operation::GetIdentity,
@@ -229,9 +240,13 @@ impl Route {
         })
     }
 
-    /// Whether a resource's verify-only key may call this: verification, nothing else.
+    /// Whether a resource's verify-only key may call this: verification (introspection and the
+    /// revocation feed), nothing else.
     fn verify_only_may_call(&self) -> bool {
-        matches!(self, Route::Introspect)
+        matches!(
+            self,
+            Route::Introspect | Route::Revocations | Route::RevocationSnapshot
+        )
     }
 
     /// Whether the operation exists in `version` (the 2020 preview has its own paths for issue
@@ -420,6 +435,13 @@ async fn handle_versioned(
     if let Some(class) = route.throttle_class() {
         dir.throttle(class)?;
     }
+    match route {
+        Route::Revocations => return feed::revocations(state, &dir, &parts).await,
+        Route::RevocationSnapshot => {
+            return feed::snapshot(state, &dir, version, parts.uri.query()).await;
+        }
+        _ => {}
+    }
     run(state, &dir, route, version, &body, now, parts.uri.query()).await
 }
 
@@ -502,7 +524,11 @@ async fn run(
         Route::AssignmentPut(tenant, object) => teams::put(dir, &tenant, &object, body).await,
         Route::AssignmentDelete(tenant, object) => teams::delete(dir, &tenant, &object).await,
         Route::Introspect => meta::introspect(state, dir, body).await,
-        Route::Health | Route::Ready | Route::Jwks => Err(ApiError::NotFound),
+        Route::Health
+        | Route::Ready
+        | Route::Jwks
+        | Route::Revocations
+        | Route::RevocationSnapshot => Err(ApiError::NotFound),
     }
 }
 

@@ -20,6 +20,7 @@ mod audit;
 mod auth;
 mod connection;
 mod error;
+mod feed;
 mod http;
 mod identities;
 mod keys;
@@ -39,6 +40,7 @@ mod version;
 
 pub use connection::{ClientAddr, ConnectionLimits};
 pub use error::ApiError;
+pub use feed::FeedSettings;
 pub use keys::{
     ACTIVATION_LEAD, DEFAULT_KEY_REFRESH, JWKS_MAX_AGE, KeyState, MAX_TOKEN_LIFETIME, PendingKey,
     RETIRE_MARGIN, key_states, retirement_bound, rotate_signing_key, signing_key_for,

@@ -42,9 +42,12 @@ pub(crate) async fn run(
     let refresher = spawn_key_refresher(Arc::clone(&serving.state));
     let resource_poller = spawn_resource_poller(Arc::clone(&serving.state), serving.resource_poll);
     let pruner = crate::audit::spawn_pruner(Arc::clone(&serving.state));
+    let feed_pruner = crate::feed::spawn_pruner(Arc::clone(&serving.state));
     let conns = Arc::new(connection_cap(&serving.limits));
     accept_until(&listener, &serving, &conns, shutdown).await;
     drop(listener);
+    // Long-polls answer and streams end now, so that draining does not wait on them.
+    serving.state.waiters.shut_down();
     tracing::info!(
         open = conns.len(),
         "shutting down: draining in-flight requests"
@@ -58,6 +61,7 @@ pub(crate) async fn run(
     }
     refresher.abort();
     resource_poller.abort();
+    feed_pruner.abort();
     if let Some(pruner) = pruner {
         pruner.abort();
     }

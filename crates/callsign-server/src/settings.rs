@@ -57,6 +57,8 @@ pub struct Settings {
     /// Scheduled signing-key rotation: a new key once the active one has signed this long
     /// (`--signing-key-rotation`; off by default).
     pub signing_key_rotation: Option<Duration>,
+    /// The revocation feed: retention, pruning, how many requests may wait on it.
+    pub revocation_feed: crate::feed::FeedSettings,
 }
 
 impl Settings {
@@ -83,6 +85,7 @@ impl Settings {
             audit_retention: Some(DEFAULT_AUDIT_RETENTION),
             key_refresh: crate::keys::DEFAULT_KEY_REFRESH,
             signing_key_rotation: None,
+            revocation_feed: crate::feed::FeedSettings::default(),
         }
     }
 }

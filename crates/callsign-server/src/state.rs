@@ -28,6 +28,8 @@ pub struct AppState {
     pub(crate) outage_log: OutageLog,
     /// How long audit records are kept (`None`: for ever).
     pub(crate) audit_retention: Option<std::time::Duration>,
+    /// The requests waiting on the revocation feed.
+    pub(crate) waiters: Arc<crate::feed::Waiters>,
 }
 
 /// Rate-limits the warning an unavailable store gives, per request otherwise.

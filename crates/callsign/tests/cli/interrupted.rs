@@ -205,7 +205,7 @@ async fn pg_has_table(pg: &tokio_postgres::Client, table: &str) -> bool {
 }
 
 /// The tables and indexes (`table.column`: columns) each PostgreSQL migration creates
-/// (version 1 to 7).
+/// (version 1 to 8).
 const PG_TABLES: &[&[&str]] = &[
     &[
         "callsign_resources",
@@ -224,6 +224,14 @@ const PG_TABLES: &[&[&str]] = &[
     &[
         "callsign_signing_keys.activates_at_ms",
         "callsign_signing_keys.retire_after_ms",
+    ],
+    &[
+        "callsign_identity_tombstones.revocation_epoch",
+        "callsign_identity_tombstones_by_resource",
+        "callsign_identities_revoked",
+        "callsign_revocation_heads",
+        "callsign_revocation_events",
+        "callsign_revocation_events_at",
     ],
 ];
 
@@ -289,7 +297,7 @@ fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
 }
 
 /// The tables and indexes (`table.column`: columns) each SQLite migration creates
-/// (version 1 to 7).
+/// (version 1 to 8).
 const SQLITE_TABLES: &[&[&str]] = &[
     &["resources", "signing_keys", "identities"],
     &["teams_assignments"],
@@ -300,6 +308,14 @@ const SQLITE_TABLES: &[&[&str]] = &[
     &[
         "signing_keys.activates_at_ms",
         "signing_keys.retire_after_ms",
+    ],
+    &[
+        "identity_tombstones.revocation_epoch",
+        "identity_tombstones_by_resource",
+        "identities_revoked",
+        "revocation_heads",
+        "revocation_events",
+        "revocation_events_at",
     ],
 ];
 
