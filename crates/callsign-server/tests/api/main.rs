@@ -31,6 +31,7 @@ mod limits;
 mod listing;
 mod operations;
 mod resources;
+mod revocations;
 mod rotation;
 mod tokens;
 mod versions;
