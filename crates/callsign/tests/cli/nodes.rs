@@ -548,3 +548,126 @@ fn a_regenerated_key_is_refused_by_every_node_within_five_seconds() {
         }
     });
 }
+
+/// `GET /revocations` on `node` after `cursor`, waiting up to `wait` seconds.
+async fn feed_after(node: &Node<'_>, cursor: &str, wait: u32) -> Value {
+    let (s, body, _) = node
+        .call(
+            Method::GET,
+            &format!("/revocations?api-version=2023-10-01&after={cursor}&wait={wait}"),
+            "",
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body
+}
+
+#[test]
+fn a_follower_on_one_node_sees_a_revoke_made_on_another_at_once_and_resumes_after_a_restart() {
+    let rt = runtime();
+    let db = rt.block_on(TestDatabase::create());
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let url = db.url();
+    let a = Server::start(dir_a.path(), &["--database-url", &url]);
+    let b = Server::start(dir_b.path(), &["--database-url", &url]);
+    let (ok, cs, err) = run(&[
+        "connection-string",
+        "--database-url",
+        &url,
+        "--endpoint",
+        &a.endpoint,
+    ]);
+    assert!(ok, "{err}");
+    let key = access_key(&cs);
+    let na = Node::new(&a, dir_a.path(), &key);
+    let (id, cursor) = {
+        let nb = Node::new(&b, dir_b.path(), &key);
+        rt.block_on(async {
+            let (s, created) = na.create("", "2023-10-01").await;
+            assert_eq!(s, 201);
+            let id = created["identity"]["id"].as_str().expect("id").to_owned();
+            let (s, start, _) = nb
+                .call(Method::GET, "/revocations?api-version=2023-10-01", "")
+                .await;
+            assert_eq!(s, 200, "{start}");
+            let start = start["cursor"].as_str().expect("cursor").to_owned();
+            // A follower long-polling on B; the revoke is made on A.
+            let (woke, revoked_at) = tokio::join!(feed_after(&nb, &start, 20), async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let (s, body, _) = na
+                    .call(
+                        Method::POST,
+                        &format!(
+                            "/identities/{}/:revokeAccessTokens?api-version=2023-10-01",
+                            callsign_testkit::enc(&id)
+                        ),
+                        "",
+                    )
+                    .await;
+                assert_eq!(s, 204, "{body}");
+                Instant::now()
+            });
+            let took = revoked_at.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "B's follower woke {took:?} late"
+            );
+            assert_eq!(woke["events"][0]["id"], id.as_str());
+            assert_eq!(woke["events"][0]["kind"], "revoked");
+            assert_eq!(woke["events"][0]["epoch"], 1);
+            (id, woke["cursor"].as_str().expect("cursor").to_owned())
+        })
+    };
+    // B stops with a long-poll open: it answers it and exits 0 promptly.
+    let http = client(dir_b.path());
+    let waiting = {
+        let nb = Node::new(&b, dir_b.path(), &key);
+        let target = format!("/revocations?api-version=2023-10-01&after={cursor}&wait=30");
+        let (endpoint, host) = (b.endpoint.clone(), b.host());
+        let key = nb.key.clone();
+        rt.spawn(async move {
+            signed(&http, &endpoint, &host, &key, Method::GET, &target, "")
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    let status = b.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(rt.block_on(waiting).expect("join").expect("answered"), 200);
+    // Revokes while B is down; B comes back and its follower resumes from its old cursor.
+    rt.block_on(async {
+        for _ in 0..2 {
+            let (s, body, _) = na
+                .call(
+                    Method::POST,
+                    &format!(
+                        "/identities/{}/:revokeAccessTokens?api-version=2023-10-01",
+                        callsign_testkit::enc(&id)
+                    ),
+                    "",
+                )
+                .await;
+            assert_eq!(s, 204, "{body}");
+        }
+    });
+    let b = Server::start(dir_b.path(), &["--database-url", &url]);
+    let nb = Node::new(&b, dir_b.path(), &key);
+    let resumed = rt.block_on(feed_after(&nb, &cursor, 0));
+    let epochs: Vec<&Value> = resumed["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["epoch"])
+        .collect();
+    assert_eq!(epochs, [2, 3], "{resumed}");
+}
