@@ -33,7 +33,9 @@ pub enum ApiError {
     #[error("Provided identity doesn't belong to the resource.")]
     IdentityNotOwned,
     /// 403 `AuthorizationFailed`: a verify-only key asked for anything but verification.
-    #[error("The verify-only key may call token introspection, nothing else.")]
+    #[error(
+        "The verify-only key may call token introspection and the revocation feed, nothing else."
+    )]
     VerifyOnly,
     /// 401 `InvalidAccessToken`: Teams token exchange (no Entra ID here).
     #[error("Provided access token is not valid.")]

@@ -1090,36 +1090,13 @@ fn run_job(
             answer(reply, in_savepoint(tx, |tx| rewrite_keys(tx, &plan)))
         }
         Job::AddKey(key, reply) => answer(reply, in_savepoint(tx, |tx| insert_key(tx, &key))),
-        Job::BootstrapKey(candidate, reply) => answer(
-            reply,
-            in_savepoint(tx, |tx| {
-                let existing = read_signing_keys(tx)?
-                    .into_iter()
-                    .find(|k| k.alg == candidate.alg);
-                match existing {
-                    Some(k) => Ok(k),
-                    None => insert_key(tx, &candidate).map(|()| candidate),
-                }
-            }),
-        ),
+        Job::BootstrapKey(candidate, reply) => {
+            answer(reply, in_savepoint(tx, |tx| bootstrap_key(tx, candidate)))
+        }
         Job::RotateKey(rotation, reply) => {
             answer(reply, in_savepoint(tx, |tx| rotate_key(tx, &rotation)))
         }
-        Job::RetireKeys(now, reply) => answer(
-            reply,
-            in_savepoint(tx, |tx| {
-                let mut stmt = tx.prepare_cached(RETIRE_KEYS).map_err(backend)?;
-                let kids = stmt
-                    .query_map([now], |r| r.get::<_, String>(0))
-                    .map_err(backend)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(backend)?;
-                for kid in &kids {
-                    write_audit(tx, &Actor::node(), &crate::key_retired_event(kid))?;
-                }
-                Ok(kids)
-            }),
-        ),
+        Job::RetireKeys(now, reply) => answer(reply, in_savepoint(tx, |tx| retire_keys(tx, now))),
         Job::Import(records, reply) => answer(reply, in_savepoint(tx, |tx| import(tx, &records))),
         Job::ImportTombstones(tombstones, reply) => {
             for t in &tombstones {
@@ -1153,6 +1130,34 @@ fn run_job(
         #[cfg(test)]
         Job::Exec(sql, reply) => answer(reply, tx.execute_batch(sql).map_err(backend)),
     }
+}
+
+/// The stored key of `candidate`'s algorithm, or `candidate` stored now.
+fn bootstrap_key(
+    tx: &rusqlite::Transaction<'_>,
+    candidate: StoredSigningKey,
+) -> Result<StoredSigningKey, StoreError> {
+    let existing = read_signing_keys(tx)?
+        .into_iter()
+        .find(|k| k.alg == candidate.alg);
+    match existing {
+        Some(k) => Ok(k),
+        None => insert_key(tx, &candidate).map(|()| candidate),
+    }
+}
+
+/// Deletes the keys past their retirement bound (see [`RETIRE_KEYS`]), each audited.
+fn retire_keys(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx.prepare_cached(RETIRE_KEYS).map_err(backend)?;
+    let kids = stmt
+        .query_map([now], |r| r.get::<_, String>(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    for kid in &kids {
+        write_audit(tx, &Actor::node(), &crate::key_retired_event(kid))?;
+    }
+    Ok(kids)
 }
 
 /// Encodes client ids for the `client_ids` column: `None` stays NULL, a list is its GUIDs

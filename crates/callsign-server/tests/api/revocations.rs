@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callsign_core::{AccessKey, Clock, FixedClock, ResourceId};
+use callsign_core::{AccessKey, FixedClock, ResourceId};
 use callsign_store::{Actor, KeySlot};
 use callsign_testkit::{Backend, SigningClient, TestApp, enc, spawn_app};
 use reqwest::{Method, StatusCode};
