@@ -108,7 +108,9 @@ async fn a_long_poll_wakes_on_a_revoke_and_otherwise_waits_its_time(backend: Bac
     revoke(&app, &id).await;
     let r = poll.await.expect("poll");
     let took = revoked_at.elapsed();
-    assert!(took < Duration::from_secs(1), "woke after {took:?}");
+    // Woken by the event, not by the 20 s wait (the latency itself is measured in
+    // BENCHMARKS.md; a loaded test machine must not fail this).
+    assert!(took < Duration::from_secs(5), "woke after {took:?}");
     assert_eq!(
         r.body["events"],
         serde_json::json!([event(&id, "revoked", 1)])

@@ -217,11 +217,11 @@ async fn a_committed_revoke_moves_the_change_signal(store: Arc<dyn BulkStore>) {
         .revoke_tokens(&id, &Actor::node())
         .await
         .expect("revoke");
-    let took = tokio::time::timeout(Duration::from_secs(2), waiting)
+    let took = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("moved")
         .expect("task");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 macro_rules! feed_suite {

