@@ -401,7 +401,7 @@ mod tests {
 
     fn token(id: &IdentityId, epoch: u64) -> VerifiedToken {
         VerifiedToken {
-            identity: id.clone(),
+            identity: *id,
             scopes: Scopes::from_claim("chat").expect("scopes"),
             issued_at: time::OffsetDateTime::UNIX_EPOCH,
             expires_at: time::OffsetDateTime::UNIX_EPOCH,
