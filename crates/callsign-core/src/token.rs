@@ -305,6 +305,55 @@ impl VerifyingKey {
         &self.public
     }
 
+    /// The public key a JWK describes, its algorithm taken from the key itself (`kty`/`crv`)
+    /// and checked against the JWK's `alg`: a verifier pins the algorithm by the key it found,
+    /// never by a token's header. `kid` is kept as published.
+    pub fn from_jwk(jwk: &callsign_api::Jwk) -> Result<Self, JwkError> {
+        let field = |v: &Option<String>, name: &'static str| {
+            let text = v.as_deref().ok_or(JwkError::Missing(name))?;
+            B64URL.decode(text).map_err(|_| JwkError::Missing(name))
+        };
+        let (alg, public) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+            ("EC", Some("P-256")) => {
+                let (x, y) = (field(&jwk.x, "x")?, field(&jwk.y, "y")?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(JwkError::Invalid);
+                }
+                (Algorithm::Es256, PublicParts::Ec { x, y })
+            }
+            ("OKP", Some("Ed25519")) => {
+                let x = field(&jwk.x, "x")?;
+                if x.len() != 32 {
+                    return Err(JwkError::Invalid);
+                }
+                (Algorithm::EdDsa, PublicParts::Okp { x })
+            }
+            ("RSA", None) => {
+                let (n, e) = (field(&jwk.n, "n")?, field(&jwk.e, "e")?);
+                let (n, e) = (strip_zeros(&n), strip_zeros(&e));
+                if n.len() < 256 || e.is_empty() {
+                    return Err(JwkError::Invalid);
+                }
+                let der = rsa_public_key_der(&n, &e);
+                (Algorithm::Rs256, PublicParts::Rsa { n, e, der })
+            }
+            _ => return Err(JwkError::UnsupportedKeyType),
+        };
+        if Algorithm::from_jose_name(&jwk.alg) != Some(alg) || jwk.alg != alg.jose_name() {
+            return Err(JwkError::AlgorithmMismatch);
+        }
+        Ok(Self {
+            alg,
+            kid: jwk.kid.clone(),
+            public,
+        })
+    }
+
+    /// Whether `sig` is this key's signature over `message` under its own algorithm.
+    pub fn verify_signature(&self, message: &[u8], sig: &[u8]) -> bool {
+        self.verify(message, sig)
+    }
+
     fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
         match &self.public {
             PublicParts::Ec { x, y } => {
@@ -326,6 +375,62 @@ impl VerifyingKey {
             }
         }
     }
+}
+
+/// A JWK that does not describe a key callsign signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JwkError {
+    /// Not an EC P-256, OKP Ed25519 or RSA key.
+    #[error("unsupported key type")]
+    UnsupportedKeyType,
+    /// A member the key type needs is missing or not base64url.
+    #[error("the member {0} is missing or not base64url")]
+    Missing(&'static str),
+    /// The key material has the wrong size (RSA below 2048 bits, say).
+    #[error("invalid key material")]
+    Invalid,
+    /// `alg` is not the algorithm of the key type.
+    #[error("alg does not match the key type")]
+    AlgorithmMismatch,
+}
+
+fn strip_zeros(b: &[u8]) -> Vec<u8> {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    b[start..].to_vec()
+}
+
+/// PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`, DER.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn push_len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes
+                .iter()
+                .position(|&b| b != 0)
+                .unwrap_or(bytes.len() - 1);
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        let pad = v.first().is_some_and(|&b| b & 0x80 != 0);
+        out.push(0x02);
+        push_len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    push_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// The claims of a callsign access token, in the order they are encoded.
@@ -572,7 +677,7 @@ pub struct VerifiedToken {
 impl VerifiedToken {
     /// Reads signed claims; claims that do not fit together (an id that does not parse, a
     /// resource other than the identity's, unknown scopes) make the token malformed.
-    fn from_claims(claims: &Claims, kid: String) -> Result<Self, VerifyError> {
+    pub fn from_claims(claims: &Claims, kid: String) -> Result<Self, VerifyError> {
         let identity = IdentityId::parse(&claims.sub).map_err(|_| VerifyError::Malformed)?;
         if claims.resource_id != identity.resource().to_string()
             || claims.skypeid != identity.skype_id()
@@ -684,6 +789,54 @@ mod tests {
             // Reloading the stored key gives the same kid.
             let reloaded = SigningKey::from_pkcs8(alg, issuer.key().pkcs8_der()).expect("reloads");
             assert_eq!(reloaded.kid(), issuer.key().kid());
+        }
+    }
+
+    #[test]
+    fn a_published_jwk_reads_back_as_the_same_key() {
+        for alg in [Algorithm::Es256, Algorithm::EdDsa, Algorithm::Rs256] {
+            let key = SigningKey::generate(alg).expect("key").verifying_key();
+            let (kty, crv) = match alg {
+                Algorithm::Es256 => ("EC", Some("P-256")),
+                Algorithm::EdDsa => ("OKP", Some("Ed25519")),
+                Algorithm::Rs256 => ("RSA", None),
+            };
+            let mut jwk = callsign_api::Jwk {
+                kty: kty.into(),
+                kid: key.kid().into(),
+                alg: alg.jose_name().into(),
+                use_: "sig".into(),
+                crv: crv.map(Into::into),
+                x: None,
+                y: None,
+                n: None,
+                e: None,
+            };
+            match key.public_parts() {
+                PublicParts::Ec { x, y } => {
+                    jwk.x = Some(B64URL.encode(x));
+                    jwk.y = Some(B64URL.encode(y));
+                }
+                PublicParts::Okp { x } => jwk.x = Some(B64URL.encode(x)),
+                PublicParts::Rsa { n, e, .. } => {
+                    jwk.n = Some(B64URL.encode(n));
+                    jwk.e = Some(B64URL.encode(e));
+                }
+            }
+            assert_eq!(VerifyingKey::from_jwk(&jwk), Ok(key.clone()), "{alg}");
+            assert_eq!(
+                VerifyingKey::from_jwk(&jwk)
+                    .expect("jwk")
+                    .public_parts()
+                    .thumbprint(),
+                key.kid()
+            );
+            let mut lying = jwk.clone();
+            lying.alg = "HS256".into();
+            assert_eq!(
+                VerifyingKey::from_jwk(&lying),
+                Err(JwkError::AlgorithmMismatch)
+            );
         }
     }
 
