@@ -114,10 +114,12 @@ pub(crate) async fn create(
         OperationClass::Create
     })?;
     let created = dir.create(custom_id).await?;
-    let access_token = scopes
-        .map(|s| dir.issue(&created.identity, &s, expires_in))
-        .transpose()?
-        .map(wire_token);
+    let access_token = match scopes {
+        Some(s) => Some(wire_token(
+            dir.issue(&created.identity, &s, expires_in).await?,
+        )),
+        None => None,
+    };
     let status = if !created.created && version.existing_identity_is_200() {
         StatusCode::OK
     } else {
@@ -196,7 +198,7 @@ pub(crate) async fn issue(
     let scopes = scopes(req.scopes, version)?;
     let expires_in = expiry(req.expires_in_minutes, version)?;
     let identity = dir.get(&id).await?;
-    let token = dir.issue(&identity, &scopes, expires_in)?;
+    let token = dir.issue(&identity, &scopes, expires_in).await?;
     Ok(json(StatusCode::OK, &wire_token(token)))
 }
 
@@ -210,7 +212,7 @@ pub(crate) async fn legacy_issue(
     let req: IssueTokenRequest = parse_json(body)?;
     let scopes = scopes(req.scopes, ApiVersion::V2020_07_20Preview2)?;
     let identity = dir.get(&id).await?;
-    let token = dir.issue(&identity, &scopes, ExpiresIn::DEFAULT)?;
+    let token = dir.issue(&identity, &scopes, ExpiresIn::DEFAULT).await?;
     Ok(json(
         StatusCode::OK,
         &LegacyAccessToken {

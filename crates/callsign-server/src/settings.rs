@@ -51,6 +51,9 @@ pub struct Settings {
     pub resource_poll: Duration,
     /// How long audit records are kept before every node prunes them (`None`: for ever).
     pub audit_retention: Option<Duration>,
+    /// Whether every issued token is audited (`issueToken`, written durably before the token is
+    /// returned); off by default: token issue is the hot path (BENCHMARKS.md has the cost).
+    pub audit_token_issue: bool,
     /// How often the node reloads its signing keys (and retires, and rotates when scheduled).
     /// Keep it at most a minute: [`ACTIVATION_LEAD`](crate::ACTIVATION_LEAD) counts on it.
     pub key_refresh: Duration,
@@ -83,6 +86,7 @@ impl Settings {
             auth_failures_per_minute: 60,
             resource_poll: Duration::from_secs(1),
             audit_retention: Some(DEFAULT_AUDIT_RETENTION),
+            audit_token_issue: false,
             key_refresh: crate::keys::DEFAULT_KEY_REFRESH,
             signing_key_rotation: None,
             revocation_feed: crate::feed::FeedSettings::default(),

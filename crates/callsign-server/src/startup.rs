@@ -106,6 +106,7 @@ impl Application {
             readiness: crate::meta::Readiness::default(),
             outage_log: crate::state::OutageLog::default(),
             audit_retention: settings.audit_retention,
+            audit_token_issue: settings.audit_token_issue,
             waiters: Arc::new(crate::feed::Waiters::new(settings.revocation_feed.clone())),
         });
         tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");

@@ -7,7 +7,8 @@ use callsign_core::{
     Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes, TeamsAssignment,
 };
 use callsign_store::{
-    Actor, Created, IdentityFilter, IdentityPage, IdentityRecord, NewIdentity, Store,
+    Actor, AuditEvent, AuditOperation, AuditOutcome, Created, IdentityFilter, IdentityPage,
+    IdentityRecord, NewIdentity, Store,
 };
 
 use crate::auth::{Authenticated, Authenticator};
@@ -28,6 +29,7 @@ pub struct AppState {
     pub(crate) outage_log: OutageLog,
     /// How long audit records are kept (`None`: for ever).
     pub(crate) audit_retention: Option<std::time::Duration>,
+    pub(crate) audit_token_issue: bool,
     /// The requests waiting on the revocation feed.
     pub(crate) waiters: Arc<crate::feed::Waiters>,
 }
@@ -189,8 +191,9 @@ impl Directory<'_> {
         }
     }
 
-    /// Issues a token for a stored identity under its current revocation epoch.
-    pub(crate) fn issue(
+    /// Issues a token for a stored identity under its current revocation epoch; with
+    /// `--audit-token-issue`, the issue is recorded durably before the token is handed out.
+    pub(crate) async fn issue(
         &self,
         identity: &IdentityRecord,
         scopes: &Scopes,
@@ -213,6 +216,15 @@ impl Directory<'_> {
                 ApiError::internal(anyhow::Error::new(e).context("token signing failed"))
             })?;
         self.state.store.record_token_issued(&identity.id, now);
+        if self.state.audit_token_issue {
+            let event = AuditEvent::identity(
+                AuditOperation::IssueToken,
+                identity.id,
+                AuditOutcome::Success,
+            )
+            .with_detail(format!("scopes {}", scopes.to_claim()));
+            self.state.store.record_audit(&self.actor, event).await?;
+        }
         Ok(token)
     }
 }

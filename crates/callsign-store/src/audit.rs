@@ -132,11 +132,13 @@ pub enum AuditOperation {
     RotateSigningKey,
     /// A token signing key was retired.
     RetireSigningKey,
+    /// A token issued (only with `serve --audit-token-issue`).
+    IssueToken,
 }
 
 impl AuditOperation {
     /// Every operation, in a fixed order.
-    pub const ALL: [AuditOperation; 10] = [
+    pub const ALL: [AuditOperation; 11] = [
         AuditOperation::CreateIdentity,
         AuditOperation::DeleteIdentity,
         AuditOperation::RevokeTokens,
@@ -147,6 +149,7 @@ impl AuditOperation {
         AuditOperation::RegenerateKey,
         AuditOperation::RotateSigningKey,
         AuditOperation::RetireSigningKey,
+        AuditOperation::IssueToken,
     ];
 
     /// The stored and exported name (camelCase).
@@ -162,6 +165,7 @@ impl AuditOperation {
             AuditOperation::RegenerateKey => "regenerateKey",
             AuditOperation::RotateSigningKey => "rotateSigningKey",
             AuditOperation::RetireSigningKey => "retireSigningKey",
+            AuditOperation::IssueToken => "issueToken",
         }
     }
 
@@ -344,6 +348,10 @@ pub trait AuditLog: Send + Sync {
     /// transaction); returns how many. Idempotent: nodes pruning together delete each record
     /// once.
     async fn prune_audit(&self, before: OffsetDateTime, limit: usize) -> Result<usize, StoreError>;
+
+    /// Records an event that changes nothing else (a token issued, when every issue is
+    /// audited), durably, in a transaction of its own.
+    async fn record_audit(&self, actor: &Actor, event: AuditEvent) -> Result<(), StoreError>;
 }
 
 /// An [`AuditRecord`]'s columns as both backends store them.

@@ -753,6 +753,11 @@ fn audit_row(row: &tokio_postgres::Row) -> Result<AuditRecord, StoreError> {
 
 #[async_trait]
 impl AuditLog for PostgresStore {
+    async fn record_audit(&self, actor: &Actor, event: AuditEvent) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        write_audit(&client, actor, &event).await
+    }
+
     async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let after = query.after.unwrap_or(0);

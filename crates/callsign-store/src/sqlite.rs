@@ -230,6 +230,7 @@ enum Job {
     PutAssignment(ResourceId, TeamsAssignment, Actor, Reply<bool>),
     DeleteAssignment(ResourceId, Uuid, Uuid, Actor, Reply<bool>),
     ImportAudit(Vec<AuditRecord>, Reply<usize>),
+    RecordAudit(Actor, AuditEvent, Reply<()>),
     PruneAudit(i64, usize, Reply<usize>),
     PruneFeed(i64, usize, Reply<usize>),
     Flush(Reply<()>),
@@ -998,6 +999,7 @@ fn fail(job: Job, e: StoreError) {
         Job::PutAssignment(_, _, _, r) => drop(r.send(Err(e))),
         Job::DeleteAssignment(_, _, _, _, r) => drop(r.send(Err(e))),
         Job::ImportAudit(_, r) => drop(r.send(Err(e))),
+        Job::RecordAudit(_, _, r) => drop(r.send(Err(e))),
         Job::PruneAudit(_, _, r) => drop(r.send(Err(e))),
         Job::PruneFeed(_, _, r) => drop(r.send(Err(e))),
         Job::Flush(r) => drop(r.send(Err(e))),
@@ -1120,6 +1122,10 @@ fn run_job(
         Job::ImportAudit(records, reply) => {
             answer(reply, in_savepoint(tx, |tx| import_audit(tx, &records)))
         }
+        Job::RecordAudit(actor, event, reply) => answer(
+            reply,
+            in_savepoint(tx, |tx| write_audit(tx, &actor, &event)),
+        ),
         Job::PruneAudit(before, limit, reply) => {
             answer(reply, in_savepoint(tx, |tx| prune_audit(tx, before, limit)))
         }
@@ -2452,6 +2458,11 @@ impl BulkIdentities for SqliteStore {
 
 #[async_trait]
 impl AuditLog for SqliteStore {
+    async fn record_audit(&self, actor: &Actor, event: AuditEvent) -> Result<(), StoreError> {
+        let actor = actor.clone();
+        self.submit(|r| Job::RecordAudit(actor, event, r)).await
+    }
+
     async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let after = query.after.unwrap_or(0);
         let since = query.since.map(ms);

@@ -221,6 +221,10 @@ pub struct ServeArgs {
     /// ever) [default: 90d].
     #[arg(long, env = "CALLSIGN_AUDIT_RETENTION")]
     pub audit_retention: Option<String>,
+    /// Record every issued token in the audit log (durably, before the token is returned;
+    /// costs a write per token, see BENCHMARKS.md).
+    #[arg(long, env = "CALLSIGN_AUDIT_TOKEN_ISSUE")]
+    pub audit_token_issue: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Scheduled signing-key rotation: a new key once the active one has signed this long, e.g.
@@ -413,6 +417,8 @@ pub struct FileConfig {
     pub log_json: bool,
     pub endpoint: Option<String>,
     pub audit_retention: Option<String>,
+    #[serde(default)]
+    pub audit_token_issue: bool,
     #[serde(flatten)]
     pub limits: LimitArgs,
     pub signing_key_rotation: Option<String>,
@@ -522,6 +528,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
         bail!("at most {MAX_PUBLIC_HOSTS} --public-host values");
     }
     args.limits.or(file.limits).apply(&mut settings)?;
+    settings.audit_token_issue = args.audit_token_issue || file.audit_token_issue;
     if let Some(r) = args.audit_retention.or(file.audit_retention) {
         settings.audit_retention = crate::audit_cmd::parse_retention(&r)?;
     }

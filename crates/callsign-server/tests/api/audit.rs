@@ -270,7 +270,70 @@ async fn a_node_prunes_records_past_the_retention(backend: Backend) {
     app.stop().await;
 }
 
+/// With `--audit-token-issue`, every token issued (alone or with a create) leaves one record
+/// with the scopes; a refused issue leaves none.
+async fn tokens_are_audited_one_by_one_when_asked(backend: Backend) {
+    let app = TestApp::builder()
+        .backend(backend)
+        .settings(|s| s.audit_token_issue = true)
+        .spawn()
+        .await;
+    let key = app.secondary_key.clone();
+    let (r, created) = send(
+        &app,
+        Method::POST,
+        &format!("/identities?{V}"),
+        Some(r#"{"createTokenWithScopes":["chat"]}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.body["identity"]["id"].as_str().expect("id").to_owned();
+    let issue = format!("/identities/{}/:issueAccessToken?{V}", enc(&id));
+    let (r, issued) = send(
+        &app,
+        Method::POST,
+        &issue,
+        Some(r#"{"scopes":["voip","chat"]}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (r, _) = send(
+        &app,
+        Method::POST,
+        &issue,
+        Some(r#"{"scopes":["nope"]}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let records = app.audit_records().await;
+    let tokens: Vec<_> = records
+        .iter()
+        .filter(|r| r.operation == Op::IssueToken)
+        .map(|r| {
+            assert_eq!(r.identity.map(|i| i.to_string()), Some(id.clone()));
+            assert_eq!(r.credential, Credential::Secondary);
+            (
+                r.request_id.clone().unwrap_or_default(),
+                r.detail.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        vec![
+            (created, "scopes chat".to_owned()),
+            (issued, "scopes voip,chat".to_owned()),
+        ]
+    );
+    app.stop().await;
+}
+
 on_every_backend!(
+    tokens_are_audited_one_by_one_when_asked,
     every_change_through_http_leaves_one_record,
     refused_requests_leave_no_record,
     a_node_prunes_records_past_the_retention
