@@ -103,8 +103,9 @@ impl Waiters {
         self.by_address.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A place for one more waiting request from `address`, or 503.
+    /// A place for one more waiting request from `address` (IPv6: its /64), or 503.
     fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<WaitSlot, ApiError> {
+        let address = address.map(crate::throttle::address_key);
         let mut counts = self.counts();
         let mine = counts.1.get(&address).copied().unwrap_or(0);
         if counts.0 >= self.settings.max_waiting || mine >= self.settings.max_waiting_per_address {
@@ -562,5 +563,22 @@ mod tests {
         assert!(waiters.admit(b).is_err(), "in all");
         drop(one);
         assert!(waiters.admit(b).is_ok(), "a freed place is taken again");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_one_address_per_64() {
+        let waiters = Arc::new(Waiters::new(FeedSettings {
+            max_waiting: 10,
+            max_waiting_per_address: 2,
+            ..FeedSettings::default()
+        }));
+        let v6 = |host: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, 7, 0, 0, 0, host]));
+        let _one = waiters.admit(v6(1)).expect("first");
+        let _two = waiters
+            .admit(v6(2))
+            .expect("second, another host of the /64");
+        assert!(waiters.admit(v6(3)).is_err(), "a third from the same /64");
+        let other = Some(IpAddr::from([0x2001, 0xdb8, 0, 8, 0, 0, 0, 1]));
+        assert!(waiters.admit(other).is_ok(), "another /64");
     }
 }

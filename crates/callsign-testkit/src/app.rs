@@ -80,6 +80,8 @@ pub struct AppBuilder {
     clock: Arc<dyn Clock>,
     data_dir: Option<tempfile::TempDir>,
     database: Option<TestDatabase>,
+    /// Another node's database, shared and not owned: dropped with that node.
+    shared_database: Option<String>,
 }
 
 impl AppBuilder {
@@ -121,16 +123,20 @@ impl AppBuilder {
             Some(dir) => dir,
             None => tempfile::tempdir().expect("temp dir"),
         };
-        let database = match (self.backend, self.database) {
-            (Backend::Sqlite, _) => None,
-            (Backend::Postgres, Some(db)) => Some(db),
-            (Backend::Postgres, None) => Some(TestDatabase::create().await),
+        let database = match (self.backend, self.database, &self.shared_database) {
+            (Backend::Sqlite, _, _) | (Backend::Postgres, None, Some(_)) => None,
+            (Backend::Postgres, Some(db), _) => Some(db),
+            (Backend::Postgres, None, None) => Some(TestDatabase::create().await),
         };
         let mut settings = Settings::new(data_dir.path());
         settings.listen = "127.0.0.1:0".parse().expect("addr");
-        if let Some(db) = &database {
+        if let Some(url) = database
+            .as_ref()
+            .map(TestDatabase::url)
+            .or(self.shared_database)
+        {
             settings.database = Database::Postgres {
-                url: db.url(),
+                url,
                 options: PostgresOptions::default(),
             };
         }
@@ -206,6 +212,21 @@ impl TestApp {
             clock: Arc::new(SystemClock),
             data_dir: None,
             database: None,
+            shared_database: None,
+        }
+    }
+
+    /// A second node over this node's PostgreSQL database (its own data dir, port and clock
+    /// from the system): several stateless nodes, as deployed. The database stays this node's.
+    pub fn another_node(&self) -> AppBuilder {
+        let db = self
+            .database
+            .as_ref()
+            .expect("another node needs a node on PostgreSQL that owns its database");
+        AppBuilder {
+            backend: Backend::Postgres,
+            shared_database: Some(db.url()),
+            ..TestApp::builder()
         }
     }
 
@@ -224,6 +245,11 @@ impl TestApp {
     pub async fn identity_count(&self) -> i64 {
         match &self.database {
             None => {
+                assert_eq!(
+                    self.backend,
+                    Backend::Sqlite,
+                    "count on the node that owns the database"
+                );
                 let conn = rusqlite::Connection::open_with_flags(
                     callsign_store::database_path(self.data_dir.path()),
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -314,6 +340,10 @@ impl TestApp {
 
     /// Stops the server as SIGTERM would and checks it ended cleanly.
     pub async fn stop(mut self) {
+        self.stop_cleanly().await;
+    }
+
+    async fn stop_cleanly(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -322,6 +352,20 @@ impl TestApp {
                 .await
                 .expect("join the server")
                 .expect("clean shutdown");
+        }
+    }
+
+    /// Stops the server cleanly and keeps what it stored: the builder of the same server
+    /// (data dir, database, clock) to start again, on a new port, as a restarted process.
+    pub async fn stop_keeping_data(mut self) -> AppBuilder {
+        self.stop_cleanly().await;
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        AppBuilder {
+            backend: self.backend,
+            clock: Arc::clone(&self.api.clock),
+            data_dir: Some(std::mem::replace(&mut self.data_dir, placeholder)),
+            database: self.database.take(),
+            ..TestApp::builder()
         }
     }
 }

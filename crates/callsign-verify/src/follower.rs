@@ -9,6 +9,7 @@
 //! `deleted`, so replaying one is harmless.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -157,6 +158,8 @@ struct Shared {
     cursor: Mutex<Option<String>>,
     /// Last successful answer of the feed or snapshot; `None` until the snapshot is loaded.
     contact: Mutex<Option<Instant>>,
+    /// How many times the snapshot was loaded (once at start, again after each 410).
+    snapshots: AtomicU64,
     config: FollowerConfig,
 }
 
@@ -206,6 +209,7 @@ impl RevocationFollower {
             table: RwLock::default(),
             cursor: Mutex::new(None),
             contact: Mutex::new(None),
+            snapshots: AtomicU64::new(0),
             config,
         });
         let feed = Feed { http, credentials };
@@ -232,6 +236,13 @@ impl RevocationFollower {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How many times the snapshot has been loaded: once at start, and again each time the
+    /// cursor had expired (the follower was away longer than the feed keeps events). A restart
+    /// of the server alone does not load it again: the follower resumes from its cursor.
+    pub fn snapshots_loaded(&self) -> u64 {
+        self.shared.snapshots.load(Ordering::Relaxed)
     }
 
     /// Waits until the snapshot is loaded and the feed answered within the bound, or `timeout`.
@@ -356,6 +367,7 @@ async fn step(feed: &Feed, shared: &Shared) -> Result<(), FeedError> {
             let (table, cursor) = feed.snapshot().await?;
             *shared.table.write().unwrap_or_else(|e| e.into_inner()) = table;
             *shared.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+            shared.snapshots.fetch_add(1, Ordering::Relaxed);
         }
         Some(after) => {
             let page = feed.poll(&after, shared.config.wait_secs()).await?;
@@ -424,6 +436,7 @@ mod tests {
             table: RwLock::default(),
             cursor: Mutex::new(None),
             contact: Mutex::new(None),
+            snapshots: AtomicU64::new(0),
             config: FollowerConfig {
                 policy,
                 ..FollowerConfig::default()

@@ -1,24 +1,40 @@
-//! The revocation follower against a real server. These NEED THE SERVER'S REVOCATION FEED
-//! (`GET /revocations`, `GET /revocations/snapshot`): until it is merged they fail, which is
-//! why they live in their own test binary (`cargo nextest run -p callsign-verify --test follower`).
+//! The revocation follower against a real server (`GET /revocations`, `GET
+//! /revocations/snapshot`): revocations within the bound, from the snapshot, across a server
+//! restart, after an absence longer than the feed keeps events, through another PostgreSQL node,
+//! and what staleness does.
 
 use std::time::{Duration, Instant};
 
 use callsign_client::ConnectionString;
 use callsign_core::ResourceId;
-use callsign_testkit::{Backend, TestApp, enc, spawn_app};
+use callsign_testkit::{Backend, Relay, TestApp, enc, spawn_app};
 use callsign_verify::{FollowerConfig, StalePolicy, Verifier, VerifyError};
 use reqwest::Method;
 
 const V: &str = "api-version=2023-10-01";
 
 async fn verifier(app: &TestApp, config: FollowerConfig) -> Verifier {
-    let cs = ConnectionString::parse(&app.connection_string).expect("connection string");
+    verifier_at(app, &app.endpoint, &app.client, config).await
+}
+
+/// A verifier of `app`'s resource that reaches the server at `endpoint` (a relay, another node)
+/// with `http` (trusting that server's CA).
+async fn verifier_at(
+    app: &TestApp,
+    endpoint: &str,
+    http: &reqwest::Client,
+    config: FollowerConfig,
+) -> Verifier {
+    let cs = ConnectionString::parse(&format!(
+        "endpoint={endpoint};accesskey={}",
+        app.primary_key
+    ))
+    .expect("connection string");
     let v = Verifier::builder(
-        app.endpoint.parse().expect("endpoint"),
+        endpoint.parse().expect("endpoint"),
         ResourceId::parse(&app.resource_id).expect("resource"),
     )
-    .http_client(app.client.clone())
+    .http_client(http.clone())
     .follow_revocations(cs, config)
     .build()
     .expect("verifier");
@@ -108,4 +124,150 @@ async fn a_server_gone_longer_than_the_bound_fails_closed_or_open() {
     .await;
     let got = open.verify(&token).await;
     assert!(got.is_ok(), "{got:?}");
+}
+
+fn port_of(endpoint: &str) -> u16 {
+    endpoint
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("endpoint with a port")
+}
+
+/// Retries quickly so that the tests do not wait on the production backoff.
+fn quick() -> FollowerConfig {
+    FollowerConfig {
+        backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+        ..FollowerConfig::default()
+    }
+}
+
+async fn revoke(app: &TestApp, id: &str) {
+    let revoke = format!("/identities/{}/:revokeAccessTokens?{V}", enc(id));
+    assert_eq!(app.send(Method::POST, &revoke, None).await.status, 204);
+}
+
+#[tokio::test]
+async fn the_follower_resumes_from_its_cursor_across_a_server_restart_and_loses_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut relay = Relay::start(port_of(&app.endpoint)).await;
+    let v = verifier_at(
+        &app,
+        &format!("https://127.0.0.1:{}/", relay.port),
+        &app.client,
+        quick(),
+    )
+    .await;
+    let follower = v.revocations().expect("follower");
+    let (a, token_a) = token(&app).await;
+    let (b, token_b) = token(&app).await;
+    let (c, token_c) = token(&app).await;
+    revoke(&app, &a).await;
+    eventually(&v, &token_a, VerifyError::Revoked, Duration::from_secs(5)).await;
+    let before = follower.cursor().expect("a cursor");
+
+    // The verifier loses the server; a revoke lands while it is away; the server restarts (same
+    // store, a new port); another revoke lands on the new process.
+    relay.cut();
+    revoke(&app, &b).await;
+    let app = app.stop_keeping_data().await.spawn().await;
+    relay.retarget(port_of(&app.endpoint));
+    relay.restore().await;
+    revoke(&app, &c).await;
+
+    eventually(&v, &token_b, VerifyError::Revoked, Duration::from_secs(10)).await;
+    eventually(&v, &token_c, VerifyError::Revoked, Duration::from_secs(10)).await;
+    assert_eq!(v.verify(&token_a).await, Err(VerifyError::Revoked));
+    assert_eq!(
+        follower.snapshots_loaded(),
+        1,
+        "the follower resumed from its cursor, no resynchronisation"
+    );
+    assert_ne!(follower.cursor().expect("a cursor"), before);
+    // A token issued after the revokes is still in force: nothing was over-applied.
+    let fresh = app.issue(&c, &["chat"]).await.body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert!(v.verify(&fresh).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_follower_away_longer_than_the_feed_keeps_events_resynchronises_from_the_snapshot() {
+    let app = TestApp::builder()
+        .settings(|s| {
+            s.revocation_feed.retention = Duration::from_secs(1);
+            s.revocation_feed.prune_every = Duration::from_millis(100);
+        })
+        .spawn()
+        .await;
+    let mut relay = Relay::start(port_of(&app.endpoint)).await;
+    let v = verifier_at(
+        &app,
+        &format!("https://127.0.0.1:{}/", relay.port),
+        &app.client,
+        quick(),
+    )
+    .await;
+    let follower = v.revocations().expect("follower");
+    let (a, token_a) = token(&app).await;
+    let (b, token_b) = token(&app).await;
+    let (c, token_c) = token(&app).await;
+    revoke(&app, &a).await;
+    eventually(&v, &token_a, VerifyError::Revoked, Duration::from_secs(5)).await;
+    assert_eq!(follower.snapshots_loaded(), 1);
+
+    // Away; a revoke lands and the feed prunes past the follower's cursor.
+    relay.cut();
+    revoke(&app, &b).await;
+    let after = follower.cursor().expect("a cursor");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let path = format!("/revocations?{V}&after={after}");
+        let reply = app.send(Method::GET, &path, None).await;
+        if reply.status == 410 {
+            reply.assert_error(410, "CursorExpired");
+            break;
+        }
+        assert_eq!(reply.status, 200);
+        assert!(Instant::now() < deadline, "the feed never pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.restore().await;
+
+    // Back: told 410, the follower loads the snapshot again, which holds both revokes.
+    eventually(&v, &token_b, VerifyError::Revoked, Duration::from_secs(10)).await;
+    assert_eq!(v.verify(&token_a).await, Err(VerifyError::Revoked));
+    assert_eq!(follower.snapshots_loaded(), 2);
+    // And it follows the feed again from the snapshot's cursor.
+    let delete = format!("/identities/{}?{V}", enc(&c));
+    assert_eq!(app.send(Method::DELETE, &delete, None).await.status, 204);
+    eventually(&v, &token_c, VerifyError::Deleted, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_follower_of_one_postgresql_node_sees_a_revoke_made_on_another() {
+    let a = spawn_app(Backend::Postgres).await;
+    let b = a.another_node().spawn().await;
+    let v = verifier_at(&a, &b.endpoint, &b.client, FollowerConfig::default()).await;
+    let (id, token_a) = token(&a).await;
+    assert!(v.verify(&token_a).await.is_ok());
+    revoke(&a, &id).await;
+    eventually(&v, &token_a, VerifyError::Revoked, Duration::from_secs(5)).await;
+    let delete = format!("/identities/{}?{V}", enc(&id));
+    let issued_after = a.issue(&id, &["chat"]).await.body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert!(v.verify(&issued_after).await.is_ok());
+    assert_eq!(a.send(Method::DELETE, &delete, None).await.status, 204);
+    eventually(
+        &v,
+        &issued_after,
+        VerifyError::Deleted,
+        Duration::from_secs(5),
+    )
+    .await;
+    b.stop().await;
+    a.stop().await;
 }

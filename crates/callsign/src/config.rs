@@ -279,6 +279,12 @@ pub struct LimitArgs {
     /// HTTP/2 streams one connection may have open at once [default: 100].
     #[arg(long, env = "CALLSIGN_H2_MAX_STREAMS")]
     pub h2_max_streams: Option<u32>,
+    /// Revocation-feed long-polls and streams that may wait on this node at once [default: 1000].
+    #[arg(long, env = "CALLSIGN_MAX_FEED_WAITING")]
+    pub max_feed_waiting: Option<usize>,
+    /// Of them, from one client address (IPv6: one /64) [default: 64].
+    #[arg(long, env = "CALLSIGN_MAX_FEED_WAITING_PER_ADDRESS")]
+    pub max_feed_waiting_per_address: Option<usize>,
 }
 
 impl LimitArgs {
@@ -303,6 +309,10 @@ impl LimitArgs {
                 .tls_handshake_timeout_secs
                 .or(file.tls_handshake_timeout_secs),
             h2_max_streams: self.h2_max_streams.or(file.h2_max_streams),
+            max_feed_waiting: self.max_feed_waiting.or(file.max_feed_waiting),
+            max_feed_waiting_per_address: self
+                .max_feed_waiting_per_address
+                .or(file.max_feed_waiting_per_address),
         }
     }
 
@@ -362,6 +372,19 @@ impl LimitArgs {
                 bail!("--max-connections-per-address must be at least 1");
             }
             l.max_connections_per_address = n;
+        }
+        let feed = &mut settings.revocation_feed;
+        if let Some(n) = self.max_feed_waiting {
+            if n == 0 {
+                bail!("--max-feed-waiting must be at least 1");
+            }
+            feed.max_waiting = n;
+        }
+        if let Some(n) = self.max_feed_waiting_per_address {
+            if n == 0 {
+                bail!("--max-feed-waiting-per-address must be at least 1");
+            }
+            feed.max_waiting_per_address = n;
         }
         if let Some(spec) = self.throttle {
             settings.throttle = callsign_server::ThrottleConfig::parse(&spec)?;

@@ -1236,7 +1236,7 @@ fn a_health_flood_is_answered_in_bounded_memory() {
 
 /// A TCP relay to PostgreSQL that can stall. While stalled, the relayed connections stay open
 /// and carry nothing, and new ones are accepted and held silent: the database neither answers
-/// nor refuses (`nodes::Relay::cut` closes everything, so a ping fails at once and never hangs).
+/// nor refuses (`Relay::cut` closes everything, so a ping fails at once and never hangs).
 /// Restoring closes what was held, as after a network partition, and relays again.
 struct StallingRelay {
     port: u16,
@@ -1462,4 +1462,94 @@ fn a_refusal_that_leaves_a_body_unread_closes_the_connection_and_says_so() {
         assert_denied(&r);
         assert_eq!(r.header("connection"), Some("close"), "{r:?}");
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting on the revocation feed
+
+#[test]
+fn feed_waiters_are_capped_per_address_and_per_node_as_the_flags_say() {
+    let (ok, _, err) = run(&["serve", "--max-feed-waiting", "0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--max-feed-waiting must be at least 1"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-feed-waiting",
+            "3",
+            "--max-feed-waiting-per-address",
+            "2",
+        ],
+    );
+    let key = access_key(dir.path());
+    let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca.pem");
+    let from = |source: [u8; 4]| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
+            .local_address(IpAddr::from(source))
+            .timeout(Duration::from_secs(40))
+            .build()
+            .expect("client")
+    };
+    let (one, two) = (from([127, 0, 0, 1]), from([127, 0, 0, 2]));
+    let host = server.host();
+    runtime().block_on(async {
+        let get = |http: &reqwest::Client, target: String| {
+            let (http, key, host) = (http.clone(), key.clone(), host.clone());
+            let endpoint = server.endpoint.clone();
+            async move {
+                signed(
+                    &http,
+                    &endpoint,
+                    &host,
+                    &key,
+                    reqwest::Method::GET,
+                    &target,
+                    "",
+                )
+                .await
+                .expect("response")
+            }
+        };
+        let now = get(&one, "/revocations?api-version=2023-10-01".into()).await;
+        assert_eq!(now.status(), 200);
+        let cursor = now.json::<Value>().await.expect("json")["cursor"]
+            .as_str()
+            .expect("cursor")
+            .to_owned();
+        let wait = format!("/revocations?api-version=2023-10-01&after={cursor}&wait=20");
+        let refused = |resp: reqwest::Response| async move {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()["retry-after"], "1");
+            let body: Value = resp.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "ServiceUnavailable");
+        };
+        // Two long-polls from 127.0.0.1 wait; a third from it is refused at once.
+        let waiting = [
+            tokio::spawn(get(&one, wait.clone())),
+            tokio::spawn(get(&one, wait.clone())),
+        ];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        refused(get(&one, wait.clone()).await).await;
+        // Another address may wait, up to the node's cap of three.
+        let third = tokio::spawn(get(&two, wait.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        refused(get(&two, wait.clone()).await).await;
+        assert!(started.elapsed() < BOUND, "refused, not waited");
+        assert!(
+            waiting.iter().all(|w| !w.is_finished()) && !third.is_finished(),
+            "the three admitted still wait"
+        );
+        for w in waiting {
+            w.abort();
+        }
+        third.abort();
+    });
+    drop(server);
 }

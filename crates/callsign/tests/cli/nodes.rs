@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use callsign_testkit::{TestDatabase, access_key, issue_path};
+use callsign_testkit::{Relay, TestDatabase, access_key, issue_path};
 use reqwest::Method;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::{Server, client, count_identities, run, runtime, signed};
@@ -218,70 +217,6 @@ fn two_nodes_on_one_database_act_as_one_service() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
     drop(db);
-}
-
-/// A TCP relay between the node and PostgreSQL that the test can cut and restore.
-struct Relay {
-    port: u16,
-    target: u16,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Relay {
-    async fn start(target: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let mut relay = Relay {
-            port,
-            target,
-            tasks: None,
-        };
-        relay.serve(listener);
-        relay
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let target = self.target;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    break;
-                };
-                conns.spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    /// Drops the listener and every relayed connection.
-    fn cut(&mut self) {
-        if let Some(mut t) = self.tasks.take() {
-            t.abort_all();
-        }
-    }
-
-    async fn restore(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot rebind the relay port: {e}"),
-            }
-        };
-        self.serve(listener);
-    }
 }
 
 #[test]
