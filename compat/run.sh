@@ -25,10 +25,11 @@ if [ "${1:-}" = "--install-only" ]; then
   install_only=1
 fi
 
-# venv name : test directory under compat/python
+# venv name : test directory under compat/python (a venv may serve several directories)
 suites=(
   "admin:admin"
   "identity15:identity"
+  "identity15:verify"
   "identity131:identity"
   "identity101:identity"
 )
@@ -74,8 +75,11 @@ fi
 # Installs: venvs in parallel (each is independent), then node_modules.
 setup_failed=0
 pids=()
+venvs=()
 for suite in "${suites[@]}"; do
   name="${suite%%:*}"
+  case " ${venvs[*]} " in *" $name "*) continue ;; esac
+  venvs+=("$name")
   ensure_venv "$name" > "$logdir/setup-$name.log" 2>&1 &
   pids+=("$!:$name")
 done
@@ -119,7 +123,7 @@ overall=0
 record() { # name, exit code, summary, passed, failed
   local status="ok"
   if [ "$2" -ne 0 ]; then status="FAILED (exit $2)"; overall=1; fi
-  results+=("$(printf '%-22s %-16s %s' "$1" "$status" "$3")")
+  results+=("$(printf '%-30s %-16s %s' "$1" "$status" "$3")")
   total_passed=$((total_passed + $4))
   total_failed=$((total_failed + $5))
 }
@@ -128,7 +132,7 @@ for suite in "${suites[@]}"; do
   name="${suite%%:*}"; tests="${suite#*:}"
   echo
   echo "=== pytest: .venv/$name, compat/python/$tests"
-  log="$logdir/pytest-$name.log"
+  log="$logdir/pytest-$name-$tests.log"
   (cd "$here/python" && "$root/.venv/$name/bin/python" -m pytest "$tests" -q) 2>&1 | tee "$log"
   code=${PIPESTATUS[0]}
   summary="$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|skipped|deselected)|no tests ran' "$log" | tail -n1 | sed -E 's/^=+ //; s/ =+$//')"
@@ -139,11 +143,11 @@ for suite in "${suites[@]}"; do
   done
   if [ "$code" -eq 5 ]; then summary="no tests collected"; fi
   if [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
-  record "pytest $name" "$code" "${summary:-no summary}" "${passed:-0}" "$failed"
+  record "pytest $name $tests" "$code" "${summary:-no summary}" "${passed:-0}" "$failed"
 done
 
 echo
-echo "=== node --test: compat/js (@azure/communication-identity 1.3.1)"
+echo "=== node --test: compat/js (@azure/communication-identity 1.3.1, jose)"
 log="$logdir/node.log"
 (cd "$here/js" && node run-tests.js) 2>&1 | tee "$log"
 code=${PIPESTATUS[0]}

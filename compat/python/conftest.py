@@ -164,3 +164,12 @@ def plain_http_server():
     """A second server speaking plain HTTP (`--plain-http`), started only if a test asks."""
     with running_server("--plain-http") as srv:
         yield srv
+
+
+@pytest.fixture(scope="session", params=["EdDSA", "RS256"])
+def other_alg_server(request):
+    """A server signing with `--signing-alg` EdDSA, then RS256, started only if a test asks;
+    `.signing_alg` names it."""
+    with running_server("--signing-alg", request.param) as srv:
+        srv.signing_alg = request.param
+        yield srv
