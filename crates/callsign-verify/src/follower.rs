@@ -311,7 +311,9 @@ impl Feed {
             .send()
             .await?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await?;
+        let body = crate::body::read_bounded(resp, MAX_BODY)
+            .await?
+            .ok_or_else(|| FeedError::Body("answer too large".into()))?;
         match status {
             200 => serde_json::from_slice(&body).map_err(|e| FeedError::Body(e.to_string())),
             410 => {
@@ -337,11 +339,14 @@ impl Feed {
             let cursor = cursor.get_or_insert(page.cursor);
             match page.next_link {
                 Some(next) => {
-                    url = self
-                        .credentials
-                        .endpoint()
+                    let endpoint = self.credentials.endpoint();
+                    url = endpoint
                         .join(next.trim_start_matches('/'))
                         .map_err(|e| FeedError::Body(e.to_string()))?;
+                    // Signed requests go to the endpoint only, whatever a nextLink names.
+                    if url.origin() != endpoint.origin() {
+                        return Err(FeedError::Body("a nextLink to another origin".into()));
+                    }
                 }
                 None => return Ok((table, std::mem::take(cursor))),
             }
@@ -354,6 +359,9 @@ impl Feed {
         self.get(url, Duration::from_secs(wait + 15)).await
     }
 }
+
+/// The most a feed or snapshot answer may hold: a page is at most 1,000 events of ~100 bytes.
+const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// One step of the loop: load the snapshot when there is no cursor, else one long poll.
 async fn step(feed: &Feed, shared: &Shared) -> Result<(), FeedError> {

@@ -13,6 +13,9 @@ use reqwest::Url;
 
 use crate::VerifyError;
 
+/// The largest JWKS read: a key set is a few KiB.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
 /// How the JWKS is cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksConfig {
@@ -181,7 +184,11 @@ impl JwksCache {
                 .get(reqwest::header::CACHE_CONTROL)
                 .and_then(|v| v.to_str().ok()),
         );
-        let jwks: Jwks = resp.json().await.map_err(|e| e.to_string())?;
+        let body = crate::body::read_bounded(resp, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the JWKS is larger than 1 MiB")?;
+        let jwks: Jwks = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         let mut keys = HashMap::with_capacity(jwks.keys.len());
         for jwk in &jwks.keys {
             match VerifyingKey::from_jwk(jwk) {

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod body;
 mod error;
 pub mod follower;
 pub mod jwks;

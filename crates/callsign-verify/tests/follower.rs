@@ -271,3 +271,67 @@ async fn a_follower_of_one_postgresql_node_sees_a_revoke_made_on_another() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A hostile or broken endpoint: a snapshot whose `nextLink` names another origin, and answers
+/// larger than any real page. The follower never sends a signed request elsewhere and never
+/// reads an unbounded answer; it stays stale (fails closed) instead.
+#[tokio::test]
+async fn a_follower_does_not_follow_a_next_link_elsewhere_nor_read_a_huge_answer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let elsewhere_port = elsewhere.local_addr().expect("addr").port();
+    let visits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&visits);
+    tokio::spawn(async move {
+        while elsewhere.accept().await.is_ok() {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let next = format!(
+        "http://127.0.0.1:{elsewhere_port}/revocations/snapshot?api-version=2023-10-01&after=x"
+    );
+    // Well-formed (an unknown field is ignored): only its size may refuse it.
+    let huge = format!(
+        r#"{{"value":[],"cursor":"1-0","padding":"{}"}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let app = axum::Router::new()
+        .route(
+            "/revocations/snapshot",
+            axum::routing::get(move || async move {
+                axum::Json(serde_json::json!({"value": [], "cursor": "1-0", "nextLink": next}))
+            }),
+        )
+        .route(
+            "/huge/revocations/snapshot",
+            axum::routing::get(move || async move { huge }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    for path in ["", "huge/"] {
+        let cs = ConnectionString::parse(&format!(
+            "endpoint=http://127.0.0.1:{port}/{path};accesskey={key}"
+        ))
+        .expect("connection string");
+        let follower = callsign_verify::follower::RevocationFollower::spawn(
+            reqwest::Client::new(),
+            cs,
+            quick(),
+        );
+        assert!(
+            !follower.wait_until_current(Duration::from_secs(2)).await,
+            "{path}: a bad snapshot is never taken as current"
+        );
+        assert_eq!(follower.snapshots_loaded(), 0);
+    }
+    assert_eq!(visits.load(Ordering::SeqCst), 0, "nothing sent elsewhere");
+}
