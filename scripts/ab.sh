@@ -5,6 +5,10 @@
 #
 #   bash scripts/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #
+# OLD_FLAGS / NEW_FLAGS add `serve` flags to one side (the same binary twice compares a setting:
+# NEW_FLAGS=--audit-token-issue WORKLOADS=issue bash scripts/ab.sh BIN BIN); WORKLOADS picks the
+# workloads (default "issue create").
+#
 # Prints one line per run: throughput, p99, server CPU per operation and its ratio to one bare
 # ES256 signature measured in the same run (the ratio is what compares across machines).
 set -euo pipefail
@@ -12,10 +16,11 @@ OLD=${1:?old binary}
 NEW=${2:?new binary}
 ROUNDS=${3:-3}
 
-run() { # binary label workload
+run() { # binary label workload [serve flags…]
     local bin=$1 label=$2 workload=$3 dir pid cs
+    shift 3
     dir=$(mktemp -d)
-    "$bin" serve --listen 127.0.0.1:0 --data-dir "$dir" >"$dir/out" 2>"$dir/err" &
+    "$bin" serve --listen 127.0.0.1:0 --data-dir "$dir" "$@" >"$dir/out" 2>"$dir/err" &
     pid=$!
     for _ in $(seq 1 100); do
         grep -q "accesskey=" "$dir/out" 2>/dev/null && break
@@ -36,8 +41,10 @@ print(sys.argv[2], sys.argv[3], 'ops/s %.0f' % d['ops_per_s'], 'p99 %d us' % d['
 }
 
 for _ in $(seq 1 "$ROUNDS"); do
-    for workload in issue create; do
-        run "$OLD" old "$workload"
-        run "$NEW" new "$workload"
+    for workload in ${WORKLOADS:-issue create}; do
+        # shellcheck disable=SC2086 # the flags are words
+        run "$OLD" old "$workload" ${OLD_FLAGS:-}
+        # shellcheck disable=SC2086
+        run "$NEW" new "$workload" ${NEW_FLAGS:-}
     done
 done
