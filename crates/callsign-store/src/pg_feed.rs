@@ -44,7 +44,12 @@ async fn take_positions(
         .map_err(pg)?;
     let row = tx.query_one(&stmt, &[&resource, &n]).await.map_err(pg)?;
     let end: i64 = row.try_get(0).map_err(pg)?;
-    // Delivered at the commit, and only if it commits.
+    notify(tx, resource).await?;
+    Ok(end - n + 1)
+}
+
+/// Tells every node of `resource`'s feed moving: delivered at the commit, only if it commits.
+async fn notify(tx: &impl GenericClient, resource: &str) -> Result<(), StoreError> {
     let notify = tx
         .prepare_cached("SELECT pg_notify($1, $2)")
         .await
@@ -52,7 +57,7 @@ async fn take_positions(
     tx.execute(&notify, &[&CHANNEL, &resource])
         .await
         .map_err(pg)?;
-    Ok(end - n + 1)
+    Ok(())
 }
 
 /// Writes the feed event of one identity's change, in the change's transaction.
@@ -88,34 +93,49 @@ pub(crate) async fn write_event(
     Ok(())
 }
 
-/// Writes one feed event for each of the `n` identities of `resource` (all of them), with their
-/// current epochs, in the change's transaction.
-pub(crate) async fn write_resource_events(
+/// Runs `change`, a statement over `resource`'s identities (`$1::TEXT` the resource, `$3` the
+/// time in ms if it needs one) that returns `id, resource_id, revocation_epoch` of each row it
+/// changed, and writes one feed event of `kind` per row, all in one statement: the events are
+/// numbered over exactly the rows changed (a separate count would race identities created
+/// between two statements). `also` adds CTEs over `changed` (a tombstone insert, say). Returns
+/// how many rows changed.
+pub(crate) async fn change_with_events(
     tx: &impl GenericClient,
     resource: &str,
     kind: RevocationKind,
-    n: u64,
-) -> Result<(), StoreError> {
-    if n == 0 {
-        return Ok(());
+    change: &str,
+    also: &str,
+) -> Result<u64, StoreError> {
+    let sql = format!(
+        "WITH changed AS ({change}),
+         {also}
+         n AS (SELECT count(*) AS c FROM changed),
+         head AS (
+           INSERT INTO callsign_revocation_heads AS h (resource_id, seq)
+           SELECT $1::TEXT, c FROM n
+           ON CONFLICT (resource_id) DO UPDATE SET seq = h.seq + EXCLUDED.seq
+           RETURNING seq - (SELECT c FROM n) AS base),
+         events AS (
+           INSERT INTO callsign_revocation_events
+             (resource_id, seq, identity_id, kind, epoch, at_ms)
+           SELECT $1::TEXT, head.base + row_number() OVER (ORDER BY changed.id), changed.id,
+                  $2::TEXT, changed.revocation_epoch, $3::BIGINT
+           FROM changed CROSS JOIN head
+           RETURNING 1)
+         SELECT c FROM n"
+    );
+    let row = tx
+        .query_one(
+            &sql,
+            &[&resource, &kind.as_str(), &ms(OffsetDateTime::now_utc())],
+        )
+        .await
+        .map_err(pg)?;
+    let n: i64 = row.try_get(0).map_err(pg)?;
+    if n > 0 {
+        notify(tx, resource).await?;
     }
-    let n = i64::try_from(n).unwrap_or(i64::MAX);
-    let first = take_positions(tx, resource, n).await?;
-    tx.execute(
-        "INSERT INTO callsign_revocation_events (resource_id, seq, identity_id, kind, epoch, at_ms)
-         SELECT resource_id, $2::BIGINT - 1 + row_number() OVER (ORDER BY id), id, $3::TEXT,
-                revocation_epoch, $4::BIGINT
-         FROM callsign_identities WHERE resource_id = $1",
-        &[
-            &resource,
-            &first,
-            &kind.as_str(),
-            &ms(OffsetDateTime::now_utc()),
-        ],
-    )
-    .await
-    .map_err(pg)?;
-    Ok(())
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// A resource's feed counter row: (latest position, highest position pruned).

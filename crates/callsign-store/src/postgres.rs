@@ -28,7 +28,7 @@ use crate::audit::{
     AuditRecord, AuditRow, AuditValues, TokenCount,
 };
 use crate::feed::FeedSignal;
-use crate::pg_feed::{ListenTarget, spawn_listener, write_event, write_resource_events};
+use crate::pg_feed::{ListenTarget, change_with_events, spawn_listener, write_event};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
@@ -1176,34 +1176,21 @@ impl ResourceStore for PostgresStore {
             Some(true) => return Ok(ResourceDeleted::IsDefault),
             Some(false) => {}
         }
-        tx.execute(
-            "INSERT INTO callsign_identity_tombstones
-               (id, resource_id, deleted_at_ms, revocation_epoch)
-             SELECT id, resource_id, $2, revocation_epoch FROM callsign_identities
-             WHERE resource_id = $1
-             ON CONFLICT DO NOTHING",
-            &[&id, &ms(OffsetDateTime::now_utc())],
+        // The identities, their tombstones and their feed events in one statement: an identity
+        // created meanwhile is either in all three or in none.
+        let identities = change_with_events(
+            &tx,
+            &id,
+            RevocationKind::Deleted,
+            "DELETE FROM callsign_identities WHERE resource_id = $1::TEXT
+             RETURNING id, resource_id, revocation_epoch",
+            "tombstones AS (
+               INSERT INTO callsign_identity_tombstones
+                 (id, resource_id, deleted_at_ms, revocation_epoch)
+               SELECT id, resource_id, $3::BIGINT, revocation_epoch FROM changed
+               ON CONFLICT DO NOTHING RETURNING 1),",
         )
-        .await
-        .map_err(pg)?;
-        let count: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM callsign_identities WHERE resource_id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .try_get(0)
-            .map_err(pg)?;
-        let count = u64::try_from(count).unwrap_or(0);
-        write_resource_events(&tx, &id, RevocationKind::Deleted, count).await?;
-        let identities = tx
-            .execute(
-                "DELETE FROM callsign_identities WHERE resource_id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(pg)?;
+        .await?;
         for sql in [
             "DELETE FROM callsign_teams_assignments WHERE resource_id = $1",
             "DELETE FROM callsign_resources WHERE id = $1",
@@ -1220,7 +1207,7 @@ impl ResourceStore for PostgresStore {
         bump_generation(&tx).await?;
         write_audit(&tx, actor, &resource_deleted_event(resource, identities)).await?;
         tx.commit().await.map_err(pg)?;
-        if count > 0 {
+        if identities > 0 {
             self.signal.bump();
         }
         Ok(ResourceDeleted::Deleted { identities })
@@ -1248,17 +1235,18 @@ impl ResourceStore for PostgresStore {
             return Ok(None);
         }
         let revoked = if revoke_tokens {
-            tx.execute(
+            change_with_events(
+                &tx,
+                &id,
+                RevocationKind::Revoked,
                 "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1
-                 WHERE resource_id = $1",
-                &[&id],
+                 WHERE resource_id = $1::TEXT RETURNING id, resource_id, revocation_epoch",
+                "",
             )
-            .await
-            .map_err(pg)?
+            .await?
         } else {
             0
         };
-        write_resource_events(&tx, &id, RevocationKind::Revoked, revoked).await?;
         bump_generation(&tx).await?;
         let event = key_replaced_event(resource, slot, revoke_tokens, revoked);
         write_audit(&tx, actor, &event).await?;

@@ -1546,6 +1546,126 @@ async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<
     );
 }
 
+/// Bulk revokes (a key replaced with `--revoke-tokens`) and a resource's deletion while
+/// identities are being created: every event is numbered, the feed stays contiguous (positions
+/// 1..=head, none past it) and single revokes keep working afterwards.
+async fn bulk_feed_events_stay_contiguous_under_concurrent_creates(store: Arc<dyn BulkStore>) {
+    use callsign_store::{FeedRead, RevocationFeed};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tenant = named("tenant-bulk", None);
+    store
+        .create_resource(tenant.clone(), &Actor::operator())
+        .await
+        .expect("create");
+    let mut seed = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&store);
+        seed.spawn(async move {
+            for _ in 0..250 {
+                store
+                    .create_identity(new_identity(tenant.id, None), &Actor::operator())
+                    .await
+                    .expect("create");
+            }
+        });
+    }
+    seed.join_all().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut creators = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        creators.spawn(async move {
+            let mut last = None;
+            while !stop.load(Ordering::SeqCst) {
+                // Refused once the resource is gone: nothing else may fail.
+                match store
+                    .create_identity(new_identity(tenant.id, None), &Actor::operator())
+                    .await
+                {
+                    Ok(created) => last = Some(created.identity.id),
+                    Err(e) => {
+                        assert!(stop.load(Ordering::SeqCst), "{e}");
+                        break;
+                    }
+                }
+            }
+            last
+        });
+    }
+    for _ in 0..3 {
+        let revoked = store
+            .replace_access_key(
+                tenant.id,
+                KeySlot::Secondary,
+                AccessKey::generate(),
+                true,
+                &Actor::operator(),
+            )
+            .await
+            .expect("replace");
+        assert!(revoked.is_some_and(|n| n >= 2000), "{revoked:?}");
+    }
+    // A single revoke still takes the next position.
+    let some = IdentityId::new_random(tenant.id);
+    let created = store
+        .create_identity(
+            NewIdentity {
+                id: some,
+                custom_id: None,
+                created_at: OffsetDateTime::now_utc(),
+            },
+            &Actor::operator(),
+        )
+        .await
+        .expect("create");
+    assert!(
+        store
+            .revoke_tokens(&created.identity.id, &Actor::operator())
+            .await
+            .expect("a single revoke after the bulk ones")
+            .is_some()
+    );
+    let check = |label: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            let head = store.feed_position(tenant.id).await.expect("position");
+            let mut seqs = Vec::new();
+            let mut after = 0;
+            loop {
+                match store
+                    .feed_after(tenant.id, after, 1000)
+                    .await
+                    .expect("read")
+                {
+                    FeedRead::Events(events) if events.is_empty() => break,
+                    FeedRead::Events(events) => {
+                        after = events.last().expect("one").seq;
+                        seqs.extend(events.iter().map(|e| e.seq));
+                    }
+                    FeedRead::Expired => panic!("{label}: expired"),
+                }
+            }
+            let expected: Vec<u64> = (1..=head).collect();
+            assert_eq!(seqs.len(), expected.len(), "{label}: events vs head {head}");
+            assert!(seqs == expected, "{label}: positions 1..={head} in order");
+            head
+        }
+    };
+    let before = check("after the key replacements").await;
+    let deleted = store
+        .delete_resource(tenant.id, &Actor::operator())
+        .await
+        .expect("delete");
+    stop.store(true, Ordering::SeqCst);
+    creators.join_all().await;
+    let ResourceDeleted::Deleted { identities } = deleted else {
+        panic!("{deleted:?}");
+    };
+    let after = check("after the resource's deletion").await;
+    assert_eq!(after - before, identities, "one event per deleted identity");
+}
+
 async fn find(store: &Arc<dyn BulkStore>, id: ResourceId) -> ResourceRecord {
     store
         .resources()
@@ -1585,6 +1705,7 @@ macro_rules! conformance_suite {
                 resources_are_created_listed_and_deleted_with_what_they_hold,
                 a_host_holds_a_bounded_number_of_resources,
                 replacing_a_key_keeps_the_others_and_may_revoke_every_token,
+                bulk_feed_events_stay_contiguous_under_concurrent_creates,
                 signing_keys_come_back_newest_first,
                 signing_key_bootstrap_agrees_on_one_key_per_algorithm,
                 rotation_adds_one_pending_key_and_refuses_another_while_it_is_pending,
