@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use callsign_core::IdentityId;
+use callsign_core::{IdentityId, ResourceId};
 use callsign_store::{FeedEvent, FeedRead, Revocation, Store};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -32,6 +32,8 @@ pub(crate) const PAGE: usize = 1000;
 pub(crate) const MAX_WAIT_SECS: u64 = 30;
 /// The longest gap between two messages of a stream (a `: keep-alive` comment fills it).
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How much older than the retention a deletion the snapshot still lists may be.
+const SNAPSHOT_MARGIN: Duration = Duration::from_secs(600);
 /// How long a stream lasts at most; the follower reconnects with its last event id.
 const STREAM_FOR: Duration = Duration::from_secs(600);
 
@@ -46,6 +48,9 @@ pub struct FeedSettings {
     pub max_waiting: usize,
     /// Most of them from one client address (503 beyond).
     pub max_waiting_per_address: usize,
+    /// Most of them for one resource (503 beyond): one tenant cannot take the whole node's
+    /// places from the others' verifiers.
+    pub max_waiting_per_resource: usize,
 }
 
 impl Default for FeedSettings {
@@ -55,6 +60,7 @@ impl Default for FeedSettings {
             prune_every: Duration::from_secs(60),
             max_waiting: 1000,
             max_waiting_per_address: 64,
+            max_waiting_per_resource: 250,
         }
     }
 }
@@ -63,26 +69,41 @@ impl Default for FeedSettings {
 #[derive(Debug)]
 pub(crate) struct Waiters {
     settings: FeedSettings,
-    by_address: Mutex<(usize, HashMap<Option<IpAddr>, usize>)>,
+    counts: Mutex<Counts>,
     stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// Waiting requests in all, per client address and per resource.
+#[derive(Debug, Default)]
+struct Counts {
+    all: usize,
+    by_address: HashMap<Option<IpAddr>, usize>,
+    by_resource: HashMap<ResourceId, usize>,
+}
+
+/// Takes one from `key`'s count, forgetting the key at zero.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// One waiting request's place; dropping it frees the place.
 pub(crate) struct WaitSlot {
     waiters: Arc<Waiters>,
     address: Option<IpAddr>,
+    resource: ResourceId,
 }
 
 impl Drop for WaitSlot {
     fn drop(&mut self) {
         let mut counts = self.waiters.counts();
-        counts.0 = counts.0.saturating_sub(1);
-        if let Some(n) = counts.1.get_mut(&self.address) {
-            *n -= 1;
-            if *n == 0 {
-                counts.1.remove(&self.address);
-            }
-        }
+        counts.all = counts.all.saturating_sub(1);
+        release(&mut counts.by_address, &self.address);
+        release(&mut counts.by_resource, &self.resource);
     }
 }
 
@@ -90,7 +111,7 @@ impl Waiters {
     pub(crate) fn new(settings: FeedSettings) -> Self {
         Self {
             settings,
-            by_address: Mutex::default(),
+            counts: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }
     }
@@ -99,23 +120,34 @@ impl Waiters {
         &self.settings
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<Option<IpAddr>, usize>)> {
-        self.by_address.lock().unwrap_or_else(|e| e.into_inner())
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A place for one more waiting request from `address` (IPv6: its /64), or 503.
-    fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<WaitSlot, ApiError> {
+    /// A place for one more waiting request from `address` (IPv6: its /64) for `resource`, or
+    /// 503.
+    fn admit(
+        self: &Arc<Self>,
+        address: Option<IpAddr>,
+        resource: ResourceId,
+    ) -> Result<WaitSlot, ApiError> {
         let address = address.map(crate::throttle::address_key);
         let mut counts = self.counts();
-        let mine = counts.1.get(&address).copied().unwrap_or(0);
-        if counts.0 >= self.settings.max_waiting || mine >= self.settings.max_waiting_per_address {
+        let from = counts.by_address.get(&address).copied().unwrap_or(0);
+        let of = counts.by_resource.get(&resource).copied().unwrap_or(0);
+        if counts.all >= self.settings.max_waiting
+            || from >= self.settings.max_waiting_per_address
+            || of >= self.settings.max_waiting_per_resource
+        {
             return Err(ApiError::TooManyWaiting);
         }
-        counts.0 += 1;
-        *counts.1.entry(address).or_insert(0) += 1;
+        counts.all += 1;
+        *counts.by_address.entry(address).or_insert(0) += 1;
+        *counts.by_resource.entry(resource).or_insert(0) += 1;
         Ok(WaitSlot {
             waiters: Arc::clone(self),
             address,
+            resource,
         })
     }
 
@@ -288,9 +320,10 @@ pub(crate) async fn revocations(
     };
     let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
     if wants_stream(parts) {
-        // A cursor whose events were pruned is told now, before the stream starts.
+        // Admitted before any read; a cursor whose events were pruned is told now, before the
+        // stream starts.
+        let slot = state.waiters.admit(client, dir.resource())?;
         let first = read(store, dir, position).await?;
-        let slot = state.waiters.admit(client)?;
         return Ok(stream(
             state,
             dir,
@@ -309,7 +342,7 @@ pub(crate) async fn revocations(
     if !events.is_empty() || wait.is_zero() {
         return Ok(page(&events, position));
     }
-    let _slot = state.waiters.admit(client)?;
+    let _slot = state.waiters.admit(client, dir.resource())?;
     // Well inside the request deadline, so the watchdog never cuts an honest wait.
     let wait = wait.min(state.limits.request_timeout * 3 / 4);
     let deadline = Instant::now() + wait;
@@ -469,7 +502,9 @@ pub(crate) async fn snapshot(
         .transpose()?;
     let store = state.store.as_ref();
     let position = store.feed_position(dir.resource()).await?;
-    let since = state.clock.now() - state.waiters.settings().retention;
+    // Deletions a little older than the retention too: a verifier accepts a token up to its
+    // leeway past `exp`, and a token lives at most the retention.
+    let since = state.clock.now() - state.waiters.settings().retention - SNAPSHOT_MARGIN;
     let mut value = store
         .revocation_snapshot(dir.resource(), after.as_ref(), since, PAGE + 1)
         .await?;
@@ -554,15 +589,16 @@ mod tests {
             max_waiting_per_address: 2,
             ..FeedSettings::default()
         }));
+        let r = ResourceId::new_random();
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         let b = Some(IpAddr::from([10, 0, 0, 2]));
-        let one = waiters.admit(a).expect("first");
-        let _two = waiters.admit(a).expect("second");
-        assert!(waiters.admit(a).is_err(), "per address");
-        let _three = waiters.admit(b).expect("other address");
-        assert!(waiters.admit(b).is_err(), "in all");
+        let one = waiters.admit(a, r).expect("first");
+        let _two = waiters.admit(a, r).expect("second");
+        assert!(waiters.admit(a, r).is_err(), "per address");
+        let _three = waiters.admit(b, r).expect("other address");
+        assert!(waiters.admit(b, r).is_err(), "in all");
         drop(one);
-        assert!(waiters.admit(b).is_ok(), "a freed place is taken again");
+        assert!(waiters.admit(b, r).is_ok(), "a freed place is taken again");
     }
 
     #[test]
@@ -572,13 +608,42 @@ mod tests {
             max_waiting_per_address: 2,
             ..FeedSettings::default()
         }));
+        let r = ResourceId::new_random();
         let v6 = |host: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, 7, 0, 0, 0, host]));
-        let _one = waiters.admit(v6(1)).expect("first");
+        let _one = waiters.admit(v6(1), r).expect("first");
         let _two = waiters
-            .admit(v6(2))
+            .admit(v6(2), r)
             .expect("second, another host of the /64");
-        assert!(waiters.admit(v6(3)).is_err(), "a third from the same /64");
+        assert!(
+            waiters.admit(v6(3), r).is_err(),
+            "a third from the same /64"
+        );
         let other = Some(IpAddr::from([0x2001, 0xdb8, 0, 8, 0, 0, 0, 1]));
-        assert!(waiters.admit(other).is_ok(), "another /64");
+        assert!(waiters.admit(other, r).is_ok(), "another /64");
+    }
+
+    #[test]
+    fn one_resource_cannot_take_every_place_on_the_node() {
+        let waiters = Arc::new(Waiters::new(FeedSettings {
+            max_waiting: 10,
+            max_waiting_per_address: 10,
+            max_waiting_per_resource: 3,
+            ..FeedSettings::default()
+        }));
+        let (greedy, other) = (ResourceId::new_random(), ResourceId::new_random());
+        let held: Vec<_> = (0..3u8)
+            .map(|i| {
+                let address = Some(IpAddr::from([10, 0, 0, i]));
+                waiters.admit(address, greedy).expect("within its share")
+            })
+            .collect();
+        let fresh = Some(IpAddr::from([10, 0, 1, 1]));
+        assert!(waiters.admit(fresh, greedy).is_err(), "past its share");
+        assert!(
+            waiters.admit(fresh, other).is_ok(),
+            "another resource still waits"
+        );
+        drop(held);
+        assert!(waiters.admit(fresh, greedy).is_ok(), "places freed");
     }
 }

@@ -363,27 +363,43 @@ impl Feed {
 /// The most a feed or snapshot answer may hold: a page is at most 1,000 events of ~100 bytes.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
-/// One step of the loop: load the snapshot when there is no cursor, else one long poll.
-async fn step(feed: &Feed, shared: &Shared) -> Result<(), FeedError> {
+/// How long the follower waits after the node refused its long-poll (all its waiting places
+/// taken) and a `wait=0` poll answered instead: the node's `Retry-After`.
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
+
+/// One step of the loop: load the snapshot when there is no cursor, else one long poll. A long
+/// poll refused with 503 (the node's waiting places are taken) falls back to a poll that does
+/// not wait, which the node never refuses so: the follower keeps in contact, one second behind
+/// at most. Answers how long to pause before the next step.
+async fn step(feed: &Feed, shared: &Shared) -> Result<Duration, FeedError> {
     let cursor = shared
         .cursor
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    match cursor {
+    let pause = match cursor {
         None => {
             let (table, cursor) = feed.snapshot().await?;
             *shared.table.write().unwrap_or_else(|e| e.into_inner()) = table;
             *shared.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
             shared.snapshots.fetch_add(1, Ordering::Relaxed);
+            Duration::ZERO
         }
-        Some(after) => {
-            let page = feed.poll(&after, shared.config.wait_secs()).await?;
-            apply_page(shared, &page);
-        }
-    }
+        Some(after) => match feed.poll(&after, shared.config.wait_secs()).await {
+            Ok(page) => {
+                apply_page(shared, &page);
+                Duration::ZERO
+            }
+            Err(FeedError::Status(503)) => {
+                let page = feed.poll(&after, 0).await?;
+                apply_page(shared, &page);
+                REFUSED_PAUSE
+            }
+            Err(e) => return Err(e),
+        },
+    };
     shared.touch();
-    Ok(())
+    Ok(pause)
 }
 
 fn apply_page(shared: &Shared, page: &FeedPage) {
@@ -399,10 +415,18 @@ async fn run(feed: Feed, shared: Arc<Shared>) {
     let mut delay = first;
     loop {
         match step(&feed, &shared).await {
-            Ok(()) => delay = first,
+            Ok(pause) => {
+                delay = first;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
             Err(FeedError::CursorExpired) => {
                 tracing::warn!("the revocation cursor expired; loading the snapshot again");
                 *shared.cursor.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // Backed off too: a server that keeps answering 410 is not reloaded in a loop.
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(last);
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "the revocation feed failed");

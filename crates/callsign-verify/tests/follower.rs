@@ -335,3 +335,51 @@ async fn a_follower_does_not_follow_a_next_link_elsewhere_nor_read_a_huge_answer
     }
     assert_eq!(visits.load(Ordering::SeqCst), 0, "nothing sent elsewhere");
 }
+
+/// Another client holds every waiting place the resource has on the node: the follower's
+/// long-polls are refused (503), it falls back to polls that do not wait and stays in contact,
+/// so it never turns stale and still sees a revoke.
+#[tokio::test]
+async fn a_follower_refused_a_waiting_place_keeps_in_contact_without_waiting() {
+    let app = TestApp::builder()
+        .settings(|s| s.revocation_feed.max_waiting_per_resource = 1)
+        .spawn()
+        .await;
+    let (id, token) = token(&app).await;
+    let hog = app.client_with(&app.endpoint, &app.primary_key);
+    let position = app
+        .send(Method::GET, &format!("/revocations?{V}"), None)
+        .await;
+    let cursor = position.body["cursor"].as_str().expect("cursor").to_owned();
+    let holding = tokio::spawn(async move {
+        loop {
+            let path = format!("/revocations?{V}&after={cursor}&wait=30");
+            hog.send(Method::GET, &path, None).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = app
+        .send(
+            Method::GET,
+            &format!(
+                "/revocations?{V}&after={}&wait=5",
+                position.body["cursor"].as_str().expect("c")
+            ),
+            None,
+        )
+        .await;
+    refused.assert_error(503, "ServiceUnavailable");
+
+    let config = FollowerConfig {
+        stale_after: Duration::from_secs(3),
+        ..quick()
+    };
+    let v = verifier(&app, config).await;
+    // Well past the staleness bound, with every long-poll refused.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!v.revocations().expect("follower").is_stale());
+    assert!(v.verify(&token).await.is_ok());
+    revoke(&app, &id).await;
+    eventually(&v, &token, VerifyError::Revoked, Duration::from_secs(5)).await;
+    holding.abort();
+}

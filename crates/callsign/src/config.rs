@@ -285,6 +285,9 @@ pub struct LimitArgs {
     /// Of them, from one client address (IPv6: one /64) [default: 64].
     #[arg(long, env = "CALLSIGN_MAX_FEED_WAITING_PER_ADDRESS")]
     pub max_feed_waiting_per_address: Option<usize>,
+    /// Of them, for one resource [default: 250].
+    #[arg(long, env = "CALLSIGN_MAX_FEED_WAITING_PER_RESOURCE")]
+    pub max_feed_waiting_per_resource: Option<usize>,
 }
 
 impl LimitArgs {
@@ -313,6 +316,9 @@ impl LimitArgs {
             max_feed_waiting_per_address: self
                 .max_feed_waiting_per_address
                 .or(file.max_feed_waiting_per_address),
+            max_feed_waiting_per_resource: self
+                .max_feed_waiting_per_resource
+                .or(file.max_feed_waiting_per_resource),
         }
     }
 
@@ -385,6 +391,12 @@ impl LimitArgs {
                 bail!("--max-feed-waiting-per-address must be at least 1");
             }
             feed.max_waiting_per_address = n;
+        }
+        if let Some(n) = self.max_feed_waiting_per_resource {
+            if n == 0 {
+                bail!("--max-feed-waiting-per-resource must be at least 1");
+            }
+            feed.max_waiting_per_resource = n;
         }
         if let Some(spec) = self.throttle {
             settings.throttle = callsign_server::ThrottleConfig::parse(&spec)?;
