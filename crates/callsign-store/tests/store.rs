@@ -1550,7 +1550,7 @@ async fn replacing_a_key_keeps_the_others_and_may_revoke_every_token(store: Arc<
 /// identities are being created: every event is numbered, the feed stays contiguous (positions
 /// 1..=head, none past it) and single revokes keep working afterwards.
 async fn bulk_feed_events_stay_contiguous_under_concurrent_creates(store: Arc<dyn BulkStore>) {
-    use callsign_store::{FeedRead, RevocationFeed};
+    use callsign_store::FeedRead;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let tenant = named("tenant-bulk", None);
