@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use callsign_core::{IdentityId, ResourceId};
-use callsign_store::{FeedEvent, FeedRead, Revocation, Store};
+use callsign_store::{FeedEvent, FeedRead, FeedVersion, Revocation, Store};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -323,11 +323,12 @@ pub(crate) async fn revocations(
         // Admitted before any read; a cursor whose events were pruned is told now, before the
         // stream starts.
         let slot = state.waiters.admit(client, dir.resource())?;
+        let seen = store.feed_version(dir.resource());
         let first = read(store, dir, position).await?;
         return Ok(stream(
             state,
             dir,
-            position,
+            (position, seen),
             first,
             slot,
             parts.extensions.get::<Activity>(),
@@ -338,6 +339,7 @@ pub(crate) async fn revocations(
     }
     let mut changes = store.feed_changes();
     changes.borrow_and_update();
+    let mut seen = store.feed_version(dir.resource());
     let events = read(store, dir, position).await?;
     if !events.is_empty() || wait.is_zero() {
         return Ok(page(&events, position));
@@ -354,6 +356,12 @@ pub(crate) async fn revocations(
                 if changed.is_err() {
                     break;
                 }
+                // Another resource's event: nothing to read here.
+                let now = store.feed_version(dir.resource());
+                if now == seen {
+                    continue;
+                }
+                seen = now;
                 let events = read(store, dir, position).await?;
                 if !events.is_empty() {
                     return Ok(page(&events, position));
@@ -371,6 +379,9 @@ struct StreamState {
     store: Arc<dyn Store>,
     resource: callsign_core::ResourceId,
     position: u64,
+    /// The resource's feed version taken before the last read, if that read found nothing
+    /// (after one that found events, the next reads again: a page holds at most 1,000).
+    seen: Option<FeedVersion>,
     pending: VecDeque<FeedEvent>,
     changes: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -381,11 +392,12 @@ struct StreamState {
     _slot: WaitSlot,
 }
 
-/// The server-sent-event stream from `position`, `first` the events already read after it.
+/// The server-sent-event stream from `position`, `first` the events already read after it
+/// (`seen` the feed version taken before that read).
 fn stream(
     state: &AppState,
     dir: &Directory<'_>,
-    position: u64,
+    (position, seen): (u64, FeedVersion),
     first: Vec<FeedEvent>,
     slot: WaitSlot,
     activity: Option<&Activity>,
@@ -397,6 +409,7 @@ fn stream(
         store: Arc::clone(&state.store),
         resource: dir.resource(),
         position,
+        seen: first.is_empty().then_some(seen),
         pending: first.into(),
         changes,
         stopping: state.waiters.stopping(),
@@ -443,13 +456,19 @@ async fn next_message(
             return None;
         }
         st.changes.borrow_and_update();
-        match st.store.feed_after(st.resource, st.position, PAGE).await {
-            Ok(FeedRead::Events(events)) if !events.is_empty() => {
-                st.pending.extend(events);
-                continue;
+        // Read only when this resource's feed may have moved since the last read.
+        let now = st.store.feed_version(st.resource);
+        if st.seen != Some(now) {
+            st.seen = Some(now);
+            match st.store.feed_after(st.resource, st.position, PAGE).await {
+                Ok(FeedRead::Events(events)) if !events.is_empty() => {
+                    st.seen = None;
+                    st.pending.extend(events);
+                    continue;
+                }
+                Ok(FeedRead::Events(_)) => {}
+                Ok(FeedRead::Expired) | Err(_) => return None,
             }
-            Ok(FeedRead::Events(_)) => {}
-            Ok(FeedRead::Expired) | Err(_) => return None,
         }
         let beat = st.last_sent + st.heartbeat;
         let mut stopping = st.stopping.clone();

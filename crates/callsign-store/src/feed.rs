@@ -8,6 +8,10 @@
 //! number pruned is kept, so a reader whose position is older is told it has lost events
 //! ([`FeedRead::Expired`]) rather than given a gap.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use callsign_core::{IdentityId, ResourceId};
 use time::OffsetDateTime;
@@ -105,29 +109,71 @@ pub trait RevocationFeed: Send + Sync {
     async fn prune_feed(&self, before: OffsetDateTime, limit: usize) -> Result<usize, StoreError>;
 
     /// A value that changes (soon, well within a second) after any event of any resource is
-    /// committed, through any node or process sharing the store: waiters read the feed again
-    /// when it does. It may change without an event too.
+    /// committed, through any node or process sharing the store: waiters look again when it
+    /// does. It may change without an event too.
     fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Which of `resource`'s feed changes this node knows of: taken before a read, a waiter
+    /// need not read again while it stays the same (another resource's event moved
+    /// [`Self::feed_changes`]). It moves after each event of the resource, and after any change
+    /// whose resource the node cannot tell (another process's commit, a notification missed).
+    fn feed_version(&self, resource: ResourceId) -> FeedVersion;
 }
 
-/// The sender behind [`RevocationFeed::feed_changes`].
+/// See [`RevocationFeed::feed_version`]: (changes of unknown resource, changes of this one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedVersion(u64, u64);
+
+/// The sender behind [`RevocationFeed::feed_changes`] and [`RevocationFeed::feed_version`].
 #[derive(Debug)]
-pub(crate) struct FeedSignal(tokio::sync::watch::Sender<u64>);
+pub(crate) struct FeedSignal {
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Changes whose resource is not known.
+    unknown: AtomicU64,
+    /// Changes per resource (a resource's entry lives as long as the node: resources are few).
+    resources: Mutex<HashMap<ResourceId, u64>>,
+}
 
 impl Default for FeedSignal {
     fn default() -> Self {
-        Self(tokio::sync::watch::channel(0).0)
+        Self {
+            changes: tokio::sync::watch::channel(0).0,
+            unknown: AtomicU64::new(0),
+            resources: Mutex::default(),
+        }
     }
 }
 
 impl FeedSignal {
-    /// Tells the waiters that the feed may have moved.
+    /// Tells every waiter that some feed may have moved (which, unknown).
     pub(crate) fn bump(&self) {
-        self.0.send_modify(|v| *v = v.wrapping_add(1));
+        self.unknown.fetch_add(1, Ordering::AcqRel);
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Tells the waiters that `resource`'s feed may have moved.
+    pub(crate) fn bump_resource(&self, resource: ResourceId) {
+        {
+            let mut map = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+            let v = map.entry(resource).or_insert(0);
+            *v = v.wrapping_add(1);
+        }
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.subscribe()
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn version(&self, resource: ResourceId) -> FeedVersion {
+        let own = self
+            .resources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&resource)
+            .copied()
+            .unwrap_or(0);
+        FeedVersion(self.unknown.load(Ordering::Acquire), own)
     }
 }
 
@@ -146,4 +192,32 @@ pub(crate) fn revocation_from(id: &str, kind: &str, epoch: i64) -> Result<Revoca
 /// A stored position as a `u64`.
 pub(crate) fn position(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::corrupt("negative feed position"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resources_version_moves_with_its_own_changes_and_unknown_ones_only() {
+        let signal = FeedSignal::default();
+        let (a, b) = (ResourceId::new_random(), ResourceId::new_random());
+        let mut changes = signal.subscribe();
+        changes.borrow_and_update();
+        let (a0, b0) = (signal.version(a), signal.version(b));
+        signal.bump_resource(b);
+        assert!(
+            changes.has_changed().expect("open"),
+            "every waiter is woken"
+        );
+        assert_eq!(signal.version(a), a0, "a's waiters need not read");
+        assert_ne!(signal.version(b), b0);
+        let a1 = signal.version(a);
+        signal.bump();
+        assert_ne!(
+            signal.version(a),
+            a1,
+            "a change of unknown resource counts for all"
+        );
+    }
 }

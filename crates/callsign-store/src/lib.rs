@@ -48,7 +48,7 @@ pub use audit::{
 };
 pub use bootstrap::ensure_default_resource;
 pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
-pub use feed::{FeedEvent, FeedRead, Revocation, RevocationFeed, RevocationKind};
+pub use feed::{FeedEvent, FeedRead, FeedVersion, Revocation, RevocationFeed, RevocationKind};
 pub use files::{DataDirError, restrict_umask, secure_data_dir};
 pub use location::{
     Database, OpenError, StoreLocation, UnknownScheme, database_path, open_embedded_store,

@@ -274,6 +274,10 @@ impl RevocationFeed for PostgresStore {
     fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.signal().subscribe()
     }
+
+    fn feed_version(&self, resource: ResourceId) -> crate::FeedVersion {
+        self.signal().version(resource)
+    }
 }
 
 /// What the listening task needs to open its own connection.
@@ -324,12 +328,14 @@ async fn listen(target: &ListenTarget, signal: &FeedSignal) -> Result<(), StoreE
         .connect(target.tls.clone())
         .await
         .map_err(pg)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // The resource a notification names (`None`: it names none that parses, so every
+    // resource's waiters look).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<ResourceId>>();
     let driver = tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(ResourceId::parse(n.payload()).ok()).is_err() {
                         return;
                     }
                 }
@@ -351,7 +357,8 @@ async fn listen(target: &ListenTarget, signal: &FeedSignal) -> Result<(), StoreE
         loop {
             tokio::select! {
                 got = rx.recv() => match got {
-                    Some(()) => signal.bump(),
+                    Some(Some(resource)) => signal.bump_resource(resource),
+                    Some(None) => signal.bump(),
                     None => return Err(StoreError::unavailable("the listening connection closed")),
                 },
                 _ = check.tick() => {

@@ -1011,7 +1011,7 @@ impl IdentityStore for PostgresStore {
         }
         client.commit().await.map_err(pg)?;
         if epoch.is_some() {
-            self.signal.bump();
+            self.signal.bump_resource(id.resource());
         }
         Ok(epoch)
     }
@@ -1054,7 +1054,7 @@ impl IdentityStore for PostgresStore {
         write_audit(&client, actor, &event).await?;
         client.commit().await.map_err(pg)?;
         if n > 0 {
-            self.signal.bump();
+            self.signal.bump_resource(id.resource());
         }
         Ok(n > 0)
     }
@@ -1208,7 +1208,7 @@ impl ResourceStore for PostgresStore {
         write_audit(&tx, actor, &resource_deleted_event(resource, identities)).await?;
         tx.commit().await.map_err(pg)?;
         if identities > 0 {
-            self.signal.bump();
+            self.signal.bump_resource(resource);
         }
         Ok(ResourceDeleted::Deleted { identities })
     }
@@ -1252,7 +1252,7 @@ impl ResourceStore for PostgresStore {
         write_audit(&tx, actor, &event).await?;
         tx.commit().await.map_err(pg)?;
         if revoked > 0 {
-            self.signal.bump();
+            self.signal.bump_resource(resource);
         }
         Ok(Some(revoked))
     }

@@ -15,6 +15,7 @@
 //!   While in it, the writer thread tries a tiny durable write once a second when no client
 //!   write has failed in that second, so the store recovers by itself once the cause clears.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -240,12 +241,14 @@ enum Job {
 }
 
 impl Job {
-    /// Whether the job may write revocation-feed events.
-    fn writes_feed(&self) -> bool {
-        matches!(
-            self,
-            Job::Revoke(..) | Job::Delete(..) | Job::DeleteResource(..) | Job::ReplaceKey(..)
-        )
+    /// The resource whose revocation feed the job may write events to.
+    fn feed_resource(&self) -> Option<ResourceId> {
+        match self {
+            Job::Revoke(id, ..) | Job::Delete(id, ..) => Some(id.resource()),
+            Job::DeleteResource(resource, ..) => Some(*resource),
+            Job::ReplaceKey(replacement, ..) => Some(replacement.resource),
+            _ => None,
+        }
     }
 }
 
@@ -264,30 +267,49 @@ fn spawn_feed_watcher(
     std::thread::Builder::new()
         .name("callsign-sqlite-feed".into())
         .spawn(move || {
-            let mut last = (0i64, -1i64);
+            let mut version = 0i64;
+            let mut heads: Option<HashMap<String, i64>> = None;
             while watching.load(Ordering::Acquire) {
                 std::thread::sleep(FEED_WATCH);
-                let version: i64 = conn
+                let now: i64 = conn
                     .query_row("PRAGMA data_version", [], |r| r.get(0))
-                    .unwrap_or(last.0);
-                if version == last.0 {
+                    .unwrap_or(version);
+                if now == version {
                     continue;
                 }
-                let heads: i64 = conn
-                    .query_row(
-                        "SELECT coalesce(sum(seq), 0) FROM revocation_heads",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap_or(last.1);
-                if heads != last.1 && last.1 >= 0 {
-                    signal.bump();
+                version = now;
+                let Some(current) = feed_heads(&conn) else {
+                    continue;
+                };
+                // Each resource whose head moved: only its waiters read again.
+                let moved = heads.iter().flat_map(|before| {
+                    current
+                        .iter()
+                        .filter(move |(r, seq)| before.get(*r) != Some(*seq))
+                        .map(|(r, _)| r)
+                });
+                for resource in moved {
+                    match ResourceId::parse(resource) {
+                        Ok(id) => signal.bump_resource(id),
+                        Err(_) => signal.bump(),
+                    }
                 }
-                last = (version, heads);
+                heads = Some(current);
             }
         })
         .map(drop)
         .map_err(|e| StoreError::backend("cannot start the feed watcher thread").caused_by(e))
+}
+
+/// Every resource's feed head, or `None` when they cannot be read now.
+fn feed_heads(conn: &Connection) -> Option<HashMap<String, i64>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT resource_id, seq FROM revocation_heads")
+        .ok()?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .ok()?;
+    rows.collect::<Result<_, _>>().ok()
 }
 
 /// A new access key for a resource's slot, in its stored form, and whether to revoke every token
@@ -789,13 +811,13 @@ fn writer_loop(
                 }
             }
         }
-        let feeds = batch.iter().any(Job::writes_feed);
+        let feeds: Vec<ResourceId> = batch.iter().filter_map(Job::feed_resource).collect();
         if run_batch(&mut conn, batch, &touched, &health) {
             last_check = Instant::now();
         }
-        if feeds {
-            // Committed or not, waiters read again: a spurious wake costs one read.
-            signal.bump();
+        // Committed or not, those resources' waiters read again: a spurious wake costs a read.
+        for resource in feeds {
+            signal.bump_resource(resource);
         }
         // Token times are written at most once a second, whatever the write load.
         if last_flush.elapsed() >= TOUCH_FLUSH {
@@ -2670,6 +2692,10 @@ impl RevocationFeed for SqliteStore {
 
     fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.signal.subscribe()
+    }
+
+    fn feed_version(&self, resource: ResourceId) -> crate::FeedVersion {
+        self.signal.version(resource)
     }
 }
 

@@ -370,8 +370,8 @@ const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 /// One step of the loop: load the snapshot when there is no cursor, else one long poll. A long
 /// poll refused with 503 (the node's waiting places are taken) falls back to a poll that does
 /// not wait, which the node never refuses so: the follower keeps in contact, one second behind
-/// at most. Answers how long to pause before the next step.
-async fn step(feed: &Feed, shared: &Shared) -> Result<Duration, FeedError> {
+/// at most.
+async fn step(feed: &Feed, shared: &Shared) -> Result<Step, FeedError> {
     let cursor = shared
         .cursor
         .lock()
@@ -383,23 +383,31 @@ async fn step(feed: &Feed, shared: &Shared) -> Result<Duration, FeedError> {
             *shared.table.write().unwrap_or_else(|e| e.into_inner()) = table;
             *shared.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
             shared.snapshots.fetch_add(1, Ordering::Relaxed);
-            Duration::ZERO
+            Step::Snapshot
         }
         Some(after) => match feed.poll(&after, shared.config.wait_secs()).await {
             Ok(page) => {
                 apply_page(shared, &page);
-                Duration::ZERO
+                Step::Polled(Duration::ZERO)
             }
             Err(FeedError::Status(503)) => {
                 let page = feed.poll(&after, 0).await?;
                 apply_page(shared, &page);
-                REFUSED_PAUSE
+                Step::Polled(REFUSED_PAUSE)
             }
             Err(e) => return Err(e),
         },
     };
     shared.touch();
     Ok(pause)
+}
+
+/// What a step did.
+enum Step {
+    /// Loaded the snapshot.
+    Snapshot,
+    /// Polled the feed; pause this long before the next poll.
+    Polled(Duration),
 }
 
 fn apply_page(shared: &Shared, page: &FeedPage) {
@@ -415,7 +423,10 @@ async fn run(feed: Feed, shared: Arc<Shared>) {
     let mut delay = first;
     loop {
         match step(&feed, &shared).await {
-            Ok(pause) => {
+            // The backoff is kept across a snapshot: only a poll that answers shows the cursor
+            // is good again (a server answering every poll with 410 is reloaded ever slower).
+            Ok(Step::Snapshot) => {}
+            Ok(Step::Polled(pause)) => {
                 delay = first;
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;

@@ -313,6 +313,9 @@ async fn a_cursor_older_than_the_retention_is_gone_and_the_snapshot_resyncs(back
     );
     assert!(snap.body.get("nextLink").is_none());
     let cursor = snap.body["cursor"].as_str().expect("cursor").to_owned();
+    // Back to the time events are stamped with (the system's), or the pruner, a day ahead,
+    // would take the next event as soon as it is written.
+    clock.advance(time::Duration::hours(-25));
     revoke(&app, &c).await;
     let r = feed(&app, &format!("&after={cursor}")).await;
     assert_eq!(
@@ -391,10 +394,80 @@ async fn shutdown_ends_open_long_polls_and_streams_promptly(backend: Backend) {
     assert!(ended.is_ok(), "the stream ended");
 }
 
+/// More events than one page (1,000) behind a stream, and waiters of another resource: the
+/// stream delivers every event in order, and another resource's events wake no one here into
+/// a wrong answer.
+async fn a_stream_delivers_more_than_a_page_and_other_resources_stay_apart(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let resource = ResourceId::parse(&app.resource_id).expect("guid");
+    let (_, other) = app.add_resource("other", None).await;
+    let other_start = position(&other).await;
+    let mut other_stream = open_stream(&other, "").await;
+    let mut ids = Vec::new();
+    for _ in 0..1100 {
+        let new = callsign_store::NewIdentity {
+            id: callsign_core::IdentityId::new_random(resource),
+            custom_id: None,
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        let created = app
+            .store
+            .create_identity(new, &Actor::operator())
+            .await
+            .expect("create");
+        ids.push(created.identity.id.to_string());
+    }
+    let start = position(&app).await;
+    // Open before the events: they arrive as one commit, more than a page, while it waits.
+    let mut stream = open_stream(&app, &format!("&after={start}")).await;
+    let revoked = app
+        .store
+        .replace_access_key(
+            resource,
+            KeySlot::Secondary,
+            AccessKey::generate(),
+            true,
+            &Actor::operator(),
+        )
+        .await
+        .expect("replace");
+    assert_eq!(revoked, Some(1100));
+    let got = sse_events(&mut stream, 1100).await;
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|(_, e)| {
+            assert_eq!(e["kind"], "revoked");
+            e["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "every identity once");
+    // The other resource saw none of it: its feed and its stream are still empty.
+    let r = feed(&other, &format!("&after={other_start}&wait=1")).await;
+    assert_eq!(r.body["events"], serde_json::json!([]));
+    let quiet = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            let chunk = other_stream.chunk().await.expect("read").expect("open");
+            if std::str::from_utf8(&chunk)
+                .expect("utf-8")
+                .contains("data:")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "no event reached another resource's stream");
+    drop((stream, other_stream));
+    app.stop().await;
+}
+
 on_every_backend!(
     events_come_in_commit_order_without_history,
     a_long_poll_wakes_on_a_revoke_and_otherwise_waits_its_time,
     a_stream_delivers_revokes_and_deletes_with_usable_ids,
+    a_stream_delivers_more_than_a_page_and_other_resources_stay_apart,
     the_verify_only_key_reads_its_own_resource_only,
     wait_bounds_and_bad_cursors_are_refused,
     a_cursor_older_than_the_retention_is_gone_and_the_snapshot_resyncs,
