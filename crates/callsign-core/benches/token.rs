@@ -14,7 +14,12 @@ const ALGORITHMS: [Algorithm; 3] = [Algorithm::Es256, Algorithm::EdDsa, Algorith
 
 fn issuer(alg: Algorithm) -> TokenIssuer {
     let key = SigningKey::generate(alg).expect("key");
-    TokenIssuer::new(key, "urn:callsign:bench", "local").expect("issuer")
+    TokenIssuer::new(
+        key,
+        callsign_core::token::Issuer::Fixed("urn:callsign:bench".into()),
+        "local",
+    )
+    .expect("issuer")
 }
 
 fn benches(c: &mut Criterion) {

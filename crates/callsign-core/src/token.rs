@@ -497,18 +497,40 @@ impl fmt::Debug for IssuedToken {
     }
 }
 
+/// The `iss` claim of issued tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issuer {
+    /// `urn:callsign:<resourceId>` of the token's own resource (the default): a verifier of
+    /// one resource pins its issuer and refuses other resources' tokens by it.
+    PerResource,
+    /// The same for every resource (`serve --issuer`).
+    Fixed(String),
+}
+
+impl Issuer {
+    /// The `iss` of a token of `resource`.
+    pub fn for_resource(&self, resource: crate::ResourceId) -> String {
+        match self {
+            Issuer::PerResource => format!("urn:callsign:{resource}"),
+            Issuer::Fixed(iss) => iss.clone(),
+        }
+    }
+}
+
 /// Issues tokens with one signing key, for one issuer and location.
 #[derive(Debug)]
 pub struct TokenIssuer {
     key: SigningKey,
-    issuer: String,
+    issuer: Issuer,
     location: String,
 }
 
 impl TokenIssuer {
     /// Checks that `issuer` and `location` are token-safe.
-    pub fn new(key: SigningKey, issuer: &str, location: &str) -> Result<Self, UnsafeClaim> {
-        if !is_token_safe(issuer) {
+    pub fn new(key: SigningKey, issuer: Issuer, location: &str) -> Result<Self, UnsafeClaim> {
+        if let Issuer::Fixed(iss) = &issuer
+            && !is_token_safe(iss)
+        {
             return Err(UnsafeClaim("the issuer"));
         }
         if !is_token_safe(location) || location.is_empty() {
@@ -516,7 +538,7 @@ impl TokenIssuer {
         }
         Ok(Self {
             key,
-            issuer: issuer.to_owned(),
+            issuer,
             location: location.to_owned(),
         })
     }
@@ -526,8 +548,8 @@ impl TokenIssuer {
         &self.key
     }
 
-    /// The `iss` claim.
-    pub fn issuer(&self) -> &str {
+    /// What the `iss` claim is.
+    pub fn issuer(&self) -> &Issuer {
         &self.issuer
     }
 
@@ -552,7 +574,7 @@ impl TokenIssuer {
             acs_scope: scopes.to_claim(),
             resource_id: identity.resource().to_string(),
             resource_location: self.location.clone(),
-            iss: self.issuer.clone(),
+            iss: self.issuer.for_resource(identity.resource()),
             sub: identity.to_string(),
             jti: jti.hyphenated().to_string(),
             epoch,
@@ -724,7 +746,7 @@ mod tests {
     fn issuer(alg: Algorithm) -> TokenIssuer {
         TokenIssuer::new(
             SigningKey::generate(alg).expect("key"),
-            "urn:callsign:test",
+            Issuer::Fixed("urn:callsign:test".into()),
             "local",
         )
         .expect("issuer")
@@ -981,10 +1003,12 @@ mod tests {
     #[test]
     fn unsafe_configuration_is_refused() {
         let key = || SigningKey::generate(Algorithm::EdDsa).expect("key");
-        assert!(TokenIssuer::new(key(), "https://x/?a", "local").is_err());
-        assert!(TokenIssuer::new(key(), "iss", "nörd").is_err());
-        assert!(TokenIssuer::new(key(), "iss", "").is_err());
-        assert!(TokenIssuer::new(key(), "https://callsign.example/", "westeurope").is_ok());
+        let fixed = |iss: &str| Issuer::Fixed(iss.into());
+        assert!(TokenIssuer::new(key(), fixed("https://x/?a"), "local").is_err());
+        assert!(TokenIssuer::new(key(), fixed("iss"), "nörd").is_err());
+        assert!(TokenIssuer::new(key(), fixed("iss"), "").is_err());
+        assert!(TokenIssuer::new(key(), fixed("https://callsign.example/"), "westeurope").is_ok());
+        assert!(TokenIssuer::new(key(), Issuer::PerResource, "local").is_ok());
     }
 
     #[test]

@@ -93,7 +93,12 @@ static VERIFIER: LazyLock<TokenVerifier> =
     LazyLock::new(|| TokenVerifier::new([KEY.verifying_key()]));
 static ISSUER: LazyLock<TokenIssuer> = LazyLock::new(|| {
     let key = SigningKey::from_pkcs8(Algorithm::Es256, KEY.pkcs8_der()).expect("same key");
-    TokenIssuer::new(key, "https://callsign.test", "unitedstates").expect("issuer")
+    TokenIssuer::new(
+        key,
+        callsign_core::token::Issuer::Fixed("https://callsign.test".into()),
+        "unitedstates",
+    )
+    .expect("issuer")
 });
 
 /// Token-shaped text: base64url segments of JSON headers naming our `kid` or not.

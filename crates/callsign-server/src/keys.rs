@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use callsign_core::token::{Algorithm, SigningKey, TokenIssuer, TokenVerifier, VerifyingKey};
+use callsign_core::token::{
+    Algorithm, Issuer, SigningKey, TokenIssuer, TokenVerifier, VerifyingKey,
+};
 use callsign_core::{Clock, ExpiresIn};
 use callsign_store::{Actor, KeyRotation, Rotation, SigningKeyStore, StoreError, StoredSigningKey};
 use time::OffsetDateTime;
@@ -198,7 +200,7 @@ impl KeySet {
 #[derive(Debug, Clone)]
 pub(crate) struct Signer {
     pub(crate) alg: Algorithm,
-    pub(crate) issuer: String,
+    pub(crate) issuer: Issuer,
     pub(crate) location: String,
     /// Scheduled rotation period (`--signing-key-rotation`), if any.
     pub(crate) rotation: Option<Duration>,
@@ -347,7 +349,7 @@ fn build(
     }
     keys.sort_by_key(|k| k.kid() != active.kid());
     let jwks = serde_json::to_vec(&jwks_document(&keys)).context("cannot publish the keys")?;
-    let issuer = TokenIssuer::new(active, &signer.issuer, &signer.location)?;
+    let issuer = TokenIssuer::new(active, signer.issuer.clone(), &signer.location)?;
     Ok(KeySet {
         kids: keys.iter().map(|k| k.kid().to_owned()).collect(),
         verifier: TokenVerifier::new(keys),
@@ -447,7 +449,7 @@ mod tests {
         let (new, old) = (stored[0].kid.clone(), stored[1].kid.clone());
         let signer = Signer {
             alg: Algorithm::Es256,
-            issuer: "urn:test".into(),
+            issuer: Issuer::Fixed("urn:test".into()),
             location: "local".into(),
             rotation: None,
             refresh_every: Duration::from_secs(30),

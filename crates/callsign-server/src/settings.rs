@@ -29,7 +29,8 @@ pub struct Settings {
     pub signing_alg: Algorithm,
     /// The `resourceLocation` claim.
     pub location: String,
-    /// The `iss` claim; defaults to `urn:callsign:<resourceId>`.
+    /// The `iss` claim of every resource's tokens; by default `urn:callsign:<resourceId>` of
+    /// each token's own resource.
     pub issuer: Option<String>,
     /// Extra `host[:port]` values clients may sign (a proxy's public name).
     pub public_hosts: Vec<String>,

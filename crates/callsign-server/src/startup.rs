@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use callsign_api::connection_string;
+use callsign_core::token::Issuer;
 use callsign_core::{Clock, ResourceId, SystemClock};
 use callsign_store::{
     Database, KeyMaterialStore, KeyProtection, PostgresOptions, ResourceRecord, Store,
@@ -76,7 +77,7 @@ impl Application {
             issuer: settings
                 .issuer
                 .clone()
-                .unwrap_or_else(|| format!("urn:callsign:{}", resource.id)),
+                .map_or(Issuer::PerResource, Issuer::Fixed),
             location: settings.location.clone(),
             rotation: settings.signing_key_rotation,
             refresh_every: settings.key_refresh,

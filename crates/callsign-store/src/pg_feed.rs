@@ -97,8 +97,9 @@ pub(crate) async fn write_event(
 /// time in ms if it needs one) that returns `id, resource_id, revocation_epoch` of each row it
 /// changed, and writes one feed event of `kind` per row, all in one statement: the events are
 /// numbered over exactly the rows changed (a separate count would race identities created
-/// between two statements). `also` adds CTEs over `changed` (a tombstone insert, say). Returns
-/// how many rows changed.
+/// between two statements). `also` adds CTEs over `changed` (a tombstone insert, say). The
+/// statement should lock its rows in id order (`WHERE id IN (SELECT … ORDER BY id FOR UPDATE)`),
+/// as the token-time flush does, so the two never deadlock. Returns how many rows changed.
 pub(crate) async fn change_with_events(
     tx: &impl GenericClient,
     resource: &str,

@@ -644,10 +644,15 @@ async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
         let client = pool.get().await.map_err(pool_error)?;
         client
             .execute(
-                "UPDATE callsign_identities AS i
+                // Rows locked in id order, as the bulk revoke and delete lock them: the two
+                // never deadlock.
+                "WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS t(id, at)),
+                 locked AS (
+                   SELECT i.id FROM callsign_identities AS i JOIN t ON i.id = t.id
+                   ORDER BY i.id FOR UPDATE OF i)
+                 UPDATE callsign_identities AS i
                  SET last_token_issued_at_ms = GREATEST(COALESCE(i.last_token_issued_at_ms, 0), t.at)
-                 FROM unnest($1::text[], $2::bigint[]) AS t(id, at)
-                 WHERE i.id = t.id",
+                 FROM t WHERE i.id = t.id AND i.id IN (SELECT id FROM locked)",
                 &[&ids, &times],
             )
             .await
@@ -1182,7 +1187,9 @@ impl ResourceStore for PostgresStore {
             &tx,
             &id,
             RevocationKind::Deleted,
-            "DELETE FROM callsign_identities WHERE resource_id = $1::TEXT
+            "DELETE FROM callsign_identities WHERE id IN (
+               SELECT id FROM callsign_identities WHERE resource_id = $1::TEXT
+               ORDER BY id FOR UPDATE)
              RETURNING id, resource_id, revocation_epoch",
             "tombstones AS (
                INSERT INTO callsign_identity_tombstones
@@ -1240,7 +1247,10 @@ impl ResourceStore for PostgresStore {
                 &id,
                 RevocationKind::Revoked,
                 "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1
-                 WHERE resource_id = $1::TEXT RETURNING id, resource_id, revocation_epoch",
+                 WHERE id IN (
+                   SELECT id FROM callsign_identities WHERE resource_id = $1::TEXT
+                   ORDER BY id FOR UPDATE)
+                 RETURNING id, resource_id, revocation_epoch",
                 "",
             )
             .await?

@@ -20,7 +20,12 @@ fn bench(c: &mut Criterion) {
     for alg in [Algorithm::Es256, Algorithm::EdDsa, Algorithm::Rs256] {
         let key = SigningKey::generate(alg).expect("key");
         let keys: HashMap<String, _> = [(key.kid().to_owned(), key.verifying_key())].into();
-        let issuer = TokenIssuer::new(key, &policy.issuer, "local").expect("issuer");
+        let issuer = TokenIssuer::new(
+            key,
+            callsign_core::token::Issuer::Fixed(policy.issuer.clone()),
+            "local",
+        )
+        .expect("issuer");
         let id = IdentityId::new_random(resource);
         let scopes = Scopes::parse(["chat", "voip"], true).expect("scopes");
         let token = issuer

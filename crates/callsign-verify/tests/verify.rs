@@ -455,3 +455,33 @@ async fn the_layer_and_the_extractor_answer_401_403_or_hand_over_the_claims() {
         assert_eq!(ok.text().await.expect("text"), chat_id);
     }
 }
+
+#[tokio::test]
+async fn each_resource_signs_with_its_own_issuer_which_its_verifier_expects() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (second, client) = app.add_resource("second", None).await;
+    let id = client.create_user().await;
+    let reply = client.issue(&id, &["chat"]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let theirs = reply.body["token"].as_str().expect("token").to_owned();
+    let (_, payload) = header_and_payload(&theirs);
+    assert_eq!(payload["iss"], format!("urn:callsign:{}", second.id));
+    // The second resource's verifier with its defaults accepts it...
+    let own = Verifier::builder(app.endpoint.parse().expect("url"), second.id)
+        .http_client(app.client.clone())
+        .build()
+        .expect("v");
+    let claims = own.verify(&theirs).await.expect("verifies");
+    assert_eq!(claims.identity.to_string(), id);
+    // ...the default resource's refuses it by its issuer.
+    assert_eq!(
+        verifier_for(&app).build().expect("v").verify(&theirs).await,
+        Err(VerifyError::WrongIssuer)
+    );
+    // And the default resource's tokens keep their own issuer.
+    let (_, mine) = token(&app, &["chat"]).await;
+    assert_eq!(
+        header_and_payload(&mine).1["iss"],
+        format!("urn:callsign:{}", app.resource_id)
+    );
+}

@@ -200,7 +200,8 @@ pub struct ServeArgs {
     /// The resourceLocation claim [default: local].
     #[arg(long, env = "CALLSIGN_LOCATION")]
     pub location: Option<String>,
-    /// The iss claim [default: urn:callsign:<resourceId>].
+    /// The iss claim of every resource's tokens [default: urn:callsign:<resourceId>, each
+    /// token's own resource].
     #[arg(long, env = "CALLSIGN_ISSUER")]
     pub issuer: Option<String>,
     /// A host[:port] clients may sign besides the one they connect to, e.g. a proxy's public
