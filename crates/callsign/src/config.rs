@@ -324,15 +324,57 @@ impl LimitArgs {
     }
 
     fn apply(self, settings: &mut Settings) -> anyhow::Result<()> {
+        self.apply_deadlines(&mut settings.limits)?;
+        let l = &mut settings.limits;
+        if let Some(n) = self.max_head_bytes {
+            if !(4096..=1024 * 1024).contains(&n) {
+                bail!("--max-head-bytes must be between 4096 and 1048576");
+            }
+            l.max_head_bytes = n;
+        }
+        if let Some(n) = self.max_headers {
+            if !(16..=1000).contains(&n) {
+                bail!("--max-headers must be between 16 and 1000");
+            }
+            l.max_headers = n;
+        }
+        if let Some(n) = at_least_one(self.h2_max_streams, "h2-max-streams")? {
+            l.h2_max_concurrent_streams = n;
+        }
+        if let Some(n) = at_least_one(self.max_connections, "max-connections")? {
+            l.max_connections = Some(n);
+        }
+        let per_address = self.max_connections_per_address;
+        if let Some(n) = at_least_one(per_address, "max-connections-per-address")? {
+            l.max_connections_per_address = n;
+        }
+        let feed = &mut settings.revocation_feed;
+        if let Some(n) = at_least_one(self.max_feed_waiting, "max-feed-waiting")? {
+            feed.max_waiting = n;
+        }
+        let per_address = self.max_feed_waiting_per_address;
+        if let Some(n) = at_least_one(per_address, "max-feed-waiting-per-address")? {
+            feed.max_waiting_per_address = n;
+        }
+        let per_resource = self.max_feed_waiting_per_resource;
+        if let Some(n) = at_least_one(per_resource, "max-feed-waiting-per-resource")? {
+            feed.max_waiting_per_resource = n;
+        }
+        if let Some(spec) = self.throttle {
+            settings.throttle = callsign_server::ThrottleConfig::parse(&spec)?;
+        }
+        if let Some(n) = self.auth_failures_per_minute {
+            settings.auth_failures_per_minute = n;
+        }
+        Ok(())
+    }
+
+    /// The connection and request deadlines, in whole seconds, each at least 1.
+    fn apply_deadlines(&self, l: &mut callsign_server::ConnectionLimits) -> anyhow::Result<()> {
         use std::time::Duration;
         let secs = |v: Option<u64>, name: &str, default: Duration| -> anyhow::Result<Duration> {
-            match v {
-                None => Ok(default),
-                Some(0) => bail!("--{name} must be at least 1"),
-                Some(n) => Ok(Duration::from_secs(n)),
-            }
+            Ok(at_least_one(v, name)?.map_or(default, Duration::from_secs))
         };
-        let l = &mut settings.limits;
         l.idle_timeout = secs(self.idle_timeout_secs, "idle-timeout-secs", l.idle_timeout)?;
         l.header_timeout = secs(
             self.header_timeout_secs,
@@ -350,62 +392,18 @@ impl LimitArgs {
             "tls-handshake-timeout-secs",
             l.tls_handshake_timeout,
         )?;
-        if let Some(n) = self.max_head_bytes {
-            if !(4096..=1024 * 1024).contains(&n) {
-                bail!("--max-head-bytes must be between 4096 and 1048576");
-            }
-            l.max_head_bytes = n;
-        }
-        if let Some(n) = self.max_headers {
-            if !(16..=1000).contains(&n) {
-                bail!("--max-headers must be between 16 and 1000");
-            }
-            l.max_headers = n;
-        }
-        if let Some(n) = self.h2_max_streams {
-            if n == 0 {
-                bail!("--h2-max-streams must be at least 1");
-            }
-            l.h2_max_concurrent_streams = n;
-        }
-        if let Some(n) = self.max_connections {
-            if n == 0 {
-                bail!("--max-connections must be at least 1");
-            }
-            l.max_connections = Some(n);
-        }
-        if let Some(n) = self.max_connections_per_address {
-            if n == 0 {
-                bail!("--max-connections-per-address must be at least 1");
-            }
-            l.max_connections_per_address = n;
-        }
-        let feed = &mut settings.revocation_feed;
-        if let Some(n) = self.max_feed_waiting {
-            if n == 0 {
-                bail!("--max-feed-waiting must be at least 1");
-            }
-            feed.max_waiting = n;
-        }
-        if let Some(n) = self.max_feed_waiting_per_address {
-            if n == 0 {
-                bail!("--max-feed-waiting-per-address must be at least 1");
-            }
-            feed.max_waiting_per_address = n;
-        }
-        if let Some(n) = self.max_feed_waiting_per_resource {
-            if n == 0 {
-                bail!("--max-feed-waiting-per-resource must be at least 1");
-            }
-            feed.max_waiting_per_resource = n;
-        }
-        if let Some(spec) = self.throttle {
-            settings.throttle = callsign_server::ThrottleConfig::parse(&spec)?;
-        }
-        if let Some(n) = self.auth_failures_per_minute {
-            settings.auth_failures_per_minute = n;
-        }
         Ok(())
+    }
+}
+
+/// `value` unless it is 0, which `--name` refuses.
+fn at_least_one<T: PartialEq + From<u8>>(
+    value: Option<T>,
+    name: &str,
+) -> anyhow::Result<Option<T>> {
+    match value {
+        Some(n) if n == T::from(0) => bail!("--{name} must be at least 1"),
+        value => Ok(value),
     }
 }
 
