@@ -147,17 +147,19 @@ async fn revoke(app: &TestApp, id: &str) {
     assert_eq!(app.send(Method::POST, &revoke, None).await.status, 204);
 }
 
+/// A relay to `app` and a verifier following `app`'s feed through it (quick retries), so the
+/// test can cut the verifier off or point it at a restarted server.
+async fn followed_through_relay(app: &TestApp) -> (Relay, Verifier) {
+    let relay = Relay::start(port_of(&app.endpoint)).await;
+    let endpoint = format!("https://127.0.0.1:{}/", relay.port);
+    let v = verifier_at(app, &endpoint, &app.client, quick()).await;
+    (relay, v)
+}
+
 #[tokio::test]
 async fn the_follower_resumes_from_its_cursor_across_a_server_restart_and_loses_nothing() {
     let app = spawn_app(Backend::Sqlite).await;
-    let mut relay = Relay::start(port_of(&app.endpoint)).await;
-    let v = verifier_at(
-        &app,
-        &format!("https://127.0.0.1:{}/", relay.port),
-        &app.client,
-        quick(),
-    )
-    .await;
+    let (mut relay, v) = followed_through_relay(&app).await;
     let follower = v.revocations().expect("follower");
     let (a, token_a) = token(&app).await;
     let (b, token_b) = token(&app).await;
@@ -201,14 +203,7 @@ async fn a_follower_away_longer_than_the_feed_keeps_events_resynchronises_from_t
         })
         .spawn()
         .await;
-    let mut relay = Relay::start(port_of(&app.endpoint)).await;
-    let v = verifier_at(
-        &app,
-        &format!("https://127.0.0.1:{}/", relay.port),
-        &app.client,
-        quick(),
-    )
-    .await;
+    let (mut relay, v) = followed_through_relay(&app).await;
     let follower = v.revocations().expect("follower");
     let (a, token_a) = token(&app).await;
     let (b, token_b) = token(&app).await;
