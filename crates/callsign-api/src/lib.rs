@@ -236,6 +236,63 @@ pub struct TeamsExtensionAssignment {
     pub client_ids: Option<Vec<String>>,
 }
 
+/// `PUT /access/entra/assignments/{objectId}` body, and one member of the `PATCH` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraAssignmentRequest {
+    /// The tenant of the principal (a GUID); required.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// `user`, `group`, `tenant` or `teamsResourceAccount`; required.
+    #[serde(default)]
+    pub principal_type: Option<String>,
+    /// The scopes of the tokens the principal's exchanges get (callsign extension; absent:
+    /// the trusted issuer's configured scopes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// An access assignment, as `GET`, `PUT` and `PATCH` answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraAssignment {
+    /// The principal's object id (an Entra GUID, or another provider's subject or group).
+    pub object_id: String,
+    /// The principal's tenant.
+    pub tenant_id: String,
+    /// `user`, `group`, `tenant` or `teamsResourceAccount`.
+    pub principal_type: String,
+    /// Scopes, when the assignment names them (callsign extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// One page of `GET /access/entra/assignments`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntraAssignmentPage {
+    /// The assignments, in object id order.
+    pub value: Vec<EntraAssignment>,
+    /// The URL of the next page (path and query), when there is one.
+    #[serde(rename = "nextLink", default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
+
+impl EntraAssignmentPage {
+    /// The query parameter carrying a page size.
+    pub const MAX_PAGE_SIZE_PARAMETER: &str = "maxpagesize";
+    /// The query parameter carrying where the next page starts.
+    pub const CONTINUATION_PARAMETER: &str = "continuationToken";
+    /// Page size when none is asked for.
+    pub const DEFAULT_PAGE_SIZE: u32 = 100;
+    /// Largest page size.
+    pub const MAX_PAGE_SIZE: u32 = 1000;
+}
+
+/// The `PATCH /access/entra/assignments` body (JSON merge patch): object id to assignment, or
+/// to `null` to delete it. The answer maps each object id put to its assignment.
+pub type EntraAssignmentPatch =
+    std::collections::BTreeMap<String, Option<EntraAssignmentRequest>>;
+
 /// `POST /tokens/:introspect` body (callsign extension).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntrospectRequest {

@@ -39,15 +39,30 @@ fn parse_guid(s: &str) -> Option<Uuid> {
     Uuid::try_parse(s).ok()
 }
 
-/// A communication user id: `8:acs:<resourceGuid>_<userGuid>`.
+/// A communication user id: `8:acs:<resourceGuid>_<userGuid>`, or for a user of a trusted
+/// identity provider (a workforce identity, created by a token exchange)
+/// `8:acs:<resourceGuid>_wf_<tenantGuid>_<objectGuid>`.
 ///
-/// Exactly one `_`, no `:` after the prefix, ASCII only, so that every SDK parses it as a
-/// communication user (a second `_` makes the JS SDK read a Teams extension user).
+/// An ordinary id has exactly one `_` and no `:` after the prefix, ASCII only, so that every SDK
+/// parses it as a communication user (a second `_` makes the JS SDK read a Teams extension
+/// user); a workforce id has the shape ACS gives Entra users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentityId {
     resource: ResourceId,
-    user: Uuid,
+    user: UserPart,
 }
+
+/// What follows the resource in an identity id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum UserPart {
+    /// A created identity's own GUID.
+    Random(Uuid),
+    /// A workforce user: the tenant and the object id within it.
+    Workforce { tenant: Uuid, object: Uuid },
+}
+
+/// The marker between the resource and the tenant of a workforce id.
+const WORKFORCE: &str = "wf_";
 
 /// Why a string is not one of our identity ids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +84,24 @@ impl IdentityId {
     pub fn new_random(resource: ResourceId) -> Self {
         Self {
             resource,
-            user: Uuid::new_v4(),
+            user: UserPart::Random(Uuid::new_v4()),
+        }
+    }
+
+    /// The workforce identity of `object` in `tenant` (`8:acs:<resource>_wf_<tenant>_<object>`):
+    /// the same pair always gives the same id.
+    pub fn workforce(resource: ResourceId, tenant: Uuid, object: Uuid) -> Self {
+        Self {
+            resource,
+            user: UserPart::Workforce { tenant, object },
+        }
+    }
+
+    /// The tenant and object of a workforce identity.
+    pub fn workforce_parts(&self) -> Option<(Uuid, Uuid)> {
+        match self.user {
+            UserPart::Workforce { tenant, object } => Some((tenant, object)),
+            UserPart::Random(_) => None,
         }
     }
 
@@ -90,7 +122,16 @@ impl IdentityId {
     fn parse_suffix(rest: &str) -> Result<Self, IdError> {
         let (resource, user) = rest.split_once('_').ok_or(IdError::Malformed)?;
         let resource = parse_guid(resource).ok_or(IdError::Malformed)?;
-        let user = parse_guid(user).ok_or(IdError::Malformed)?;
+        let user = match user.strip_prefix(WORKFORCE) {
+            Some(pair) => {
+                let (tenant, object) = pair.split_once('_').ok_or(IdError::Malformed)?;
+                UserPart::Workforce {
+                    tenant: parse_guid(tenant).ok_or(IdError::Malformed)?,
+                    object: parse_guid(object).ok_or(IdError::Malformed)?,
+                }
+            }
+            None => UserPart::Random(parse_guid(user).ok_or(IdError::Malformed)?),
+        };
         Ok(Self {
             resource: ResourceId(resource),
             user,
@@ -104,13 +145,24 @@ impl IdentityId {
 
     /// The `skypeid` claim: the raw id without its `8:` prefix.
     pub fn skype_id(&self) -> String {
-        format!("acs:{}_{}", self.resource, self.user.hyphenated())
+        self.to_string()[2..].to_owned()
     }
 }
 
 impl fmt::Display for IdentityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{}_{}", self.resource, self.user.hyphenated())
+        match self.user {
+            UserPart::Random(user) => {
+                write!(f, "{PREFIX}{}_{}", self.resource, user.hyphenated())
+            }
+            UserPart::Workforce { tenant, object } => write!(
+                f,
+                "{PREFIX}{}_{WORKFORCE}{}_{}",
+                self.resource,
+                tenant.hyphenated(),
+                object.hyphenated()
+            ),
+        }
     }
 }
 
@@ -174,6 +226,38 @@ mod tests {
             assert_eq!(IdentityId::parse(&raw), Ok(id));
             assert_eq!(id.resource(), r);
             assert_eq!(format!("8:{}", id.skype_id()), raw);
+        }
+    }
+
+    #[test]
+    fn workforce_ids_have_the_entra_shape_and_round_trip() {
+        let raw = "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_wf_c70d068c-2f32-484d-9455-73070cd5aadd_b27b64b9-39d2-44a3-869d-67700b74e805";
+        let id = IdentityId::parse(raw).expect("parses");
+        assert_eq!(id.to_string(), raw);
+        assert_eq!(format!("8:{}", id.skype_id()), raw);
+        let (tenant, object) = id.workforce_parts().expect("workforce");
+        assert_eq!(IdentityId::workforce(id.resource(), tenant, object), id);
+        assert_eq!(
+            IdentityId::parse(
+                &raw.to_ascii_uppercase()
+                    .replace("8:ACS:", "8:acs:")
+                    .replace("_WF_", "_wf_")
+            ),
+            Ok(id),
+            "GUIDs in either case"
+        );
+        assert!(
+            IdentityId::new_random(id.resource())
+                .workforce_parts()
+                .is_none()
+        );
+        for bad in [
+            "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_wf_c70d068c-2f32-484d-9455-73070cd5aadd",
+            "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_wf__b27b64b9-39d2-44a3-869d-67700b74e805",
+            "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_WF_c70d068c-2f32-484d-9455-73070cd5aadd_b27b64b9-39d2-44a3-869d-67700b74e805",
+            "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_wf_c70d068c-2f32-484d-9455-73070cd5aadd_b27b64b9-39d2-44a3-869d-67700b74e805_x",
+        ] {
+            assert_eq!(IdentityId::parse(bad), Err(IdError::Malformed), "{bad}");
         }
     }
 

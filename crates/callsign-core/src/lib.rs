@@ -15,6 +15,7 @@
 //! assert!(scopes.contains(Scope::Voip));
 //! ```
 
+mod access;
 mod assignment;
 mod clock;
 mod expiry;
@@ -24,6 +25,7 @@ mod resource;
 mod scope;
 pub mod token;
 
+pub use access::{AccessAssignment, AccessPrincipalType, ObjectId, ObjectIdError};
 pub use assignment::{MAX_CLIENT_IDS, PrincipalType, TeamsAssignment, parse_guid};
 pub use clock::{Clock, FixedClock, SystemClock, format_expires_on};
 pub use expiry::{ExpiresIn, ExpiresInError};

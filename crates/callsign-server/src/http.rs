@@ -430,6 +430,7 @@ async fn handle_versioned(
         credential: auth.credential().into(),
         client: parts.extensions.get::<ClientAddr>().map(|c| c.0),
         request_id: parts.extensions.get::<RequestId>().map(|r| r.0.to_string()),
+        subject: None,
     };
     let dir = state.directory(&auth, actor);
     if let Some(class) = route.throttle_class() {

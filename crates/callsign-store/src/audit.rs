@@ -31,16 +31,20 @@ pub enum Credential {
     Operator,
     /// Background work of a server node.
     Node,
+    /// A request carrying a trusted identity provider's bearer token; the actor's subject
+    /// says whose.
+    Bearer,
 }
 
 impl Credential {
     /// Every credential, in a fixed order.
-    pub const ALL: [Credential; 5] = [
+    pub const ALL: [Credential; 6] = [
         Credential::Primary,
         Credential::Secondary,
         Credential::VerifyOnly,
         Credential::Operator,
         Credential::Node,
+        Credential::Bearer,
     ];
 
     /// The stored and exported name (camelCase).
@@ -51,6 +55,7 @@ impl Credential {
             Credential::VerifyOnly => "verifyOnly",
             Credential::Operator => "operator",
             Credential::Node => "node",
+            Credential::Bearer => "bearer",
         }
     }
 
@@ -87,7 +92,12 @@ pub struct Actor {
     pub client: Option<IpAddr>,
     /// The request id, for a request.
     pub request_id: Option<String>,
+    /// For a bearer token, whose: `<issuer>#<subject>` (at most [`MAX_SUBJECT`] bytes).
+    pub subject: Option<String>,
 }
+
+/// Longest actor subject stored; a longer one is cut (at a character boundary).
+pub const MAX_SUBJECT: usize = 400;
 
 impl Actor {
     /// An operator's command on the store.
@@ -96,6 +106,7 @@ impl Actor {
             credential: Credential::Operator,
             client: None,
             request_id: None,
+            subject: None,
         }
     }
 
@@ -105,6 +116,7 @@ impl Actor {
             credential: Credential::Node,
             client: None,
             request_id: None,
+            subject: None,
         }
     }
 }
@@ -134,11 +146,15 @@ pub enum AuditOperation {
     RetireSigningKey,
     /// A token issued (only with `serve --audit-token-issue`).
     IssueToken,
+    /// An access assignment (`/access/entra/assignments`) was created or replaced.
+    PutAccessAssignment,
+    /// An access assignment was deleted.
+    DeleteAccessAssignment,
 }
 
 impl AuditOperation {
     /// Every operation, in a fixed order.
-    pub const ALL: [AuditOperation; 11] = [
+    pub const ALL: [AuditOperation; 13] = [
         AuditOperation::CreateIdentity,
         AuditOperation::DeleteIdentity,
         AuditOperation::RevokeTokens,
@@ -150,6 +166,8 @@ impl AuditOperation {
         AuditOperation::RotateSigningKey,
         AuditOperation::RetireSigningKey,
         AuditOperation::IssueToken,
+        AuditOperation::PutAccessAssignment,
+        AuditOperation::DeleteAccessAssignment,
     ];
 
     /// The stored and exported name (camelCase).
@@ -166,6 +184,8 @@ impl AuditOperation {
             AuditOperation::RotateSigningKey => "rotateSigningKey",
             AuditOperation::RetireSigningKey => "retireSigningKey",
             AuditOperation::IssueToken => "issueToken",
+            AuditOperation::PutAccessAssignment => "putAccessAssignment",
+            AuditOperation::DeleteAccessAssignment => "deleteAccessAssignment",
         }
     }
 
@@ -306,6 +326,8 @@ pub struct AuditRecord {
     pub client: Option<IpAddr>,
     /// The request id, for a request.
     pub request_id: Option<String>,
+    /// For a bearer token, whose (`<issuer>#<subject>`).
+    pub subject: Option<String>,
     /// A few words more.
     pub detail: Option<String>,
 }

@@ -37,7 +37,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
 use callsign_core::{
-    AccessKey, CustomId, HostName, IdentityId, ResourceId, ResourceName, TeamsAssignment,
+    AccessAssignment, AccessKey, CustomId, HostName, IdentityId, ObjectId, ResourceId, ResourceName,
+    TeamsAssignment,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -893,6 +894,63 @@ pub trait AssignmentStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+/// Access assignments of trusted identity providers' principals (`/access/entra/assignments`),
+/// per resource, keyed by object id. Every change is audited (`putAccessAssignment`,
+/// `deleteAccessAssignment`, detail: the object id and principal type).
+#[async_trait]
+pub trait AccessAssignmentStore: Send + Sync {
+    /// The assignment of `object`, if any.
+    async fn get_access_assignment(
+        &self,
+        resource: ResourceId,
+        object: &ObjectId,
+    ) -> Result<Option<AccessAssignment>, StoreError>;
+
+    /// The assignments of those of `objects` that have one (at most 256 objects are asked at
+    /// once: a user, their groups and their tenant), in object id order.
+    async fn access_assignments_of(
+        &self,
+        resource: ResourceId,
+        objects: &[ObjectId],
+    ) -> Result<Vec<AccessAssignment>, StoreError>;
+
+    /// Up to `limit` assignments with object ids greater than `after`, in object id order
+    /// (byte order of the stored text).
+    async fn list_access_assignments(
+        &self,
+        resource: ResourceId,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<AccessAssignment>, StoreError>;
+
+    /// Creates or replaces the assignment of its object id; true when it was created. Atomic:
+    /// of two concurrent first puts exactly one reports a creation.
+    async fn put_access_assignment(
+        &self,
+        resource: ResourceId,
+        assignment: AccessAssignment,
+        actor: &Actor,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes an assignment; false when there was none.
+    async fn delete_access_assignment(
+        &self,
+        resource: ResourceId,
+        object: &ObjectId,
+        actor: &Actor,
+    ) -> Result<bool, StoreError>;
+
+    /// Puts `puts` and deletes `deletes` (absent ones are no error) in one transaction: all or
+    /// nothing. The object ids are distinct.
+    async fn patch_access_assignments(
+        &self,
+        resource: ResourceId,
+        puts: Vec<AccessAssignment>,
+        deletes: Vec<ObjectId>,
+        actor: &Actor,
+    ) -> Result<(), StoreError>;
+}
+
 /// A resource as stored: its access keys in their stored form (sealed or plain).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct StoredResource {
@@ -1111,6 +1169,7 @@ pub trait Store:
     + ResourceStore
     + SigningKeyStore
     + AssignmentStore
+    + AccessAssignmentStore
     + KeyMaterialStore
     + StoreHealth
     + AuditLog
@@ -1160,6 +1219,12 @@ pub trait BulkIdentities: Send + Sync {
     /// Every assignment of every resource, in `(resource, tenant, object)` order (export,
     /// migration).
     async fn all_assignments(&self) -> Result<Vec<(ResourceId, TeamsAssignment)>, StoreError>;
+
+    /// Every access assignment of every resource, in `(resource, object)` order (export,
+    /// migration).
+    async fn all_access_assignments(
+        &self,
+    ) -> Result<Vec<(ResourceId, AccessAssignment)>, StoreError>;
 
     /// Stores audit records in their order, numbered by this store, leaving out a record that is
     /// here already (the same in everything but its number), so a repeated copy adds only what
