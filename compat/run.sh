@@ -8,7 +8,7 @@
 # target/debug/callsign; a relative path is taken from the repo root). Needs python3 (3.11), node
 # (>= 20) and npm, and PyPI/npm for the first run only:
 #   * creates .venv/<name> from compat/python/requirements/<name>.txt (fully pinned, --no-deps)
-#     when missing or when the pins changed, and `npm ci` in compat/js likewise;
+#     when missing or when the pins changed, and `npm ci` in compat/js and compat/oidc likewise;
 #   * runs each pytest suite in its own venv, then the node tests; each starts its own server on
 #     127.0.0.1 (port 0, fresh temp data dir) and stops it with SIGTERM, requiring exit code 0;
 #   * prints every runner's summary and exits non-zero if anything failed (pytest's "no tests
@@ -55,15 +55,21 @@ ensure_venv() {
   echo "$want" > "$stamp"
 }
 
-ensure_node_modules() {
-  local js="$here/js" want stamp="$here/js/node_modules/.compat-lock.sha256"
+# `npm ci` in compat/<dir> when its node_modules is missing or the pins changed.
+ensure_node_modules_in() {
+  local js="$here/$1" want stamp="$here/$1/node_modules/.compat-lock.sha256"
   want="$(hash_of "$js/package.json" "$js/package-lock.json")"
   if [ -d "$js/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
-  echo "compat: npm ci in compat/js"
+  echo "compat: npm ci in compat/$1"
   (cd "$js" && npm ci --no-audit --no-fund --loglevel=error) || return 1
   echo "$want" > "$stamp"
+}
+
+# The SDK suites' packages, and the OIDC provider the Rust tests start (compat/oidc).
+ensure_node_modules() {
+  ensure_node_modules_in js && ensure_node_modules_in oidc
 }
 
 node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"

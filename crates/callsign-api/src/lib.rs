@@ -290,8 +290,7 @@ impl EntraAssignmentPage {
 
 /// The `PATCH /access/entra/assignments` body (JSON merge patch): object id to assignment, or
 /// to `null` to delete it. The answer maps each object id put to its assignment.
-pub type EntraAssignmentPatch =
-    std::collections::BTreeMap<String, Option<EntraAssignmentRequest>>;
+pub type EntraAssignmentPatch = std::collections::BTreeMap<String, Option<EntraAssignmentRequest>>;
 
 /// `POST /tokens/:introspect` body (callsign extension).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,12 +333,15 @@ pub struct Jwks {
 pub struct Jwk {
     /// `EC`, `OKP` or `RSA`.
     pub kty: String,
-    /// Key id, as in the tokens' `kid` header.
+    /// Key id, as in the tokens' `kid` header (empty when a provider's key set omits it).
+    #[serde(default)]
     pub kid: String,
-    /// `ES256`, `EdDSA` or `RS256`.
+    /// `ES256`, `EdDSA` or `RS256` (callsign always sets it; other providers' keys may omit it,
+    /// read as empty, and the key type decides).
+    #[serde(default)]
     pub alg: String,
-    /// Always `sig`.
-    #[serde(rename = "use")]
+    /// Always `sig` in callsign's key set (read as empty when absent).
+    #[serde(rename = "use", default)]
     pub use_: String,
     /// Curve (`P-256`, `Ed25519`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

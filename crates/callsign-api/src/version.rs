@@ -61,6 +61,11 @@ pub enum Operation {
     ExchangeTeamsExtensionToken,
     /// `GET`, `PUT`, `DELETE /access/teamsExtension/tenants/{tenantId}/assignments/{objectId}`.
     TeamsExtensionAssignments,
+    /// `POST /access/entra/:exchangeAccessToken`.
+    ExchangeEntraToken,
+    /// `GET`, `PATCH /access/entra/assignments`; `GET`, `PUT`, `DELETE
+    /// /access/entra/assignments/{objectId}`.
+    EntraAssignments,
 }
 
 impl ApiVersion {
@@ -119,6 +124,9 @@ impl ApiVersion {
             | Operation::RevokeAccessTokens => true,
             Operation::GetIdentity | Operation::ListIdentities => self.has_custom_id(),
             Operation::ExchangeTeamsUserToken => self >= V::V2021_10_31Preview,
+            Operation::ExchangeEntraToken | Operation::EntraAssignments => {
+                self == V::V2025_03_02Preview
+            }
             Operation::ExchangeTeamsExtensionToken | Operation::TeamsExtensionAssignments => {
                 matches!(
                     self,
@@ -269,5 +277,9 @@ mod tests {
         assert!(V::V2026_07_22.offers(Operation::TeamsExtensionAssignments));
         assert!(!V::V2025_04_01Preview.offers(Operation::TeamsExtensionAssignments));
         assert!(!V::V2023_10_01.offers(Operation::ExchangeTeamsExtensionToken));
+        assert!(V::V2025_03_02Preview.offers(Operation::ExchangeEntraToken));
+        assert!(V::V2025_03_02Preview.offers(Operation::EntraAssignments));
+        assert!(!V::V2025_06_30.offers(Operation::EntraAssignments));
+        assert!(!V::V2025_04_01Preview.offers(Operation::ExchangeEntraToken));
     }
 }

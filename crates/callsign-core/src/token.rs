@@ -339,8 +339,12 @@ impl VerifyingKey {
             }
             _ => return Err(JwkError::UnsupportedKeyType),
         };
-        if Algorithm::from_jose_name(&jwk.alg) != Some(alg) || jwk.alg != alg.jose_name() {
+        // A key without `alg` (Entra publishes them so) is pinned to its type's algorithm.
+        if !jwk.alg.is_empty() && jwk.alg != alg.jose_name() {
             return Err(JwkError::AlgorithmMismatch);
+        }
+        if !jwk.use_.is_empty() && jwk.use_ != "sig" {
+            return Err(JwkError::NotForSignatures);
         }
         Ok(Self {
             alg,
@@ -392,6 +396,9 @@ pub enum JwkError {
     /// `alg` is not the algorithm of the key type.
     #[error("alg does not match the key type")]
     AlgorithmMismatch,
+    /// `use` says the key is not for signatures (`enc`).
+    #[error("the key is not for signatures")]
+    NotForSignatures,
 }
 
 fn strip_zeros(b: &[u8]) -> Vec<u8> {
@@ -562,8 +569,22 @@ impl TokenIssuer {
         epoch: u64,
         now: OffsetDateTime,
     ) -> Result<IssuedToken, KeyError> {
+        let exp = now + time::Duration::minutes(i64::from(expires_in.minutes()));
+        self.issue_until(identity, scopes, exp, epoch, now)
+    }
+
+    /// Issues a token for `identity` at `now` that expires at `expires_at` (whole seconds; a
+    /// token exchanged for another issuer's token never outlives it).
+    pub fn issue_until(
+        &self,
+        identity: &IdentityId,
+        scopes: &Scopes,
+        expires_at: OffsetDateTime,
+        epoch: u64,
+        now: OffsetDateTime,
+    ) -> Result<IssuedToken, KeyError> {
         let iat = now.unix_timestamp();
-        let exp = iat + i64::from(expires_in.minutes()) * 60;
+        let exp = expires_at.unix_timestamp();
         let jti = Uuid::new_v4();
         let claims = Claims {
             skypeid: identity.skype_id(),
@@ -858,6 +879,17 @@ mod tests {
             assert_eq!(
                 VerifyingKey::from_jwk(&lying),
                 Err(JwkError::AlgorithmMismatch)
+            );
+            // Entra publishes keys without alg: the key type pins it.
+            let mut bare = jwk.clone();
+            bare.alg = String::new();
+            bare.use_ = String::new();
+            assert_eq!(VerifyingKey::from_jwk(&bare), Ok(key.clone()), "{alg}");
+            let mut enc = jwk.clone();
+            enc.use_ = "enc".into();
+            assert_eq!(
+                VerifyingKey::from_jwk(&enc),
+                Err(JwkError::NotForSignatures)
             );
         }
     }

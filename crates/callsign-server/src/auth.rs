@@ -12,16 +12,17 @@ use axum::http::request::Parts;
 use base64::Engine as _;
 use callsign_core::ResourceId;
 use callsign_hmac::{Authorization, content_hash, parse_date};
-use callsign_store::KeySlot;
+use callsign_store::{Credential, KeySlot};
 
 use crate::error::ApiError;
 use crate::resources::{ResourceKeys, Routing};
 
-/// Proof that a request was signed with one of a resource's access keys.
+/// Proof that a request was signed with one of a resource's access keys, or carried a bearer
+/// token of an issuer trusted for the resource.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {
     resource: ResourceId,
-    credential: KeySlot,
+    credential: Credential,
 }
 
 impl Authenticated {
@@ -30,9 +31,20 @@ impl Authenticated {
         self.resource
     }
 
-    /// Which of its keys signed the request.
-    pub fn credential(&self) -> KeySlot {
+    /// Which of its keys signed the request, or [`Credential::Bearer`].
+    pub fn credential(&self) -> Credential {
         self.credential
+    }
+
+    /// A request for `resource` whose bearer token `principal` verified (the other way to
+    /// obtain an [`Authenticated`]; which operations the principal may call is the caller's
+    /// check, by its roles).
+    pub(crate) fn bearer(resource: ResourceId, principal: &crate::oidc::Principal) -> Self {
+        debug_assert!(principal.issuer.serves(resource));
+        Self {
+            resource,
+            credential: Credential::Bearer,
+        }
     }
 }
 
@@ -77,7 +89,7 @@ impl HeadVerified {
         if content_hash(body) == self.claimed_hash {
             Ok(Authenticated {
                 resource: self.resource,
-                credential: self.credential,
+                credential: self.credential.into(),
             })
         } else {
             Err(ApiError::Denied(
@@ -482,7 +494,7 @@ mod tests {
             );
             assert!(
                 a.authenticate(&p, b"{}", now, &routing)
-                    .is_ok_and(|auth| auth.credential() == KeySlot::Secondary),
+                    .is_ok_and(|auth| auth.credential() == Credential::Secondary),
                 "{target} signed as {signed_target} on {host}/{signed_host} with {date}"
             );
         }

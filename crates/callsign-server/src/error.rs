@@ -40,6 +40,23 @@ pub enum ApiError {
     /// 401 `InvalidAccessToken`: Teams token exchange (no Entra ID here).
     #[error("Provided access token is not valid.")]
     InvalidAccessToken,
+    /// 401 `InvalidAccessToken`: a bearer token was refused, and why (503
+    /// `ServiceUnavailable` when the issuer's keys were never fetched and cannot be now).
+    #[error("Provided access token is not valid: {0}.")]
+    TokenRefused(crate::oidc::Refusal),
+    /// 403 `AuthorizationFailed`: no access assignment covers the principal.
+    #[error(
+        "No access assignment of this resource covers the token's principal (the user, one of \
+         their groups or their tenant)."
+    )]
+    NotAssigned,
+    /// 403 `AuthorizationFailed`: the bearer token lacks the role the operation needs.
+    #[error("The token lacks the role {0} that this operation needs.")]
+    MissingRole(String),
+    /// 403 `AuthorizationFailed`: the principal's identity was deleted; deleted ids are never
+    /// used again.
+    #[error("The identity of this principal was deleted and is not created again.")]
+    IdentityDeleted,
     /// 404 `IdentityNotFound`: unknown or deleted identity of this resource.
     #[error("Identity not found.")]
     IdentityNotFound,
@@ -118,10 +135,17 @@ impl ApiError {
             ApiError::Validation { .. }
             | ApiError::MissingApiVersion
             | ApiError::UnsupportedApiVersion(_) => StatusCode::BAD_REQUEST,
-            ApiError::Denied(_) | ApiError::IdentityNotOwned | ApiError::InvalidAccessToken => {
-                StatusCode::UNAUTHORIZED
+            ApiError::TokenRefused(crate::oidc::Refusal::KeysUnavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::VerifyOnly => StatusCode::FORBIDDEN,
+            ApiError::Denied(_)
+            | ApiError::IdentityNotOwned
+            | ApiError::InvalidAccessToken
+            | ApiError::TokenRefused(_) => StatusCode::UNAUTHORIZED,
+            ApiError::VerifyOnly
+            | ApiError::NotAssigned
+            | ApiError::MissingRole(_)
+            | ApiError::IdentityDeleted => StatusCode::FORBIDDEN,
             ApiError::IdentityNotFound | ApiError::AssignmentNotFound | ApiError::NotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -148,8 +172,16 @@ impl ApiError {
             ApiError::UnsupportedApiVersion(_) => ErrorCode::UnsupportedApiVersion,
             ApiError::Denied(_) => ErrorCode::Denied,
             ApiError::IdentityNotOwned => ErrorCode::IdentityNotOwned,
-            ApiError::VerifyOnly => ErrorCode::AuthorizationFailed,
-            ApiError::InvalidAccessToken => ErrorCode::InvalidAccessToken,
+            ApiError::TokenRefused(crate::oidc::Refusal::KeysUnavailable) => {
+                ErrorCode::ServiceUnavailable
+            }
+            ApiError::VerifyOnly
+            | ApiError::NotAssigned
+            | ApiError::MissingRole(_)
+            | ApiError::IdentityDeleted => ErrorCode::AuthorizationFailed,
+            ApiError::InvalidAccessToken | ApiError::TokenRefused(_) => {
+                ErrorCode::InvalidAccessToken
+            }
             ApiError::IdentityNotFound => ErrorCode::IdentityNotFound,
             ApiError::AssignmentNotFound => ErrorCode::AssignmentNotFound,
             ApiError::NotFound => ErrorCode::NotFound,
@@ -220,6 +252,15 @@ impl IntoResponse for ApiError {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("HMAC-SHA256"),
+                );
+            }
+            ApiError::TokenRefused(crate::oidc::Refusal::KeysUnavailable) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::TokenRefused(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
             ApiError::MethodNotAllowed(allow) => {

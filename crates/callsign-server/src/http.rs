@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::state::{AppState, Directory};
 use crate::throttle::OperationClass;
 use crate::version::{self, ApiVersion, Operation};
-use crate::{feed, identities, meta, teams};
+use crate::{bearer, entra, feed, identities, meta, teams};
 use callsign_store::Actor;
 
 /// The whole HTTP surface.
@@ -98,6 +98,12 @@ pub(crate) enum Route {
     AssignmentGet(String, String),
     AssignmentPut(String, String),
     AssignmentDelete(String, String),
+    EntraExchange,
+    AccessList,
+    AccessPatch,
+    AccessGet(String),
+    AccessPut(String),
+    AccessDelete(String),
     Introspect,
     Revocations,
     RevocationSnapshot,
@@ -172,6 +178,23 @@ impl Route {
                     _ => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
                 }
             }
+            ["access", "entra", ":exchangeAccessToken"] => {
+                only(Method::POST, Route::EntraExchange, "POST")
+            }
+            ["access", "entra", "assignments"] => match *method {
+                Method::GET => Ok(Route::AccessList),
+                Method::PATCH => Ok(Route::AccessPatch),
+                _ => Err(ApiError::MethodNotAllowed("GET, PATCH")),
+            },
+            ["access", "entra", "assignments", object] if !object.is_empty() => {
+                let object = decode_named(object, "objectId")?;
+                match *method {
+                    Method::GET => Ok(Route::AccessGet(object)),
+                    Method::PUT => Ok(Route::AccessPut(object)),
+                    Method::DELETE => Ok(Route::AccessDelete(object)),
+                    _ => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
+                }
+            }
             ["tokens", ":introspect"] => only(Method::POST, Route::Introspect, "POST"),
             ["revocations"] => only(Method::GET, Route::Revocations, "GET"),
             ["revocations", "snapshot"] => only(Method::GET, Route::RevocationSnapshot, "GET"),
@@ -197,6 +220,12 @@ impl Route {
             Route::AssignmentGet(..) => "assignment_get",
             Route::AssignmentPut(..) => "assignment_put",
             Route::AssignmentDelete(..) => "assignment_delete",
+            Route::EntraExchange => "entra_exchange",
+            Route::AccessList => "access_list",
+            Route::AccessPatch => "access_patch",
+            Route::AccessGet(_) => "access_get",
+            Route::AccessPut(_) => "access_put",
+            Route::AccessDelete(_) => "access_delete",
             Route::Introspect => "introspect",
             Route::Revocations => "revocations",
             Route::RevocationSnapshot => "revocation_snapshot",
@@ -223,19 +252,27 @@ impl Route {
             Route::AssignmentGet(..) | Route::AssignmentPut(..) | Route::AssignmentDelete(..) => {
                 Operation::TeamsExtensionAssignments
             }
+            Route::EntraExchange => Operation::ExchangeEntraToken,
+            Route::AccessList
+            | Route::AccessPatch
+            | Route::AccessGet(_)
+            | Route::AccessPut(_)
+            | Route::AccessDelete(_) => Operation::EntraAssignments,
         })
     }
 
     /// The throttling class, when the route has a fixed one (a create's depends on its body and
     /// is decided by its handler).
-    fn throttle_class(&self) -> Option<OperationClass> {
+    pub(crate) fn throttle_class(&self) -> Option<OperationClass> {
         Some(match self {
             Route::Delete(_) => OperationClass::Delete,
             Route::LegacyRevoke(_) | Route::Revoke(_) => OperationClass::Revoke,
             Route::LegacyIssue(_) | Route::Issue(_) => OperationClass::Issue,
-            Route::TeamsExchange | Route::TeamsExtensionExchange => OperationClass::Exchange,
+            Route::TeamsExchange | Route::TeamsExtensionExchange | Route::EntraExchange => {
+                OperationClass::Exchange
+            }
             Route::Introspect => OperationClass::Introspect,
-            Route::List => OperationClass::List,
+            Route::List | Route::AccessList => OperationClass::List,
             _ => return None,
         })
     }
@@ -247,6 +284,26 @@ impl Route {
             self,
             Route::Introspect | Route::Revocations | Route::RevocationSnapshot
         )
+    }
+
+    /// Whether a bearer token is the request's whole credential (a user's token exchange), as
+    /// opposed to a management call a bearer may make in place of a signature.
+    pub(crate) fn is_exchange(&self) -> bool {
+        matches!(self, Route::EntraExchange | Route::TeamsExtensionExchange)
+    }
+
+    /// The role a bearer token needs to call this: the narrower tokens role for what a
+    /// token-minting backend does, the admin role for everything else.
+    pub(crate) fn bearer_role<'a>(&self, issuer: &'a crate::oidc::TrustedIssuer) -> &'a str {
+        match self {
+            Route::Create
+            | Route::Get(_)
+            | Route::Issue(_)
+            | Route::LegacyIssue(_)
+            | Route::Revoke(_)
+            | Route::LegacyRevoke(_) => &issuer.tokens_role,
+            _ => &issuer.admin_role,
+        }
     }
 
     /// Whether the operation exists in `version` (the 2020 preview has its own paths for issue
@@ -411,14 +468,13 @@ async fn handle_versioned(
     body: Body,
 ) -> Result<Response, ApiError> {
     let version = version::from_query(parts.uri.query())?;
-    if route == Route::TeamsExtensionExchange && teams::is_bearer(&parts.headers) {
-        // The Teams Phone token arrives as a bearer instead of an HMAC signature. No issuer that
-        // can vouch for such tokens is configured, so it is refused as ACS refuses a token it
-        // cannot accept, before any signature work.
+    if teams::is_bearer(&parts.headers) && (route.is_exchange() || state.issuers.any()) {
+        // A bearer token instead of an HMAC signature: a user's token to exchange, or a trusted
+        // issuer's token with a management role.
         if !route.available_in(version) {
             return Err(not_in_version(version));
         }
-        return Err(ApiError::InvalidAccessToken);
+        return bearer::handle(state, route, version, parts, body).await;
     }
     let now = state.clock.now();
     let (auth, body) = authenticate(state, route.verify_only_may_call(), &parts, body, now).await?;
@@ -427,7 +483,7 @@ async fn handle_versioned(
     }
     check_content_type(&parts.headers, &body)?;
     let actor = Actor {
-        credential: auth.credential().into(),
+        credential: auth.credential(),
         client: parts.extensions.get::<ClientAddr>().map(|c| c.0),
         request_id: parts.extensions.get::<RequestId>().map(|r| r.0.to_string()),
         subject: None,
@@ -502,7 +558,7 @@ async fn authenticate(
 }
 
 /// The operation itself, on an authenticated request whose body has been read.
-async fn run(
+pub(crate) async fn run(
     state: &AppState,
     dir: &Directory<'_>,
     route: Route,
@@ -520,7 +576,14 @@ async fn run(
         Route::LegacyIssue(id) => identities::legacy_issue(dir, &id, body).await,
         Route::Issue(id) => identities::issue(dir, version, &id, body).await,
         Route::Revoke(id) => identities::revoke(dir, &id).await,
-        Route::TeamsExchange | Route::TeamsExtensionExchange => Err(ApiError::InvalidAccessToken),
+        Route::TeamsExchange => teams::exchange_teams_user(state, dir, version, body, now).await,
+        // Their credential is the user's bearer token, never a signature.
+        Route::TeamsExtensionExchange | Route::EntraExchange => Err(ApiError::InvalidAccessToken),
+        Route::AccessList => entra::list(dir, version, query).await,
+        Route::AccessPatch => entra::patch(dir, body).await,
+        Route::AccessGet(object) => entra::get(dir, &object).await,
+        Route::AccessPut(object) => entra::put(dir, &object, body).await,
+        Route::AccessDelete(object) => entra::delete(dir, &object).await,
         Route::AssignmentGet(tenant, object) => teams::get(dir, &tenant, &object).await,
         Route::AssignmentPut(tenant, object) => teams::put(dir, &tenant, &object, body).await,
         Route::AssignmentDelete(tenant, object) => teams::delete(dir, &tenant, &object).await,
@@ -542,7 +605,7 @@ pub(crate) fn not_in_version(version: ApiVersion) -> ApiError {
 
 /// Reads the (authenticated) request's body: at most `limit` bytes (413), all of it within
 /// `timeout` (408).
-async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
@@ -589,7 +652,7 @@ async fn drain(body: Body) {
 }
 
 /// A non-empty body must be declared JSON (`application/json` or `application/merge-patch+json`).
-fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
     if body.is_empty() {
         return Ok(());
     }

@@ -18,7 +18,9 @@
 
 mod audit;
 mod auth;
+mod bearer;
 mod connection;
+mod entra;
 mod error;
 mod feed;
 mod http;
@@ -26,6 +28,7 @@ mod identities;
 mod keys;
 mod listing;
 mod meta;
+pub mod oidc;
 #[cfg(test)]
 mod properties;
 mod resources;

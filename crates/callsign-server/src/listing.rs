@@ -163,7 +163,7 @@ impl RawParameters {
 
 /// A form-encoded query component: `%XX` escapes, `+` a space; `None` when the bytes are not
 /// UTF-8 (a filter silently turned into U+FFFD would list something else than asked).
-fn form_decode(raw: &str) -> Option<String> {
+pub(crate) fn form_decode(raw: &str) -> Option<String> {
     let spaced = raw.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
@@ -172,7 +172,7 @@ fn form_decode(raw: &str) -> Option<String> {
 }
 
 /// Decimal digits only (no sign, no spaces), 1 to the maximum.
-fn parse_page_size(value: &str) -> Result<u32, ApiError> {
+pub(crate) fn parse_page_size(value: &str) -> Result<u32, ApiError> {
     Some(value)
         .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u32>().ok())

@@ -63,6 +63,9 @@ pub struct Settings {
     pub signing_key_rotation: Option<Duration>,
     /// The revocation feed: retention, pruning, how many requests may wait on it.
     pub revocation_feed: crate::feed::FeedSettings,
+    /// Trusted OpenID Connect issuers, whose users may exchange their tokens and whose
+    /// role-bearing tokens may manage identities (none by default).
+    pub oidc_issuers: Vec<crate::oidc::TrustedIssuer>,
 }
 
 impl Settings {
@@ -91,6 +94,7 @@ impl Settings {
             key_refresh: crate::keys::DEFAULT_KEY_REFRESH,
             signing_key_rotation: None,
             revocation_feed: crate::feed::FeedSettings::default(),
+            oidc_issuers: Vec::new(),
         }
     }
 }

@@ -109,6 +109,7 @@ impl Application {
             audit_retention: settings.audit_retention,
             audit_token_issue: settings.audit_token_issue,
             waiters: Arc::new(crate::feed::Waiters::new(settings.revocation_feed.clone())),
+            issuers: crate::oidc::Issuers::new(settings.oidc_issuers.clone())?,
         });
         tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");
         Ok(Self {

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use callsign_core::token::IssuedToken;
 use callsign_core::{
-    Clock, CustomId, ExpiresIn, IdError, IdentityId, ResourceId, Scopes, TeamsAssignment,
+    AccessAssignment, Clock, CustomId, ExpiresIn, IdError, IdentityId, ObjectId, ResourceId,
+    Scopes, TeamsAssignment,
 };
 use callsign_store::{
     Actor, AuditEvent, AuditOperation, AuditOutcome, Created, IdentityFilter, IdentityPage,
@@ -32,6 +33,8 @@ pub struct AppState {
     pub(crate) audit_token_issue: bool,
     /// The requests waiting on the revocation feed.
     pub(crate) waiters: Arc<crate::feed::Waiters>,
+    /// The trusted OpenID Connect issuers.
+    pub(crate) issuers: crate::oidc::Issuers,
 }
 
 /// Rate-limits the warning an unavailable store gives, per request otherwise.
@@ -191,6 +194,139 @@ impl Directory<'_> {
         }
     }
 
+    /// The access assignment of `object`.
+    pub(crate) async fn access_assignment(
+        &self,
+        object: &ObjectId,
+    ) -> Result<AccessAssignment, ApiError> {
+        self.state
+            .store
+            .get_access_assignment(self.resource, object)
+            .await?
+            .ok_or(ApiError::AssignmentNotFound)
+    }
+
+    /// Up to `limit` access assignments after `after`, in object id order.
+    pub(crate) async fn access_assignments(
+        &self,
+        after: Option<&ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<AccessAssignment>, ApiError> {
+        Ok(self
+            .state
+            .store
+            .list_access_assignments(self.resource, after, limit)
+            .await?)
+    }
+
+    /// The assignments among `objects`.
+    pub(crate) async fn access_assignments_of(
+        &self,
+        objects: &[ObjectId],
+    ) -> Result<Vec<AccessAssignment>, ApiError> {
+        Ok(self
+            .state
+            .store
+            .access_assignments_of(self.resource, objects)
+            .await?)
+    }
+
+    /// Creates or replaces an access assignment; true when created.
+    pub(crate) async fn put_access_assignment(
+        &self,
+        a: AccessAssignment,
+    ) -> Result<bool, ApiError> {
+        Ok(self
+            .state
+            .store
+            .put_access_assignment(self.resource, a, &self.actor)
+            .await?)
+    }
+
+    /// Removes an access assignment, or 404.
+    pub(crate) async fn delete_access_assignment(&self, object: &ObjectId) -> Result<(), ApiError> {
+        if self
+            .state
+            .store
+            .delete_access_assignment(self.resource, object, &self.actor)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::AssignmentNotFound)
+        }
+    }
+
+    /// Puts and deletes access assignments in one transaction.
+    pub(crate) async fn patch_access_assignments(
+        &self,
+        puts: Vec<AccessAssignment>,
+        deletes: Vec<ObjectId>,
+    ) -> Result<(), ApiError> {
+        Ok(self
+            .state
+            .store
+            .patch_access_assignments(self.resource, puts, deletes, &self.actor)
+            .await?)
+    }
+
+    /// The identity `id` (a workforce id of this resource), created on first use. A deleted
+    /// one stays deleted: 403.
+    pub(crate) async fn workforce_identity(
+        &self,
+        id: IdentityId,
+    ) -> Result<IdentityRecord, ApiError> {
+        debug_assert!(self.owns(&id));
+        if let Some(found) = self.state.store.get_identity(&id).await? {
+            return Ok(found);
+        }
+        let new = NewIdentity {
+            id,
+            custom_id: None,
+            created_at: self.state.clock.now(),
+        };
+        match self.state.store.create_identity(new, &self.actor).await {
+            Ok(created) => Ok(created.identity),
+            Err(e) if e.is_unavailable() => Err(e.into()),
+            // A concurrent first exchange created it, or a tombstone keeps the id unused.
+            Err(e) => match self.state.store.get_identity(&id).await? {
+                Some(found) => Ok(found),
+                None => {
+                    tracing::debug!(error = %e, "a workforce identity was not created");
+                    Err(ApiError::IdentityDeleted)
+                }
+            },
+        }
+    }
+
+    /// Issues a token for a stored identity that expires at `expires_at` (an exchange's
+    /// token, which never outlives the token it was exchanged for).
+    pub(crate) async fn issue_until(
+        &self,
+        identity: &IdentityRecord,
+        scopes: &Scopes,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<IssuedToken, ApiError> {
+        let now = self.state.clock.now();
+        let token = self
+            .state
+            .keys
+            .with_issuer(|issuer| {
+                issuer.issue_until(
+                    &identity.id,
+                    scopes,
+                    expires_at,
+                    identity.revocation_epoch,
+                    now,
+                )
+            })
+            .map_err(|e| {
+                ApiError::internal(anyhow::Error::new(e).context("token signing failed"))
+            })?;
+        self.after_issue(identity, scopes, now).await?;
+        Ok(token)
+    }
+
     /// Issues a token for a stored identity under its current revocation epoch; with
     /// `--audit-token-issue`, the issue is recorded durably before the token is handed out.
     pub(crate) async fn issue(
@@ -215,6 +351,18 @@ impl Directory<'_> {
             .map_err(|e| {
                 ApiError::internal(anyhow::Error::new(e).context("token signing failed"))
             })?;
+        self.after_issue(identity, scopes, now).await?;
+        Ok(token)
+    }
+
+    /// Records an issued token: its time, and with `--audit-token-issue` an audit record
+    /// written durably before the token is handed out.
+    async fn after_issue(
+        &self,
+        identity: &IdentityRecord,
+        scopes: &Scopes,
+        now: time::OffsetDateTime,
+    ) -> Result<(), ApiError> {
         self.state.store.record_token_issued(&identity.id, now);
         if self.state.audit_token_issue {
             let event = AuditEvent::identity(
@@ -225,6 +373,6 @@ impl Directory<'_> {
             .with_detail(format!("scopes {}", scopes.to_claim()));
             self.state.store.record_audit(&self.actor, event).await?;
         }
-        Ok(token)
+        Ok(())
     }
 }

@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
 use callsign_core::{
-    AccessAssignment, AccessKey, CustomId, HostName, IdentityId, ObjectId, ResourceId, ResourceName,
-    TeamsAssignment,
+    AccessAssignment, AccessKey, CustomId, HostName, IdentityId, ObjectId, ResourceId,
+    ResourceName, TeamsAssignment,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;

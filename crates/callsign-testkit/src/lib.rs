@@ -7,6 +7,7 @@
 //!   (`CALLSIGN_TEST_DATABASE_URL`, by default `postgres://postgres@127.0.0.1:5432/postgres`),
 //!   dropped when the value is.
 //! - [`connect_postgres`]: a plain connection to any PostgreSQL URL, for checks in SQL.
+//! - [`OidcProvider`]: a real OpenID Connect provider on loopback that mints user tokens.
 //! - [`Relay`]: a TCP relay on loopback that a test cuts, restores or points at another port.
 //! - [`SigningClient`] and [`Reply`]: requests signed as the ACS SDKs sign them, and their
 //!   answers parsed; [`access_key`] reads the key out of a connection string, [`issue_path`]
@@ -17,10 +18,12 @@
 
 mod app;
 mod database;
+mod oidc;
 mod relay;
 mod signing;
 
 pub use app::{AppBuilder, Backend, TestApp, spawn_app};
 pub use database::{TestDatabase, admin_url, connect_postgres};
+pub use oidc::OidcProvider;
 pub use relay::Relay;
 pub use signing::{Reply, SendExt, SigningClient, access_key, claims, enc, issue_path};

@@ -98,15 +98,10 @@ impl<'a> Jws<'a> {
         &self.kid
     }
 
-    /// Checks the token with `key` (its algorithm is the key's), then `policy` and `required`
-    /// scopes at `now`, and reads the claims into domain types.
-    pub fn verify(
-        &self,
-        key: &VerifyingKey,
-        policy: &Policy,
-        required: &[Scope],
-        now: OffsetDateTime,
-    ) -> Result<VerifiedToken, VerifyError> {
+    /// The payload's bytes, once the signature verifies with `key` under the key's own
+    /// algorithm (the header must name that algorithm). For tokens of any issuer: what the
+    /// claims mean is the caller's business.
+    pub fn verified_payload(&self, key: &VerifyingKey) -> Result<Vec<u8>, VerifyError> {
         if self.alg != key.algorithm().jose_name() {
             return Err(VerifyError::AlgorithmMismatch);
         }
@@ -117,11 +112,28 @@ impl<'a> Jws<'a> {
         if !key.verify_signature(signed, &sig) {
             return Err(VerifyError::BadSignature);
         }
-        let payload: Payload = B64URL
+        B64URL
             .decode(self.payload)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(VerifyError::Malformed)?;
+            .map_err(|_| VerifyError::Malformed)
+    }
+
+    /// The payload's bytes before any verification: only to choose which issuer's keys to
+    /// verify with, never to trust.
+    pub fn unverified_payload(&self) -> Option<Vec<u8>> {
+        B64URL.decode(self.payload).ok()
+    }
+
+    /// Checks the token with `key` (its algorithm is the key's), then `policy` and `required`
+    /// scopes at `now`, and reads the claims into domain types.
+    pub fn verify(
+        &self,
+        key: &VerifyingKey,
+        policy: &Policy,
+        required: &[Scope],
+        now: OffsetDateTime,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let payload: Payload = serde_json::from_slice(&self.verified_payload(key)?)
+            .map_err(|_| VerifyError::Malformed)?;
         let token = VerifiedToken::from_claims(&payload.claims, self.kid.clone())
             .map_err(|_| VerifyError::Malformed)?;
         if payload.claims.iss != policy.issuer {

@@ -235,6 +235,15 @@ pub struct ServeArgs {
     /// Seconds between reloads of the signing keys, 1 to 60 [default: 30].
     #[arg(long, env = "CALLSIGN_KEY_REFRESH_SECS")]
     pub key_refresh_secs: Option<u64>,
+    /// Trust this OpenID Connect issuer (its exact iss; https, or http to a loopback address):
+    /// its users may exchange their tokens, its tokens with the role callsign.admin or
+    /// callsign.tokens may manage identities. More options and issuers: [[oidc_issuer]] tables
+    /// in the config file.
+    #[arg(long, env = "CALLSIGN_OIDC_ISSUER", requires = "oidc_audience")]
+    pub oidc_issuer: Option<String>,
+    /// The aud the --oidc-issuer's tokens carry for callsign.
+    #[arg(long, env = "CALLSIGN_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
 }
 
 /// Limits against hostile traffic; every one also a `CALLSIGN_*` variable and a TOML key.
@@ -457,6 +466,37 @@ pub struct FileConfig {
     pub limits: LimitArgs,
     pub signing_key_rotation: Option<String>,
     pub key_refresh_secs: Option<u64>,
+    /// Trusted OpenID Connect issuers (`[[oidc_issuer]]` tables).
+    #[serde(default)]
+    pub oidc_issuer: Vec<callsign_server::oidc::TrustedIssuerConfig>,
+}
+
+/// The trusted issuers: the file's tables, then the one of `--oidc-issuer`; each issuer once.
+fn oidc_issuers(
+    file: Vec<callsign_server::oidc::TrustedIssuerConfig>,
+    issuer: Option<String>,
+    audience: Option<String>,
+) -> anyhow::Result<Vec<callsign_server::oidc::TrustedIssuer>> {
+    use callsign_server::oidc::{Audience, TrustedIssuer, TrustedIssuerConfig};
+    let mut configs = file;
+    if let (Some(issuer), Some(audience)) = (issuer, audience) {
+        configs.push(TrustedIssuerConfig {
+            issuer,
+            audience: Audience::One(audience),
+            ..TrustedIssuerConfig::default()
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    configs
+        .into_iter()
+        .map(|c| {
+            if !seen.insert(c.issuer.clone()) {
+                bail!("the OIDC issuer {} is configured twice", c.issuer);
+            }
+            let name = c.issuer.clone();
+            TrustedIssuer::from_config(c).with_context(|| format!("OIDC issuer {name}"))
+        })
+        .collect()
 }
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -573,6 +613,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
             .as_deref(),
         args.key_refresh_secs.or(file.key_refresh_secs),
     )?;
+    settings.oidc_issuers = oidc_issuers(file.oidc_issuer, args.oidc_issuer, args.oidc_audience)?;
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
         if n < 1024 {
             bail!("--max-body-bytes must be at least 1024");

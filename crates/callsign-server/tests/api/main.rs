@@ -29,6 +29,7 @@ mod bad_input;
 mod clock;
 mod limits;
 mod listing;
+mod oidc;
 mod operations;
 mod resources;
 mod revocations;

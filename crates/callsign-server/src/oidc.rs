@@ -1,0 +1,784 @@
+//! Trusted OpenID Connect issuers: their configuration, their keys (discovery document and JWKS,
+//! fetched and cached) and the verification of their bearer tokens into a [`Principal`].
+//!
+//! A bearer token is unauthenticated input until it verifies, so the work it causes is bounded:
+//! at most [`MAX_BEARER_BYTES`] are read, the issuer is picked by exact `iss` among the
+//! configured ones (no other is ever contacted), one signature is checked with the algorithm
+//! pinned by the key, and a key set is fetched at most once per cooldown however many unknown
+//! `kid`s arrive.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use callsign_core::token::VerifyingKey;
+use callsign_core::{IdentityId, ObjectId, ResourceId, Scopes, parse_guid};
+use callsign_verify::jws::Jws;
+use callsign_verify::{JwksCache, JwksConfig, VerifyError};
+use reqwest::Url;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The longest bearer token considered (Entra tokens with many groups reach a few KiB).
+pub const MAX_BEARER_BYTES: usize = 16 * 1024;
+
+/// The most groups read from a token; the rest are ignored.
+pub const MAX_GROUPS: usize = 200;
+
+/// The largest discovery document read.
+const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+
+/// Whose tokens an issuer's claims look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Any OIDC provider (Keycloak, Zitadel, Auth0, Okta, Google…): subject `sub`, a fixed
+    /// tenant.
+    #[default]
+    Generic,
+    /// Microsoft Entra ID: tenant `tid`, object `oid`, application `appid`/`azp`.
+    Entra,
+}
+
+/// One `[[oidc_issuer]]` table of the configuration file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    /// The exact `iss` of the tokens (and the base of the discovery document).
+    pub issuer: String,
+    /// The accepted `aud` values (a string or a list).
+    pub audience: Audience,
+    /// `generic` (default) or `entra`.
+    #[serde(default)]
+    pub profile: Profile,
+    /// The JWKS URL, when it is not to be read from the discovery document.
+    pub jwks_uri: Option<String>,
+    /// The tenant of every user of a generic issuer (a GUID; default: derived from the issuer
+    /// URL, see [`TrustedIssuer::tenant_of_issuer`]).
+    pub tenant_id: Option<String>,
+    /// The claim carrying the tenant (a GUID); `entra`: `tid`.
+    pub tenant_claim: Option<String>,
+    /// The claim carrying the user's id; default `sub`, `entra`: `oid`.
+    pub subject_claim: Option<String>,
+    /// The claim carrying group ids (a list), a dotted path for nested claims; default `groups`.
+    pub groups_claim: Option<String>,
+    /// The claim carrying roles (a list or a space-separated string), a dotted path for nested
+    /// claims (Keycloak: `realm_access.roles`); default `roles`.
+    pub roles_claim: Option<String>,
+    /// The role that may manage identities and assignments; default `callsign.admin`.
+    pub admin_role: Option<String>,
+    /// The role that may create identities and issue and revoke their tokens; default
+    /// `callsign.tokens`.
+    pub tokens_role: Option<String>,
+    /// Scopes of exchanged tokens unless an assignment names its own; default chat and voip.
+    pub scopes: Option<Vec<String>>,
+    /// The longest life of an exchanged token, in minutes (60 to 1440; default 1440); never
+    /// beyond the bearer token's own expiry.
+    pub max_token_minutes: Option<u16>,
+    /// Forgiven clock difference on `exp` and `nbf`, in seconds (default 60, at most 300).
+    pub leeway_secs: Option<u64>,
+    /// The least time between two key-set fetches, in seconds (default 30, at least 1).
+    pub jwks_cooldown_secs: Option<u64>,
+    /// Whether the issuer vouches for Teams tokens (the Teams user and Teams extension
+    /// exchanges); `entra` only.
+    #[serde(default)]
+    pub teams: bool,
+    /// The resources whose identities this issuer's users may reach (default: every resource).
+    pub resources: Option<Vec<String>>,
+    /// A PEM file of CA certificates to trust for this issuer's HTTPS (besides the system's).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One audience or several.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// None given.
+    #[default]
+    None,
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// Where a principal's tenant comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSource {
+    /// A claim holding a GUID.
+    Claim(String),
+    /// The same tenant for every user of the issuer.
+    Fixed(Uuid),
+}
+
+/// A trusted issuer, checked.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    /// The exact `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// Claim shapes.
+    pub profile: Profile,
+    /// The discovery document's URL.
+    pub discovery: Url,
+    /// The JWKS URL, when configured rather than discovered.
+    pub jwks_uri: Option<Url>,
+    /// The tenant.
+    pub tenant: TenantSource,
+    /// The user's id claim.
+    pub subject_claim: String,
+    /// The groups claim path.
+    pub groups_claim: String,
+    /// The roles claim path.
+    pub roles_claim: String,
+    /// The role that may manage everything.
+    pub admin_role: String,
+    /// The role that may create identities and issue and revoke tokens.
+    pub tokens_role: String,
+    /// Scopes of exchanged tokens by default.
+    pub scopes: Scopes,
+    /// The longest life of an exchanged token.
+    pub max_token: Duration,
+    /// Forgiven clock difference.
+    pub leeway: Duration,
+    /// Least time between key-set fetches.
+    pub jwks_cooldown: Duration,
+    /// Vouches for Teams tokens.
+    pub teams: bool,
+    /// The resources its users may reach (`None`: all).
+    pub resources: Option<Vec<ResourceId>>,
+    /// Extra CA certificates (PEM).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// URLs an issuer's keys are fetched from: HTTPS, or plain HTTP to a loopback address only.
+fn fetchable(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|h| {
+            h.eq_ignore_ascii_case("localhost")
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
+fn parse_url(raw: &str, what: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(raw).map_err(|e| anyhow::anyhow!("{what} {raw:?} is not a URL: {e}"))?;
+    if !fetchable(&url) {
+        anyhow::bail!("{what} {raw:?} must be https (plain http only to a loopback address)");
+    }
+    Ok(url)
+}
+
+impl TrustedIssuer {
+    /// The tenant of a generic issuer's users when none is configured: the name-based (v5)
+    /// UUID of the issuer URL in the URL namespace, the same on every node and run.
+    pub fn tenant_of_issuer(issuer: &str) -> Uuid {
+        Uuid::new_v5(&Uuid::NAMESPACE_URL, issuer.as_bytes())
+    }
+
+    /// Checks a configuration table.
+    pub fn from_config(c: TrustedIssuerConfig) -> anyhow::Result<Self> {
+        parse_url(&c.issuer, "the issuer")?;
+        let audiences = match c.audience {
+            Audience::None => Vec::new(),
+            Audience::One(a) => vec![a],
+            Audience::Many(a) => a,
+        };
+        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+            anyhow::bail!(
+                "the issuer {} needs an audience: the aud its tokens carry for callsign",
+                c.issuer
+            );
+        }
+        let discovery = Url::parse(&format!(
+            "{}/.well-known/openid-configuration",
+            c.issuer.trim_end_matches('/')
+        ))?;
+        let entra = c.profile == Profile::Entra;
+        let tenant = match (c.tenant_claim, c.tenant_id) {
+            (Some(_), Some(_)) => anyhow::bail!("give tenant_claim or tenant_id, not both"),
+            (Some(claim), None) => TenantSource::Claim(claim),
+            (None, Some(id)) => TenantSource::Fixed(
+                parse_guid(&id).ok_or_else(|| anyhow::anyhow!("tenant_id {id:?} is not a GUID"))?,
+            ),
+            (None, None) if entra => TenantSource::Claim("tid".into()),
+            (None, None) => TenantSource::Fixed(Self::tenant_of_issuer(&c.issuer)),
+        };
+        if c.teams && !entra {
+            anyhow::bail!("teams = true needs profile = \"entra\" (Teams tokens are Entra's)");
+        }
+        let scopes = match c.scopes {
+            None => Scopes::parse(["chat", "voip"], true),
+            Some(s) => Scopes::parse(s.iter().map(String::as_str), true),
+        }
+        .map_err(|e| anyhow::anyhow!("scopes of the issuer {}: {e}", c.issuer))?;
+        let minutes = c.max_token_minutes.unwrap_or(1440);
+        if !(60..=1440).contains(&minutes) {
+            anyhow::bail!("max_token_minutes must be from 60 to 1440");
+        }
+        let leeway = c.leeway_secs.unwrap_or(60);
+        if leeway > 300 {
+            anyhow::bail!("leeway_secs must be at most 300");
+        }
+        let cooldown = c.jwks_cooldown_secs.unwrap_or(30).max(1);
+        let resources = c
+            .resources
+            .map(|list| {
+                list.iter()
+                    .map(|r| {
+                        ResourceId::parse(r)
+                            .map_err(|_| anyhow::anyhow!("resource {r:?} is not a resource id"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .transpose()?;
+        let ca_pem = c
+            .ca_file
+            .map(|f| {
+                std::fs::read(&f)
+                    .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", f.display()))
+            })
+            .transpose()?;
+        Ok(Self {
+            jwks_uri: c.jwks_uri.map(|u| parse_url(&u, "jwks_uri")).transpose()?,
+            issuer: c.issuer,
+            audiences,
+            profile: c.profile,
+            discovery,
+            tenant,
+            subject_claim: c
+                .subject_claim
+                .unwrap_or_else(|| if entra { "oid" } else { "sub" }.into()),
+            groups_claim: c.groups_claim.unwrap_or_else(|| "groups".into()),
+            roles_claim: c.roles_claim.unwrap_or_else(|| "roles".into()),
+            admin_role: c.admin_role.unwrap_or_else(|| "callsign.admin".into()),
+            tokens_role: c.tokens_role.unwrap_or_else(|| "callsign.tokens".into()),
+            scopes,
+            max_token: Duration::from_secs(u64::from(minutes) * 60),
+            leeway: Duration::from_secs(leeway),
+            jwks_cooldown: Duration::from_secs(cooldown),
+            teams: c.teams,
+            resources,
+            ca_pem,
+        })
+    }
+
+    /// Whether this issuer's users may reach `resource`.
+    pub fn serves(&self, resource: ResourceId) -> bool {
+        self.resources
+            .as_ref()
+            .is_none_or(|list| list.contains(&resource))
+    }
+}
+
+/// Why a bearer token was refused; each says what is wrong, never what the token holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not a compact JWS, or a header or payload that is not JSON.
+    #[error("the token is not a signed JWT")]
+    Malformed,
+    /// `alg: none` or an HMAC algorithm.
+    #[error("the token's algorithm is not accepted (unsigned or symmetric)")]
+    Algorithm,
+    /// No `iss`, or one that is not configured.
+    #[error("the token's issuer is not trusted")]
+    UntrustedIssuer,
+    /// No published key of the issuer has the token's `kid`.
+    #[error("the token's signing key (kid) is not among the issuer's keys")]
+    UnknownKey,
+    /// The issuer's keys were never fetched and cannot be now.
+    #[error("the issuer's signing keys cannot be fetched")]
+    KeysUnavailable,
+    /// The header's algorithm is not the key's.
+    #[error("the token's algorithm is not its key's")]
+    AlgorithmMismatch,
+    /// The signature does not verify.
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    /// `aud` names none of the configured audiences.
+    #[error("the token is for another audience")]
+    WrongAudience,
+    /// `exp` missing or passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` ahead.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// The subject claim is missing, empty or too long.
+    #[error("the token has no usable subject claim")]
+    NoSubject,
+    /// The tenant claim is missing or not a GUID.
+    #[error("the token has no usable tenant claim")]
+    NoTenant,
+    /// The issuer is not trusted for this resource.
+    #[error("the token's issuer is not trusted for this resource")]
+    OtherResource,
+    /// Several resources answer at the request's host and the issuer is trusted for more than
+    /// one of them.
+    #[error(
+        "several resources answer at this host; list one in the issuer's resources or address the resource by its own host name"
+    )]
+    AmbiguousResource,
+    /// The issuer does not vouch for Teams tokens.
+    #[error("the token's issuer does not vouch for Teams tokens")]
+    NotTeams,
+}
+
+impl From<VerifyError> for Refusal {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::AlgNone | VerifyError::SymmetricAlgorithm => Refusal::Algorithm,
+            VerifyError::AlgorithmMismatch => Refusal::AlgorithmMismatch,
+            VerifyError::UnknownKid => Refusal::UnknownKey,
+            VerifyError::KeysUnavailable => Refusal::KeysUnavailable,
+            VerifyError::BadSignature => Refusal::BadSignature,
+            _ => Refusal::Malformed,
+        }
+    }
+}
+
+/// Who a verified bearer token speaks for.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The issuer that vouched.
+    pub issuer: Arc<TrustedIssuer>,
+    /// The subject claim's value.
+    pub subject: String,
+    /// The tenant.
+    pub tenant: Uuid,
+    /// Group ids (at most [`MAX_GROUPS`]).
+    pub groups: Vec<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// The application the token was issued to (`appid` or `azp`).
+    pub app_id: Option<String>,
+    /// When the bearer token expires.
+    pub expires_at: OffsetDateTime,
+}
+
+impl Principal {
+    /// The object part of the principal's identity: the subject when it is a GUID, else the
+    /// name-based (v5) UUID of the subject in the tenant's namespace.
+    pub fn object(&self) -> Uuid {
+        parse_guid(&self.subject)
+            .unwrap_or_else(|| Uuid::new_v5(&self.tenant, self.subject.as_bytes()))
+    }
+
+    /// The principal's identity in `resource`: `8:acs:<resource>_wf_<tenant>_<object>`.
+    pub fn identity(&self, resource: ResourceId) -> IdentityId {
+        IdentityId::workforce(resource, self.tenant, self.object())
+    }
+
+    /// The object ids an assignment may name for this principal: the user, their groups,
+    /// their tenant.
+    pub fn object_ids(&self) -> Vec<ObjectId> {
+        let mut out = Vec::with_capacity(self.groups.len() + 2);
+        out.extend(ObjectId::parse(&self.subject).ok());
+        out.extend(self.groups.iter().filter_map(|g| ObjectId::parse(g).ok()));
+        let tenant = ObjectId::from_guid(self.tenant);
+        if !out.contains(&tenant) {
+            out.push(tenant);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether the token carries `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Who, for the audit log: `<issuer>#<subject>`.
+    pub fn audit_subject(&self) -> String {
+        format!("{}#{}", self.issuer.issuer, self.subject)
+    }
+}
+
+/// The runtime of one trusted issuer: its HTTP client and its cached keys.
+#[derive(Debug)]
+struct Provider {
+    config: Arc<TrustedIssuer>,
+    http: reqwest::Client,
+    jwks: OnceLock<JwksCache>,
+    discovering: tokio::sync::Mutex<()>,
+    last_discovery: Mutex<Option<Instant>>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl Provider {
+    fn new(config: TrustedIssuer) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = &config.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| anyhow::anyhow!("ca_file of {}: {e}", config.issuer))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build()?;
+        let jwks = OnceLock::new();
+        if let Some(url) = &config.jwks_uri {
+            let _ = jwks.set(JwksCache::new(
+                http.clone(),
+                url.clone(),
+                jwks_config(&config),
+            ));
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            http,
+            jwks,
+            discovering: tokio::sync::Mutex::new(()),
+            last_discovery: Mutex::new(None),
+        })
+    }
+
+    /// The key `kid` names: the discovery document first if not read yet (at most once per
+    /// cooldown), then the JWKS cache.
+    async fn key(&self, kid: &str) -> Result<VerifyingKey, Refusal> {
+        Ok(self.jwks().await?.key(kid).await?)
+    }
+
+    async fn jwks(&self) -> Result<&JwksCache, Refusal> {
+        if let Some(cache) = self.jwks.get() {
+            return Ok(cache);
+        }
+        let _one = self.discovering.lock().await;
+        if let Some(cache) = self.jwks.get() {
+            return Ok(cache);
+        }
+        {
+            let mut last = self
+                .last_discovery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.config.jwks_cooldown) {
+                return Err(Refusal::KeysUnavailable);
+            }
+            *last = Some(Instant::now());
+        }
+        match self.discover().await {
+            Ok(url) => {
+                let cache = JwksCache::new(self.http.clone(), url, jwks_config(&self.config));
+                Ok(self.jwks.get_or_init(|| cache))
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "the issuer's discovery document could not be read");
+                Err(Refusal::KeysUnavailable)
+            }
+        }
+    }
+
+    /// Reads the discovery document: its `issuer` must be the configured one, its `jwks_uri`
+    /// fetchable.
+    async fn discover(&self) -> anyhow::Result<Url> {
+        let mut resp = self.http.get(self.config.discovery.clone()).send().await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("status {}", resp.status());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if body.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+                anyhow::bail!("the document is larger than {MAX_DISCOVERY_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let doc: Discovery = serde_json::from_slice(&body)?;
+        if doc.issuer != self.config.issuer {
+            anyhow::bail!("the document names another issuer");
+        }
+        parse_url(&doc.jwks_uri, "jwks_uri")
+    }
+}
+
+fn jwks_config(c: &TrustedIssuer) -> JwksConfig {
+    JwksConfig {
+        cooldown: c.jwks_cooldown,
+        min_ttl: c.jwks_cooldown.min(JwksConfig::default().min_ttl),
+        ..JwksConfig::default()
+    }
+}
+
+/// The trusted issuers of a server.
+#[derive(Debug, Default)]
+pub struct Issuers {
+    providers: Vec<Provider>,
+}
+
+#[derive(Deserialize)]
+struct IssOnly {
+    iss: Option<String>,
+}
+
+impl Issuers {
+    /// The runtime of the configured issuers (no network yet: keys are fetched on first use).
+    pub fn new(configs: Vec<TrustedIssuer>) -> anyhow::Result<Self> {
+        Ok(Self {
+            providers: configs
+                .into_iter()
+                .map(Provider::new)
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// Whether any issuer is configured.
+    pub fn any(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    /// Whether an issuer vouches for Teams tokens.
+    pub fn any_teams(&self) -> bool {
+        self.providers.iter().any(|p| p.config.teams)
+    }
+
+    /// Verifies `token` at `now` against the issuer its `iss` names.
+    pub async fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Principal, Refusal> {
+        if token.len() > MAX_BEARER_BYTES {
+            return Err(Refusal::Malformed);
+        }
+        let jws = Jws::parse(token)?;
+        let iss = jws
+            .unverified_payload()
+            .and_then(|p| serde_json::from_slice::<IssOnly>(&p).ok())
+            .ok_or(Refusal::Malformed)?
+            .iss
+            .ok_or(Refusal::UntrustedIssuer)?;
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.config.issuer == iss)
+            .ok_or(Refusal::UntrustedIssuer)?;
+        let key = provider.key(jws.kid()).await?;
+        let payload = jws.verified_payload(&key)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&payload).map_err(|_| Refusal::Malformed)?;
+        principal(&provider.config, &claims, now)
+    }
+}
+
+/// The claim at a dotted `path` (`realm_access.roles`).
+fn claim<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut value = claims.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// Strings of a list claim, or of a space-separated string claim.
+fn strings(value: Option<&Value>, max: usize) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .take(max)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s.split_whitespace().take(max).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Checks the verified claims against the issuer's rules at `now`.
+fn principal(
+    issuer: &Arc<TrustedIssuer>,
+    claims: &Map<String, Value>,
+    now: OffsetDateTime,
+) -> Result<Principal, Refusal> {
+    let aud_ok = strings(claims.get("aud"), 64)
+        .iter()
+        .any(|a| issuer.audiences.contains(a));
+    if !aud_ok {
+        return Err(Refusal::WrongAudience);
+    }
+    let leeway = i64::try_from(issuer.leeway.as_secs()).unwrap_or(300);
+    let now_s = now.unix_timestamp();
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(Refusal::Expired)?;
+    if now_s.saturating_sub(leeway) >= exp {
+        return Err(Refusal::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64)
+        && now_s.saturating_add(leeway) < nbf
+    {
+        return Err(Refusal::NotYetValid);
+    }
+    let subject = claims
+        .get(&issuer.subject_claim)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control))
+        .ok_or(Refusal::NoSubject)?
+        .to_owned();
+    let tenant = match &issuer.tenant {
+        TenantSource::Fixed(t) => *t,
+        TenantSource::Claim(name) => claims
+            .get(name)
+            .and_then(Value::as_str)
+            .and_then(parse_guid)
+            .ok_or(Refusal::NoTenant)?,
+    };
+    let app_id = ["appid", "azp"]
+        .iter()
+        .find_map(|c| claims.get(*c).and_then(Value::as_str))
+        .map(str::to_owned);
+    Ok(Principal {
+        issuer: Arc::clone(issuer),
+        subject,
+        tenant,
+        groups: strings(claim(claims, &issuer.groups_claim), MAX_GROUPS),
+        roles: strings(claim(claims, &issuer.roles_claim), 64),
+        app_id,
+        expires_at: OffsetDateTime::from_unix_timestamp(exp).map_err(|_| Refusal::Expired)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(profile: Profile) -> Arc<TrustedIssuer> {
+        Arc::new(
+            TrustedIssuer::from_config(TrustedIssuerConfig {
+                issuer: "https://id.example.com/realms/test".into(),
+                audience: Audience::Many(vec!["api://callsign".into(), "other".into()]),
+                profile,
+                roles_claim: Some("realm_access.roles".into()),
+                ..TrustedIssuerConfig::default()
+            })
+            .expect("valid"),
+        )
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().expect("object").clone()
+    }
+
+    #[test]
+    fn claims_are_checked_and_read() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        let t = now.unix_timestamp();
+        let i = issuer(Profile::Generic);
+        let good = json_claims(t, serde_json::json!("api://callsign"));
+        let p = principal(&i, &good, now).expect("verifies");
+        assert_eq!(p.subject, "auth0|abc");
+        assert_eq!(p.tenant, TrustedIssuer::tenant_of_issuer(&i.issuer));
+        assert_eq!(p.roles, ["callsign.admin"]);
+        assert_eq!(p.groups, ["g1", "g2"]);
+        assert_eq!(p.object(), Uuid::new_v5(&p.tenant, b"auth0|abc"));
+        let ids: Vec<String> = p.object_ids().iter().map(|o| o.to_string()).collect();
+        assert!(ids.contains(&"auth0|abc".to_owned()) && ids.contains(&"g2".to_owned()));
+        let wrong_aud = json_claims(t, serde_json::json!(["x", "y"]));
+        assert_eq!(
+            principal(&i, &wrong_aud, now).err(),
+            Some(Refusal::WrongAudience)
+        );
+        let later = now + time::Duration::seconds(3600 + 61);
+        assert_eq!(principal(&i, &good, later).err(), Some(Refusal::Expired));
+        let within_leeway = now + time::Duration::seconds(3600 + 30);
+        assert!(principal(&i, &good, within_leeway).is_ok());
+        let mut early = good.clone();
+        early.insert("nbf".into(), Value::from(t + 120));
+        assert_eq!(principal(&i, &early, now).err(), Some(Refusal::NotYetValid));
+        let mut no_sub = good.clone();
+        no_sub.remove("sub");
+        assert_eq!(principal(&i, &no_sub, now).err(), Some(Refusal::NoSubject));
+        let mut no_exp = good;
+        no_exp.remove("exp");
+        assert_eq!(principal(&i, &no_exp, now).err(), Some(Refusal::Expired));
+    }
+
+    fn json_claims(t: i64, aud: Value) -> Map<String, Value> {
+        claims(serde_json::json!({
+            "iss": "https://id.example.com/realms/test",
+            "aud": aud,
+            "sub": "auth0|abc",
+            "exp": t + 3600,
+            "groups": ["g1", "g2"],
+            "realm_access": {"roles": ["callsign.admin"]},
+        }))
+    }
+
+    #[test]
+    fn entra_tokens_give_the_spec_identity() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        let i = issuer(Profile::Entra);
+        let c = claims(serde_json::json!({
+            "aud": "api://callsign",
+            "exp": now.unix_timestamp() + 600,
+            "oid": "B27B64B9-39D2-44A3-869D-67700B74E805",
+            "tid": "c70d068c-2f32-484d-9455-73070cd5aadd",
+            "appid": "11111111-2222-3333-4444-555555555555",
+        }));
+        let p = principal(&i, &c, now).expect("verifies");
+        let r = ResourceId::parse("2dee53b4-368b-45b4-ab52-8493fb117652").expect("id");
+        assert_eq!(
+            p.identity(r).to_string(),
+            "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_wf_c70d068c-2f32-484d-9455-73070cd5aadd_b27b64b9-39d2-44a3-869d-67700b74e805"
+        );
+        assert_eq!(
+            p.app_id.as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        let mut no_tid = c;
+        no_tid.remove("tid");
+        assert_eq!(principal(&i, &no_tid, now).err(), Some(Refusal::NoTenant));
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        let base = TrustedIssuerConfig {
+            issuer: "https://id.example.com".into(),
+            audience: Audience::One("a".into()),
+            ..TrustedIssuerConfig::default()
+        };
+        assert!(TrustedIssuer::from_config(base.clone()).is_ok());
+        let http = TrustedIssuerConfig {
+            issuer: "http://id.example.com".into(),
+            ..base.clone()
+        };
+        assert!(
+            TrustedIssuer::from_config(http).is_err(),
+            "plain http off loopback"
+        );
+        let loopback = TrustedIssuerConfig {
+            issuer: "http://127.0.0.1:8080/realms/x".into(),
+            ..base.clone()
+        };
+        assert!(TrustedIssuer::from_config(loopback).is_ok());
+        let no_aud = TrustedIssuerConfig {
+            audience: Audience::None,
+            ..base.clone()
+        };
+        assert!(TrustedIssuer::from_config(no_aud).is_err());
+        let teams_generic = TrustedIssuerConfig {
+            teams: true,
+            ..base.clone()
+        };
+        assert!(TrustedIssuer::from_config(teams_generic).is_err());
+        let bad_scope = TrustedIssuerConfig {
+            scopes: Some(vec!["admin".into()]),
+            ..base
+        };
+        assert!(TrustedIssuer::from_config(bad_scope).is_err());
+    }
+}
