@@ -290,8 +290,7 @@ impl EntraAssignmentPage {
 
 /// The `PATCH /access/entra/assignments` body (JSON merge patch): object id to assignment, or
 /// to `null` to delete it. The answer maps each object id put to its assignment.
-pub type EntraAssignmentPatch =
-    std::collections::BTreeMap<String, Option<EntraAssignmentRequest>>;
+pub type EntraAssignmentPatch = std::collections::BTreeMap<String, Option<EntraAssignmentRequest>>;
 
 /// `POST /tokens/:introspect` body (callsign extension).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
