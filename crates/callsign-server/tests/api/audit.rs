@@ -227,6 +227,7 @@ fn aged(seq: i64, days: i64) -> AuditRecord {
         credential: Credential::Primary,
         client: None,
         request_id: None,
+        subject: None,
         detail: None,
     }
 }
