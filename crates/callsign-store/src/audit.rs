@@ -388,10 +388,11 @@ pub(crate) struct AuditRow {
     pub(crate) client: Option<String>,
     pub(crate) request_id: Option<String>,
     pub(crate) detail: Option<String>,
+    pub(crate) subject: Option<String>,
 }
 
 /// The columns in [`AuditRow`]'s order.
-pub(crate) const AUDIT_COLUMNS: &str = "seq, at_ms, resource_id, operation, identity_id, outcome, credential, client, request_id, detail";
+pub(crate) const AUDIT_COLUMNS: &str = "seq, at_ms, resource_id, operation, identity_id, outcome, credential, client, request_id, detail, subject";
 
 impl AuditRow {
     /// The record of a stored row; a value that does not parse is corrupt data.
@@ -421,13 +422,14 @@ impl AuditRow {
                 .map(|c| c.parse().map_err(|_| bad("client", &c)))
                 .transpose()?,
             request_id: self.request_id,
+            subject: self.subject,
             detail: self.detail,
         })
     }
 }
 
 /// The values one record stores, for an insert: at, resource, operation, identity, outcome,
-/// credential, client, request id, detail.
+/// credential, client, request id, detail, subject.
 pub(crate) struct AuditValues {
     pub(crate) at_ms: i64,
     pub(crate) resource: Option<String>,
@@ -438,6 +440,7 @@ pub(crate) struct AuditValues {
     pub(crate) client: Option<String>,
     pub(crate) request_id: Option<String>,
     pub(crate) detail: Option<String>,
+    pub(crate) subject: Option<String>,
 }
 
 impl AuditValues {
@@ -453,6 +456,7 @@ impl AuditValues {
             client: actor.client.map(|c| c.to_string()),
             request_id: actor.request_id.as_deref().map(|r| cut(r, 128)),
             detail: event.detail.as_deref().map(|d| cut(d, MAX_DETAIL)),
+            subject: actor.subject.as_deref().map(|s| cut(s, MAX_SUBJECT)),
         }
     }
 }
@@ -481,6 +485,27 @@ mod tests {
         for o in AuditOutcome::ALL {
             assert_eq!(AuditOutcome::parse(o.as_str()), Some(o));
         }
+    }
+
+    #[test]
+    fn long_subjects_are_cut_at_a_character_boundary() {
+        let actor = Actor {
+            credential: Credential::Bearer,
+            client: None,
+            request_id: None,
+            subject: Some(format!("https://issuer#{}", "é".repeat(MAX_SUBJECT))),
+        };
+        let event = AuditEvent::resource(
+            AuditOperation::PutAccessAssignment,
+            ResourceId::new_random(),
+            AuditOutcome::Success,
+        );
+        let v = AuditValues::of(&actor, &event);
+        let subject = v.subject.expect("subject");
+        assert!(subject.len() <= MAX_SUBJECT && subject.len() > MAX_SUBJECT - 2);
+        assert!(subject.starts_with("https://issuer#é"));
+        assert_eq!(v.credential, "bearer");
+        assert_eq!(AuditValues::of(&Actor::node(), &event).subject, None);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::fmt;
 use callsign_core::IdentityId;
 
 use crate::{
-    Actor, AssignmentStore, AuditQuery, BulkIdentities, BulkStore, KeySlot, ResourceCreated,
-    ResourceDeleted, ResourceRecord, ResourceStore, SigningKeyStore, StoreError,
+    AccessAssignmentStore, Actor, AssignmentStore, AuditQuery, BulkIdentities, BulkStore, KeySlot,
+    ResourceCreated, ResourceDeleted, ResourceRecord, ResourceStore, SigningKeyStore, StoreError,
 };
 
 /// How many ids of each kind of divergence a [`CopyError::Diverged`] names.
@@ -62,6 +62,9 @@ pub struct CopyReport {
     /// Teams assignments inserted into the target (the rest were there already; those are never
     /// overwritten).
     pub assignments: usize,
+    /// Access assignments inserted into the target (the rest were there already; those are
+    /// never overwritten).
+    pub access_assignments: usize,
     /// Audit records the target did not have yet (a record keeps its sequence number).
     pub audit_records: usize,
 }
@@ -118,8 +121,8 @@ pub enum CopyError {
 }
 
 /// Copies the default resource (GUID and both access keys), every signing key, every tombstone,
-/// every identity (custom ids, revocation epochs and times included) and every Teams assignment
-/// from `from` to `to`.
+/// every identity (custom ids, revocation epochs and times included), every Teams assignment and
+/// every access assignment from `from` to `to`.
 ///
 /// Repeatable, and a repeat never undoes a delete or a revoke:
 /// * tombstones are copied first, and delete the target's identities they name: an identity
@@ -169,6 +172,7 @@ pub async fn copy_store(
     copy_tombstones(from, to, batch, &mut report).await?;
     copy_identities(from, to, batch, &mut report).await?;
     report.assignments = copy_assignments(from, to).await?;
+    report.access_assignments = copy_access_assignments(from, to).await?;
     Ok(report)
 }
 
@@ -347,6 +351,29 @@ async fn copy_assignments(
         if !present
             && to
                 .put_assignment(resource, assignment, &Actor::operator())
+                .await?
+        {
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Adds the source's access assignments the target lacks; returns how many. An assignment the
+/// target has already is kept as it is: it may be newer than the source's.
+async fn copy_access_assignments(
+    from: &dyn BulkIdentities,
+    to: &dyn AccessAssignmentStore,
+) -> Result<usize, StoreError> {
+    let mut added = 0;
+    for (resource, assignment) in from.all_access_assignments().await? {
+        let present = to
+            .get_access_assignment(resource, &assignment.object_id)
+            .await?
+            .is_some();
+        if !present
+            && to
+                .put_access_assignment(resource, assignment, &Actor::operator())
                 .await?
         {
             added += 1;

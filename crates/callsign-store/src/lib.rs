@@ -19,6 +19,7 @@
 //!   ([`RevocationFeed`]): a rolled-back change leaves none, a committed one exactly one per
 //!   identity it changed.
 
+mod access;
 pub mod audit;
 mod bootstrap;
 mod copy;
@@ -43,6 +44,7 @@ use callsign_core::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use access::MAX_ACCESS_OBJECTS;
 pub use audit::{
     Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, Credential,
     TokenCount,
@@ -619,7 +621,8 @@ pub enum ResourceCreated {
 /// What [`ResourceStore::delete_resource`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResourceDeleted {
-    /// Deleted with its identities (how many), tombstones and assignments.
+    /// Deleted with its identities (how many), tombstones, Teams assignments and access
+    /// assignments.
     Deleted {
         /// Identities deleted with it.
         identities: u64,
@@ -799,8 +802,9 @@ pub trait ResourceStore: Send + Sync {
         actor: &Actor,
     ) -> Result<ResourceCreated, StoreError>;
 
-    /// Deletes a resource with its identities, tombstones and assignments, in one transaction.
-    /// Audited as `deleteResource` when deleted.
+    /// Deletes a resource with its identities, tombstones, Teams assignments and access
+    /// assignments, in one transaction. Audited as `deleteResource` when deleted (one record:
+    /// the assignments deleted with it have none of their own).
     async fn delete_resource(
         &self,
         id: ResourceId,
@@ -906,8 +910,9 @@ pub trait AccessAssignmentStore: Send + Sync {
         object: &ObjectId,
     ) -> Result<Option<AccessAssignment>, StoreError>;
 
-    /// The assignments of those of `objects` that have one (at most 256 objects are asked at
-    /// once: a user, their groups and their tenant), in object id order.
+    /// The assignments of those of `objects` that have one (at most [`MAX_ACCESS_OBJECTS`] = 256
+    /// objects are asked at once: a user, their groups and their tenant; more is a
+    /// [`StoreError::Backend`], a caller's bug), in object id order. None asked: none.
     async fn access_assignments_of(
         &self,
         resource: ResourceId,
@@ -932,7 +937,8 @@ pub trait AccessAssignmentStore: Send + Sync {
         actor: &Actor,
     ) -> Result<bool, StoreError>;
 
-    /// Removes an assignment; false when there was none.
+    /// Removes an assignment; false when there was none (audited with the outcome `notFound`,
+    /// as a Teams assignment's delete is).
     async fn delete_access_assignment(
         &self,
         resource: ResourceId,
@@ -941,7 +947,9 @@ pub trait AccessAssignmentStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Puts `puts` and deletes `deletes` (absent ones are no error) in one transaction: all or
-    /// nothing. The object ids are distinct.
+    /// nothing. The object ids are distinct (a repeated one is a [`StoreError::Backend`] and
+    /// changes nothing). One audit record per change, in object id order, written in the same
+    /// transaction; a delete of an absent assignment changes nothing and leaves none.
     async fn patch_access_assignments(
         &self,
         resource: ResourceId,

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{
+    AccessAssignment, AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -43,6 +45,8 @@ use crate::{
 };
 use crate::{RevocationKind, pg_tls};
 use deadpool_postgres::GenericClient;
+
+mod access;
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -210,6 +214,27 @@ CREATE TABLE callsign_revocation_events (
     PRIMARY KEY (resource_id, seq)
 );
 CREATE INDEX callsign_revocation_events_at ON callsign_revocation_events (at_ms);
+"#,
+    ),
+    (
+        9,
+        "access assignments and audit subjects",
+        // Access assignments of trusted identity providers' principals, keyed by object id
+        // within a resource; byte-order collation makes `ORDER BY object_id` and
+        // `object_id > $after` the byte order of the text whatever the database's default.
+        // `scopes`: NULL for the trusted issuer's, else their claim form (`chat,voip`). And whose
+        // bearer token made a change.
+        r#"
+CREATE TABLE callsign_access_assignments (
+    resource_id    TEXT COLLATE "C" NOT NULL,
+    object_id      TEXT COLLATE "C" NOT NULL,
+    tenant_id      TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    scopes         TEXT NULL,
+    updated_at_ms  BIGINT NOT NULL,
+    PRIMARY KEY (resource_id, object_id)
+);
+ALTER TABLE callsign_audit_log ADD COLUMN subject TEXT;
 "#,
     ),
 ];
@@ -715,8 +740,8 @@ pub(crate) async fn write_audit(
     let stmt = client
         .prepare_cached(
             "INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome,
-                                             credential, client, request_id, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                             credential, client, request_id, detail, subject)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .await
         .map_err(pg)?;
@@ -733,6 +758,7 @@ pub(crate) async fn write_audit(
                 &v.client,
                 &v.request_id,
                 &v.detail,
+                &v.subject,
             ],
         )
         .await
@@ -752,6 +778,7 @@ fn audit_row(row: &tokio_postgres::Row) -> Result<AuditRecord, StoreError> {
         client: row.try_get(7).map_err(pg)?,
         request_id: row.try_get(8).map_err(pg)?,
         detail: row.try_get(9).map_err(pg)?,
+        subject: row.try_get(10).map_err(pg)?,
     }
     .record()
 }
@@ -1200,6 +1227,7 @@ impl ResourceStore for PostgresStore {
         .await?;
         for sql in [
             "DELETE FROM callsign_teams_assignments WHERE resource_id = $1",
+            "DELETE FROM callsign_access_assignments WHERE resource_id = $1",
             "DELETE FROM callsign_resources WHERE id = $1",
         ] {
             tx.execute(sql, &[&id]).await.map_err(pg)?;
@@ -1816,6 +1844,12 @@ impl BulkIdentities for PostgresStore {
         rows.iter().map(assignment).collect()
     }
 
+    async fn all_access_assignments(
+        &self,
+    ) -> Result<Vec<(ResourceId, AccessAssignment)>, StoreError> {
+        access::all(self).await
+    }
+
     async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<usize, StoreError> {
         if records.is_empty() {
             return Ok(0);
@@ -1833,31 +1867,12 @@ impl BulkIdentities for PostgresStore {
         let clients = text(&|r| r.client.map(|x| x.to_string()));
         let requests = text(&|r| r.request_id.clone());
         let details = text(&|r| r.detail.clone());
+        let subjects = text(&|r| r.subject.clone());
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
-        // A record is the same record when everything but its number is: the target numbers
-        // what it imports itself (its own records may have taken the source's numbers), in the
-        // source's order.
         let n = tx
             .execute(
-                "INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome,
-                                                 credential, client, request_id, detail)
-                 SELECT x.at_ms, x.resource_id, x.operation, x.identity_id, x.outcome,
-                        x.credential, x.client, x.request_id, x.detail
-                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-                      AS x(seq, at_ms, resource_id, operation, identity_id, outcome, credential,
-                           client, request_id, detail)
-                 WHERE NOT EXISTS (
-                   SELECT 1 FROM callsign_audit_log a
-                   WHERE a.at_ms = x.at_ms AND a.operation = x.operation
-                     AND a.resource_id IS NOT DISTINCT FROM x.resource_id
-                     AND a.identity_id IS NOT DISTINCT FROM x.identity_id
-                     AND a.outcome = x.outcome AND a.credential = x.credential
-                     AND a.client IS NOT DISTINCT FROM x.client
-                     AND a.request_id IS NOT DISTINCT FROM x.request_id
-                     AND a.detail IS NOT DISTINCT FROM x.detail)
-                 ORDER BY x.seq",
+                IMPORT_AUDIT,
                 &[
                     &seqs,
                     &ats,
@@ -1869,6 +1884,7 @@ impl BulkIdentities for PostgresStore {
                     &clients,
                     &requests,
                     &details,
+                    &subjects,
                 ],
             )
             .await
@@ -1877,6 +1893,30 @@ impl BulkIdentities for PostgresStore {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 }
+
+/// Imports audit records in one statement, in the source's order (`$1`, their numbers there),
+/// numbered here. A record is the same record when everything but its number is: the target
+/// numbers what it imports itself (its own records may have taken the source's numbers).
+const IMPORT_AUDIT: &str = "
+INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome, credential,
+                                client, request_id, detail, subject)
+SELECT x.at_ms, x.resource_id, x.operation, x.identity_id, x.outcome, x.credential, x.client,
+       x.request_id, x.detail, x.subject
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+     AS x(seq, at_ms, resource_id, operation, identity_id, outcome, credential, client,
+          request_id, detail, subject)
+WHERE NOT EXISTS (
+  SELECT 1 FROM callsign_audit_log a
+  WHERE a.at_ms = x.at_ms AND a.operation = x.operation
+    AND a.resource_id IS NOT DISTINCT FROM x.resource_id
+    AND a.identity_id IS NOT DISTINCT FROM x.identity_id
+    AND a.outcome = x.outcome AND a.credential = x.credential
+    AND a.client IS NOT DISTINCT FROM x.client
+    AND a.request_id IS NOT DISTINCT FROM x.request_id
+    AND a.detail IS NOT DISTINCT FROM x.detail
+    AND a.subject IS NOT DISTINCT FROM x.subject)
+ORDER BY x.seq";
 
 /// Imports identities in one statement: tombstoned ids are left out; present ones get the
 /// higher epoch; the rest is inserted (a custom id held by another identity makes the insert do

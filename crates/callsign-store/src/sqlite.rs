@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callsign_core::token::Algorithm;
-use callsign_core::{AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment};
+use callsign_core::{
+    AccessAssignment, AccessKey, CustomId, IdentityId, PrincipalType, ResourceId, TeamsAssignment,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -49,6 +51,8 @@ use crate::{
     ResourceDeleted, SealStatus, StoredResource, count_sealed, key_replaced_event,
     resource_created_event, resource_deleted_event,
 };
+
+mod access;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Never edit a released entry: append a new one.
@@ -179,6 +183,21 @@ CREATE TABLE revocation_events (
 ) WITHOUT ROWID;
 CREATE INDEX revocation_events_at ON revocation_events(at_ms);
 "#,
+    // Access assignments of trusted identity providers' principals, keyed by object id within
+    // a resource (text in byte order, SQLite's own); `scopes`: NULL for the trusted issuer's,
+    // else their claim form (`chat,voip`). And whose bearer token made a change.
+    r#"
+CREATE TABLE access_assignments (
+    resource_id    TEXT NOT NULL,
+    object_id      TEXT NOT NULL,
+    tenant_id      TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    scopes         TEXT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (resource_id, object_id)
+) WITHOUT ROWID;
+ALTER TABLE audit_log ADD COLUMN subject TEXT;
+"#,
 ];
 
 const READERS: usize = 4;
@@ -230,6 +249,7 @@ enum Job {
     ImportTombstones(Vec<Tombstone>, Reply<TombstoneReport>),
     PutAssignment(ResourceId, TeamsAssignment, Actor, Reply<bool>),
     DeleteAssignment(ResourceId, Uuid, Uuid, Actor, Reply<bool>),
+    Access(access::AccessJob),
     ImportAudit(Vec<AuditRecord>, Reply<usize>),
     RecordAudit(Actor, AuditEvent, Reply<()>),
     PruneAudit(i64, usize, Reply<usize>),
@@ -1020,6 +1040,7 @@ fn fail(job: Job, e: StoreError) {
         Job::ImportTombstones(_, r) => drop(r.send(Err(e))),
         Job::PutAssignment(_, _, _, r) => drop(r.send(Err(e))),
         Job::DeleteAssignment(_, _, _, _, r) => drop(r.send(Err(e))),
+        Job::Access(job) => job.fail(e),
         Job::ImportAudit(_, r) => drop(r.send(Err(e))),
         Job::RecordAudit(_, _, r) => drop(r.send(Err(e))),
         Job::PruneAudit(_, _, r) => drop(r.send(Err(e))),
@@ -1123,9 +1144,7 @@ fn run_job(
         Job::RetireKeys(now, reply) => answer(reply, in_savepoint(tx, |tx| retire_keys(tx, now))),
         Job::Import(records, reply) => answer(reply, in_savepoint(tx, |tx| import(tx, &records))),
         Job::ImportTombstones(tombstones, reply) => {
-            for t in &tombstones {
-                touched.forget(&t.id);
-            }
+            tombstones.iter().for_each(|t| touched.forget(&t.id));
             answer(
                 reply,
                 in_savepoint(tx, |tx| import_tombstones(tx, &tombstones)),
@@ -1141,6 +1160,7 @@ fn run_job(
                 delete_assignment(tx, (resource, tenant, object), &actor)
             }),
         ),
+        Job::Access(job) => job.run(tx),
         Job::ImportAudit(records, reply) => {
             answer(reply, in_savepoint(tx, |tx| import_audit(tx, &records)))
         }
@@ -1291,8 +1311,8 @@ pub(crate) fn write_audit(
     let v = AuditValues::of(actor, event);
     tx.prepare_cached(
         "INSERT INTO audit_log (at_ms, resource_id, operation, identity_id, outcome, credential,
-                                client, request_id, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                client, request_id, detail, subject)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -1304,7 +1324,8 @@ pub(crate) fn write_audit(
             v.credential,
             v.client,
             v.request_id,
-            v.detail
+            v.detail,
+            v.subject
         ])
     })
     .map(|_| ())
@@ -1322,11 +1343,11 @@ fn import_audit(
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO audit_log (at_ms, resource_id, operation, identity_id, outcome, credential,
-                                    client, request_id, detail)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE NOT EXISTS (
+                                    client, request_id, detail, subject)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE NOT EXISTS (
                SELECT 1 FROM audit_log WHERE at_ms = ?1 AND resource_id IS ?2 AND operation = ?3
                  AND identity_id IS ?4 AND outcome = ?5 AND credential = ?6 AND client IS ?7
-                 AND request_id IS ?8 AND detail IS ?9)",
+                 AND request_id IS ?8 AND detail IS ?9 AND subject IS ?10)",
         )
         .map_err(backend)?;
     let mut n = 0;
@@ -1342,6 +1363,7 @@ fn import_audit(
                 r.client.map(|x| x.to_string()),
                 r.request_id,
                 r.detail,
+                r.subject,
             ])
             .map_err(backend)?;
     }
@@ -1375,6 +1397,7 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
         client: r.get(7)?,
         request_id: r.get(8)?,
         detail: r.get(9)?,
+        subject: r.get(10)?,
     })
 }
 
@@ -1956,11 +1979,12 @@ fn delete_resource(
     let identities = tx
         .execute("DELETE FROM identities WHERE resource_id = ?1", [&id])
         .map_err(backend)?;
-    tx.execute(
+    for sql in [
         "DELETE FROM teams_assignments WHERE resource_id = ?1",
-        [&id],
-    )
-    .map_err(backend)?;
+        "DELETE FROM access_assignments WHERE resource_id = ?1",
+    ] {
+        tx.execute(sql, [&id]).map_err(backend)?;
+    }
     tx.execute("DELETE FROM resources WHERE id = ?1", [&id])
         .map_err(backend)?;
     tx.execute(
@@ -2471,6 +2495,12 @@ impl BulkIdentities for SqliteStore {
             }
             Ok(out)
         })
+    }
+
+    async fn all_access_assignments(
+        &self,
+    ) -> Result<Vec<(ResourceId, AccessAssignment)>, StoreError> {
+        self.read(access::all)
     }
 
     async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<usize, StoreError> {

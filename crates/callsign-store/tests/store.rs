@@ -2528,6 +2528,8 @@ copy_pairs!(
     postgres_to_sqlite: make_postgres -> make_sqlite,
     sqlite_to_sqlite: make_sqlite -> make_sqlite,
 );
+#[path = "store/access.rs"]
+mod access;
 #[path = "store/audit.rs"]
 mod audit;
 #[path = "store/feed.rs"]

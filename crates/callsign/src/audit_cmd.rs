@@ -182,6 +182,7 @@ pub fn record_json(r: &AuditRecord) -> serde_json::Value {
         "credential": r.credential.as_str(),
         "clientAddress": r.client.map(|x| x.to_string()),
         "requestId": r.request_id,
+        "subject": r.subject,
         "detail": r.detail,
     })
 }
@@ -189,11 +190,12 @@ pub fn record_json(r: &AuditRecord) -> serde_json::Value {
 fn record_line(r: &AuditRecord) -> String {
     let dash = || "-".to_owned();
     let mut tail = r.identity.map(|i| i.to_string()).unwrap_or_default();
-    if let Some(d) = &r.detail {
+    let subject = r.subject.as_ref().map(|s| format!("by {s}"));
+    for part in [r.detail.as_ref(), subject.as_ref()].into_iter().flatten() {
         if !tail.is_empty() {
             tail.push(' ');
         }
-        tail.push_str(d);
+        tail.push_str(part);
     }
     format!(
         "{:>8}  {:<24}  {:<16}  {:<8}  {:<10}  {:<15}  {:<36}  {:<36}  {}",
@@ -270,6 +272,38 @@ mod tests {
             1_738_324_800
         );
         assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn a_bearer_subject_is_shown_in_both_forms() {
+        let record = |subject: Option<&str>| AuditRecord {
+            seq: 7,
+            at: OffsetDateTime::from_unix_timestamp(1_738_324_800).expect("t"),
+            resource: Some(ResourceId::new_random()),
+            operation: callsign_store::AuditOperation::PutAccessAssignment,
+            identity: None,
+            outcome: callsign_store::AuditOutcome::Success,
+            credential: callsign_store::Credential::Bearer,
+            client: None,
+            request_id: None,
+            subject: subject.map(str::to_owned),
+            detail: Some("object admins (group)".to_owned()),
+        };
+        let with = record(Some("https://login.example/t/v2.0#alice"));
+        assert_eq!(
+            record_json(&with)["subject"],
+            "https://login.example/t/v2.0#alice"
+        );
+        assert_eq!(record_json(&with)["credential"], "bearer");
+        assert!(
+            record_line(&with)
+                .ends_with("object admins (group) by https://login.example/t/v2.0#alice"),
+            "{}",
+            record_line(&with)
+        );
+        let without = record(None);
+        assert!(record_json(&without)["subject"].is_null());
+        assert!(record_line(&without).ends_with("object admins (group)"));
     }
 
     #[test]

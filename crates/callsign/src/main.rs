@@ -347,7 +347,7 @@ fn report_divergence(
 /// What `migrate-store` did, for the operator.
 fn print_copy_report(report: &callsign_store::CopyReport) {
     println!(
-        "callsign: copied {} signing key(s), {} of {} identities ({} already there, {} revocation epoch(s) raised) and {} Teams assignment(s)",
+        "callsign: copied {} signing key(s), {} of {} identities ({} already there, {} revocation epoch(s) raised), {} Teams assignment(s) and {} access assignment(s)",
         report.signing_keys,
         report.identities_inserted,
         report.identities_read,
@@ -357,7 +357,8 @@ fn print_copy_report(report: &callsign_store::CopyReport) {
             .saturating_sub(report.skipped_deleted)
             .saturating_sub(report.custom_id_conflicts),
         report.epochs_raised,
-        report.assignments
+        report.assignments,
+        report.access_assignments
     );
     println!("callsign: {} audit record(s) copied", report.audit_records);
     println!(

@@ -12,6 +12,7 @@ fn actor(request: &str) -> Actor {
         credential: Credential::Secondary,
         client: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         request_id: Some(request.to_owned()),
+        subject: None,
     }
 }
 
@@ -283,6 +284,7 @@ fn old_record(seq: i64, resource: ResourceId, days: i64) -> AuditRecord {
         credential: Credential::Primary,
         client: None,
         request_id: None,
+        subject: None,
         detail: None,
     }
 }

@@ -155,6 +155,7 @@ fn audit_exports_what_a_running_server_changed(data_dir: &Path, extra: &[&str], 
                 "credential",
                 "clientAddress",
                 "requestId",
+                "subject",
                 "detail"
             ])
         );
@@ -168,6 +169,7 @@ fn audit_exports_what_a_running_server_changed(data_dir: &Path, extra: &[&str], 
         assert_eq!(r["identityId"], id.as_str());
         assert_eq!(r["resourceId"], resource.as_str());
         assert_eq!(r["clientAddress"], "127.0.0.1");
+        assert!(r["subject"].is_null(), "{r}");
         let time = r["time"].as_str().expect("time");
         assert!(time.ends_with('Z') && time.len() == 24, "{time}");
     }

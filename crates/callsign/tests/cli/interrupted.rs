@@ -205,7 +205,7 @@ async fn pg_has_table(pg: &tokio_postgres::Client, table: &str) -> bool {
 }
 
 /// The tables and indexes (`table.column`: columns) each PostgreSQL migration creates
-/// (version 1 to 8).
+/// (version 1 to 9).
 const PG_TABLES: &[&[&str]] = &[
     &[
         "callsign_resources",
@@ -233,6 +233,7 @@ const PG_TABLES: &[&[&str]] = &[
         "callsign_revocation_events",
         "callsign_revocation_events_at",
     ],
+    &["callsign_access_assignments", "callsign_audit_log.subject"],
 ];
 
 /// The applied migrations, checked against the tables: applied in order (1..=n), each wholly
@@ -297,7 +298,7 @@ fn sqlite_copy(data_dir: &Path) -> (tempfile::TempDir, rusqlite::Connection) {
 }
 
 /// The tables and indexes (`table.column`: columns) each SQLite migration creates
-/// (version 1 to 8).
+/// (version 1 to 9).
 const SQLITE_TABLES: &[&[&str]] = &[
     &["resources", "signing_keys", "identities"],
     &["teams_assignments"],
@@ -317,6 +318,7 @@ const SQLITE_TABLES: &[&[&str]] = &[
         "revocation_events",
         "revocation_events_at",
     ],
+    &["access_assignments", "audit_log.subject"],
 ];
 
 /// A data dir's schema, checked against `PRAGMA user_version` as [`pg_schema_consistent`]
