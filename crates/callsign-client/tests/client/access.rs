@@ -190,8 +190,8 @@ async fn an_exchange_answer_without_a_token_is_an_unexpected_response() {
     );
 }
 
-/// Put, get, delete and patch as they go on the wire: signed, at 2025-03-02-preview whatever
-/// the client's version, object ids percent-encoded as one path segment.
+/// Put, get and delete as they go on the wire: signed, at 2025-03-02-preview whatever the
+/// client's version, object ids percent-encoded as one path segment.
 #[tokio::test]
 async fn assignment_calls_are_signed_and_encode_the_object_id() {
     let server = CannedServer::start(vec![
@@ -199,11 +199,6 @@ async fn assignment_calls_are_signed_and_encode_the_object_id() {
         response(200, &[], &assignment_json(AUTH0_OBJECT, "user")),
         response(200, &[], &assignment_json(GUID_OBJECT, "group")),
         response(204, &[], ""),
-        response(
-            200,
-            &[],
-            &format!(r#"{{"{TENANT}":{}}}"#, assignment_json(TENANT, "tenant")),
-        ),
     ])
     .await;
     let client = server.client(RetryPolicy::none(), TIMEOUT);
@@ -232,6 +227,52 @@ async fn assignment_calls_are_signed_and_encode_the_object_id() {
         .delete_access_assignment(AUTH0_OBJECT)
         .await
         .expect("delete");
+
+    let r = server.requests();
+    assert_eq!(r.len(), 4);
+    r.iter().for_each(assert_hmac_signed);
+    let encoded = "/access/entra/assignments/auth0%7C5f7c8ec7c33c6c004bbafe82";
+    let version = "?api-version=2025-03-02-preview";
+    let sent: Vec<(&str, &str)> = r
+        .iter()
+        .map(|r| (r.method.as_str(), r.target.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("PUT", format!("{encoded}{version}").as_str()),
+            ("PUT", format!("{encoded}{version}").as_str()),
+            (
+                "GET",
+                format!("/access/entra/assignments/{GUID_OBJECT}{version}").as_str()
+            ),
+            ("DELETE", format!("{encoded}{version}").as_str()),
+        ]
+    );
+    assert_eq!(r[0].header("content-type"), Some("application/json"));
+    assert_eq!(
+        r[0].body,
+        format!(r#"{{"tenantId":"{TENANT}","principalType":"user","scopes":["chat","voip"]}}"#)
+            .as_bytes()
+    );
+    assert_eq!(
+        r[1].body,
+        format!(r#"{{"tenantId":"{TENANT}","principalType":"user"}}"#).as_bytes()
+    );
+    assert!(r[2].body.is_empty() && r[3].body.is_empty());
+    assert_eq!(r[2].header("content-type"), None);
+}
+
+/// A patch is a signed JSON merge patch of the collection: `null` deletes.
+#[tokio::test]
+async fn a_patch_is_a_signed_merge_patch_of_the_collection() {
+    let server = CannedServer::start(vec![response(
+        200,
+        &[],
+        &format!(r#"{{"{TENANT}":{}}}"#, assignment_json(TENANT, "tenant")),
+    )])
+    .await;
+    let client = server.client(RetryPolicy::none(), TIMEOUT);
     let mut patch = EntraAssignmentPatch::new();
     patch.insert(
         TENANT.to_owned(),
@@ -247,51 +288,22 @@ async fn assignment_calls_are_signed_and_encode_the_object_id() {
         .await
         .expect("patch");
     assert_eq!(put.keys().collect::<Vec<_>>(), [TENANT]);
+    assert_eq!(put[TENANT].principal_type, "tenant");
 
     let r = server.requests();
-    assert_eq!(r.len(), 5);
-    r.iter().for_each(assert_hmac_signed);
-    let encoded = "/access/entra/assignments/auth0%7C5f7c8ec7c33c6c004bbafe82";
-    let version = "?api-version=2025-03-02-preview";
+    assert_eq!(r.len(), 1);
+    assert_hmac_signed(&r[0]);
+    assert_eq!(r[0].method, "PATCH");
     assert_eq!(
-        (r[0].method.as_str(), r[0].target.as_str()),
-        ("PUT", format!("{encoded}{version}").as_str())
-    );
-    assert_eq!(r[0].header("content-type"), Some("application/json"));
-    assert_eq!(
-        r[0].body,
-        format!(r#"{{"tenantId":"{TENANT}","principalType":"user","scopes":["chat","voip"]}}"#)
-            .as_bytes()
+        r[0].target,
+        "/access/entra/assignments?api-version=2025-03-02-preview"
     );
     assert_eq!(
-        r[1].body,
-        format!(r#"{{"tenantId":"{TENANT}","principalType":"user"}}"#).as_bytes()
-    );
-    assert_eq!(
-        (r[2].method.as_str(), r[2].target.as_str()),
-        (
-            "GET",
-            format!("/access/entra/assignments/{GUID_OBJECT}{version}").as_str()
-        )
-    );
-    assert!(r[2].body.is_empty());
-    assert_eq!(
-        (r[3].method.as_str(), r[3].target.as_str()),
-        ("DELETE", format!("{encoded}{version}").as_str())
-    );
-    assert_eq!(
-        (r[4].method.as_str(), r[4].target.as_str()),
-        (
-            "PATCH",
-            format!("/access/entra/assignments{version}").as_str()
-        )
-    );
-    assert_eq!(
-        r[4].header("content-type"),
+        r[0].header("content-type"),
         Some("application/merge-patch+json")
     );
     assert_eq!(
-        r[4].body,
+        r[0].body,
         format!(
             r#"{{"{TENANT}":{{"tenantId":"{TENANT}","principalType":"tenant"}},"{AUTH0_OBJECT}":null}}"#
         )
