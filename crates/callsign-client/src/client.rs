@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use callsign_api as api;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -27,9 +27,14 @@ pub const API_VERSION: &str = api::CLIENT_API_VERSION;
 /// [`CommunicationIdentityClient::get_user`] (a preview: the real service may change it).
 pub const CUSTOM_ID_API_VERSION: &str = ApiVersion::V2025_03_02Preview.as_str();
 
+pub use access::{
+    ACCESS_API_VERSION, AccessAssignmentsPage, PrincipalType, UnknownPrincipalType,
+    access_assignment_request,
+};
 pub use api::{ApiVersion, UnknownApiVersion};
 pub use list::{ListUsersOptions, UsersPage};
 
+mod access;
 mod list;
 
 /// How long one attempt may take, unless [`CommunicationIdentityClientBuilder::timeout`] says
@@ -247,11 +252,29 @@ struct Call {
     method: Method,
     path: String,
     api_version: ApiVersion,
-    /// `Some` (even empty) sends `Content-Type: application/json` with these bytes.
+    /// `Some` (even empty) sends these bytes, with `Content-Type: <content_type>`.
     body: Option<Vec<u8>>,
     expected: u16,
-    /// Another success status the version documents (200 for an existing external id).
+    /// Another success status the version documents (200 for an existing external id, 200 for
+    /// a replaced access assignment).
     also: Option<u16>,
+    /// How the request proves who sends it.
+    auth: Auth,
+    /// The media type of `body`.
+    content_type: &'static str,
+}
+
+/// The media type of every body but a merge patch.
+const JSON: &str = "application/json";
+
+/// How a call authenticates.
+enum Auth {
+    /// HMAC-SHA256 with the connection string's access key (every management call).
+    AccessKey,
+    /// `Authorization: Bearer <token>` and nothing signed: the token exchange, whose caller is
+    /// the bearer of a user's token, not the holder of the access key. The value is marked
+    /// sensitive, so that HTTP stacks leave it out of their logs.
+    Bearer(HeaderValue),
 }
 
 impl CommunicationIdentityClient {
@@ -290,6 +313,8 @@ impl CommunicationIdentityClient {
                 body: Some(Vec::new()),
                 expected: 201,
                 also: None,
+                auth: Auth::AccessKey,
+                content_type: JSON,
             })
             .await?;
         Ok(created.identity.id.into())
@@ -320,6 +345,8 @@ impl CommunicationIdentityClient {
                 body: Some(to_json(&body)?),
                 expected: 201,
                 also: version.existing_identity_is_200().then_some(200),
+                auth: Auth::AccessKey,
+                content_type: JSON,
             })
             .await?;
         Ok(created.identity.id.into())
@@ -361,6 +388,8 @@ impl CommunicationIdentityClient {
                 body: Some(to_json(&body)?),
                 expected: 201,
                 also: None,
+                auth: Auth::AccessKey,
+                content_type: JSON,
             })
             .await?;
         let token = created
@@ -397,6 +426,8 @@ impl CommunicationIdentityClient {
                 body: Some(to_json(&body)?),
                 expected: 200,
                 also: None,
+                auth: Auth::AccessKey,
+                content_type: JSON,
             })
             .await?;
         access_token(token, 200)
@@ -415,6 +446,8 @@ impl CommunicationIdentityClient {
             body: None,
             expected: 204,
             also: None,
+            auth: Auth::AccessKey,
+            content_type: JSON,
         })
         .await
         .map(drop)
@@ -433,6 +466,8 @@ impl CommunicationIdentityClient {
             body: None,
             expected: 204,
             also: None,
+            auth: Auth::AccessKey,
+            content_type: JSON,
         })
         .await
         .map(drop)
@@ -456,6 +491,8 @@ impl CommunicationIdentityClient {
                 body: None,
                 expected: 200,
                 also: None,
+                auth: Auth::AccessKey,
+                content_type: JSON,
             })
             .await?;
         user_details(identity, 200)
@@ -468,12 +505,23 @@ impl CommunicationIdentityClient {
 
     /// [`Self::call_json`] to a URL of the caller's (a listing's with its query).
     async fn call_json_at<T: DeserializeOwned>(&self, call: &Call, url: Url) -> Result<T, Error> {
-        let status = call.expected;
-        let body = self.call_at(call, url).await?;
-        serde_json::from_slice(&body).map_err(|e| Error::UnexpectedResponse {
+        self.call_json_status_at(call, url)
+            .await
+            .map(|(_, parsed)| parsed)
+    }
+
+    /// [`Self::call_json_at`], with the success status received (`expected` or `also`).
+    async fn call_json_status_at<T: DeserializeOwned>(
+        &self,
+        call: &Call,
+        url: Url,
+    ) -> Result<(u16, T), Error> {
+        let (status, body) = self.call_status_at(call, url).await?;
+        let parsed = serde_json::from_slice(&body).map_err(|e| Error::UnexpectedResponse {
             status,
             detail: format!("the body does not match the API ({e}): {}", snippet(&body)),
-        })
+        })?;
+        Ok((status, parsed))
     }
 
     /// `<endpoint><path>?api-version=<version>`.
@@ -495,12 +543,17 @@ impl CommunicationIdentityClient {
 
     /// [`Self::call`] to `url`.
     async fn call_at(&self, call: &Call, url: Url) -> Result<Vec<u8>, Error> {
+        self.call_status_at(call, url).await.map(|(_, body)| body)
+    }
+
+    /// [`Self::call_at`], with the success status received (`expected` or `also`).
+    async fn call_status_at(&self, call: &Call, url: Url) -> Result<(u16, Vec<u8>), Error> {
         let mut retry = 0;
         loop {
             let can_retry = retry < self.retry.get_max_retries();
             let delay = match self.attempt(call, &url).await {
                 Ok((status, _, body)) if status == call.expected || Some(status) == call.also => {
-                    return Ok(body);
+                    return Ok((status, body));
                 }
                 Ok((status, headers, _)) if can_retry && is_retryable_status(status) => {
                     tracing::debug!(status, retry, %url, "retrying after a transient status");
@@ -526,26 +579,32 @@ impl CommunicationIdentityClient {
         }
     }
 
-    /// One signed attempt, bounded by the timeout.
+    /// One attempt (signed, or with the call's bearer token), bounded by the timeout.
     async fn attempt(&self, call: &Call, url: &Url) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
         let body = call.body.as_deref().unwrap_or_default();
-        let signed = signing::sign(
-            &self.credentials,
-            call.method.as_str(),
-            url,
-            body,
-            SystemTime::from(self.clock.now()),
-        );
         let mut request = self
             .http
             .request(call.method.clone(), url.clone())
-            .header("x-ms-date", signed.date)
-            .header("x-ms-content-sha256", signed.content_hash)
-            .header(AUTHORIZATION, signed.authorization)
             .header(ACCEPT, "application/json");
+        request = match &call.auth {
+            Auth::AccessKey => {
+                let signed = signing::sign(
+                    &self.credentials,
+                    call.method.as_str(),
+                    url,
+                    body,
+                    SystemTime::from(self.clock.now()),
+                );
+                request
+                    .header("x-ms-date", signed.date)
+                    .header("x-ms-content-sha256", signed.content_hash)
+                    .header(AUTHORIZATION, signed.authorization)
+            }
+            Auth::Bearer(value) => request.header(AUTHORIZATION, value.clone()),
+        };
         if call.body.is_some() {
             request = request
-                .header(CONTENT_TYPE, "application/json")
+                .header(CONTENT_TYPE, call.content_type)
                 .body(body.to_vec());
         }
         let exchange = async {

@@ -30,6 +30,11 @@ pub enum Error {
     /// The client could not be built from its options, e.g. a trusted CA certificate is not PEM.
     #[error("invalid client configuration: {0}")]
     Configuration(String),
+    /// An argument was refused before anything was sent, e.g. an object id that cannot be a
+    /// path segment (empty, `.` or `..`) or a bearer token that cannot be a header value. The
+    /// reason never contains a token.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// An attempt took longer than the per-request timeout (timeouts are not retried: the
     /// request may have been carried out).
     #[error("the request timed out after {0:?}")]

@@ -4,7 +4,9 @@
 //! It speaks the ACS Identity wire protocol as the released Azure SDKs do (api-version
 //! 2023-10-01, HMAC-SHA256 request signing with the resource's access key), so the same code
 //! works against a callsign server and against Azure. Custom ids and reading a user back use
-//! api-version 2025-03-02-preview.
+//! api-version 2025-03-02-preview, as do workforce access: the access assignments of a trusted
+//! identity provider's principals and the exchange of their tokens
+//! ([`CommunicationIdentityClient::exchange_access_token`]).
 //!
 //! * [`CommunicationIdentityClient`]: the operations, built from a connection string, with
 //!   retries ([`RetryPolicy`]), a per-attempt timeout and extra trusted CAs (for callsign's local
@@ -87,10 +89,14 @@ mod token;
 
 pub use callsign_api as api;
 pub use callsign_api::ErrorCode;
+pub use callsign_api::{
+    EntraAssignment, EntraAssignmentPage, EntraAssignmentPatch, EntraAssignmentRequest,
+};
 pub use client::{
-    API_VERSION, ApiVersion, CUSTOM_ID_API_VERSION, CommunicationIdentityClient,
-    CommunicationIdentityClientBuilder, CommunicationUserDetails, DEFAULT_TIMEOUT,
-    ListUsersOptions, UnknownApiVersion, UsersPage,
+    ACCESS_API_VERSION, API_VERSION, AccessAssignmentsPage, ApiVersion, CUSTOM_ID_API_VERSION,
+    CommunicationIdentityClient, CommunicationIdentityClientBuilder, CommunicationUserDetails,
+    DEFAULT_TIMEOUT, ListUsersOptions, PrincipalType, UnknownApiVersion, UnknownPrincipalType,
+    UsersPage, access_assignment_request,
 };
 pub use clock::{Clock, SystemClock};
 pub use connection_string::ConnectionString;

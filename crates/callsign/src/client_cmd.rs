@@ -146,7 +146,7 @@ pub enum TokenCommand {
     },
 }
 
-fn build_client(args: &ClientArgs) -> anyhow::Result<CommunicationIdentityClient> {
+pub(crate) fn build_client(args: &ClientArgs) -> anyhow::Result<CommunicationIdentityClient> {
     let Some(cs) = args.connection_string.as_deref() else {
         bail!(
             "no connection string: pass --connection-string or set COMMUNICATION_SERVICES_CONNECTION_STRING"
@@ -162,7 +162,7 @@ fn build_client(args: &ClientArgs) -> anyhow::Result<CommunicationIdentityClient
     Ok(builder.build()?)
 }
 
-fn scopes(names: &[String]) -> anyhow::Result<Vec<CommunicationTokenScope>> {
+pub(crate) fn scopes(names: &[String]) -> anyhow::Result<Vec<CommunicationTokenScope>> {
     names
         .iter()
         .map(|s| {
@@ -329,7 +329,7 @@ async fn list_users(client: &ClientArgs, options: &ListUsersOptions) -> anyhow::
     Ok(())
 }
 
-fn report_created(
+pub(crate) fn report_created(
     client: &ClientArgs,
     user: &CommunicationUserIdentifier,
     custom_id: Option<&str>,

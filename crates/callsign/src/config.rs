@@ -78,6 +78,15 @@ pub enum Command {
     /// Issue and revoke access tokens on a running server.
     #[command(subcommand)]
     Token(crate::client_cmd::TokenCommand),
+    /// Create, show, list and delete the access assignments that let a trusted identity
+    /// provider's users, groups or tenants exchange their tokens (api-version
+    /// 2025-03-02-preview), on a running server.
+    #[command(subcommand)]
+    Assignment(crate::access_cmd::AssignmentCommand),
+    /// Exchange a user's token from a trusted identity provider for their communication identity
+    /// and token, on a running server (pass the token with --token-file or
+    /// CALLSIGN_EXCHANGE_TOKEN rather than --token).
+    Exchange(crate::access_cmd::ExchangeArgs),
     /// Copy a deployment (resource, keys, identities, deletions) from one store to another, e.g.
     /// from the embedded store to PostgreSQL. Repeatable; refuses a target changed since the
     /// last copy unless --force.

@@ -11,6 +11,7 @@ macro_rules! out {
     }};
 }
 
+mod access_cmd;
 mod audit_cmd;
 mod client_cmd;
 mod config;
@@ -69,6 +70,8 @@ fn main() -> ExitCode {
             Command::RotateMasterKey(args) => rotate_master_key(args).await,
             Command::User(cmd) => client_cmd::user(cmd).await,
             Command::Token(cmd) => client_cmd::token(cmd).await,
+            Command::Assignment(cmd) => access_cmd::assignment(cmd).await,
+            Command::Exchange(args) => access_cmd::exchange(args).await,
             Command::MigrateStore(args) => migrate_store(args).await,
             Command::Bench(args) => callsign_bench::run_bench(args).await,
             Command::Seed(args) => callsign_bench::run_seed(args).await,
@@ -86,9 +89,16 @@ fn main() -> ExitCode {
 }
 
 /// Every local user can read a process's arguments (`ps`, `/proc/PID/cmdline`): say so when a
-/// password or an access key is among them, and what to use instead.
+/// password, an access key or a bearer token is among them, and what to use instead.
 fn warn_about_secrets_in_arguments() {
     for arg in std::env::args().skip(1) {
+        if arg == "--token" || arg.starts_with("--token=") {
+            eprintln!(
+                "warning: a token on the command line is visible to every local user (ps, /proc); \
+                 pass it with --token-file PATH (- for standard input) or in {} instead",
+                access_cmd::TOKEN_ENV
+            );
+        }
         let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
         if value.contains("://") && callsign_store::mask_database_url(value) != value {
             eprintln!(

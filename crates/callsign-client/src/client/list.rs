@@ -8,7 +8,9 @@ use reqwest::{Method, Url};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Call, CommunicationIdentityClient, CommunicationUserDetails, user_details};
+use super::{
+    Auth, Call, CommunicationIdentityClient, CommunicationUserDetails, JSON, user_details,
+};
 use crate::Error;
 
 /// Which users [`CommunicationIdentityClient::list_users`] lists, and how many per request.
@@ -57,6 +59,8 @@ impl CommunicationIdentityClient {
             body: None,
             expected: 200,
             also: None,
+            auth: Auth::AccessKey,
+            content_type: JSON,
         };
         let page: api::IdentityPage = self.call_json_at(&call, url).await?;
         let users = page
@@ -113,7 +117,13 @@ impl CommunicationIdentityClient {
                     Next::Link(link, last_id) => (Some(link), last_id),
                 };
                 let page = client.list_users_page(&options, link.as_deref()).await?;
-                let last_id = check_progress(&page, link.as_deref(), last_id)?;
+                let last_id = check_progress(
+                    link.as_deref(),
+                    page.next_link.as_deref(),
+                    page.users.iter().map(|u| u.user.raw_id()),
+                    last_id,
+                    "identities",
+                )?;
                 let next = page
                     .next_link
                     .clone()
@@ -153,7 +163,7 @@ impl CommunicationIdentityClient {
 
     /// A `nextLink`, resolved against the endpoint; only the endpoint's own origin is followed,
     /// so a request signed with the access key never goes elsewhere.
-    fn next_page_url(&self, link: &str) -> Result<Url, Error> {
+    pub(super) fn next_page_url(&self, link: &str) -> Result<Url, Error> {
         let endpoint = self.endpoint();
         let url = endpoint.join(link).map_err(|e| bad_url(&e))?;
         if url.origin() != endpoint.origin() {
@@ -166,30 +176,32 @@ impl CommunicationIdentityClient {
     }
 }
 
-fn bad_url(e: &dyn std::fmt::Display) -> Error {
+pub(super) fn bad_url(e: &dyn std::fmt::Display) -> Error {
     Error::Configuration(format!("cannot build the request URL: {e}"))
 }
 
-/// Pages come in id order: a page that repeats its own link or does not move past the last id
-/// seen would make the listing go round for ever, so it ends it with an error instead.
-fn check_progress(
-    page: &UsersPage,
+/// Pages come in id order: a page that repeats its own link (`next_link` equal to `link`, the
+/// one it was fetched from) or whose `ids` do not move past the last id seen would make the
+/// listing go round for ever, so it ends it with an error instead. Returns the last id seen.
+pub(super) fn check_progress<'a>(
     link: Option<&str>,
+    next_link: Option<&str>,
+    ids: impl IntoIterator<Item = &'a str>,
     mut last_id: Option<String>,
+    what: &str,
 ) -> Result<Option<String>, Error> {
     let stuck = |detail: &str| Error::UnexpectedResponse {
         status: 200,
         detail: format!("the listing does not move forward: {detail}"),
     };
-    if link.is_some() && page.next_link.as_deref() == link {
+    if link.is_some() && next_link == link {
         return Err(stuck("a page names itself as the next one"));
     }
-    for user in &page.users {
-        let id = user.user.to_string();
-        if last_id.as_ref().is_some_and(|last| id <= *last) {
-            return Err(stuck("identities out of order or repeated"));
+    for id in ids {
+        if last_id.as_deref().is_some_and(|last| id <= last) {
+            return Err(stuck(&format!("{what} out of order or repeated")));
         }
-        last_id = Some(id);
+        last_id = Some(id.to_owned());
     }
     Ok(last_id)
 }

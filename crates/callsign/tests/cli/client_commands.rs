@@ -6,13 +6,14 @@ use serde_json::Value;
 
 use crate::{BIN, Server};
 
-struct Cli {
-    cs: String,
-    ca: String,
+/// The CLI with a server's connection string and CA in its environment.
+pub(crate) struct Cli {
+    pub(crate) cs: String,
+    pub(crate) ca: String,
 }
 
 impl Cli {
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .args(args)
             .env("COMMUNICATION_SERVICES_CONNECTION_STRING", &self.cs)
@@ -27,7 +28,7 @@ impl Cli {
     }
 
     #[track_caller]
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
         let (code, out, err) = self.run(&all);

@@ -1,6 +1,7 @@
 //! The `callsign` binary as scripts and operators use it: its CLI contract, restarts, SIGTERM,
 //! durability under `kill -9`, and several nodes over one PostgreSQL database.
 
+mod access;
 mod audit;
 mod bench;
 mod client_commands;
