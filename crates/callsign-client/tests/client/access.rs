@@ -433,10 +433,46 @@ async fn the_assignment_listing_stops_at_a_foreign_or_stuck_next_link() {
     assert_eq!(server.requests().len(), 2);
 }
 
-// Against the real server: enabled once the server has the /access/entra endpoints.
+// Against the real server.
 
 #[tokio::test]
-#[ignore = "needs the server's /access/entra endpoints"]
+async fn a_trusted_issuers_user_exchanges_their_token_through_the_client() {
+    let provider = callsign_testkit::OidcProvider::start(&[]).await;
+    let server = crate::helpers::spawn_server_trusting(&provider.issuer).await;
+    let client = server.client();
+    let bearer = provider
+        .token("alice", "ES256", serde_json::json!({}))
+        .await;
+    let refused = client
+        .exchange_access_token(&bearer)
+        .await
+        .expect_err("no assignment");
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    let tenant = callsign_server::oidc::TrustedIssuer::tenant_of_issuer(&provider.issuer);
+    client
+        .put_access_assignment(
+            "alice",
+            &tenant.to_string(),
+            PrincipalType::User,
+            Some(&[Scope::Chat]),
+        )
+        .await
+        .expect("assigned");
+    let (user, token) = client
+        .exchange_access_token(&bearer)
+        .await
+        .expect("exchanged");
+    assert!(
+        user.raw_id().contains(&format!("_wf_{tenant}_")),
+        "{}",
+        user.raw_id()
+    );
+    assert!(!token.token.is_empty());
+    let (again, _) = client.exchange_access_token(&bearer).await.expect("again");
+    assert_eq!(again, user, "the same identity every time");
+}
+
+#[tokio::test]
 async fn assignments_are_created_replaced_read_and_deleted() {
     let server = spawn_server().await;
     let client = server.client();
@@ -510,7 +546,6 @@ async fn assignments_are_created_replaced_read_and_deleted() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server's /access/entra endpoints"]
 async fn an_absent_assignment_is_404_assignment_not_found() {
     let server = spawn_server().await;
     let client = server.client();
@@ -529,7 +564,6 @@ async fn an_absent_assignment_is_404_assignment_not_found() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server's /access/entra endpoints"]
 async fn the_listing_pages_through_every_assignment_in_object_id_order() {
     let server = spawn_server().await;
     let client = server.client();
@@ -584,7 +618,6 @@ async fn the_listing_pages_through_every_assignment_in_object_id_order() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server's /access/entra endpoints"]
 async fn a_patch_puts_and_deletes_in_one_request() {
     let server = spawn_server().await;
     let client = server.client();

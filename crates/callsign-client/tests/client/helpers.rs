@@ -30,7 +30,26 @@ pub struct TestServer {
 /// A server on SQLite: what the client does does not depend on the backend (the server's
 /// black-box suite runs on both).
 pub async fn spawn_server() -> TestServer {
-    let app = spawn_app(Backend::Sqlite).await;
+    server_of(spawn_app(Backend::Sqlite).await)
+}
+
+/// A server on SQLite trusting the OIDC `issuer` for the audience `api://callsign`.
+pub async fn spawn_server_trusting(issuer: &str) -> TestServer {
+    use callsign_server::oidc::{Audience, TrustedIssuer, TrustedIssuerConfig};
+    let issuer = TrustedIssuer::from_config(TrustedIssuerConfig {
+        issuer: issuer.to_owned(),
+        audience: Audience::One("api://callsign".into()),
+        ..TrustedIssuerConfig::default()
+    })
+    .expect("a valid issuer");
+    let app = callsign_testkit::TestApp::builder()
+        .settings(move |s| s.oidc_issuers = vec![issuer])
+        .spawn()
+        .await;
+    server_of(app)
+}
+
+fn server_of(app: TestApp) -> TestServer {
     assert!(
         app.endpoint.starts_with("https://"),
         "the default server speaks TLS with its local CA"

@@ -201,7 +201,6 @@ fn cli_for(server: &Server, dir: &std::path::Path) -> Cli {
 }
 
 #[test]
-#[ignore = "needs the server's /access/entra endpoints"]
 fn assignments_can_be_managed_from_a_shell() {
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path(), &[]);
@@ -272,7 +271,6 @@ fn assignments_can_be_managed_from_a_shell() {
 }
 
 #[test]
-#[ignore = "needs the server's /access/entra endpoints"]
 fn assignment_list_prints_every_page() {
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path(), &[]);
@@ -330,7 +328,6 @@ fn assignment_list_prints_every_page() {
 }
 
 #[test]
-#[ignore = "needs the server's /access/entra endpoints"]
 fn exchange_reads_the_token_from_standard_input_or_a_file_and_reports_a_refusal() {
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path(), &[]);
