@@ -392,13 +392,7 @@ impl CommunicationIdentityClient {
                 content_type: JSON,
             })
             .await?;
-        let token = created
-            .access_token
-            .ok_or_else(|| Error::UnexpectedResponse {
-                status: 201,
-                detail: "the response has no accessToken".to_owned(),
-            })?;
-        Ok((created.identity.id.into(), access_token(token, 201)?))
+        user_and_token(created, 201)
     }
 
     /// Issues a token for `user` with `scopes`, valid for `expires_in` (whole minutes, 60 to
@@ -698,6 +692,21 @@ fn user_details(identity: api::Identity, status: u16) -> Result<CommunicationUse
         custom_id: identity.custom_id.or(identity.external_id),
         last_token_issued_at,
     })
+}
+
+/// The identity and the token of a create or exchange answered with `status`; an answer
+/// without a token is unexpected.
+pub(crate) fn user_and_token(
+    answer: api::CreateIdentityResponse,
+    status: u16,
+) -> Result<(CommunicationUserIdentifier, AccessToken), Error> {
+    let token = answer
+        .access_token
+        .ok_or_else(|| Error::UnexpectedResponse {
+            status,
+            detail: "the response has no accessToken".to_owned(),
+        })?;
+    Ok((answer.identity.id.into(), access_token(token, status)?))
 }
 
 fn access_token(wire: api::AccessToken, status: u16) -> Result<AccessToken, Error> {

@@ -14,8 +14,7 @@ use reqwest::{Method, Url};
 
 use super::list::{bad_url, check_progress};
 use super::{
-    ApiVersion, Auth, Call, CommunicationIdentityClient, JSON, SEGMENT, access_token, scope_names,
-    to_json,
+    ApiVersion, Auth, Call, CommunicationIdentityClient, JSON, SEGMENT, scope_names, to_json,
 };
 use crate::{AccessToken, CommunicationTokenScope, CommunicationUserIdentifier, Error};
 
@@ -176,13 +175,7 @@ impl CommunicationIdentityClient {
             content_type: JSON,
         };
         let exchanged: api::CreateIdentityResponse = self.call_json(call).await?;
-        let token = exchanged
-            .access_token
-            .ok_or_else(|| Error::UnexpectedResponse {
-                status: 200,
-                detail: "the response has no accessToken".to_owned(),
-            })?;
-        Ok((exchanged.identity.id.into(), access_token(token, 200)?))
+        super::user_and_token(exchanged, 200)
     }
 
     /// The access assignment of `object_id` (`GET /access/entra/assignments/{objectId}`).
