@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use callsign_api::{
     AccessToken, CreateIdentityResponse, EntraAssignment, EntraAssignmentPage,
-    EntraAssignmentPatch, EntraAssignmentRequest, Identity,
+    EntraAssignmentRequest, Identity,
 };
 use callsign_core::{
     AccessAssignment, AccessPrincipalType, ObjectId, Scopes, format_expires_on, parse_guid,
@@ -116,7 +116,7 @@ pub(crate) async fn delete(dir: &Directory<'_>, object: &str) -> Result<Response
 /// `PATCH /access/entra/assignments` (JSON merge patch): every member put, every `null`
 /// deleted, all in one transaction; 200 with the assignments put.
 pub(crate) async fn patch(dir: &Directory<'_>, body: &[u8]) -> Result<Response, ApiError> {
-    let patch: EntraAssignmentPatch = parse_json(body)?;
+    let Patch(patch) = parse_json(body)?;
     if patch.len() > MAX_PATCH {
         return Err(ApiError::validation(
             format!("At most {MAX_PATCH} assignments may be patched at once."),
@@ -145,6 +145,40 @@ pub(crate) async fn patch(dir: &Directory<'_>, body: &[u8]) -> Result<Response, 
         .collect();
     dir.patch_access_assignments(puts, deletes).await?;
     Ok(json(StatusCode::OK, &answer))
+}
+
+/// A merge patch's members in the order given; an object id named twice is refused (a JSON
+/// map would keep only the last).
+#[derive(Default)]
+struct Patch(Vec<(String, Option<EntraAssignmentRequest>)>);
+
+impl<'de> serde::Deserialize<'de> for Patch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Patch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of objectId to an assignment or null")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Patch, A::Error> {
+                let mut members: Vec<(String, Option<EntraAssignmentRequest>)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if members.iter().any(|(k, _)| *k == key) || members.len() > MAX_PATCH {
+                        return Err(serde::de::Error::custom(
+                            "an objectId appears twice or there are too many members",
+                        ));
+                    }
+                    let value = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(Patch(members))
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// `GET /access/entra/assignments`: a page in object id order, `nextLink` while more follow.
@@ -270,6 +304,10 @@ pub(crate) async fn issue_for(
         .workforce_identity(principal.identity(dir.resource()))
         .await?;
     let expires_at = principal.expires_at.min(now + principal.issuer.max_token);
+    // Accepted within the leeway, but a token that would be born expired is no token.
+    if expires_at <= now {
+        return Err(ApiError::TokenRefused(crate::oidc::Refusal::Expired));
+    }
     let token = dir.issue_until(&identity, scopes, expires_at).await?;
     Ok((
         identity.id.to_string(),

@@ -60,6 +60,10 @@ pub struct TrustedIssuerConfig {
     pub tenant_id: Option<String>,
     /// The claim carrying the tenant (a GUID); `entra`: `tid`.
     pub tenant_claim: Option<String>,
+    /// The tenants a tenant claim may name (GUIDs): an issuer speaks only for its own tenants.
+    /// Default for `entra`: the tenant GUID in the issuer URL
+    /// (`https://login.microsoftonline.com/<tenant>/v2.0`).
+    pub tenants: Option<Vec<String>>,
     /// The claim carrying the user's id; default `sub`, `entra`: `oid`.
     pub subject_claim: Option<String>,
     /// The claim carrying group ids (a list), a dotted path for nested claims; default `groups`.
@@ -107,8 +111,8 @@ pub enum Audience {
 /// Where a principal's tenant comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantSource {
-    /// A claim holding a GUID.
-    Claim(String),
+    /// A claim holding a GUID, one of the issuer's tenants.
+    Claim(String, Vec<Uuid>),
     /// The same tenant for every user of the issuer.
     Fixed(Uuid),
 }
@@ -177,6 +181,24 @@ fn parse_url(raw: &str, what: &str) -> anyhow::Result<Url> {
     Ok(url)
 }
 
+/// The tenants an issuer taking its tenant from a claim speaks for: those configured, else the
+/// GUID in its URL (Entra's per-tenant issuers); at least one.
+fn own_tenants(issuer: &str, configured: Option<Vec<String>>) -> anyhow::Result<Vec<Uuid>> {
+    let tenants = match configured {
+        Some(list) => list
+            .iter()
+            .map(|t| parse_guid(t).ok_or_else(|| anyhow::anyhow!("tenant {t:?} is not a GUID")))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => issuer.split('/').filter_map(parse_guid).collect(),
+    };
+    if tenants.is_empty() {
+        anyhow::bail!(
+            "the issuer {issuer} takes its tenant from a claim: list the tenants it speaks for in `tenants`"
+        );
+    }
+    Ok(tenants)
+}
+
 impl TrustedIssuer {
     /// The tenant of a generic issuer's users when none is configured: the name-based (v5)
     /// UUID of the issuer URL in the URL namespace, the same on every node and run.
@@ -203,13 +225,13 @@ impl TrustedIssuer {
             c.issuer.trim_end_matches('/')
         ))?;
         let entra = c.profile == Profile::Entra;
-        let tenant = match (c.tenant_claim, c.tenant_id) {
+        let claim = c.tenant_claim.or_else(|| entra.then(|| "tid".to_owned()));
+        let tenant = match (claim, c.tenant_id) {
             (Some(_), Some(_)) => anyhow::bail!("give tenant_claim or tenant_id, not both"),
-            (Some(claim), None) => TenantSource::Claim(claim),
+            (Some(claim), None) => TenantSource::Claim(claim, own_tenants(&c.issuer, c.tenants)?),
             (None, Some(id)) => TenantSource::Fixed(
                 parse_guid(&id).ok_or_else(|| anyhow::anyhow!("tenant_id {id:?} is not a GUID"))?,
             ),
-            (None, None) if entra => TenantSource::Claim("tid".into()),
             (None, None) => TenantSource::Fixed(Self::tenant_of_issuer(&c.issuer)),
         };
         if c.teams && !entra {
@@ -271,6 +293,14 @@ impl TrustedIssuer {
         })
     }
 
+    /// The tenants this issuer speaks for.
+    pub fn tenants(&self) -> &[Uuid] {
+        match &self.tenant {
+            TenantSource::Claim(_, list) => list,
+            TenantSource::Fixed(t) => std::slice::from_ref(t),
+        }
+    }
+
     /// Whether this issuer's users may reach `resource`.
     pub fn serves(&self, resource: ResourceId) -> bool {
         self.resources
@@ -315,8 +345,8 @@ pub enum Refusal {
     /// The subject claim is missing, empty or too long.
     #[error("the token has no usable subject claim")]
     NoSubject,
-    /// The tenant claim is missing or not a GUID.
-    #[error("the token has no usable tenant claim")]
+    /// The tenant claim is missing, not a GUID, or not one of the issuer's tenants.
+    #[error("the token's tenant is missing or not one of the issuer's")]
     NoTenant,
     /// The issuer is not trusted for this resource.
     #[error("the token's issuer is not trusted for this resource")]
@@ -365,11 +395,14 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// The object part of the principal's identity: the subject when it is a GUID, else the
-    /// name-based (v5) UUID of the subject in the tenant's namespace.
+    /// The object part of the principal's identity: for Entra the object id (`oid`, a GUID);
+    /// for any other issuer the name-based (v5) UUID of the subject, exactly as it is, in the
+    /// tenant's namespace (a subject that looks like a GUID is no shortcut to another's id).
     pub fn object(&self) -> Uuid {
-        parse_guid(&self.subject)
-            .unwrap_or_else(|| Uuid::new_v5(&self.tenant, self.subject.as_bytes()))
+        match (self.issuer.profile, parse_guid(&self.subject)) {
+            (Profile::Entra, Some(oid)) => oid,
+            _ => Uuid::new_v5(&self.tenant, self.subject.as_bytes()),
+        }
     }
 
     /// The principal's identity in `resource`: `8:acs:<resource>_wf_<tenant>_<object>`.
@@ -530,6 +563,18 @@ struct IssOnly {
 impl Issuers {
     /// The runtime of the configured issuers (no network yet: keys are fetched on first use).
     pub fn new(configs: Vec<TrustedIssuer>) -> anyhow::Result<Self> {
+        // A tenant belongs to one issuer: another could otherwise name its users.
+        let mut owners = std::collections::HashMap::new();
+        for c in &configs {
+            for t in c.tenants() {
+                if let Some(other) = owners.insert(*t, &c.issuer) {
+                    anyhow::bail!(
+                        "the tenant {t} is claimed by two issuers ({other} and {}); give each its own tenant_id or tenants",
+                        c.issuer
+                    );
+                }
+            }
+        }
         Ok(Self {
             providers: configs
                 .into_iter()
@@ -603,9 +648,16 @@ fn principal(
     claims: &Map<String, Value>,
     now: OffsetDateTime,
 ) -> Result<Principal, Refusal> {
-    let aud_ok = strings(claims.get("aud"), 64)
-        .iter()
-        .any(|a| issuer.audiences.contains(a));
+    // A string `aud` is one audience (never split); a list is several.
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => issuer.audiences.contains(a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .take(64)
+            .filter_map(Value::as_str)
+            .any(|a| issuer.audiences.iter().any(|ours| ours == a)),
+        _ => false,
+    };
     if !aud_ok {
         return Err(Refusal::WrongAudience);
     }
@@ -618,10 +670,12 @@ fn principal(
     if now_s.saturating_sub(leeway) >= exp {
         return Err(Refusal::Expired);
     }
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64)
-        && now_s.saturating_add(leeway) < nbf
-    {
-        return Err(Refusal::NotYetValid);
+    match claims.get("nbf").map(Value::as_i64) {
+        Some(None) => return Err(Refusal::Malformed),
+        Some(Some(nbf)) if now_s.saturating_add(leeway) < nbf => {
+            return Err(Refusal::NotYetValid);
+        }
+        _ => {}
     }
     let subject = claims
         .get(&issuer.subject_claim)
@@ -631,12 +685,17 @@ fn principal(
         .to_owned();
     let tenant = match &issuer.tenant {
         TenantSource::Fixed(t) => *t,
-        TenantSource::Claim(name) => claims
+        TenantSource::Claim(name, own) => claims
             .get(name)
             .and_then(Value::as_str)
             .and_then(parse_guid)
+            .filter(|t| own.contains(t))
             .ok_or(Refusal::NoTenant)?,
     };
+    // An Entra object id is a GUID; the identity is named by it.
+    if issuer.profile == Profile::Entra && parse_guid(&subject).is_none() {
+        return Err(Refusal::NoSubject);
+    }
     let app_id = ["appid", "azp"]
         .iter()
         .find_map(|c| claims.get(*c).and_then(Value::as_str))
@@ -663,6 +722,8 @@ mod tests {
                 audience: Audience::Many(vec!["api://callsign".into(), "other".into()]),
                 profile,
                 roles_claim: Some("realm_access.roles".into()),
+                tenants: (profile == Profile::Entra)
+                    .then(|| vec!["c70d068c-2f32-484d-9455-73070cd5aadd".into()]),
                 ..TrustedIssuerConfig::default()
             })
             .expect("valid"),
@@ -739,9 +800,77 @@ mod tests {
             p.app_id.as_deref(),
             Some("11111111-2222-3333-4444-555555555555")
         );
-        let mut no_tid = c;
+        let mut no_tid = c.clone();
         no_tid.remove("tid");
         assert_eq!(principal(&i, &no_tid, now).err(), Some(Refusal::NoTenant));
+        let mut foreign = c.clone();
+        foreign.insert("tid".into(), Value::from(Uuid::new_v4().to_string()));
+        assert_eq!(
+            principal(&i, &foreign, now).err(),
+            Some(Refusal::NoTenant),
+            "another's tenant"
+        );
+        let mut not_guid = c;
+        not_guid.insert("oid".into(), Value::from("alice"));
+        assert_eq!(
+            principal(&i, &not_guid, now).err(),
+            Some(Refusal::NoSubject)
+        );
+    }
+
+    #[test]
+    fn audiences_strings_and_times_are_read_strictly() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        let i = issuer(Profile::Generic);
+        let spaced = json_claims(
+            now.unix_timestamp(),
+            serde_json::json!("other api://callsign"),
+        );
+        assert_eq!(
+            principal(&i, &spaced, now).err(),
+            Some(Refusal::WrongAudience)
+        );
+        let mut text_nbf = json_claims(now.unix_timestamp(), serde_json::json!("api://callsign"));
+        text_nbf.insert("nbf".into(), Value::from("9999999999"));
+        assert_eq!(
+            principal(&i, &text_nbf, now).err(),
+            Some(Refusal::Malformed)
+        );
+        // A GUID-looking subject is named like any other, never taken as an object id.
+        let mut guid_sub = json_claims(now.unix_timestamp(), serde_json::json!("api://callsign"));
+        let other = Uuid::new_v5(&TrustedIssuer::tenant_of_issuer(&i.issuer), b"alice");
+        guid_sub.insert("sub".into(), Value::from(other.to_string()));
+        let p = principal(&i, &guid_sub, now).expect("verifies");
+        assert_ne!(p.object(), other);
+    }
+
+    #[test]
+    fn a_tenant_belongs_to_one_issuer() {
+        let entra = |issuer: &str| TrustedIssuerConfig {
+            issuer: issuer.into(),
+            audience: Audience::One("a".into()),
+            profile: Profile::Entra,
+            ..TrustedIssuerConfig::default()
+        };
+        let t = "c70d068c-2f32-484d-9455-73070cd5aadd";
+        let url = format!("https://login.microsoftonline.com/{t}/v2.0");
+        let own = TrustedIssuer::from_config(entra(&url)).expect("tenant from the URL");
+        assert_eq!(own.tenants(), [parse_guid(t).expect("guid")]);
+        assert!(TrustedIssuer::from_config(entra("https://login.example.com/common")).is_err());
+        let twice = TrustedIssuerConfig {
+            issuer: "https://other.example.com".into(),
+            tenant_id: Some(t.into()),
+            ..entra("x")
+        };
+        let twice = TrustedIssuer::from_config(TrustedIssuerConfig {
+            profile: Profile::Generic,
+            ..twice
+        })
+        .expect("valid alone");
+        assert!(
+            Issuers::new(vec![own, twice]).is_err(),
+            "one tenant, two issuers"
+        );
     }
 
     #[test]

@@ -190,7 +190,9 @@ pub fn record_json(r: &AuditRecord) -> serde_json::Value {
 fn record_line(r: &AuditRecord) -> String {
     let dash = || "-".to_owned();
     let mut tail = r.identity.map(|i| i.to_string()).unwrap_or_default();
-    let subject = r.subject.as_ref().map(|s| format!("by {s}"));
+    // Quoted and escaped: a subject is the issuer's to choose and may hold spaces, quotes or
+    // direction overrides that would otherwise forge the line.
+    let subject = r.subject.as_ref().map(|s| format!("by {s:?}"));
     for part in [r.detail.as_ref(), subject.as_ref()].into_iter().flatten() {
         if !tail.is_empty() {
             tail.push(' ');
@@ -297,7 +299,7 @@ mod tests {
         assert_eq!(record_json(&with)["credential"], "bearer");
         assert!(
             record_line(&with)
-                .ends_with("object admins (group) by https://login.example/t/v2.0#alice"),
+                .ends_with("object admins (group) by \"https://login.example/t/v2.0#alice\""),
             "{}",
             record_line(&with)
         );

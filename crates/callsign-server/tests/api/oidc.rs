@@ -316,6 +316,11 @@ async fn every_refusal_says_why() {
     refused(&exchange(&app, &other_audience).await, "another audience");
     let expired = mint(json!({"ttl": 600, "backdate": 3600})).await;
     refused(&exchange(&app, &expired).await, "expired");
+    // Expired 30 s ago: within the leeway, but an exchanged token would be born expired.
+    let just_expired = mint(json!({"ttl": 30, "backdate": 60})).await;
+    refused(&exchange(&app, &just_expired).await, "expired");
+    let spaced_aud = mint(json!({"override": {"aud": "other api://callsign"}})).await;
+    refused(&exchange(&app, &spaced_aud).await, "another audience");
     let early = mint(json!({"nbf": 3600})).await;
     refused(&exchange(&app, &early).await, "not valid yet");
     let no_exp = mint(json!({"override": {"exp": null}})).await;
@@ -437,12 +442,17 @@ async fn rotated_keys_are_fetched_and_cached_keys_outlive_an_outage() {
 #[tokio::test]
 async fn an_entra_issuer_vouches_for_teams_users() {
     let provider = OidcProvider::start(&[]).await;
+    let (tenant, user, appid) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let app = app_trusting(Backend::Sqlite, &provider, |c| {
         c.profile = Profile::Entra;
         c.teams = true;
+        c.tenants = Some(vec![tenant.to_string()]);
     })
     .await;
-    let (tenant, user, appid) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // Only its own tenant: a token naming another tenant is refused.
+    let foreign = json!({"tid": Uuid::new_v4().to_string(), "oid": user.to_string()});
+    let foreign = provider.token(&user.to_string(), "RS256", foreign).await;
+    refused(&exchange(&app, &foreign).await, "tenant");
     let entra =
         json!({"tid": tenant.to_string(), "oid": user.to_string(), "appid": appid.to_string()});
     let token = provider
@@ -674,6 +684,21 @@ async fn assignments_are_validated_paged_and_patched(backend: Backend) {
         "nothing applied"
     );
     assert_eq!(app.send(Method::GET, &at("g"), None).await.status, 404);
+    let twice = format!(r#"{{"e": {user}, "e": null}}"#);
+    let r = app
+        .signed_with(
+            Method::PATCH,
+            &target,
+            Some(twice.as_bytes()),
+            &app.key,
+            "application/merge-patch+json",
+            None,
+        )
+        .reply()
+        .await;
+    r.assert_error(400, "ValidationError");
+    let e = app.send(Method::GET, &at("e"), None).await;
+    assert_eq!(e.status, 200, "a key given twice changes nothing");
     let r = app
         .signed_with(
             Method::PATCH,
