@@ -30,6 +30,7 @@ suites=(
   "admin:admin"
   "identity15:identity"
   "identity15:verify"
+  "identity15:devmode"
   "identity131:identity"
   "identity101:identity"
 )
@@ -164,6 +165,18 @@ failed="$(grep -E '^[^ ]+ fail [0-9]+$' "$log" | tail -n1 | grep -oE '[0-9]+$')"
 if [ "$passed" -eq 0 ] && [ "$code" -eq 0 ]; then code=1; fi # ran no test
 if [ "$code" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 record "node --test" "$code" "$passed passed, $failed failed" "$passed" "$failed"
+
+echo
+echo "=== node: compat/js/dev-mode.js (serve --dev, the documented string and CA)"
+log="$logdir/node-dev.log"
+(cd "$here/js" && node dev-mode.js) 2>&1 | tee "$log"
+code=${PIPESTATUS[0]}
+if grep -q '^dev-mode pass 1$' "$log" && [ "$code" -eq 0 ]; then
+  record "node dev mode" 0 "1 passed" 1 0
+else
+  [ "$code" -ne 0 ] || code=1
+  record "node dev mode" "$code" "failed" 0 1
+fi
 
 echo
 echo "=== compat summary ($((SECONDS - start)) s, server: $CALLSIGN_BIN)"

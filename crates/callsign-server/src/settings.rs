@@ -66,6 +66,11 @@ pub struct Settings {
     /// Trusted OpenID Connect issuers, whose users may exchange their tokens and whose
     /// role-bearing tokens may manage identities (none by default).
     pub oidc_issuers: Vec<crate::oidc::TrustedIssuer>,
+    /// The default resource an empty store starts with (dev mode's well-known one); `None`: one
+    /// with a random id and fresh keys.
+    pub default_resource: Option<callsign_store::ResourceRecord>,
+    /// The store is thrown away at exit (dev mode): no advice about sealing its keys.
+    pub ephemeral: bool,
 }
 
 impl Settings {
@@ -95,6 +100,8 @@ impl Settings {
             signing_key_rotation: None,
             revocation_feed: crate::feed::FeedSettings::default(),
             oidc_issuers: Vec::new(),
+            default_resource: None,
+            ephemeral: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use callsign_core::token::Issuer;
 use callsign_core::{Clock, ResourceId, SystemClock};
 use callsign_store::{
     Database, KeyMaterialStore, KeyProtection, PostgresOptions, ResourceRecord, Store,
-    StoreLocation, ensure_default_resource,
+    StoreLocation, ensure_default_resource, ensure_default_resource_as,
 };
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -69,9 +69,13 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         callsign_store::secure_data_dir(&settings.data_dir)?;
-        let (resource, first_start) =
-            ensure_default_resource(store.as_ref(), clock.as_ref()).await?;
-        warn_about_sealing(store.as_ref(), &settings.keys).await;
+        let (resource, first_start) = match settings.default_resource.clone() {
+            Some(fixed) => ensure_default_resource_as(store.as_ref(), fixed).await?,
+            None => ensure_default_resource(store.as_ref(), clock.as_ref()).await?,
+        };
+        if !settings.ephemeral {
+            warn_about_sealing(store.as_ref(), &settings.keys).await;
+        }
         let signer = crate::keys::Signer {
             alg: settings.signing_alg,
             issuer: settings

@@ -76,6 +76,15 @@ impl LocalCaPaths {
         self.dir.join("ca.names")
     }
 
+    /// Installs a given CA (PEM certificate and key) for the default names, as if this data
+    /// dir had made it: the next start certifies its names with it (dev mode's public CA).
+    pub fn install_ca(&self, ca_pem: &str, ca_key_pem: &str) -> anyhow::Result<()> {
+        callsign_store::files::create_private_dir(&self.dir)?;
+        write_atomically(&self.ca_key(), ca_key_pem, PRIVATE)?;
+        write_atomically(&self.ca_cert(), ca_pem, PUBLIC)?;
+        write_atomically(&self.ca_names(), &DEFAULT_NAMES.join("\n"), PUBLIC)
+    }
+
     /// Whether the existing CA may certify every one of `names` (false if there is none).
     pub fn ca_covers(&self, names: &[String]) -> bool {
         std::fs::read_to_string(self.ca_names()).is_ok_and(|t| {

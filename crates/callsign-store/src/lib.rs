@@ -49,7 +49,7 @@ pub use audit::{
     Actor, AuditEvent, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, Credential,
     TokenCount,
 };
-pub use bootstrap::ensure_default_resource;
+pub use bootstrap::{ensure_default_resource, ensure_default_resource_as};
 pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
 pub use feed::{FeedEvent, FeedRead, FeedVersion, Revocation, RevocationFeed, RevocationKind};
 pub use files::{DataDirError, restrict_umask, secure_data_dir};

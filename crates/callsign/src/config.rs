@@ -166,6 +166,9 @@ pub struct MigrateStoreArgs {
 pub struct CaCertArgs {
     #[command(flatten)]
     pub common: DataDirArgs,
+    /// Print the public dev CA of `serve --dev` (the same on every machine; no data dir).
+    #[arg(long)]
+    pub dev: bool,
     /// Extra names the CA may certify when it is created here (as `serve --tls-name`; the CA
     /// is name-constrained to them and the defaults localhost, 127.0.0.1, ::1).
     #[arg(long = "tls-name", env = "CALLSIGN_TLS_NAMES", value_delimiter = ',')]
@@ -253,6 +256,17 @@ pub struct ServeArgs {
     /// The aud the --oidc-issuer's tokens carry for callsign.
     #[arg(long, env = "CALLSIGN_OIDC_AUDIENCE", requires = "oidc_issuer")]
     pub oidc_audience: Option<String>,
+    /// Developer mode: an ephemeral store (in a temporary directory, removed at exit), the
+    /// well-known dev resource and access key, and the public dev CA. It protects nothing.
+    #[arg(long, conflicts_with_all = ["data_dir", "database_url", "master_key_file"])]
+    pub dev: bool,
+    /// With --dev: identities to create at start, one JSON object per line ({"customId": "…"}).
+    #[arg(long, requires = "dev")]
+    pub seed: Option<PathBuf>,
+    /// With --dev: listen on a non-loopback address too (anyone who can reach it holds the
+    /// well-known key).
+    #[arg(long, requires = "dev")]
+    pub dev_allow_remote: bool,
 }
 
 /// Limits against hostile traffic; every one also a `CALLSIGN_*` variable and a TOML key.
@@ -429,6 +443,10 @@ fn at_least_one<T: PartialEq + From<u8>>(
 pub struct ConnectionStringArgs {
     #[command(flatten)]
     pub common: DataDirArgs,
+    /// Print the well-known connection string of `serve --dev` (with --endpoint, or the dev
+    /// default https://127.0.0.1:8443/); no data dir or store is read.
+    #[arg(long)]
+    pub dev: bool,
     #[command(flatten)]
     pub db: DatabaseArgs,
     /// Endpoint URL to put in the string [default: from --listen and TLS settings].

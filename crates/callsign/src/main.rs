@@ -15,6 +15,7 @@ mod access_cmd;
 mod audit_cmd;
 mod client_cmd;
 mod config;
+mod dev;
 mod resource_cmd;
 mod signing_key_cmd;
 
@@ -223,6 +224,9 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    if args.dev {
+        return serve_dev(args, shutdown).await;
+    }
     let resolved = config::resolve_serve(args)?;
     let _log_guard = init_logging(resolved.log_json);
     // A panic anywhere is an error event of the log (JSON with --log-json), not a bare stderr
@@ -247,6 +251,85 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot print the start banner on standard output; serving on");
     }
     app.serve(shutdown).await
+}
+
+/// `serve --dev`: the well-known resource in a temporary store with the public dev CA; the
+/// store is removed when the server stops.
+async fn serve_dev(
+    mut args: ServeArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("callsign-dev-")
+        .tempdir_in(std::env::temp_dir())
+        .context("cannot make the dev store's temporary directory")?;
+    dev::install_ca(tmp.path())?;
+    args.common.data_dir = Some(tmp.path().to_path_buf());
+    let (seed, allow_remote) = (args.seed.take(), args.dev_allow_remote);
+    let resolved = config::resolve_serve(args)?;
+    let _log_guard = init_logging(resolved.log_json);
+    let mut settings = resolved.settings;
+    dev::check_listen(settings.listen, allow_remote)?;
+    settings.default_resource = Some(dev::resource()?);
+    settings.ephemeral = true;
+    let store: std::sync::Arc<dyn callsign_store::Store> =
+        callsign_store::StoreLocation::DataDir(tmp.path().to_path_buf())
+            .open(
+                &callsign_store::PostgresOptions::default(),
+                settings.keys.clone(),
+            )
+            .await?;
+    let app = callsign_server::Application::build_with(
+        settings,
+        std::sync::Arc::clone(&store),
+        std::sync::Arc::new(callsign_core::SystemClock),
+    )
+    .await?;
+    let seeded = match seed {
+        Some(file) => dev::seed(store.as_ref(), &file).await?,
+        None => 0,
+    };
+    let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Err(e) = print_dev_banner(&app, seeded, ready_ms) {
+        tracing::warn!(error = %e, "cannot print the start banner on standard output; serving on");
+    }
+    let served = app.serve(shutdown).await;
+    drop(store);
+    tmp.close().context("cannot remove the dev store")?;
+    served
+}
+
+/// What a developer needs: the endpoint, the well-known connection string, how to trust the
+/// dev CA, and that it protects nothing.
+fn print_dev_banner(
+    app: &callsign_server::Application,
+    seeded: usize,
+    ready_ms: f64,
+) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "callsign: listening on {} (dev mode, resource {}, ready in {ready_ms:.0} ms, {seeded} identities seeded)",
+        app.endpoint(),
+        app.resource_id()
+    )?;
+    writeln!(
+        out,
+        "callsign: dev mode: the key and the CA are public and protect nothing; nothing is kept after exit"
+    )?;
+    writeln!(out, "  {}", dev::connection_string(&app.endpoint()))?;
+    if app.is_tls() {
+        writeln!(
+            out,
+            "callsign: trust the dev CA (`callsign ca-cert --dev > callsign-dev-ca.pem`), then"
+        )?;
+        writeln!(
+            out,
+            "  export REQUESTS_CA_BUNDLE=callsign-dev-ca.pem SSL_CERT_FILE=callsign-dev-ca.pem NODE_EXTRA_CA_CERTS=callsign-dev-ca.pem"
+        )?;
+    }
+    out.flush()
 }
 
 /// Where the server listens, how to get its connection string and, with the local CA, how to
@@ -326,6 +409,11 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 async fn print_connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
+    if args.dev {
+        let endpoint = args.endpoint.as_deref().unwrap_or(dev::DEFAULT_ENDPOINT);
+        out!("{}", dev::connection_string(endpoint));
+        return Ok(());
+    }
     resource_cmd::print_connection_string(config::resolve_connection_string(args)?).await
 }
 
@@ -552,6 +640,10 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
 }
 
 fn print_ca_cert(args: config::CaCertArgs) -> anyhow::Result<()> {
+    if args.dev {
+        print!("{}", dev::CA_PEM);
+        return Ok(());
+    }
     let data_dir = config::resolve_data_dir(args.common)?;
     callsign_store::secure_data_dir(&data_dir)?;
     let paths = callsign_server::LocalCaPaths::new(&data_dir);

@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod client_commands;
 mod copies;
+mod dev;
 mod failover;
 mod faults;
 mod hostile;
