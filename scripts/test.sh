@@ -75,6 +75,8 @@ step "Rust doc tests" cargo test --workspace --doc --locked
 if [ -f compat/run.sh ]; then
     step "SDK compatibility suites" env CALLSIGN_BIN="$ROOT/target/debug/callsign" bash compat/run.sh
 fi
+# The README's Quick start, block by block, as a newcomer runs it (port 8443, dev mode).
+step "README quick start" env CALLSIGN_BIN="$ROOT/target/debug/callsign" python3 scripts/readme-quickstart.py
 
 echo
 if [ ${#failed[@]} -ne 0 ]; then
