@@ -15,10 +15,12 @@ import os
 import re
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,10 +49,20 @@ def main():
     try:
         script = "set -euo pipefail\n" + "\n".join(rest)
         # The server is up once the dev CA verifies its health answer.
-        wait = ("ca=$(mktemp); %s ca-cert --dev > \"$ca\"; for i in $(seq 1 300); do "
-                "curl -sf --cacert \"$ca\" https://127.0.0.1:8443/health >/dev/null && break; "
-                "sleep 0.1; done; rm -f \"$ca\"" % shlex.quote(binary))
-        subprocess.run(["bash", "-c", wait], check=True, timeout=60)
+        ca = subprocess.run([binary, "ca-cert", "--dev"], check=True, capture_output=True,
+                            text=True).stdout
+        context = ssl.create_default_context(cadata=ca)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("https://127.0.0.1:8443/health", context=context,
+                                            timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, "serve --dev exited (is port 8443 taken?)"
+                assert time.monotonic() < deadline, "serve --dev did not answer"
+                time.sleep(0.1)
         done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
                               timeout=600)
         print(done.stdout)
