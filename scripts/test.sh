@@ -4,7 +4,8 @@
 #   bash scripts/test.sh
 #
 # Steps: PostgreSQL available and running (installed from Debian packages if missing),
-# formatting and lint checks, licenses and banned crates (cargo deny, installed if missing),
+# formatting and lint checks, the packaging lint (packaging/: Dockerfile, compose file, systemd
+# unit; linted, not built), licenses and banned crates (cargo deny, installed if missing),
 # the Rust test suites (unit, black-box, store conformance on SQLite
 # and PostgreSQL, CLI and crash tests, doc tests), then the compatibility suites that drive the
 # released ACS SDKs (pinned, in venvs and node_modules) against the real server.
@@ -67,6 +68,7 @@ export CALLSIGN_TEST_DATABASE_URL=${CALLSIGN_TEST_DATABASE_URL:-postgres://postg
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build" cargo build --workspace --locked
+step "packaging lint" bash scripts/lint-packaging.sh
 step "cargo deny" cargo_deny
 step "cargo-nextest" ensure_nextest
 step "Rust tests" cargo nextest run --workspace --locked --no-fail-fast
