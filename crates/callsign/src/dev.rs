@@ -1,5 +1,6 @@
 //! Developer mode (`serve --dev`): an ACS stand-in for local work and CI, as Azurite is for
-//! Storage. An ephemeral store in a temporary directory (removed at exit), one well-known
+//! Storage. An ephemeral store in a temporary directory (in memory where `/dev/shm` allows,
+//! removed at exit), one well-known
 //! resource and access key, and a dev CA that is the same on every run and machine, so test
 //! suites can hard-code the connection string and pin the CA.
 //!
@@ -35,6 +36,24 @@ const CA_KEY_PEM: &str = include_str!("../dev/ca-key.pem");
 
 /// The most identities `--seed` preloads.
 const MAX_SEED: usize = 1_000_000;
+
+/// Where the ephemeral store goes: `$TMPDIR` when set, else `/dev/shm` when it is a writable
+/// directory (memory: no disk flushes, which a store thrown away at exit does not need, and a
+/// faster start), else the system's temporary directory.
+pub fn store_parent() -> std::path::PathBuf {
+    let shm = Path::new("/dev/shm");
+    let writable = |p: &Path| {
+        tempfile::Builder::new()
+            .prefix(".callsign-probe-")
+            .tempfile_in(p)
+            .is_ok()
+    };
+    if std::env::var_os("TMPDIR").is_none() && shm.is_dir() && writable(shm) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
 
 /// The connection string of the dev resource at `endpoint`.
 pub fn connection_string(endpoint: &str) -> String {

@@ -262,7 +262,7 @@ async fn serve_dev(
     let started = std::time::Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("callsign-dev-")
-        .tempdir_in(std::env::temp_dir())
+        .tempdir_in(dev::store_parent())
         .context("cannot make the dev store's temporary directory")?;
     dev::install_ca(tmp.path())?;
     args.common.data_dir = Some(tmp.path().to_path_buf());

@@ -68,12 +68,15 @@ fn dev_client(endpoint: &str) -> SigningClient {
     SigningClient::new(client, endpoint, DEV_KEY)
 }
 
-fn dev_dirs() -> Vec<String> {
-    std::fs::read_dir(std::env::temp_dir())
-        .expect("temp dir")
+/// The dev stores present: in `/dev/shm` or the temporary directory, wherever `--dev` put them.
+fn dev_dirs() -> Vec<std::path::PathBuf> {
+    [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
         .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("callsign-dev-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("callsign-dev-"))
+        .map(|e| e.path())
         .collect()
 }
 
