@@ -11,6 +11,7 @@ mod faults;
 mod hostile;
 mod interrupted;
 mod nodes;
+mod operations;
 mod permissions;
 mod resources;
 mod sealing;
