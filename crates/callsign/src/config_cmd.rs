@@ -122,7 +122,11 @@ pub fn run(args: ConfigArgs, matches: Option<&clap::ArgMatches>) -> anyhow::Resu
         command,
     };
     let mut settings = entries(&resolved.settings, &resolved.sources);
-    settings.push(("log_json", json!(resolved.log_json)));
+    let after_body = settings
+        .iter()
+        .position(|(key, _)| *key == "max_body_bytes")
+        .map_or(settings.len(), |i| i + 1);
+    settings.insert(after_body, ("log_json", json!(resolved.log_json)));
     let issuers = issuers(&resolved.settings, &resolved.sources, &origins);
     if json {
         let mut map = serde_json::Map::new();
