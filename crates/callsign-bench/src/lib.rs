@@ -17,6 +17,7 @@
 
 mod load;
 mod procfs;
+pub mod progress;
 mod report;
 mod seed;
 mod target;

@@ -379,13 +379,18 @@ async fn create_identities(
     let next = Arc::new(AtomicU64::new(0));
     let path = format!("/identities?api-version={api_version}");
     let started = Instant::now();
+    let bar = crate::progress::counter(count, "pool", quiet);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
         let (target, next, path) = (target.clone(), Arc::clone(&next), path.clone());
         let client = target.client()?;
+        let bar = bar.clone();
         tasks.spawn(async move {
             let mut ids = Vec::new();
             while next.fetch_add(1, Ordering::AcqRel) < count {
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
                 let (status, body) = target
                     .send(&client, Method::POST, &path, CREATE_BODY)
                     .await
@@ -405,6 +410,9 @@ async fn create_identities(
     let mut all = Vec::with_capacity(count as usize);
     while let Some(done) = tasks.join_next().await {
         all.extend(done.context("a pool task failed")??);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     if !quiet {
         eprintln!(
@@ -629,12 +637,18 @@ async fn start_measuring(
     barrier.wait().await;
     let started = Instant::now();
     let mut last = Instant::now();
+    let bar = crate::progress::timer(warmup, "warm-up", quiet);
     while started.elapsed().as_secs_f64() < warmup && !shared.all_done() {
         tokio::time::sleep(TICK).await;
-        if !quiet && last.elapsed() >= Duration::from_secs(1) {
+        if let Some(bar) = &bar {
+            bar.set_position(started.elapsed().as_millis() as u64);
+        } else if !quiet && last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             eprintln!("bench: warm-up {:>5.1} s", started.elapsed().as_secs_f64());
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let measured = probe.sample()?;
     let started = Instant::now();
@@ -647,12 +661,22 @@ async fn start_measuring(
 async fn measure(shared: &Shared, started: Instant, duration: f64, quiet: bool) -> f64 {
     let mut last = Instant::now();
     let mut last_ops = 0;
+    let bar = crate::progress::timer(duration, "measure", quiet);
     loop {
         tokio::time::sleep(TICK).await;
         if started.elapsed().as_secs_f64() >= duration || shared.all_done() {
             break;
         }
-        if !quiet && last.elapsed() >= Duration::from_secs(1) {
+        if let Some(bar) = &bar {
+            let ops = shared.done_measured.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64();
+            bar.set_position(started.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{ops} ops, {:.0} ops/s, errors {}",
+                ops as f64 / secs.max(1e-9),
+                shared.errors_measured.load(Ordering::Relaxed)
+            ));
+        } else if !quiet && last.elapsed() >= Duration::from_secs(1) {
             let ops = shared.done_measured.load(Ordering::Relaxed);
             progress(
                 "measure",
@@ -665,6 +689,9 @@ async fn measure(shared: &Shared, started: Instant, duration: f64, quiet: bool) 
             last = Instant::now();
             last_ops = ops;
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     started.elapsed().as_secs_f64()
 }

@@ -104,9 +104,8 @@ async fn seed_into(
         .start
         .checked_add(args.count)
         .context("--start + --count overflows")?;
-    let mut inserted = 0u64;
+    let mut progress = Progress::new(args.count, args.quiet, started);
     let mut in_flight = JoinSet::new();
-    let mut last_progress = Instant::now();
     let mut window_start = args.start;
     while window_start < end {
         // Sorting a whole window of ids turns random inserts into near-sequential ones.
@@ -116,26 +115,25 @@ async fn seed_into(
         for chunk in users.chunks(args.batch) {
             while in_flight.len() >= 2 {
                 if let Some(done) = in_flight.join_next().await {
-                    inserted += done.context("an import task failed")?? as u64;
+                    progress.done(done.context("an import task failed")??);
                 }
             }
             let records = records(resource_id, chunk, now);
+            let written = records.len() as u64;
             let bulk: std::sync::Arc<dyn BulkIdentities> = std::sync::Arc::clone(store) as _;
             in_flight.spawn(async move {
                 bulk.import_identities(records)
                     .await
-                    .map(|report| report.inserted)
+                    .map(|report| (written, report.inserted as u64))
             });
-            if !args.quiet && last_progress.elapsed() >= Duration::from_secs(2) {
-                last_progress = Instant::now();
-                progress(inserted, args.count, started);
-            }
+            progress.show();
         }
         window_start = window_end;
     }
     while let Some(done) = in_flight.join_next().await {
-        inserted += done.context("an import task failed")?? as u64;
+        progress.done(done.context("an import task failed")??);
     }
+    let inserted = progress.finish();
     let elapsed = started.elapsed().as_secs_f64();
     Ok(SeedReport {
         resource: resource_id.to_string(),
@@ -168,15 +166,65 @@ fn records(resource: ResourceId, users: &[Uuid], now: OffsetDateTime) -> Vec<Ide
         .collect()
 }
 
-fn progress(inserted: u64, count: u64, started: Instant) {
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "seed: {:>10} of {} written, {:.1} s, {:.0}/s",
-        inserted,
-        count,
-        secs,
-        inserted as f64 / secs
-    );
+/// Seeding progress: a bar on a terminal ([`crate::progress`]), else a plain line every two
+/// seconds on standard error (unless quiet).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    count: u64,
+    started: Instant,
+    last_line: Instant,
+    /// Identities written so far, new or not.
+    written: u64,
+    /// Of them, new ones.
+    inserted: u64,
+}
+
+impl Progress {
+    fn new(count: u64, quiet: bool, started: Instant) -> Self {
+        Self {
+            bar: crate::progress::counter(count, "seed", quiet),
+            quiet,
+            count,
+            started,
+            last_line: started,
+            written: 0,
+            inserted: 0,
+        }
+    }
+
+    /// A batch of `written` identities is in, `inserted` of them new.
+    fn done(&mut self, (written, inserted): (u64, u64)) {
+        self.written += written;
+        self.inserted += inserted;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.written);
+        }
+    }
+
+    /// The plain line, when it is time for one and no bar is drawn.
+    fn show(&mut self) {
+        if self.bar.is_some() || self.quiet || self.last_line.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last_line = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "seed: {:>10} of {} written, {:.1} s, {:.0}/s",
+            self.written,
+            self.count,
+            secs,
+            self.written as f64 / secs
+        );
+    }
+
+    /// Clears the bar; returns how many identities were new.
+    fn finish(self) -> u64 {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        self.inserted
+    }
 }
 
 #[cfg(test)]

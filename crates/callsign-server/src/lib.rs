@@ -41,7 +41,7 @@ mod throttle;
 pub mod tls;
 mod version;
 
-pub use connection::{ClientAddr, ConnectionLimits};
+pub use connection::{ClientAddr, ConnectionLimits, derive_cap};
 pub use error::ApiError;
 pub use feed::FeedSettings;
 pub use keys::{

@@ -92,7 +92,8 @@ impl LocalCaPaths {
             names.iter().all(|n| known.contains(&n.as_str()))
         })
     }
-    fn server_cert(&self) -> PathBuf {
+    /// The server certificate the local CA issued (what `serve` presents).
+    pub fn server_cert(&self) -> PathBuf {
         self.dir.join("server.pem")
     }
     fn server_key(&self) -> PathBuf {

@@ -144,9 +144,69 @@ pub async fn copy_store(
     to: &dyn BulkStore,
     options: &CopyOptions,
 ) -> Result<CopyReport, CopyError> {
+    copy_store_with_progress(from, to, options, &NoProgress).await
+}
+
+/// The stages of a copy, in order, as [`CopyProgress`] hears of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyStage {
+    /// Reading both stores' identities and deletions to compare them.
+    Compare,
+    /// Copying the audit log.
+    AuditLog,
+    /// Resources, access keys and signing keys.
+    Keys,
+    /// Copying deletions (tombstones).
+    Deletions,
+    /// Copying identities.
+    Identities,
+    /// Teams and access assignments.
+    Assignments,
+}
+
+impl CopyStage {
+    /// What the stage does, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CopyStage::Compare => "comparing",
+            CopyStage::AuditLog => "audit log",
+            CopyStage::Keys => "resources and keys",
+            CopyStage::Deletions => "deletions",
+            CopyStage::Identities => "identities",
+            CopyStage::Assignments => "assignments",
+        }
+    }
+}
+
+/// What a copy tells as it goes ([`copy_store_with_progress`]), e.g. to draw a progress bar.
+/// Both methods do nothing by default.
+pub trait CopyProgress: Send + Sync {
+    /// `stage` begins.
+    fn stage(&self, stage: CopyStage) {
+        let _ = stage;
+    }
+    /// `records` more records of the current stage were read from the source.
+    fn advance(&self, records: usize) {
+        let _ = records;
+    }
+}
+
+/// Tells nothing.
+struct NoProgress;
+
+impl CopyProgress for NoProgress {}
+
+/// [`copy_store`], telling `progress` each stage and every batch read.
+pub async fn copy_store_with_progress(
+    from: &dyn BulkStore,
+    to: &dyn BulkStore,
+    options: &CopyOptions,
+    progress: &dyn CopyProgress,
+) -> Result<CopyReport, CopyError> {
     let batch = options.batch.max(1);
     let resource = source_resource(from, to).await?;
     let mut report = CopyReport::default();
+    progress.stage(CopyStage::Compare);
     let divergence = compare(from, to, batch).await?;
     if divergence.created + divergence.deleted > 0 {
         if !options.force {
@@ -161,7 +221,9 @@ pub async fn copy_store(
     }
     // The audit log first, keeping its sequence numbers: what the copy itself records on the
     // target is numbered after it.
-    report.audit_records = copy_audit(from, to, batch).await?;
+    progress.stage(CopyStage::AuditLog);
+    report.audit_records = copy_audit(from, to, batch, progress).await?;
+    progress.stage(CopyStage::Keys);
     let winner = to.bootstrap_default_resource(resource.clone()).await?;
     if winner.id != resource.id {
         return Err(CopyError::DifferentResource(winner.id.to_string()));
@@ -169,8 +231,11 @@ pub async fn copy_store(
     report.resources = copy_resources(from, to).await?;
     report.signing_keys = copy_signing_keys(from, to).await?;
     // Deletes first: they take identities out of the target before identities are copied.
-    copy_tombstones(from, to, batch, &mut report).await?;
-    copy_identities(from, to, batch, &mut report).await?;
+    progress.stage(CopyStage::Deletions);
+    copy_tombstones(from, to, batch, &mut report, progress).await?;
+    progress.stage(CopyStage::Identities);
+    copy_identities(from, to, batch, &mut report, progress).await?;
+    progress.stage(CopyStage::Assignments);
     report.assignments = copy_assignments(from, to).await?;
     report.access_assignments = copy_access_assignments(from, to).await?;
     Ok(report)
@@ -229,6 +294,7 @@ async fn copy_audit(
     from: &dyn BulkStore,
     to: &dyn BulkStore,
     batch: usize,
+    progress: &dyn CopyProgress,
 ) -> Result<usize, StoreError> {
     let mut query = AuditQuery {
         limit: batch,
@@ -239,6 +305,7 @@ async fn copy_audit(
         let page = from.audit_records(&query).await?;
         let Some(last) = page.last() else { break };
         query.after = Some(last.seq);
+        progress.advance(page.len());
         added += to.import_audit(page).await?;
     }
     Ok(added)
@@ -300,6 +367,7 @@ async fn copy_tombstones(
     to: &dyn BulkIdentities,
     batch: usize,
     report: &mut CopyReport,
+    progress: &dyn CopyProgress,
 ) -> Result<(), StoreError> {
     let mut after = None;
     loop {
@@ -307,6 +375,7 @@ async fn copy_tombstones(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         report.tombstones_read += page.len();
+        progress.advance(page.len());
         let done = to.import_tombstones(page).await?;
         report.tombstones_inserted += done.inserted;
         report.identities_deleted += done.identities_deleted;
@@ -320,6 +389,7 @@ async fn copy_identities(
     to: &dyn BulkIdentities,
     batch: usize,
     report: &mut CopyReport,
+    progress: &dyn CopyProgress,
 ) -> Result<(), StoreError> {
     let mut after = None;
     loop {
@@ -327,6 +397,7 @@ async fn copy_identities(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         report.identities_read += page.len();
+        progress.advance(page.len());
         let done = to.import_identities(page).await?;
         report.identities_inserted += done.inserted;
         report.epochs_raised += done.epochs_raised;

@@ -29,6 +29,7 @@ mod location;
 mod pg_feed;
 mod pg_tls;
 mod postgres;
+mod probe;
 mod seal;
 mod sqlite;
 
@@ -50,7 +51,10 @@ pub use audit::{
     TokenCount,
 };
 pub use bootstrap::{ensure_default_resource, ensure_default_resource_as};
-pub use copy::{CopyError, CopyOptions, CopyReport, DivergedId, copy_store};
+pub use copy::{
+    CopyError, CopyOptions, CopyProgress, CopyReport, CopyStage, DivergedId, copy_store,
+    copy_store_with_progress,
+};
 pub use feed::{FeedEvent, FeedRead, FeedVersion, Revocation, RevocationFeed, RevocationKind};
 pub use files::{DataDirError, restrict_umask, secure_data_dir};
 pub use location::{
@@ -59,6 +63,7 @@ pub use location::{
 };
 pub use pg_tls::mask_url as mask_database_url;
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use probe::{PostgresProbe, SchemaVersion, probe_embedded, probe_postgres};
 pub use seal::{
     KeyProtection, MasterKey, MasterKeyError, Sealer, access_key_slot, is_sealed, is_sealed_bytes,
     sealed_by, signing_key_slot,

@@ -313,6 +313,21 @@ impl PgTls {
         self.connector.clone()
     }
 
+    /// The `sslmode` in force (`prefer` when the URL names none).
+    pub(crate) fn mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// Whether the server certificate is checked (chain, and name with `verify-full`).
+    pub(crate) fn checks_certificate(&self) -> bool {
+        self.verification != Verification::None
+    }
+
+    /// `host:port` of the server, for messages.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
     /// A clear message for a connection failure caused by TLS (certificate, handshake, a server
     /// without TLS), or `None` for any other failure.
     pub(crate) fn explain(&self, e: &tokio_postgres::Error) -> Option<String> {

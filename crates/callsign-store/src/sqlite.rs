@@ -655,6 +655,11 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The schema version this binary knows (`PRAGMA user_version` once every migration ran).
+    pub fn latest_migration() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         {

@@ -102,6 +102,16 @@ pub enum Command {
     /// Rotate and list the token signing keys of a store (safe while servers run on it).
     #[command(subcommand)]
     SigningKey(crate::signing_key_cmd::SigningKeyCommand),
+    /// Print the configuration `serve` would run with (same flags), each value with where it
+    /// came from: flag, environment, config file or default. Secrets are masked.
+    Config(Box<crate::config_cmd::ConfigArgs>),
+    /// Check a deployment (same flags as serve): data dir permissions, the store, clock,
+    /// open-file limit, TLS certificate, master key, listen address. Exits 1 on a problem.
+    Doctor(Box<ServeArgs>),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(crate::cli_docs::CompletionsArgs),
+    /// Print the man page (roff), or write one per command with --out-dir.
+    Man(crate::cli_docs::ManArgs),
 }
 
 /// Store selection shared by several commands.
@@ -582,13 +592,34 @@ const MAX_PUBLIC_HOSTS: usize = 8;
 pub struct ResolvedServe {
     pub settings: Settings,
     pub log_json: bool,
+    /// Where each setting came from (`callsign config`).
+    pub sources: crate::sources::Sources,
+}
+
+/// What a resolution is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serve`: creates the master key of a new sealed store, and reads it.
+    Serve,
+    /// `config` and `doctor`: only look; the master key file is recorded in the sources, never
+    /// created or read (its keys stay plain in the settings).
+    Inspect,
 }
 
 pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
-    let file = load_file(args.common.config.as_deref())?;
+    resolve_serve_as(args, Purpose::Serve)
+}
+
+/// Resolves `serve`'s settings for `purpose`: the values are the same either way.
+pub fn resolve_serve_as(mut args: ServeArgs, purpose: Purpose) -> anyhow::Result<ResolvedServe> {
+    let mut file = load_file(args.common.config.as_deref())?;
+    let sources = crate::sources::record(&args, &file);
     let data_dir = data_dir(&args.common, &file);
     let mut settings = Settings::new(data_dir.clone());
-    create_key_of_new_store(&args.db, &file, &data_dir)?;
+    match purpose {
+        Purpose::Serve => create_key_of_new_store(&args.db, &file, &data_dir)?,
+        Purpose::Inspect => (args.db.master_key_file, file.master_key_file) = (None, None),
+    }
     let location = resolve_store(&args.db, &file, data_dir)?;
     settings.keys = location.keys.clone();
     if let StoreLocation::Postgres(url) = location.location {
@@ -640,6 +671,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
             .as_deref(),
         args.key_refresh_secs.or(file.key_refresh_secs),
     )?;
+    settings.ephemeral = args.dev;
     settings.oidc_issuers = oidc_issuers(file.oidc_issuer, args.oidc_issuer, args.oidc_audience)?;
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
         if n < 1024 {
@@ -650,6 +682,7 @@ pub fn resolve_serve(args: ServeArgs) -> anyhow::Result<ResolvedServe> {
     Ok(ResolvedServe {
         settings,
         log_json: args.log_json || file.log_json,
+        sources,
     })
 }
 

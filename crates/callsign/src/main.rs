@@ -13,24 +13,32 @@ macro_rules! out {
 
 mod access_cmd;
 mod audit_cmd;
+mod cli_docs;
 mod client_cmd;
 mod config;
+mod config_cmd;
+mod copy_progress;
 mod dev;
+mod doctor;
+mod doctor_tls;
 mod resource_cmd;
 mod signing_key_cmd;
+mod sources;
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use config::{Cli, Command, ConnectionStringArgs, MigrateArgs, MigrateStoreArgs, ServeArgs};
 
 fn main() -> ExitCode {
     // Whatever this process creates (data dir, database, keys) is private to its user.
     callsign_store::restrict_umask();
     warn_about_secrets_in_arguments();
-    let cli = Cli::parse();
+    // The matches are kept: `callsign config` tells a flag from its environment variable.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +86,10 @@ fn main() -> ExitCode {
             Command::Seed(args) => callsign_bench::run_seed(args).await,
             Command::Audit(args) => audit_cmd::run(args).await,
             Command::SigningKey(cmd) => signing_key_cmd::run(cmd).await,
+            Command::Config(args) => config_cmd::run(*args, matches.subcommand_matches("config")),
+            Command::Doctor(args) => doctor::run(*args).await,
+            Command::Completions(args) => cli_docs::completions(args),
+            Command::Man(args) => cli_docs::man(args),
         }
     });
     match result {
@@ -611,7 +623,11 @@ async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
         force: args.force,
     };
     let sealing = keys_sealed;
-    let mut result = callsign_store::copy_store(from.as_ref(), to.as_ref(), &copy).await;
+    let progress = copy_progress::CopyBar::default();
+    let mut result =
+        callsign_store::copy_store_with_progress(from.as_ref(), to.as_ref(), &copy, &progress)
+            .await;
+    progress.finish();
     if sealing && result.is_ok() {
         // The target may have held plain keys from an earlier copy: seal them too.
         if let Err(e) = to.reseal_keys().await {

@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod interrupted;
 mod nodes;
+mod operations;
 mod permissions;
 mod resources;
 mod sealing;
