@@ -9,8 +9,12 @@
 # (>= 20) and npm, and PyPI/npm for the first run only:
 #   * creates .venv/<name> from compat/python/requirements/<name>.txt (fully pinned, --no-deps)
 #     when missing or when the pins changed, and `npm ci` in compat/js and compat/oidc likewise;
+#   * validates the OpenAPI document (crates/callsign-server/openapi.json) with
+#     openapi-spec-validator from .venv/openapi;
 #   * runs each pytest suite in its own venv, then the node tests; each starts its own server on
-#     127.0.0.1 (port 0, fresh temp data dir) and stops it with SIGTERM, requiring exit code 0;
+#     127.0.0.1 (port 0, fresh temp data dir) and stops it with SIGTERM, requiring exit code 0
+#     (compat/python/openapi validates the served document and the server's responses against
+#     the OpenAPI document);
 #   * prints every runner's summary and exits non-zero if anything failed (pytest's "no tests
 #     collected", exit code 5, counts as a failure).
 set -uo pipefail
@@ -33,6 +37,7 @@ suites=(
   "identity15:devmode"
   "identity131:identity"
   "identity101:identity"
+  "openapi:openapi"
 )
 
 logdir="$(mktemp -d "${TMPDIR:-/tmp}/callsign-compat-run.XXXXXX")"
@@ -134,6 +139,18 @@ record() { # name, exit code, summary, passed, failed
   total_passed=$((total_passed + $4))
   total_failed=$((total_failed + $5))
 }
+
+echo
+echo "=== openapi-spec-validator: crates/callsign-server/openapi.json"
+log="$logdir/openapi-spec-validator.log"
+"$root/.venv/openapi/bin/openapi-spec-validator" "$root/crates/callsign-server/openapi.json" 2>&1 \
+  | tee "$log"
+code=${PIPESTATUS[0]}
+if [ "$code" -eq 0 ]; then
+  record "openapi-spec-validator" 0 "valid OpenAPI" 1 0
+else
+  record "openapi-spec-validator" "$code" "invalid OpenAPI" 0 1
+fi
 
 for suite in "${suites[@]}"; do
   name="${suite%%:*}"; tests="${suite#*:}"

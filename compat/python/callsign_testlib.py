@@ -142,34 +142,48 @@ class Server(object):
             return None
         return ssl.create_default_context(cafile=self.ca_path)
 
-    def signed_request(self, method, path_and_query, body=b"", key=None):
-        """An HMAC-SHA256 signed request as the SDKs sign them (x-ms-date;host;x-ms-content-sha256).
-        Returns (status, parsed JSON or None)."""
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode("utf-8")
+    def signing_headers(self, method, path_and_query, body=b"", key=None):
+        """The three headers of an HMAC-SHA256 signature as the SDKs sign requests
+        (x-ms-date;host;x-ms-content-sha256)."""
         date = formatdate(usegmt=True)
         content_hash = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
         to_sign = "%s\n%s\n%s;%s;%s" % (method, path_and_query, date, self.host, content_hash)
         secret = base64.b64decode(key or self.access_key)
         signature = base64.b64encode(
             hmac.new(secret, to_sign.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
-        headers = {
+        return {
             "x-ms-date": date,
             "x-ms-content-sha256": content_hash,
             "Authorization": "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256"
                              "&Signature=" + signature,
-            "Accept": "application/json",
         }
+
+    def raw_request(self, method, path_and_query, body=b"", key=None, sign=True, headers=None):
+        """A request, HMAC-signed unless `sign` is false; a non-empty body is declared JSON
+        unless `headers` says otherwise. Returns (status, headers as a dict with lower-case
+        names, raw body bytes)."""
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode("utf-8")
+        all_headers = {"Accept": "application/json"}
+        if sign:
+            all_headers.update(self.signing_headers(method, path_and_query, body, key))
         if body:
-            headers["Content-Type"] = "application/json"
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
         url = "%s://%s%s" % (self.scheme, self.host, path_and_query)
         req = urllib.request.Request(url, data=body if method != "GET" else None,
-                                     headers=headers, method=method)
+                                     headers=all_headers, method=method)
         try:
             with urllib.request.urlopen(req, context=self._ssl(), timeout=10) as resp:
-                status, raw = resp.status, resp.read()
+                status, got, raw = resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
+            status, got, raw = err.code, err.headers, err.read()
+        return status, {k.lower(): v for k, v in got.items()}, raw
+
+    def signed_request(self, method, path_and_query, body=b"", key=None):
+        """An HMAC-SHA256 signed request as the SDKs sign them (x-ms-date;host;x-ms-content-sha256).
+        Returns (status, parsed JSON or None)."""
+        status, _, raw = self.raw_request(method, path_and_query, body, key)
         return status, (json.loads(raw) if raw else None)
 
     def introspect(self, token):

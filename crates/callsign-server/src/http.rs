@@ -80,11 +80,17 @@ pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 /// An operation, decided from method and path alone.
+///
+/// Every route is described in the OpenAPI document (`crates/callsign-server/openapi.json`,
+/// served at `GET /openapi.json`); a new route needs its arm in [`Route::template`], a sample
+/// in `Route::every` (tests) and its operation in the document, or the drift test in
+/// `openapi.rs` fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
     Health,
     Ready,
     Jwks,
+    OpenApi,
     Create,
     List,
     Get(String),
@@ -130,6 +136,7 @@ impl Route {
             ["health"] => only(Method::GET, Route::Health, "GET"),
             ["ready"] => only(Method::GET, Route::Ready, "GET"),
             [".well-known", "jwks.json"] => only(Method::GET, Route::Jwks, "GET"),
+            ["openapi.json"] => only(Method::GET, Route::OpenApi, "GET"),
             ["identities"] => match *method {
                 Method::POST => Ok(Route::Create),
                 Method::GET => Ok(Route::List),
@@ -202,11 +209,12 @@ impl Route {
         }
     }
 
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Jwks => "jwks",
+            Route::OpenApi => "openapi",
             Route::Create => "create",
             Route::List => "list",
             Route::Get(_) => "get",
@@ -238,6 +246,7 @@ impl Route {
             Route::Health
             | Route::Ready
             | Route::Jwks
+            | Route::OpenApi
             | Route::Introspect
             | Route::Revocations
             | Route::RevocationSnapshot => return None,
@@ -308,7 +317,7 @@ impl Route {
 
     /// Whether the operation exists in `version` (the 2020 preview has its own paths for issue
     /// and revoke).
-    fn available_in(&self, version: ApiVersion) -> bool {
+    pub(crate) fn available_in(&self, version: ApiVersion) -> bool {
         let path_fits = match self {
             Route::LegacyRevoke(_) | Route::LegacyIssue(_) => version.is_legacy(),
             Route::Issue(_) | Route::Revoke(_) => !version.is_legacy(),
@@ -316,7 +325,106 @@ impl Route {
         };
         path_fits && self.operation().is_none_or(|op| version.offers(op))
     }
+
+    /// The method and the path template under which the OpenAPI document describes this route.
+    #[cfg(test)]
+    pub(crate) fn template(&self) -> (Method, &'static str) {
+        match self {
+            Route::Health => (Method::GET, "/health"),
+            Route::Ready => (Method::GET, "/ready"),
+            Route::Jwks => (Method::GET, "/.well-known/jwks.json"),
+            Route::OpenApi => (Method::GET, "/openapi.json"),
+            Route::Create => (Method::POST, "/identities"),
+            Route::List => (Method::GET, "/identities"),
+            Route::Get(_) => (Method::GET, "/identities/{id}"),
+            Route::Delete(_) => (Method::DELETE, "/identities/{id}"),
+            Route::LegacyRevoke(_) => (Method::PATCH, "/identities/{id}"),
+            Route::LegacyIssue(_) => (Method::POST, "/identities/{id}/token"),
+            Route::Issue(_) => (Method::POST, "/identities/{id}/:issueAccessToken"),
+            Route::Revoke(_) => (Method::POST, "/identities/{id}/:revokeAccessTokens"),
+            Route::TeamsExchange => (Method::POST, "/teamsUser/:exchangeAccessToken"),
+            Route::TeamsExtensionExchange => {
+                (Method::POST, "/access/teamsExtension/:exchangeAccessToken")
+            }
+            Route::AssignmentGet(..) => (Method::GET, TEAMS_ASSIGNMENT),
+            Route::AssignmentPut(..) => (Method::PUT, TEAMS_ASSIGNMENT),
+            Route::AssignmentDelete(..) => (Method::DELETE, TEAMS_ASSIGNMENT),
+            Route::EntraExchange => (Method::POST, "/access/entra/:exchangeAccessToken"),
+            Route::AccessList => (Method::GET, "/access/entra/assignments"),
+            Route::AccessPatch => (Method::PATCH, "/access/entra/assignments"),
+            Route::AccessGet(_) => (Method::GET, ENTRA_ASSIGNMENT),
+            Route::AccessPut(_) => (Method::PUT, ENTRA_ASSIGNMENT),
+            Route::AccessDelete(_) => (Method::DELETE, ENTRA_ASSIGNMENT),
+            Route::Introspect => (Method::POST, "/tokens/:introspect"),
+            Route::Revocations => (Method::GET, "/revocations"),
+            Route::RevocationSnapshot => (Method::GET, "/revocations/snapshot"),
+        }
+    }
+
+    /// Every route once, its path parameters [`SAMPLE_ID`], [`SAMPLE_TENANT`] and
+    /// [`SAMPLE_OBJECT`]. Keep it next to the enum: the OpenAPI drift test checks the document
+    /// against this list, and a route missing here goes unchecked.
+    #[cfg(test)]
+    pub(crate) fn every() -> Vec<Route> {
+        let id = || SAMPLE_ID.to_owned();
+        let (tenant, object) = (|| SAMPLE_TENANT.to_owned(), || SAMPLE_OBJECT.to_owned());
+        vec![
+            Route::Health,
+            Route::Ready,
+            Route::Jwks,
+            Route::OpenApi,
+            Route::Create,
+            Route::List,
+            Route::Get(id()),
+            Route::Delete(id()),
+            Route::LegacyRevoke(id()),
+            Route::LegacyIssue(id()),
+            Route::Issue(id()),
+            Route::Revoke(id()),
+            Route::TeamsExchange,
+            Route::TeamsExtensionExchange,
+            Route::AssignmentGet(tenant(), object()),
+            Route::AssignmentPut(tenant(), object()),
+            Route::AssignmentDelete(tenant(), object()),
+            Route::EntraExchange,
+            Route::AccessList,
+            Route::AccessPatch,
+            Route::AccessGet(object()),
+            Route::AccessPut(object()),
+            Route::AccessDelete(object()),
+            Route::Introspect,
+            Route::Revocations,
+            Route::RevocationSnapshot,
+        ]
+    }
+
+    /// Whether the route is answered before any api-version or authentication check (see
+    /// `handle`).
+    #[cfg(test)]
+    pub(crate) fn is_public(&self) -> bool {
+        matches!(
+            self,
+            Route::Health | Route::Ready | Route::Jwks | Route::OpenApi
+        )
+    }
 }
+
+/// The path template of a Teams extension assignment.
+#[cfg(test)]
+const TEAMS_ASSIGNMENT: &str = "/access/teamsExtension/tenants/{tenantId}/assignments/{objectId}";
+/// The path template of an access assignment.
+#[cfg(test)]
+const ENTRA_ASSIGNMENT: &str = "/access/entra/assignments/{objectId}";
+/// The identity id of [`Route::every`].
+#[cfg(test)]
+pub(crate) const SAMPLE_ID: &str =
+    "8:acs:a1b2c3d4-0000-4000-8000-000000000001_b1b2c3d4-0000-4000-8000-000000000002";
+/// The tenant id of [`Route::every`].
+#[cfg(test)]
+pub(crate) const SAMPLE_TENANT: &str = "c1b2c3d4-0000-4000-8000-000000000003";
+/// The object id of [`Route::every`].
+#[cfg(test)]
+pub(crate) const SAMPLE_OBJECT: &str = "d1b2c3d4-0000-4000-8000-000000000004";
 
 fn decode_segment(raw: &str) -> Result<String, ApiError> {
     decode_named(raw, "id")
@@ -455,6 +563,7 @@ async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Respons
         Route::Health => Ok(meta::health()),
         Route::Ready => meta::ready(state).await,
         Route::Jwks => Ok(meta::jwks(state)),
+        Route::OpenApi => Ok(meta::openapi()),
         route => handle_versioned(state, route, parts, body).await,
     };
     (name, result)
@@ -591,6 +700,7 @@ pub(crate) async fn run(
         Route::Health
         | Route::Ready
         | Route::Jwks
+        | Route::OpenApi
         | Route::Revocations
         | Route::RevocationSnapshot => Err(ApiError::NotFound),
     }

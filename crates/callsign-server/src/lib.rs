@@ -29,6 +29,7 @@ mod keys;
 mod listing;
 mod meta;
 pub mod oidc;
+mod openapi;
 #[cfg(test)]
 mod properties;
 mod resources;
@@ -48,6 +49,7 @@ pub use keys::{
     ACTIVATION_LEAD, DEFAULT_KEY_REFRESH, JWKS_MAX_AGE, KeyState, MAX_TOKEN_LIFETIME, PendingKey,
     RETIRE_MARGIN, key_states, retirement_bound, rotate_signing_key, signing_key_for,
 };
+pub use openapi::OPENAPI_DOCUMENT;
 pub use settings::{DEFAULT_AUDIT_RETENTION, Settings};
 pub use startup::Application;
 pub use throttle::{OperationClass, Rate, ThrottleConfig};

@@ -1,4 +1,4 @@
-//! Liveness, readiness, the public key set and token introspection.
+//! Liveness, readiness, the public key set, the OpenAPI document and token introspection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,6 +110,26 @@ pub(crate) fn jwks(state: &AppState) -> Response {
             ),
         ],
         state.keys.get().jwks.clone(),
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json` (no authentication): the OpenAPI document of everything callsign serves,
+/// as checked in ([`crate::openapi::OPENAPI_DOCUMENT`]).
+pub(crate) fn openapi() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(crate::openapi::OPENAPI_CACHE_CONTROL),
+            ),
+        ],
+        crate::openapi::OPENAPI_DOCUMENT,
     )
         .into_response()
 }

@@ -397,7 +397,7 @@ async fn teams_exchange_answers_invalid_access_token(backend: Backend) {
     app.stop().await;
 }
 
-async fn health_and_jwks_need_no_signature(backend: Backend) {
+async fn health_jwks_and_openapi_need_no_signature(backend: Backend) {
     let app = spawn_app(backend).await;
     let base = app.endpoint.trim_end_matches('/');
     let h = app
@@ -417,6 +417,30 @@ async fn health_and_jwks_need_no_signature(backend: Backend) {
     let jwks: Value = j.json().await.expect("json");
     assert_eq!(jwks["keys"][0]["kty"], "EC");
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    // The OpenAPI document, as checked in, with the headers every response carries.
+    let o = app
+        .client
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(o.status(), StatusCode::OK);
+    assert_eq!(o.headers()["content-type"], "application/json");
+    assert_eq!(o.headers()["cache-control"], "public, max-age=300");
+    assert!(o.headers().contains_key("api-supported-versions"));
+    let text = o.text().await.expect("body");
+    assert_eq!(text, callsign_server::OPENAPI_DOCUMENT);
+    let doc: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Another method is refused as on every path.
+    let r = app
+        .client
+        .post(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["allow"], "GET");
     // Everything else does need one.
     let r = app
         .client
@@ -486,7 +510,7 @@ on_every_backend!(
     join_scopes_exist_from_2023_10_01,
     custom_ids_are_idempotent_and_identities_can_be_read_back,
     teams_exchange_answers_invalid_access_token,
-    health_and_jwks_need_no_signature,
+    health_jwks_and_openapi_need_no_signature,
     client_request_id_is_echoed_and_both_keys_work,
     old_sdks_signing_date_and_async_python_sending_raw_ids_are_accepted,
 );
