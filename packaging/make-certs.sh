@@ -98,6 +98,11 @@ if [ ! -f "$out/master.key" ]; then
     echo "made $out/master.key (keep a copy apart from the database's backups)"
 fi
 
+if [ -n "${names[3]:-}" ] && ! grep -q '^CALLSIGN_PUBLIC_NAME=' "$env_file" 2>/dev/null; then
+    echo "CALLSIGN_PUBLIC_NAME=${names[3]}" >>"$env_file"
+    echo "wrote CALLSIGN_PUBLIC_NAME=${names[3]} to $env_file"
+fi
+
 if ! grep -q '^POSTGRES_PASSWORD=' "$env_file" 2>/dev/null; then
     echo "POSTGRES_PASSWORD=$(openssl rand -hex 24)" >>"$env_file"
     echo "wrote POSTGRES_PASSWORD to $env_file"

@@ -51,6 +51,14 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
         return print_bytes(&page);
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The process's umask keeps what it makes private; man pages are for every user.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&dir)?.permissions().mode();
+        if mode & 0o055 != 0o055 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o755))?;
+        }
+    }
     let mut cmd = Cli::command().disable_help_subcommand(true);
     // Building names every subcommand by its full path (`callsign-serve`).
     cmd.build();

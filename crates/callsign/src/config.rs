@@ -268,7 +268,10 @@ pub struct ServeArgs {
     pub oidc_audience: Option<String>,
     /// Developer mode: an ephemeral store (in a temporary directory, removed at exit), the
     /// well-known dev resource and access key, and the public dev CA. It protects nothing.
-    #[arg(long, conflicts_with_all = ["data_dir", "database_url", "master_key_file"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["data_dir", "database_url", "master_key_file", "tls_names", "tls_cert", "tls_key"]
+    )]
     pub dev: bool,
     /// With --dev: identities to create at start, one JSON object per line ({"customId": "…"}).
     #[arg(long, requires = "dev")]

@@ -55,6 +55,39 @@ pub fn store_parent() -> std::path::PathBuf {
     }
 }
 
+/// The file naming the process that owns a dev store.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Marks `store` as this process's, so that a later `--dev` can tell it from a live one.
+pub fn claim(store: &Path) -> anyhow::Result<()> {
+    std::fs::write(store.join(OWNER_FILE), std::process::id().to_string())
+        .context("cannot mark the dev store as this process's")
+}
+
+/// Removes the dev stores under `parent` whose server is gone (ended by `kill -9`): those with
+/// an owner file naming a process that no longer runs. Returns how many.
+pub fn sweep_stale(parent: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let is_dev = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("callsign-dev-");
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        let gone = owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if is_dev && gone && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The connection string of the dev resource at `endpoint`.
 pub fn connection_string(endpoint: &str) -> String {
     let endpoint = if endpoint.ends_with('/') {
@@ -102,19 +135,21 @@ struct SeedLine {
 }
 
 /// Creates the identities of a JSON-lines `file` (`{"customId": "…"}` or `{}` per line; blank
-/// lines skipped) in the dev resource. Returns how many.
+/// lines skipped) in the dev resource. Returns how many were created (a repeated custom id
+/// names the identity created before).
 pub async fn seed(store: &dyn Store, file: &Path) -> anyhow::Result<usize> {
     let resource = ResourceId::parse(RESOURCE_ID).context("the dev resource id")?;
     let reader = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?,
     );
-    let mut created = 0;
+    let (mut created, mut lines) = (0, 0);
     for (n, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("{} line {}", file.display(), n + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        if created == MAX_SEED {
+        lines += 1;
+        if lines > MAX_SEED {
             bail!("{}: at most {MAX_SEED} identities", file.display());
         }
         let parsed: SeedLine = serde_json::from_str(&line).map_err(|e| {
@@ -134,8 +169,13 @@ pub async fn seed(store: &dyn Store, file: &Path) -> anyhow::Result<usize> {
             custom_id,
             created_at: time::OffsetDateTime::now_utc(),
         };
-        store.create_identity(new, &Actor::operator()).await?;
-        created += 1;
+        if store
+            .create_identity(new, &Actor::operator())
+            .await?
+            .created
+        {
+            created += 1;
+        }
     }
     Ok(created)
 }

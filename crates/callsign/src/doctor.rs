@@ -67,6 +67,11 @@ const BUILT_NOT_BEFORE: time::OffsetDateTime = time::macros::datetime!(2026-12-0
 
 /// Runs every check; an error (exit code 1) when one failed.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.dev {
+        anyhow::bail!(
+            "serve --dev keeps nothing to check (a temporary store, the public dev CA); doctor checks a deployment"
+        );
+    }
     let mut report = Report::default();
     let resolved = match resolve_serve_as(args, Purpose::Inspect) {
         Ok(resolved) => resolved,
@@ -244,10 +249,39 @@ async fn check_store(report: &mut Report, s: &Settings) {
                         "store",
                         format!("{:#}", anyhow::Error::from(e)),
                     );
+                    if clear_text_across_network(url) {
+                        report.say(
+                            Status::Fail,
+                            "store TLS",
+                            "sslmode=disable to a host that is not a loopback address: keys would \
+                             cross the network in clear text; use sslmode=verify-full",
+                        );
+                    }
                 }
             }
         }
     }
+}
+
+/// Whether `url` says `sslmode=disable` to a host that is not a loopback address (known without
+/// connecting).
+fn clear_text_across_network(url: &str) -> bool {
+    let (rest, query) = url.split_once('?').unwrap_or((url, ""));
+    let disabled = query.split('&').any(|p| p == "sslmode=disable");
+    // postgres://[user[:password]@]host[:port][/db]
+    let authority = rest.split_once("://").map_or(rest, |(_, a)| a);
+    let authority = authority.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    let loopback = host.is_empty()
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    disabled && !loopback
 }
 
 /// Pending migrations are applied by the next `serve`; a newer schema needs a newer binary.
@@ -467,4 +501,18 @@ fn check_listen(report: &mut Report, s: &Settings) {
         Err(e) => (Status::Fail, format!("{addr} cannot be bound: {e}")),
     };
     report.say(status, "listen", why);
+}
+
+#[cfg(test)]
+mod clear_text_tests {
+    #[test]
+    fn sslmode_disable_is_judged_from_the_url() {
+        use super::clear_text_across_network as f;
+        assert!(f("postgres://u:p@db.example.com:5432/x?sslmode=disable"));
+        assert!(f("postgres://u:p@10.0.0.5/x?sslmode=disable"));
+        assert!(!f("postgres://u:p@127.0.0.1:5432/x?sslmode=disable"));
+        assert!(!f("postgres://u:p@[::1]:5432/x?sslmode=disable"));
+        assert!(!f("postgres://u:p@db.example.com/x?sslmode=verify-full"));
+        assert!(!f("postgres://localhost/x?sslmode=disable"));
+    }
 }

@@ -88,6 +88,15 @@ pub fn check_certificates(report: &mut Report, s: &Settings) {
         TlsMode::Files { cert, key } => {
             check_file(report, "TLS certificate", cert, "replace it", now);
             check_key_file(report, key);
+            // What serve does with them: parse both and check that the key is the
+            // certificate's.
+            if let Err(e) = callsign_server::tls::server_config(&s.tls, &s.data_dir, now) {
+                report.say(
+                    Status::Fail,
+                    "TLS certificate and key",
+                    format!("serve refuses them: {e:#}"),
+                );
+            }
         }
         TlsMode::LocalCa { .. } => {
             let paths = LocalCaPaths::new(&s.data_dir);

@@ -272,10 +272,13 @@ async fn serve_dev(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let parent = dev::store_parent();
+    let swept = dev::sweep_stale(&parent);
     let tmp = tempfile::Builder::new()
         .prefix("callsign-dev-")
-        .tempdir_in(dev::store_parent())
+        .tempdir_in(&parent)
         .context("cannot make the dev store's temporary directory")?;
+    dev::claim(tmp.path())?;
     dev::install_ca(tmp.path())?;
     args.common.data_dir = Some(tmp.path().to_path_buf());
     let (seed, allow_remote) = (args.seed.take(), args.dev_allow_remote);
@@ -302,6 +305,9 @@ async fn serve_dev(
         Some(file) => dev::seed(store.as_ref(), &file).await?,
         None => 0,
     };
+    if swept > 0 {
+        tracing::info!(swept, "removed dev stores left by servers that are gone");
+    }
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Err(e) = print_dev_banner(&app, seeded, ready_ms) {
         tracing::warn!(error = %e, "cannot print the start banner on standard output; serving on");
@@ -338,7 +344,7 @@ fn print_dev_banner(
         )?;
         writeln!(
             out,
-            "  export REQUESTS_CA_BUNDLE=callsign-dev-ca.pem SSL_CERT_FILE=callsign-dev-ca.pem NODE_EXTRA_CA_CERTS=callsign-dev-ca.pem"
+            "  export REQUESTS_CA_BUNDLE=$PWD/callsign-dev-ca.pem NODE_EXTRA_CA_CERTS=$PWD/callsign-dev-ca.pem SSL_CERT_FILE=$PWD/callsign-dev-ca.pem CURL_CA_BUNDLE=$PWD/callsign-dev-ca.pem"
         )?;
     }
     out.flush()

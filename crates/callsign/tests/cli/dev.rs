@@ -137,6 +137,26 @@ fn dev_mode_serves_the_well_known_key_over_the_dev_ca_and_leaves_nothing() {
         during.iter().any(|d| !after.contains(d)),
         "the dev store is removed at exit"
     );
+
+    // kill -9 leaves the store; the next --dev removes it.
+    let before = dev_dirs();
+    let (mut killed, _) = start_dev(cwd.path(), &[]);
+    let left: Vec<_> = dev_dirs()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    killed.kill().expect("kill -9");
+    killed.wait().expect("reaped");
+    assert!(
+        !left.is_empty() && left.iter().all(|d| d.exists()),
+        "kill -9 leaves its store"
+    );
+    let (child, _) = start_dev(cwd.path(), &[]);
+    stop(child);
+    assert!(
+        left.iter().all(|d| !d.exists()),
+        "the next --dev sweeps it: {left:?}"
+    );
 }
 
 #[test]
