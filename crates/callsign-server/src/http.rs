@@ -23,6 +23,7 @@ use callsign_store::KeySlot;
 use crate::auth::Authenticated;
 use crate::connection::ClientAddr;
 use crate::error::ApiError;
+use crate::metrics::RequestKind;
 use crate::state::{AppState, Directory};
 use crate::throttle::OperationClass;
 use crate::version::{self, ApiVersion, Operation};
@@ -47,15 +48,18 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 /// logged with the request id and the panic, rather than a dropped connection.
 async fn catching_panics(
     request_id: uuid::Uuid,
-    handling: impl Future<Output = (&'static str, Result<Response, ApiError>)>,
-) -> (&'static str, Result<Response, ApiError>) {
+    handling: impl Future<Output = (RequestKind, Result<Response, ApiError>)>,
+) -> (RequestKind, Result<Response, ApiError>) {
     match AssertUnwindSafe(handling).catch_unwind().await {
         Ok(handled) => handled,
         Err(payload) => {
             let panic = panic_message(payload.as_ref());
             tracing::error!(id = %request_id, panic, "a request handler panicked");
             let cause = anyhow::anyhow!("the handler panicked: {panic}");
-            ("panicked", Err(ApiError::Internal(cause)))
+            (
+                RequestKind::unversioned("panicked"),
+                Err(ApiError::Internal(cause)),
+            )
         }
     }
 }
@@ -469,7 +473,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let mut req = req;
     // The request id goes with the request to whatever it changes (the audit log).
     req.extensions_mut().insert(RequestId(request_id));
-    let (route, result) = catching_panics(request_id, handle(&state, req)).await;
+    let (kind, result) = catching_panics(request_id, handle(&state, req)).await;
+    let route = kind.route;
     // Causes and reasons are logged here, with the request id; the body never carries them.
     let reason = match &result {
         Err(e @ ApiError::Internal(_)) => {
@@ -510,7 +515,11 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
     headers.insert("api-supported-versions", SUPPORTED_VERSIONS.clone());
     let status = response.status().as_u16();
-    let micros = started.elapsed().as_micros() as u64;
+    let took = started.elapsed();
+    if let Some(metrics) = &state.metrics {
+        metrics.request(kind, status, took);
+    }
+    let micros = took.as_micros() as u64;
     // One event per request, no span: a span per request costs more than the rest of the log.
     if reason.is_empty() {
         tracing::info!(id = %request_id, %method, path, route, status, micros, "request handled");
@@ -549,34 +558,43 @@ fn check_head(parts: &axum::http::request::Parts, state: &AppState) -> Result<()
     Ok(())
 }
 
-async fn handle(state: &AppState, req: Request) -> (&'static str, Result<Response, ApiError>) {
+/// Handles a request; returns with the outcome what it is counted under (route, api-version).
+async fn handle(state: &AppState, req: Request) -> (RequestKind, Result<Response, ApiError>) {
+    let unmatched = RequestKind::unversioned("unmatched");
     let (parts, body) = req.into_parts();
     if let Err(e) = check_head(&parts, state) {
-        return ("unmatched", Err(e));
+        return (unmatched, Err(e));
     }
     let route = match Route::parse(&parts.method, parts.uri.path()) {
         Ok(r) => r,
-        Err(e) => return ("unmatched", Err(e)),
+        Err(e) => return (unmatched, Err(e)),
     };
     let name = route.name();
-    let result = match route {
-        Route::Health => Ok(meta::health()),
-        Route::Ready => meta::ready(state).await,
-        Route::Jwks => Ok(meta::jwks(state)),
-        Route::OpenApi => Ok(meta::openapi()),
-        route => handle_versioned(state, route, parts, body).await,
-    };
-    (name, result)
+    match route {
+        Route::Health => (RequestKind::unversioned(name), Ok(meta::health())),
+        Route::Ready => (RequestKind::unversioned(name), meta::ready(state).await),
+        Route::Jwks => (RequestKind::unversioned(name), Ok(meta::jwks(state))),
+        Route::OpenApi => (RequestKind::unversioned(name), Ok(meta::openapi())),
+        route => {
+            let version = version::from_query(parts.uri.query());
+            let kind = RequestKind::versioned(name, &version);
+            let result = match version {
+                Ok(version) => handle_versioned(state, route, version, parts, body).await,
+                Err(e) => Err(e),
+            };
+            (kind, result)
+        }
+    }
 }
 
-/// A route of the API proper: api-version, authentication, then the operation.
+/// A route of the API proper, its api-version read: authentication, then the operation.
 async fn handle_versioned(
     state: &AppState,
     route: Route,
+    version: ApiVersion,
     parts: axum::http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let version = version::from_query(parts.uri.query())?;
     if teams::is_bearer(&parts.headers) && (route.is_exchange() || state.issuers.any()) {
         // A bearer token instead of an HMAC signature: a user's token to exchange, or a trusted
         // issuer's token with a management role.
@@ -904,14 +922,14 @@ mod panic_tests {
     #[tokio::test]
     async fn a_panicking_handler_is_an_opaque_500_and_its_payload_is_kept_for_the_log() {
         let id = uuid::Uuid::new_v4();
-        let (route, result) = catching_panics(id, async {
+        let (kind, result) = catching_panics(id, async {
             if id.is_nil() {
-                return ("never", Err(ApiError::NotFound));
+                return (RequestKind::unversioned("never"), Err(ApiError::NotFound));
             }
             panic!("index out of bounds at the secret place")
         })
         .await;
-        assert_eq!(route, "panicked");
+        assert_eq!(kind, RequestKind::unversioned("panicked"));
         let e = result.expect_err("a failure");
         assert!(e.cause().contains("index out of bounds"), "{}", e.cause());
         let body = serde_json::to_string(&e.body()).expect("json");
@@ -920,7 +938,13 @@ mod panic_tests {
             e.into_response().status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
-        let (_, fine) = catching_panics(id, async { ("ok", Ok(json(StatusCode::OK, &42))) }).await;
+        let (_, fine) = catching_panics(id, async {
+            (
+                RequestKind::unversioned("ok"),
+                Ok(json(StatusCode::OK, &42)),
+            )
+        })
+        .await;
         assert_eq!(fine.expect("answers").status(), StatusCode::OK);
     }
 

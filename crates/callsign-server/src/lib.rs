@@ -28,6 +28,7 @@ mod identities;
 mod keys;
 mod listing;
 mod meta;
+mod metrics;
 pub mod oidc;
 mod openapi;
 #[cfg(test)]

@@ -16,13 +16,16 @@ use tokio_rustls::TlsAcceptor;
 use crate::connection::{Admitted, ConnState, ConnectionLimits, Connections, Counted};
 use crate::state::AppState;
 
-/// What serving needs besides the listener: the state, TLS and the limits.
+/// What serving needs besides the listener: the state, TLS, the limits and the connection cap,
+/// and the metrics listener when there is one.
 pub(crate) struct Serving {
     pub(crate) state: Arc<AppState>,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) limits: ConnectionLimits,
+    pub(crate) conns: Arc<Connections>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) resource_poll: Duration,
+    pub(crate) metrics: Option<TcpListener>,
 }
 
 type Service = Counted<TowerToHyperService<axum::Router>>;
@@ -36,15 +39,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// finish (up to the grace period) and closes the store.
 pub(crate) async fn run(
     listener: TcpListener,
-    serving: Serving,
+    mut serving: Serving,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let refresher = spawn_key_refresher(Arc::clone(&serving.state));
     let resource_poller = spawn_resource_poller(Arc::clone(&serving.state), serving.resource_poll);
     let pruner = crate::audit::spawn_pruner(Arc::clone(&serving.state));
     let feed_pruner = crate::feed::spawn_pruner(Arc::clone(&serving.state));
-    let conns = Arc::new(connection_cap(&serving.limits));
-    accept_until(&listener, &serving, &conns, shutdown).await;
+    let metrics = spawn_metrics(serving.metrics.take(), &serving.state);
+    let conns = Arc::clone(&serving.conns);
+    let router = crate::http::router(Arc::clone(&serving.state));
+    let tls = serving.tls.as_ref();
+    accept_until(&listener, router, tls, &serving.limits, &conns, shutdown).await;
     drop(listener);
     // Long-polls answer and streams end now, so that draining does not wait on them.
     serving.state.waiters.shut_down();
@@ -59,6 +65,11 @@ pub(crate) async fn run(
             tracing::warn!("grace period over; closing remaining connections");
         }
     }
+    // The metrics listener served the drain too; it stops with the node.
+    if let Some((stop, task)) = metrics {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     refresher.abort();
     resource_poller.abort();
     feed_pruner.abort();
@@ -70,8 +81,24 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Serves `/metrics` on the metrics listener, if there is one, until told to stop.
+fn spawn_metrics(
+    listener: Option<TcpListener>,
+    state: &Arc<AppState>,
+) -> Option<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let listener = listener?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::metrics::serve(listener, Arc::clone(state), async {
+        let _ = stopped.await;
+    }));
+    Some((stop, task))
+}
+
 /// The connection cap: the configured one, lowered to what the file descriptor limit allows.
-fn connection_cap(limits: &ConnectionLimits) -> Connections {
+pub(crate) fn connection_cap(limits: &ConnectionLimits) -> Connections {
     let nofile = crate::connection::raise_nofile_limit();
     let conns = Connections::new(
         crate::connection::derive_cap(limits.max_connections, nofile),
@@ -86,15 +113,18 @@ fn connection_cap(limits: &ConnectionLimits) -> Connections {
     conns
 }
 
-/// Accepts connections until `shutdown` completes, each served by a task of its own.
-async fn accept_until(
+/// Accepts connections until `shutdown` completes, each served by `router` in a task of its
+/// own, under `limits` and the cap `conns`.
+pub(crate) async fn accept_until(
     listener: &TcpListener,
-    serving: &Serving,
+    router: axum::Router,
+    tls: Option<&TlsAcceptor>,
+    limits: &ConnectionLimits,
     conns: &Arc<Connections>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let service = TowerToHyperService::new(crate::http::router(Arc::clone(&serving.state)));
-    let builder = http_builder(&serving.limits);
+    let service = TowerToHyperService::new(router);
+    let builder = http_builder(limits);
     tokio::pin!(shutdown);
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -126,8 +156,8 @@ async fn accept_until(
             peer,
             service,
             builder.clone(),
-            serving.tls.clone(),
-            serving.limits.clone(),
+            tls.cloned(),
+            limits.clone(),
         ));
     }
 }

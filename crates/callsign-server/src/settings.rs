@@ -19,6 +19,9 @@ pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600
 pub struct Settings {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Address of the metrics listener (`GET /metrics`, plain HTTP, no authentication: keep it
+    /// off the public network); `None`, the default, serves and records no metrics.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the embedded database and TLS material live.
     pub data_dir: PathBuf,
     /// The store.
@@ -78,6 +81,7 @@ impl Settings {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
+            metrics_listen: None,
             data_dir: data_dir.into(),
             database: Database::Embedded,
             tls: TlsMode::LocalCa {

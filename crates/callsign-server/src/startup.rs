@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Authenticator;
-use crate::connection::ConnectionLimits;
+use crate::connection::{ConnectionLimits, Connections};
 use crate::serve::Serving;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -27,6 +27,9 @@ use crate::tls;
 /// A bound, ready-to-serve instance.
 pub struct Application {
     listener: TcpListener,
+    /// The metrics listener (`--metrics-listen`), when there is one.
+    metrics_listener: Option<TcpListener>,
+    conns: Arc<Connections>,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
     resource: ResourceRecord,
@@ -40,6 +43,7 @@ impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("addr", &self.listener.local_addr().ok())
+            .field("metrics_addr", &self.metrics_addr())
             .field("resource", &self.resource.id)
             .finish_non_exhaustive()
     }
@@ -98,6 +102,14 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let metrics_listener = bind_metrics(settings.metrics_listen).await?;
+        let conns = Arc::new(crate::serve::connection_cap(&settings.limits));
+        let metrics = metrics_listener.as_ref().map(|_| {
+            crate::metrics::Metrics::new(
+                Arc::clone(&store) as Arc<dyn callsign_store::StoreHealth>,
+                Arc::clone(&conns),
+            )
+        });
         let state = Arc::new(AppState {
             store,
             authenticator,
@@ -114,10 +126,13 @@ impl Application {
             audit_token_issue: settings.audit_token_issue,
             waiters: Arc::new(crate::feed::Waiters::new(settings.revocation_feed.clone())),
             issuers: crate::oidc::Issuers::new(settings.oidc_issuers.clone())?,
+            metrics,
         });
         tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");
         Ok(Self {
             listener,
+            metrics_listener,
+            conns,
             state,
             tls: tls_config.map(TlsAcceptor::from),
             resource,
@@ -133,6 +148,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// The metrics listener's bound address (`--metrics-listen`); `None` when metrics are off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The bound port.
@@ -177,11 +199,24 @@ impl Application {
             state: self.state,
             tls: self.tls,
             limits: self.limits,
+            conns: self.conns,
             shutdown_grace: self.shutdown_grace,
             resource_poll: self.resource_poll,
+            metrics: self.metrics_listener,
         };
         crate::serve::run(self.listener, serving, shutdown).await
     }
+}
+
+/// The metrics listener, bound at build time (port 0 allowed), when one is asked for.
+async fn bind_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    Ok(Some(listener))
 }
 
 /// Warns when keys are stored unsealed, or some are left unsealed under a master key.

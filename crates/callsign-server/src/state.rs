@@ -1,5 +1,6 @@
 //! Per-instance state: the store, the resource, the keys, the clock. No globals.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use callsign_core::token::IssuedToken;
@@ -14,6 +15,7 @@ use callsign_store::{
 
 use crate::auth::{Authenticated, Authenticator};
 use crate::error::ApiError;
+use crate::metrics::StoreOp;
 
 /// Everything a request handler needs, built once by `Application::build`.
 pub struct AppState {
@@ -35,6 +37,8 @@ pub struct AppState {
     pub(crate) waiters: Arc<crate::feed::Waiters>,
     /// The trusted OpenID Connect issuers.
     pub(crate) issuers: crate::oidc::Issuers,
+    /// What is recorded for `/metrics`; `None` (nothing recorded) without `--metrics-listen`.
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Rate-limits the warning an unavailable store gives, per request otherwise.
@@ -60,7 +64,6 @@ impl OutageLog {
 }
 
 impl AppState {
-    /// The identities of the authenticated resource.
     /// The identities of the authenticated resource; what `actor` changes through it is
     /// recorded in the audit log as its doing.
     pub(crate) fn directory<'a>(&'a self, auth: &Authenticated, actor: Actor) -> Directory<'a> {
@@ -80,6 +83,17 @@ pub(crate) struct Directory<'a> {
 }
 
 impl Directory<'_> {
+    /// Runs a store call, timed as `op` when metrics are recorded.
+    async fn timed<T>(&self, op: StoreOp, call: impl Future<Output = T>) -> T {
+        let Some(metrics) = &self.state.metrics else {
+            return call.await;
+        };
+        let started = std::time::Instant::now();
+        let out = call.await;
+        metrics.store_call(op, started.elapsed());
+        out
+    }
+
     /// Takes a token of `class` from this resource's throttle, or refuses with 429.
     pub(crate) fn throttle(&self, class: crate::throttle::OperationClass) -> Result<(), ApiError> {
         self.state.throttle.check(self.resource, class)
@@ -113,13 +127,13 @@ impl Directory<'_> {
             custom_id,
             created_at: self.state.clock.now(),
         };
-        Ok(self.state.store.create_identity(new, &self.actor).await?)
+        let store = &self.state.store;
+        let created = store.create_identity(new, &self.actor);
+        Ok(self.timed(StoreOp::CreateIdentity, created).await?)
     }
 
     pub(crate) async fn get(&self, id: &IdentityId) -> Result<IdentityRecord, ApiError> {
-        self.state
-            .store
-            .get_identity(id)
+        self.timed(StoreOp::GetIdentity, self.state.store.get_identity(id))
             .await?
             .ok_or(ApiError::IdentityNotFound)
     }
@@ -132,23 +146,23 @@ impl Directory<'_> {
         filter: &IdentityFilter,
     ) -> Result<IdentityPage, ApiError> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        Ok(self
+        let page = self
             .state
             .store
-            .list_page(self.resource, after, limit, filter)
-            .await?)
+            .list_page(self.resource, after, limit, filter);
+        Ok(self.timed(StoreOp::ListIdentities, page).await?)
     }
 
     pub(crate) async fn revoke(&self, id: &IdentityId) -> Result<u64, ApiError> {
-        self.state
-            .store
-            .revoke_tokens(id, &self.actor)
+        let revoked = self.state.store.revoke_tokens(id, &self.actor);
+        self.timed(StoreOp::RevokeTokens, revoked)
             .await?
             .ok_or(ApiError::IdentityNotFound)
     }
 
     pub(crate) async fn delete(&self, id: &IdentityId) -> Result<(), ApiError> {
-        if self.state.store.delete_identity(id, &self.actor).await? {
+        let deleted = self.state.store.delete_identity(id, &self.actor);
+        if self.timed(StoreOp::DeleteIdentity, deleted).await? {
             Ok(())
         } else {
             Err(ApiError::IdentityNotFound)
@@ -277,7 +291,11 @@ impl Directory<'_> {
         id: IdentityId,
     ) -> Result<IdentityRecord, ApiError> {
         debug_assert!(self.owns(&id));
-        if let Some(found) = self.state.store.get_identity(&id).await? {
+        let store = &self.state.store;
+        if let Some(found) = self
+            .timed(StoreOp::GetIdentity, store.get_identity(&id))
+            .await?
+        {
             return Ok(found);
         }
         let new = NewIdentity {
@@ -285,7 +303,8 @@ impl Directory<'_> {
             custom_id: None,
             created_at: self.state.clock.now(),
         };
-        match self.state.store.create_identity(new, &self.actor).await {
+        let created = store.create_identity(new, &self.actor);
+        match self.timed(StoreOp::CreateIdentity, created).await {
             Ok(created) => Ok(created.identity),
             Err(e) if e.is_unavailable() => Err(e.into()),
             // A concurrent first exchange created it, or a tombstone keeps the id unused.
@@ -371,7 +390,11 @@ impl Directory<'_> {
                 AuditOutcome::Success,
             )
             .with_detail(format!("scopes {}", scopes.to_claim()));
-            self.state.store.record_audit(&self.actor, event).await?;
+            let recorded = self.state.store.record_audit(&self.actor, event);
+            self.timed(StoreOp::RecordAudit, recorded).await?;
+        }
+        if let Some(metrics) = &self.state.metrics {
+            metrics.token_issued(scopes);
         }
         Ok(())
     }

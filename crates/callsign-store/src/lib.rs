@@ -1173,6 +1173,26 @@ pub trait StoreHealth: Send + Sync {
     fn writable(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// How busy the backend's connection pool is, read without I/O (for metrics); `None` for a
+    /// backend without one. Default: `None`.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// A store's connection pool at one moment (PostgreSQL: the pool; SQLite: the read-only
+/// connections, the writer's own connection aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Most connections the pool keeps.
+    pub max: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Of them, those idle (ready for the next request).
+    pub idle: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
 }
 
 /// A complete backend, as a server serves it: everything but [`BulkIdentities`].

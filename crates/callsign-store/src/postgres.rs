@@ -33,10 +33,10 @@ use crate::feed::FeedSignal;
 use crate::pg_feed::{ListenTarget, change_with_events, spawn_listener, write_event};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
-    IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
-    ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey,
-    Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows, stored_custom_id,
-    unix_ms as ms,
+    IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, PoolStatus,
+    ResourceRecord, ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth,
+    StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows,
+    stored_custom_id, unix_ms as ms,
 };
 use crate::{
     KeyMaterialStore, KeyProtection, KeyRewrite, KeySlot, MAX_RESOURCES_PER_HOST, ResourceCreated,
@@ -2011,6 +2011,16 @@ impl StoreHealth for PostgresStore {
         let client = self.pool.get().await.map_err(pool_error)?;
         client.execute("SELECT 1", &[]).await.map_err(pg)?;
         Ok(())
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let status = self.pool.status();
+        Some(PoolStatus {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        })
     }
 }
 

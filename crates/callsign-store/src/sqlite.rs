@@ -40,10 +40,10 @@ use crate::audit::{
 use crate::feed::{FeedSignal, position, revocation_from};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
-    IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, ResourceRecord,
-    ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth, StoredSigningKey,
-    Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows, stored_custom_id,
-    unix_ms as ms,
+    IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, PoolStatus,
+    ResourceRecord, ResourceStore, Rotation, SigningKeyStore, Store, StoreError, StoreHealth,
+    StoredSigningKey, Tombstone, TombstoneReport, from_unix_ms as from_ms, scan_rows,
+    stored_custom_id, unix_ms as ms,
 };
 use crate::{FeedEvent, FeedRead, Revocation, RevocationFeed, RevocationKind};
 use crate::{
@@ -2583,6 +2583,18 @@ impl StoreHealth for SqliteStore {
 
     fn writable(&self) -> Result<(), StoreError> {
         self.health.check()
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        // A read finding no pooled reader opens one of its own rather than wait, so nothing
+        // waits and the pool's size is the most it keeps.
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).len();
+        Some(PoolStatus {
+            max: READERS,
+            open: READERS.max(idle),
+            idle,
+            waiting: 0,
+        })
     }
 }
 

@@ -44,6 +44,8 @@ pub struct TestApp {
     /// The store the server serves (shared with it): for what a store-side command does while
     /// the server runs, such as creating a resource.
     pub store: Arc<dyn Store>,
+    /// The metrics listener's address, when the settings gave one (`metrics_listen`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -153,6 +155,7 @@ impl AppBuilder {
             client = client.tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")]);
         }
         let connection_string = app.connection_string();
+        let metrics_addr = app.metrics_addr();
         let mut api = SigningClient::new(
             client.build().expect("client"),
             &app.endpoint(),
@@ -174,6 +177,7 @@ impl AppBuilder {
             data_dir,
             database,
             store,
+            metrics_addr,
         }
     }
 }
@@ -228,6 +232,12 @@ impl TestApp {
             shared_database: Some(db.url()),
             ..TestApp::builder()
         }
+    }
+
+    /// `http://ADDR/metrics` of the metrics listener, when the settings gave one
+    /// (`s.metrics_listen = Some("127.0.0.1:0".parse()?)`).
+    pub fn metrics_url(&self) -> Option<String> {
+        self.metrics_addr.map(|a| format!("http://{a}/metrics"))
     }
 
     /// The local CA's certificate file (what clients trust).

@@ -204,6 +204,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8443].
     #[arg(long, env = "CALLSIGN_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics: plain HTTP, no authentication, so a
+    /// private address only [default: off].
+    #[arg(long, env = "CALLSIGN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve this certificate chain (PEM) instead of one from the local CA.
     #[arg(long, env = "CALLSIGN_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -484,6 +488,7 @@ pub struct FileConfig {
     pub db_statement_timeout_ms: Option<u64>,
     pub master_key_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
@@ -635,6 +640,7 @@ pub fn resolve_serve_as(mut args: ServeArgs, purpose: Purpose) -> anyhow::Result
         Some(l) => l,
         None => DEFAULT_LISTEN.parse()?,
     };
+    settings.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let names = if args.tls_names.is_empty() {
         file.tls_names
     } else {
@@ -915,6 +921,24 @@ mod tests {
         assert_eq!(d.settings.signing_alg, Algorithm::Es256);
         let upper = resolve_serve(serve_args(&["--signing-alg", "RS256"])).expect("resolves");
         assert_eq!(upper.settings.signing_alg, Algorithm::Rs256);
+    }
+
+    #[test]
+    fn metrics_listen_comes_from_the_flag_or_the_file_and_is_off_by_default() {
+        let d = resolve_serve(serve_args(&[])).expect("resolves");
+        assert_eq!(d.settings.metrics_listen, None);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("callsign.toml");
+        std::fs::write(&file, "metrics_listen = \"127.0.0.1:9100\"\n").expect("write");
+        let cfg = file.to_str().expect("utf-8");
+        let from_file = resolve_serve(serve_args(&["--config", cfg])).expect("resolves");
+        let want: SocketAddr = "127.0.0.1:9100".parse().expect("addr");
+        assert_eq!(from_file.settings.metrics_listen, Some(want));
+        let args = ["--config", cfg, "--metrics-listen", "[::1]:9101"];
+        let flag = resolve_serve(serve_args(&args)).expect("resolves");
+        let want: SocketAddr = "[::1]:9101".parse().expect("addr");
+        assert_eq!(flag.settings.metrics_listen, Some(want));
+        assert!(Cli::try_parse_from(["callsign", "serve", "--metrics-listen", "9100"]).is_err());
     }
 
     #[test]

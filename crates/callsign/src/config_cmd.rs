@@ -229,6 +229,10 @@ fn entries(s: &Settings, sources: &Sources) -> Vec<(&'static str, Value)> {
     v.extend([
         ("dev", json!(s.ephemeral)),
         ("listen", json!(s.listen.to_string())),
+        (
+            "metrics_listen",
+            json!(s.metrics_listen.map(|a| a.to_string())),
+        ),
         ("plain_http", json!(plain)),
         ("tls_cert", path(cert)),
         ("tls_key", path(key)),

@@ -104,6 +104,7 @@ pub(crate) fn record(args: &ServeArgs, file: &FileConfig) -> Sources {
         audit_retention,
         signing_key_rotation,
         key_refresh_secs,
+        metrics_listen,
     );
     s.put("plain_http", args.plain_http, file.plain_http);
     s.put("log_json", args.log_json, file.log_json);

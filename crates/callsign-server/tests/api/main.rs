@@ -29,6 +29,7 @@ mod bad_input;
 mod clock;
 mod limits;
 mod listing;
+mod metrics;
 mod oidc;
 mod operations;
 mod resources;
