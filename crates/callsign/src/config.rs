@@ -879,11 +879,12 @@ pub fn resolve_store_command(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser as _;
 
-    fn serve_args(argv: &[&str]) -> ServeArgs {
+    /// `callsign serve ARGV…` parsed (shared with the other modules' tests).
+    pub(crate) fn serve_args(argv: &[&str]) -> ServeArgs {
         let mut full = vec!["callsign", "serve"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).expect("parses").command {

@@ -156,17 +156,9 @@ pub(crate) fn record(args: &ServeArgs, file: &FileConfig) -> Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Cli, Command};
-    use clap::{CommandFactory as _, Parser as _};
-
-    fn serve_args(argv: &[&str]) -> ServeArgs {
-        let mut full = vec!["callsign", "serve"];
-        full.extend_from_slice(argv);
-        match Cli::try_parse_from(full).expect("parses").command {
-            Command::Serve(a) => *a,
-            _ => unreachable!(),
-        }
-    }
+    use crate::config::Cli;
+    use crate::config::tests::serve_args;
+    use clap::CommandFactory as _;
 
     /// A flag added to `serve` must be shown by `callsign config` too.
     #[test]
