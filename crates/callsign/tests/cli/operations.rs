@@ -331,6 +331,19 @@ fn doctor_fails_on_an_expired_certificate_and_warns_before_expiry() {
         out.contains(&format!("warn  TLS certificate: {cert} expires on ")),
         "{out}"
     );
+
+    // A key that is not the certificate's: serve refuses the pair, so doctor fails it.
+    let other = root.path().join("other");
+    std::fs::create_dir(&other).expect("dir");
+    let (_, other_key) = certificate(&other, (2020, 1, 1), (2099, 1, 1));
+    let (code, out, _) = args(&cert, &other_key);
+    assert_eq!(code, 1, "{out}");
+    let failed = failures(&out);
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(
+        failed[0].starts_with("FAIL  TLS certificate and key: serve refuses them"),
+        "{out}"
+    );
 }
 
 #[test]
