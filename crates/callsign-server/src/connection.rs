@@ -123,6 +123,8 @@ pub fn derive_cap(requested: Option<usize>, nofile: Option<u64>) -> usize {
 /// What the connection layer knows about one connection.
 #[derive(Debug)]
 pub(crate) struct ConnState {
+    /// The client address it counts against.
+    address: IpAddr,
     opened: Instant,
     /// Milliseconds after `opened` when a request last started or finished.
     last_io_ms: AtomicU64,
@@ -137,8 +139,9 @@ pub(crate) struct ConnState {
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(address: IpAddr) -> Self {
         Self {
+            address,
             opened: Instant::now(),
             last_io_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -204,6 +207,10 @@ impl ConnState {
 pub(crate) struct Connections {
     max: usize,
     per_address: usize,
+    /// At its share, an address's own longest-idle connection is closed to admit its new one
+    /// (the metrics listener: a scraper must not be locked out by idle sockets from its own
+    /// address); otherwise the new one is refused.
+    recycle_own: bool,
     next_id: AtomicU64,
     live: Mutex<Live>,
     emptied: Notify,
@@ -249,12 +256,19 @@ impl Connections {
         Self {
             max: max.max(1),
             per_address: per_address.max(1),
+            recycle_own: false,
             next_id: AtomicU64::new(0),
             live: Mutex::new(Live::default()),
             emptied: Notify::new(),
             refused: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
         }
+    }
+
+    /// At an address's share, close its own longest-idle connection instead of refusing.
+    pub(crate) fn recycling_own_idle(mut self) -> Self {
+        self.recycle_own = true;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
@@ -278,8 +292,24 @@ impl Connections {
         let address = crate::throttle::address_key(peer);
         let mut live = self.lock();
         if live.by_address.get(&address).copied().unwrap_or(0) >= self.per_address {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
+            let own_idle = live
+                .by_id
+                .values()
+                .filter(|s| s.address == address)
+                .filter(|s| s.is_idle() && !s.closing.load(Ordering::Relaxed))
+                .max_by_key(|s| s.quiet_for());
+            match own_idle {
+                Some(v) if self.recycle_own => {
+                    // Its place is freed when it has closed; the address may briefly hold one
+                    // more than its share meanwhile.
+                    v.evict();
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
         }
         if live.by_id.len() >= self.max {
             let victim = live
@@ -302,7 +332,7 @@ impl Connections {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(address));
         live.by_id.insert(id, Arc::clone(&state));
         *live.by_address.entry(address).or_insert(0) += 1;
         Some(Admitted {
@@ -439,8 +469,16 @@ mod tests {
 
     #[test]
     fn one_address_gets_its_share_only() {
-        let conns = Arc::new(Connections::new(100, 2));
+        let recycling = Arc::new(Connections::new(100, 2).recycling_own_idle());
         let ip = IpAddr::from([192, 0, 2, 1]);
+        let first = recycling.admit(ip).expect("room");
+        let _second = recycling.admit(ip).expect("room");
+        let _third = recycling.admit(ip).expect("its own idle one makes room");
+        assert!(
+            first.state.closing.load(Ordering::Relaxed),
+            "the longest idle is closed"
+        );
+        let conns = Arc::new(Connections::new(100, 2));
         let a = conns.admit(ip).expect("room");
         let _b = conns.admit(ip).expect("room");
         assert!(conns.admit(ip).is_none());

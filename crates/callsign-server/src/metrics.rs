@@ -427,7 +427,7 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let limits = limits();
-    let conns = Arc::new(Connections::new(MAX_CONNECTIONS, MAX_CONNECTIONS));
+    let conns = Arc::new(Connections::new(MAX_CONNECTIONS, MAX_CONNECTIONS).recycling_own_idle());
     let addr = listener
         .local_addr()
         .ok()

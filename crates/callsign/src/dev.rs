@@ -119,7 +119,7 @@ pub fn install_ca(data_dir: &Path) -> anyhow::Result<()> {
 
 /// Refuses a non-loopback listen address unless `allow_remote`.
 pub fn check_listen(listen: std::net::SocketAddr, allow_remote: bool) -> anyhow::Result<()> {
-    if listen.ip().is_loopback() || allow_remote {
+    if listen.ip().to_canonical().is_loopback() || allow_remote {
         return Ok(());
     }
     bail!(
@@ -205,6 +205,8 @@ mod tests {
     fn only_loopback_unless_allowed() {
         assert!(check_listen("127.0.0.1:0".parse().expect("addr"), false).is_ok());
         assert!(check_listen("[::1]:0".parse().expect("addr"), false).is_ok());
+        assert!(check_listen("[::ffff:127.0.0.1]:0".parse().expect("addr"), false).is_ok());
+        assert!(check_listen("[::ffff:10.0.0.1]:0".parse().expect("addr"), false).is_err());
         assert!(check_listen("0.0.0.0:8443".parse().expect("addr"), false).is_err());
         assert!(check_listen("0.0.0.0:8443".parse().expect("addr"), true).is_ok());
     }

@@ -286,6 +286,9 @@ async fn serve_dev(
     let _log_guard = init_logging(resolved.log_json);
     let mut settings = resolved.settings;
     dev::check_listen(settings.listen, allow_remote)?;
+    if let Some(metrics) = settings.metrics_listen {
+        dev::check_listen(metrics, allow_remote)?;
+    }
     settings.default_resource = Some(dev::resource()?);
     settings.ephemeral = true;
     let store: std::sync::Arc<dyn callsign_store::Store> =
