@@ -167,48 +167,60 @@ impl Route {
             ["teamsUser", ":exchangeAccessToken"] => {
                 only(Method::POST, Route::TeamsExchange, "POST")
             }
-            ["access", "teamsExtension", ":exchangeAccessToken"] => {
+            ["access", rest @ ..] => Self::parse_access(method, rest),
+            ["tokens", ":introspect"] => only(Method::POST, Route::Introspect, "POST"),
+            ["revocations"] => only(Method::GET, Route::Revocations, "GET"),
+            ["revocations", "snapshot"] => only(Method::GET, Route::RevocationSnapshot, "GET"),
+            _ => Err(ApiError::NotFound),
+        }
+    }
+
+    /// The routes under `/access/`: the Teams extension's and the Entra (trusted issuer) ones.
+    fn parse_access(method: &Method, segments: &[&str]) -> Result<Route, ApiError> {
+        let only = |want: Method, route: Route, allow: &'static str| {
+            if *method == want {
+                Ok(route)
+            } else {
+                Err(ApiError::MethodNotAllowed(allow))
+            }
+        };
+        let get_put_delete = |get: Route, put: Route, delete: Route| match *method {
+            Method::GET => Ok(get),
+            Method::PUT => Ok(put),
+            Method::DELETE => Ok(delete),
+            _ => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
+        };
+        match segments {
+            ["teamsExtension", ":exchangeAccessToken"] => {
                 only(Method::POST, Route::TeamsExtensionExchange, "POST")
             }
-            [
-                "access",
-                "teamsExtension",
-                "tenants",
-                tenant,
-                "assignments",
-                object,
-            ] if !tenant.is_empty() && !object.is_empty() => {
-                let (tenant, object) = (
+            ["teamsExtension", "tenants", tenant, "assignments", object]
+                if !tenant.is_empty() && !object.is_empty() =>
+            {
+                let (t, o) = (
                     decode_named(tenant, "tenantId")?,
                     decode_named(object, "objectId")?,
                 );
-                match *method {
-                    Method::GET => Ok(Route::AssignmentGet(tenant, object)),
-                    Method::PUT => Ok(Route::AssignmentPut(tenant, object)),
-                    Method::DELETE => Ok(Route::AssignmentDelete(tenant, object)),
-                    _ => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
-                }
+                get_put_delete(
+                    Route::AssignmentGet(t.clone(), o.clone()),
+                    Route::AssignmentPut(t.clone(), o.clone()),
+                    Route::AssignmentDelete(t, o),
+                )
             }
-            ["access", "entra", ":exchangeAccessToken"] => {
-                only(Method::POST, Route::EntraExchange, "POST")
-            }
-            ["access", "entra", "assignments"] => match *method {
+            ["entra", ":exchangeAccessToken"] => only(Method::POST, Route::EntraExchange, "POST"),
+            ["entra", "assignments"] => match *method {
                 Method::GET => Ok(Route::AccessList),
                 Method::PATCH => Ok(Route::AccessPatch),
                 _ => Err(ApiError::MethodNotAllowed("GET, PATCH")),
             },
-            ["access", "entra", "assignments", object] if !object.is_empty() => {
-                let object = decode_named(object, "objectId")?;
-                match *method {
-                    Method::GET => Ok(Route::AccessGet(object)),
-                    Method::PUT => Ok(Route::AccessPut(object)),
-                    Method::DELETE => Ok(Route::AccessDelete(object)),
-                    _ => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
-                }
+            ["entra", "assignments", object] if !object.is_empty() => {
+                let o = decode_named(object, "objectId")?;
+                get_put_delete(
+                    Route::AccessGet(o.clone()),
+                    Route::AccessPut(o.clone()),
+                    Route::AccessDelete(o),
+                )
             }
-            ["tokens", ":introspect"] => only(Method::POST, Route::Introspect, "POST"),
-            ["revocations"] => only(Method::GET, Route::Revocations, "GET"),
-            ["revocations", "snapshot"] => only(Method::GET, Route::RevocationSnapshot, "GET"),
             _ => Err(ApiError::NotFound),
         }
     }

@@ -181,6 +181,30 @@ fn parse_url(raw: &str, what: &str) -> anyhow::Result<Url> {
     Ok(url)
 }
 
+/// The configured audiences: at least one, none empty.
+fn audiences(audience: Audience, issuer: &str) -> anyhow::Result<Vec<String>> {
+    let audiences = match audience {
+        Audience::None => Vec::new(),
+        Audience::One(a) => vec![a],
+        Audience::Many(a) => a,
+    };
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        anyhow::bail!(
+            "the issuer {issuer} needs an audience: the aud its tokens carry for callsign"
+        );
+    }
+    Ok(audiences)
+}
+
+/// The resource ids of an issuer's `resources`.
+fn resource_ids(list: &[String]) -> anyhow::Result<Vec<ResourceId>> {
+    list.iter()
+        .map(|r| {
+            ResourceId::parse(r).map_err(|_| anyhow::anyhow!("resource {r:?} is not a resource id"))
+        })
+        .collect()
+}
+
 /// The tenants an issuer taking its tenant from a claim speaks for: those configured, else the
 /// GUID in its URL (Entra's per-tenant issuers); at least one.
 fn own_tenants(issuer: &str, configured: Option<Vec<String>>) -> anyhow::Result<Vec<Uuid>> {
@@ -209,17 +233,7 @@ impl TrustedIssuer {
     /// Checks a configuration table.
     pub fn from_config(c: TrustedIssuerConfig) -> anyhow::Result<Self> {
         parse_url(&c.issuer, "the issuer")?;
-        let audiences = match c.audience {
-            Audience::None => Vec::new(),
-            Audience::One(a) => vec![a],
-            Audience::Many(a) => a,
-        };
-        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
-            anyhow::bail!(
-                "the issuer {} needs an audience: the aud its tokens carry for callsign",
-                c.issuer
-            );
-        }
+        let audiences = audiences(c.audience, &c.issuer)?;
         let discovery = Url::parse(&format!(
             "{}/.well-known/openid-configuration",
             c.issuer.trim_end_matches('/')
@@ -251,17 +265,7 @@ impl TrustedIssuer {
             anyhow::bail!("leeway_secs must be at most 300");
         }
         let cooldown = c.jwks_cooldown_secs.unwrap_or(30).max(1);
-        let resources = c
-            .resources
-            .map(|list| {
-                list.iter()
-                    .map(|r| {
-                        ResourceId::parse(r)
-                            .map_err(|_| anyhow::anyhow!("resource {r:?} is not a resource id"))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })
-            .transpose()?;
+        let resources = c.resources.map(|l| resource_ids(&l)).transpose()?;
         let ca_pem = c
             .ca_file
             .map(|f| {

@@ -130,6 +130,12 @@ pub(crate) fn record(args: &ServeArgs, file: &FileConfig) -> Sources {
     s.put("dev", args.dev, false);
     s.put("seed", args.seed.is_some(), false);
     s.put("dev_allow_remote", args.dev_allow_remote, false);
+    record_limits(&mut s, args, file);
+    s
+}
+
+/// The limits' sources (`LimitArgs`, flattened into the flags and the file).
+fn record_limits(s: &mut Sources, args: &ServeArgs, file: &FileConfig) {
     optional!(
         s,
         args.limits,
@@ -150,7 +156,6 @@ pub(crate) fn record(args: &ServeArgs, file: &FileConfig) -> Sources {
         max_feed_waiting_per_address,
         max_feed_waiting_per_resource,
     );
-    s
 }
 
 #[cfg(test)]
