@@ -7,12 +7,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use callsign_api as api;
-use futures_util::{Stream, TryStreamExt as _, stream};
+use futures_util::Stream;
 use percent_encoding::utf8_percent_encode;
 use reqwest::header::HeaderValue;
 use reqwest::{Method, Url};
 
-use super::list::{bad_url, check_progress};
+use super::list::{bad_url, follow_pages};
 use super::{
     ApiVersion, Auth, Call, CommunicationIdentityClient, JSON, SEGMENT, scope_names, to_json,
 };
@@ -351,43 +351,20 @@ impl CommunicationIdentityClient {
         &self,
         max_page_size: Option<u32>,
     ) -> impl Stream<Item = Result<api::EntraAssignment, Error>> + Send + 'static {
-        /// Where the listing is: before the first page, at a link (with the last object id
-        /// seen), or done.
-        enum Next {
-            First,
-            Link(String, Option<String>),
-            Done,
-        }
         let client = self.clone();
-        stream::try_unfold(Next::First, move |next| {
-            let client = client.clone();
-            async move {
-                let (link, last_id) = match next {
-                    Next::Done => return Ok(None),
-                    Next::First => (None, None),
-                    Next::Link(link, last_id) => (Some(link), last_id),
-                };
-                let page = client
-                    .list_access_assignments_page(max_page_size, link.as_deref())
-                    .await?;
-                let last_id = check_progress(
-                    link.as_deref(),
-                    page.next_link.as_deref(),
-                    page.assignments.iter().map(|a| a.object_id.as_str()),
-                    last_id,
-                    "assignments",
-                )?;
-                let next = page
-                    .next_link
-                    .clone()
-                    .map_or(Next::Done, |l| Next::Link(l, last_id));
-                Ok(Some((
-                    stream::iter(page.assignments.into_iter().map(Ok)),
-                    next,
-                )))
-            }
-        })
-        .try_flatten()
+        follow_pages(
+            move |link| {
+                let client = client.clone();
+                async move {
+                    let page = client
+                        .list_access_assignments_page(max_page_size, link.as_deref())
+                        .await?;
+                    Ok((page.assignments, page.next_link))
+                }
+            },
+            |a| a.object_id.as_str(),
+            "assignments",
+        )
     }
 
     fn first_assignments_url(&self, max_page_size: Option<u32>) -> Result<Url, Error> {

@@ -99,39 +99,18 @@ impl CommunicationIdentityClient {
         &self,
         options: ListUsersOptions,
     ) -> impl Stream<Item = Result<CommunicationUserDetails, Error>> + Send + 'static {
-        /// Where the listing is: before the first page, at a link (with the last id seen), or
-        /// done.
-        enum Next {
-            First,
-            Link(String, Option<String>),
-            Done,
-        }
         let client = self.clone();
-        stream::try_unfold(Next::First, move |next| {
-            let client = client.clone();
-            let options = options.clone();
-            async move {
-                let (link, last_id) = match next {
-                    Next::Done => return Ok(None),
-                    Next::First => (None, None),
-                    Next::Link(link, last_id) => (Some(link), last_id),
-                };
-                let page = client.list_users_page(&options, link.as_deref()).await?;
-                let last_id = check_progress(
-                    link.as_deref(),
-                    page.next_link.as_deref(),
-                    page.users.iter().map(|u| u.user.raw_id()),
-                    last_id,
-                    "identities",
-                )?;
-                let next = page
-                    .next_link
-                    .clone()
-                    .map_or(Next::Done, |l| Next::Link(l, last_id));
-                Ok(Some((stream::iter(page.users.into_iter().map(Ok)), next)))
-            }
-        })
-        .try_flatten()
+        follow_pages(
+            move |link| {
+                let (client, options) = (client.clone(), options.clone());
+                async move {
+                    let page = client.list_users_page(&options, link.as_deref()).await?;
+                    Ok((page.users, page.next_link))
+                }
+            },
+            |u| u.user.raw_id(),
+            "identities",
+        )
     }
 
     fn first_page_url(&self, options: &ListUsersOptions) -> Result<Url, Error> {
@@ -178,6 +157,49 @@ impl CommunicationIdentityClient {
 
 pub(super) fn bad_url(e: &dyn std::fmt::Display) -> Error {
     Error::Configuration(format!("cannot build the request URL: {e}"))
+}
+
+/// Every item of a paged listing: `fetch` gets the page at a link (`None`: the first) and
+/// answers its items and the next link; each page is checked to move forward
+/// ([`check_progress`], by the items' `id`s) before its items are yielded.
+pub(super) fn follow_pages<T, F, Fut>(
+    fetch: F,
+    id: fn(&T) -> &str,
+    what: &'static str,
+) -> impl Stream<Item = Result<T, Error>> + Send + 'static
+where
+    T: Send + 'static,
+    F: Fn(Option<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), Error>> + Send + 'static,
+{
+    /// Where the listing is: before the first page, at a link (with the last id seen), or
+    /// done.
+    enum Next {
+        First,
+        Link(String, Option<String>),
+        Done,
+    }
+    stream::try_unfold((Next::First, fetch), move |(next, fetch)| async move {
+        let (link, last_id) = match next {
+            Next::Done => return Ok(None),
+            Next::First => (None, None),
+            Next::Link(link, last_id) => (Some(link), last_id),
+        };
+        let (items, next_link) = fetch(link.clone()).await?;
+        let last_id = check_progress(
+            link.as_deref(),
+            next_link.as_deref(),
+            items.iter().map(id),
+            last_id,
+            what,
+        )?;
+        let next = next_link.map_or(Next::Done, |l| Next::Link(l, last_id));
+        Ok(Some((
+            stream::iter(items.into_iter().map(Ok)),
+            (next, fetch),
+        )))
+    })
+    .try_flatten()
 }
 
 /// Pages come in id order: a page that repeats its own link (`next_link` equal to `link`, the
