@@ -250,11 +250,12 @@ fn covering<'a>(p: &Principal, found: &'a [AccessAssignment]) -> Option<&'a Acce
         ) && Some(&a.object_id) == subject.as_ref()
     });
     user.or_else(|| {
-        of_kind(AccessPrincipalType::Group).find(|a| {
-            p.groups
-                .iter()
-                .any(|g| ObjectId::parse(g).is_ok_and(|g| g == a.object_id))
-        })
+        let groups: Vec<ObjectId> = p
+            .groups
+            .iter()
+            .filter_map(|g| ObjectId::parse(g).ok())
+            .collect();
+        of_kind(AccessPrincipalType::Group).find(|a| groups.contains(&a.object_id))
     })
     .or_else(|| {
         of_kind(AccessPrincipalType::Tenant).find(|a| a.object_id.as_guid() == Some(p.tenant))
@@ -278,7 +279,12 @@ pub(crate) async fn exchange(
         .clone()
         .unwrap_or_else(|| principal.issuer.scopes.clone());
     let (id, token) = issue_for(dir, principal, &scopes, now).await?;
-    Ok(json(
+    Ok(exchanged(id, token))
+}
+
+/// The answer of an exchange that names the identity: 200 `{identity: {id}, accessToken}`.
+pub(crate) fn exchanged(id: String, token: AccessToken) -> Response {
+    json(
         StatusCode::OK,
         &CreateIdentityResponse {
             identity: Identity {
@@ -289,7 +295,7 @@ pub(crate) async fn exchange(
             },
             access_token: Some(token),
         },
-    ))
+    )
 }
 
 /// The principal's identity in the directory's resource (created on first use) and a token for

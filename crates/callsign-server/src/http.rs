@@ -128,14 +128,7 @@ impl Route {
             .filter(|p| !p.is_empty())
             .unwrap_or(path);
         let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-        let m = method.clone();
-        let only = |want: Method, route: Route, allow: &'static str| {
-            if m == want {
-                Ok(route)
-            } else {
-                Err(ApiError::MethodNotAllowed(allow))
-            }
-        };
+        let only = |want, route, allow| only(method, want, route, allow);
         match segments.as_slice() {
             ["health"] => only(Method::GET, Route::Health, "GET"),
             ["ready"] => only(Method::GET, Route::Ready, "GET"),
@@ -177,13 +170,7 @@ impl Route {
 
     /// The routes under `/access/`: the Teams extension's and the Entra (trusted issuer) ones.
     fn parse_access(method: &Method, segments: &[&str]) -> Result<Route, ApiError> {
-        let only = |want: Method, route: Route, allow: &'static str| {
-            if *method == want {
-                Ok(route)
-            } else {
-                Err(ApiError::MethodNotAllowed(allow))
-            }
-        };
+        let only = |want, route, allow| only(method, want, route, allow);
         let get_put_delete = |get: Route, put: Route, delete: Route| match *method {
             Method::GET => Ok(get),
             Method::PUT => Ok(put),
@@ -441,6 +428,20 @@ pub(crate) const SAMPLE_TENANT: &str = "c1b2c3d4-0000-4000-8000-000000000003";
 /// The object id of [`Route::every`].
 #[cfg(test)]
 pub(crate) const SAMPLE_OBJECT: &str = "d1b2c3d4-0000-4000-8000-000000000004";
+
+/// `route` when `method` is the one it takes, else 405 naming `allow`.
+fn only(
+    method: &Method,
+    want: Method,
+    route: Route,
+    allow: &'static str,
+) -> Result<Route, ApiError> {
+    if *method == want {
+        Ok(route)
+    } else {
+        Err(ApiError::MethodNotAllowed(allow))
+    }
+}
 
 fn decode_segment(raw: &str) -> Result<String, ApiError> {
     decode_named(raw, "id")

@@ -6,9 +6,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use callsign_api::{
-    CreateIdentityResponse, Identity, TeamsExtensionAssignment, TeamsExtensionAssignmentRequest,
-};
+use callsign_api::{TeamsExtensionAssignment, TeamsExtensionAssignmentRequest};
 use callsign_core::{MAX_CLIENT_IDS, PrincipalType, TeamsAssignment, parse_guid};
 use uuid::Uuid;
 
@@ -251,18 +249,7 @@ pub(crate) async fn exchange_extension(
     }
     let scopes = p.issuer.scopes.clone();
     let (id, token) = crate::entra::issue_for(dir, p, &scopes, now).await?;
-    Ok(json(
-        StatusCode::OK,
-        &CreateIdentityResponse {
-            identity: Identity {
-                id,
-                custom_id: None,
-                external_id: None,
-                last_token_issued_at: None,
-            },
-            access_token: Some(token),
-        },
-    ))
+    Ok(crate::entra::exchanged(id, token))
 }
 
 #[cfg(test)]
