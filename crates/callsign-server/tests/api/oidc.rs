@@ -572,6 +572,21 @@ async fn without_a_teams_issuer_teams_exchanges_stay_refused() {
     app.stop().await;
 }
 
+/// `PATCH /access/entra/assignments` with a merge patch, HMAC-signed.
+async fn merge_patch(app: &TestApp, body: &[u8]) -> Reply {
+    let target = format!("/access/entra/assignments?{PREVIEW}");
+    app.signed_with(
+        Method::PATCH,
+        &target,
+        Some(body),
+        &app.key,
+        "application/merge-patch+json",
+        None,
+    )
+    .reply()
+    .await
+}
+
 async fn assignments_are_validated_paged_and_patched(backend: Backend) {
     let app = TestApp::builder().backend(backend).spawn().await;
     let tenant = Uuid::new_v4();
@@ -664,19 +679,8 @@ async fn assignments_are_validated_paged_and_patched(backend: Backend) {
 
     // A merge patch: puts and deletes together, or nothing when one member is bad.
     let patch = json!({"f": user, "a": null, "d": null});
-    let target = format!("/access/entra/assignments?{PREVIEW}");
     let bad_patch = json!({"g": user, "e": null, "h": {"principalType": "user"}});
-    let r = app
-        .signed_with(
-            Method::PATCH,
-            &target,
-            Some(bad_patch.to_string().as_bytes()),
-            &app.key,
-            "application/merge-patch+json",
-            None,
-        )
-        .reply()
-        .await;
+    let r = merge_patch(&app, bad_patch.to_string().as_bytes()).await;
     r.assert_error(400, "ValidationError");
     assert_eq!(
         app.send(Method::GET, &at("e"), None).await.status,
@@ -685,31 +689,11 @@ async fn assignments_are_validated_paged_and_patched(backend: Backend) {
     );
     assert_eq!(app.send(Method::GET, &at("g"), None).await.status, 404);
     let twice = format!(r#"{{"e": {user}, "e": null}}"#);
-    let r = app
-        .signed_with(
-            Method::PATCH,
-            &target,
-            Some(twice.as_bytes()),
-            &app.key,
-            "application/merge-patch+json",
-            None,
-        )
-        .reply()
-        .await;
+    let r = merge_patch(&app, twice.as_bytes()).await;
     r.assert_error(400, "ValidationError");
     let e = app.send(Method::GET, &at("e"), None).await;
     assert_eq!(e.status, 200, "a key given twice changes nothing");
-    let r = app
-        .signed_with(
-            Method::PATCH,
-            &target,
-            Some(patch.to_string().as_bytes()),
-            &app.key,
-            "application/merge-patch+json",
-            None,
-        )
-        .reply()
-        .await;
+    let r = merge_patch(&app, patch.to_string().as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["f"]["principalType"], "user");
     assert_eq!(r.body.as_object().map(|o| o.len()), Some(1));
