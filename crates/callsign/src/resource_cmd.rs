@@ -129,53 +129,7 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             name,
             host,
             json,
-        } => {
-            let name = ResourceName::parse(&name).context("--name")?;
-            let host = host
-                .as_deref()
-                .map(HostName::for_resource)
-                .transpose()
-                .context("--host")?;
-            let (store, endpoint) = open(&store).await?;
-            let record = ResourceRecord::generate(name, host, time::OffsetDateTime::now_utc());
-            // The default resource comes first (and keeps its name), also on a store no server
-            // has started on yet.
-            let outcome =
-                match callsign_store::ensure_default_resource(store.as_ref(), &SystemClock).await {
-                    Ok(_) => {
-                        store
-                            .create_resource(record.clone(), &Actor::operator())
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-            store.close().await;
-            match outcome? {
-                ResourceCreated::Created => {}
-                ResourceCreated::NameTaken => {
-                    bail!("a resource named {} exists already", record.name)
-                }
-                ResourceCreated::HostFull => bail!(
-                    "{MAX_RESOURCES_PER_HOST} resources share {} already (a request there is \
-                     tried against each one's keys, so their number is bounded): give this one a \
-                     host name of its own with --host",
-                    record
-                        .host
-                        .as_ref()
-                        .map_or("the server's address", |h| h.as_str())
-                ),
-            }
-            let cs = connection_string_of(&record, KeySlot::Primary, &endpoint)?;
-            if json {
-                let mut out = summary(&record, false);
-                out["connectionString"] = json!(cs);
-                out!("{out}");
-            } else {
-                out!("callsign: created resource {} ({})", record.name, record.id);
-                out!("{cs}");
-            }
-            Ok(())
-        }
+        } => create(store, name, host, json).await,
         ResourceCommand::List { store, json } => {
             let (store, _) = open(&store).await?;
             let (all, default) = resources_and_default(store.as_ref()).await;
@@ -223,6 +177,61 @@ pub async fn resource(cmd: ResourceCommand) -> anyhow::Result<()> {
             yes,
         } => delete(store, resource, yes).await,
     }
+}
+
+/// `resource create`: the default resource first (also on a store no server has started on
+/// yet), then the new one; prints its connection string.
+async fn create(
+    store: StoreArgs,
+    name: String,
+    host: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = ResourceName::parse(&name).context("--name")?;
+    let host = host
+        .as_deref()
+        .map(HostName::for_resource)
+        .transpose()
+        .context("--host")?;
+    let (store, endpoint) = open(&store).await?;
+    let record = ResourceRecord::generate(name, host, time::OffsetDateTime::now_utc());
+    // The default resource comes first (and keeps its name), also on a store no server
+    // has started on yet.
+    let outcome = match callsign_store::ensure_default_resource(store.as_ref(), &SystemClock).await
+    {
+        Ok(_) => {
+            store
+                .create_resource(record.clone(), &Actor::operator())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    store.close().await;
+    match outcome? {
+        ResourceCreated::Created => {}
+        ResourceCreated::NameTaken => {
+            bail!("a resource named {} exists already", record.name)
+        }
+        ResourceCreated::HostFull => bail!(
+            "{MAX_RESOURCES_PER_HOST} resources share {} already (a request there is \
+             tried against each one's keys, so their number is bounded): give this one a \
+             host name of its own with --host",
+            record
+                .host
+                .as_ref()
+                .map_or("the server's address", |h| h.as_str())
+        ),
+    }
+    let cs = connection_string_of(&record, KeySlot::Primary, &endpoint)?;
+    if json {
+        let mut out = summary(&record, false);
+        out["connectionString"] = json!(cs);
+        out!("{out}");
+    } else {
+        out!("callsign: created resource {} ({})", record.name, record.id);
+        out!("{cs}");
+    }
+    Ok(())
 }
 
 async fn delete(store: StoreArgs, resource: String, yes: bool) -> anyhow::Result<()> {
