@@ -162,15 +162,19 @@ pub struct TrustedIssuer {
 fn fetchable(url: &Url) -> bool {
     match url.scheme() {
         "https" => true,
-        "http" => url.host_str().is_some_and(|h| {
-            h.eq_ignore_ascii_case("localhost")
-                || h.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }),
+        "http" => url.host_str().is_some_and(is_loopback_host),
         _ => false,
     }
+}
+
+/// Whether a host, as a URL names it (`localhost`, `127.0.0.1`, `[::1]`), is this machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_url(raw: &str, what: &str) -> anyhow::Result<Url> {

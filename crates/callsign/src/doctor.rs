@@ -276,11 +276,7 @@ fn clear_text_across_network(url: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.split(':').next().unwrap_or(""),
     };
-    let loopback = host.is_empty()
-        || host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = host.is_empty() || callsign_server::oidc::is_loopback_host(host);
     disabled && !loopback
 }
 
