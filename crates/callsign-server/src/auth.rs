@@ -36,6 +36,15 @@ impl Authenticated {
         self.credential
     }
 
+    /// A console request of a session opened with `resource`'s key in `slot` (checked by the
+    /// console's session cookie, which is signed with that key).
+    pub(crate) fn console(resource: ResourceId, slot: KeySlot) -> Self {
+        Self {
+            resource,
+            credential: slot.into(),
+        }
+    }
+
     /// A request for `resource` whose bearer token `principal` verified (the other way to
     /// obtain an [`Authenticated`]; which operations the principal may call is the caller's
     /// check, by its roles).

@@ -37,6 +37,11 @@ pub enum ApiError {
         "The verify-only key may call token introspection and the revocation feed, nothing else."
     )]
     VerifyOnly,
+    /// 403 `AuthorizationFailed`: a console request refused for the reason given (a form
+    /// without this session's form token, from another origin, an action the session may not
+    /// take).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// 401 `InvalidAccessToken`: Teams token exchange (no Entra ID here).
     #[error("Provided access token is not valid.")]
     InvalidAccessToken,
@@ -143,6 +148,7 @@ impl ApiError {
             | ApiError::InvalidAccessToken
             | ApiError::TokenRefused(_) => StatusCode::UNAUTHORIZED,
             ApiError::VerifyOnly
+            | ApiError::Forbidden(_)
             | ApiError::NotAssigned
             | ApiError::MissingRole(_)
             | ApiError::IdentityDeleted => StatusCode::FORBIDDEN,
@@ -176,6 +182,7 @@ impl ApiError {
                 ErrorCode::ServiceUnavailable
             }
             ApiError::VerifyOnly
+            | ApiError::Forbidden(_)
             | ApiError::NotAssigned
             | ApiError::MissingRole(_)
             | ApiError::IdentityDeleted => ErrorCode::AuthorizationFailed,

@@ -578,6 +578,12 @@ async fn handle(state: &AppState, req: Request) -> (RequestKind, Result<Response
     if let Err(e) = check_head(&parts, state) {
         return (unmatched, Err(e));
     }
+    if let Some(console) = &state.console
+        && crate::console::owns(parts.uri.path())
+    {
+        let response = crate::console::handle(state, console, parts, body).await;
+        return (RequestKind::unversioned("console"), Ok(response));
+    }
     let route = match Route::parse(&parts.method, parts.uri.path()) {
         Ok(r) => r,
         Err(e) => return (unmatched, Err(e)),

@@ -231,6 +231,10 @@ impl Keys {
     }
 
     /// How often the keys are reloaded.
+    pub(crate) fn alg(&self) -> Algorithm {
+        self.signer.alg
+    }
+
     pub(crate) fn refresh_every(&self) -> Duration {
         self.signer.refresh_every
     }

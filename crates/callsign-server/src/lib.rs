@@ -20,6 +20,7 @@ mod audit;
 mod auth;
 mod bearer;
 mod connection;
+mod console;
 mod entra;
 mod error;
 mod feed;

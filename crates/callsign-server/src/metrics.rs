@@ -155,6 +155,8 @@ pub(crate) struct Metrics {
     latency: HistogramFamily<RouteLabel>,
     /// One counter per scope, in [`Scope::ALL`] order: no lookup on the hot path.
     tokens: [Counter; Scope::ALL.len()],
+    /// Tokens issued, once each (not exposed: the console's rates read it).
+    issued: Counter,
     auth_failures: Counter,
     throttled: Counter,
     store: HistogramFamily<OperationLabel>,
@@ -224,6 +226,7 @@ impl Metrics {
             requests,
             latency,
             tokens,
+            issued: Counter::default(),
             auth_failures,
             throttled,
             store: store_latency,
@@ -255,11 +258,17 @@ impl Metrics {
 
     /// Records an issued token.
     pub(crate) fn token_issued(&self, scopes: &Scopes) {
+        self.issued.inc();
         for scope in scopes.iter() {
             if let Some(i) = Scope::ALL.iter().position(|s| *s == scope) {
                 self.tokens[i].inc();
             }
         }
+    }
+
+    /// Tokens issued since the node started, each once.
+    pub(crate) fn tokens_issued(&self) -> u64 {
+        self.issued.get()
     }
 
     /// Records how long a store call took.
@@ -272,7 +281,7 @@ impl Metrics {
     }
 
     /// The text exposition: OpenMetrics when `openmetrics`, else Prometheus text 0.0.4.
-    fn encode(&self, openmetrics: bool) -> Result<String, std::fmt::Error> {
+    pub(crate) fn encode(&self, openmetrics: bool) -> Result<String, std::fmt::Error> {
         let mut text = String::with_capacity(16 * 1024);
         if openmetrics {
             prometheus_client::encoding::text::encode(&mut text, &self.registry)?;

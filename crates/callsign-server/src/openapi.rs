@@ -256,6 +256,7 @@ mod tests {
             ApiError::Denied("r"),
             ApiError::IdentityNotOwned,
             ApiError::VerifyOnly,
+            ApiError::Forbidden("m"),
             ApiError::InvalidAccessToken,
             ApiError::TokenRefused(Refusal::Expired),
             ApiError::TokenRefused(Refusal::KeysUnavailable),

@@ -22,6 +22,9 @@ pub struct Settings {
     /// Address of the metrics listener (`GET /metrics`, plain HTTP, no authentication: keep it
     /// off the public network); `None`, the default, serves and records no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether the admin console is served at `/console/` (on by default; it also turns on the
+    /// recording of metrics, which its rates page reads).
+    pub console: bool,
     /// Where the embedded database and TLS material live.
     pub data_dir: PathBuf,
     /// The store.
@@ -82,6 +85,7 @@ impl Settings {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
             metrics_listen: None,
+            console: true,
             data_dir: data_dir.into(),
             database: Database::Embedded,
             tls: TlsMode::LocalCa {

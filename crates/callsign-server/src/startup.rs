@@ -104,7 +104,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let metrics_listener = bind_metrics(settings.metrics_listen).await?;
         let conns = Arc::new(crate::serve::connection_cap(&settings.limits));
-        let metrics = metrics_listener.as_ref().map(|_| {
+        let metrics = (metrics_listener.is_some() || settings.console).then(|| {
             crate::metrics::Metrics::new(
                 Arc::clone(&store) as Arc<dyn callsign_store::StoreHealth>,
                 Arc::clone(&conns),
@@ -127,6 +127,11 @@ impl Application {
             waiters: Arc::new(crate::feed::Waiters::new(settings.revocation_feed.clone())),
             issuers: crate::oidc::Issuers::new(settings.oidc_issuers.clone())?,
             metrics,
+            console: settings.console.then(|| crate::console::Console {
+                logouts: crate::console::Logouts::default(),
+                tls: tls_config.is_some(),
+                default_resource: resource.id,
+            }),
         });
         tracing::info!(throttle = %settings.throttle.describe(), auth_failures_per_minute = settings.auth_failures_per_minute, "request limits set");
         Ok(Self {

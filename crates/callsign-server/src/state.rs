@@ -39,6 +39,8 @@ pub struct AppState {
     pub(crate) issuers: crate::oidc::Issuers,
     /// What is recorded for `/metrics`; `None` (nothing recorded) without `--metrics-listen`.
     pub(crate) metrics: Option<crate::metrics::Metrics>,
+    /// The admin console; `None` with `--no-console`.
+    pub(crate) console: Option<crate::console::Console>,
 }
 
 /// Rate-limits the warning an unavailable store gives, per request otherwise.
@@ -92,6 +94,18 @@ impl Directory<'_> {
         let out = call.await;
         metrics.store_call(op, started.elapsed());
         out
+    }
+
+    /// Records `event` as done by this directory's actor (an action that changes nothing else:
+    /// a console sign-in, a token issued from the console).
+    pub(crate) async fn record(&self, event: AuditEvent) -> Result<(), ApiError> {
+        let recorded = self.state.store.record_audit(&self.actor, event);
+        Ok(self.timed(StoreOp::RecordAudit, recorded).await?)
+    }
+
+    /// Whether every token issue is recorded in the audit log already (`--audit-token-issue`).
+    pub(crate) fn audits_every_issue(&self) -> bool {
+        self.state.audit_token_issue
     }
 
     /// Takes a token of `class` from this resource's throttle, or refuses with 429.

@@ -150,11 +150,15 @@ pub enum AuditOperation {
     PutAccessAssignment,
     /// An access assignment was deleted.
     DeleteAccessAssignment,
+    /// A console session was opened (signed in with an access key).
+    ConsoleLogin,
+    /// A console session was ended by its user.
+    ConsoleLogout,
 }
 
 impl AuditOperation {
     /// Every operation, in a fixed order.
-    pub const ALL: [AuditOperation; 13] = [
+    pub const ALL: [AuditOperation; 15] = [
         AuditOperation::CreateIdentity,
         AuditOperation::DeleteIdentity,
         AuditOperation::RevokeTokens,
@@ -168,6 +172,8 @@ impl AuditOperation {
         AuditOperation::IssueToken,
         AuditOperation::PutAccessAssignment,
         AuditOperation::DeleteAccessAssignment,
+        AuditOperation::ConsoleLogin,
+        AuditOperation::ConsoleLogout,
     ];
 
     /// The stored and exported name (camelCase).
@@ -186,6 +192,8 @@ impl AuditOperation {
             AuditOperation::IssueToken => "issueToken",
             AuditOperation::PutAccessAssignment => "putAccessAssignment",
             AuditOperation::DeleteAccessAssignment => "deleteAccessAssignment",
+            AuditOperation::ConsoleLogin => "consoleLogin",
+            AuditOperation::ConsoleLogout => "consoleLogout",
         }
     }
 

@@ -252,6 +252,9 @@ pub struct ServeArgs {
     /// costs a write per token, see BENCHMARKS.md).
     #[arg(long, env = "CALLSIGN_AUDIT_TOKEN_ISSUE")]
     pub audit_token_issue: bool,
+    /// Do not serve the admin console at /console/ (served by default).
+    #[arg(long, env = "CALLSIGN_NO_CONSOLE")]
+    pub no_console: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Scheduled signing-key rotation: a new key once the active one has signed this long, e.g.
@@ -507,6 +510,8 @@ pub struct FileConfig {
     pub audit_retention: Option<String>,
     #[serde(default)]
     pub audit_token_issue: bool,
+    #[serde(default)]
+    pub no_console: bool,
     #[serde(flatten)]
     pub limits: LimitArgs,
     pub signing_key_rotation: Option<String>,
@@ -670,6 +675,7 @@ pub fn resolve_serve_as(mut args: ServeArgs, purpose: Purpose) -> anyhow::Result
     }
     args.limits.or(file.limits).apply(&mut settings)?;
     settings.audit_token_issue = args.audit_token_issue || file.audit_token_issue;
+    settings.console = !(args.no_console || file.no_console);
     if let Some(r) = args.audit_retention.or(file.audit_retention) {
         settings.audit_retention = crate::audit_cmd::parse_retention(&r)?;
     }

@@ -244,6 +244,7 @@ fn entries(s: &Settings, sources: &Sources) -> Vec<(&'static str, Value)> {
         ("max_body_bytes", json!(s.max_body_bytes)),
         ("audit_retention", human(s.audit_retention)),
         ("audit_token_issue", json!(s.audit_token_issue)),
+        ("no_console", json!(!s.console)),
         ("signing_key_rotation", human(s.signing_key_rotation)),
         ("key_refresh_secs", secs(s.key_refresh)),
     ]);

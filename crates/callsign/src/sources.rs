@@ -108,6 +108,7 @@ pub(crate) fn record(args: &ServeArgs, file: &FileConfig) -> Sources {
     );
     s.put("plain_http", args.plain_http, file.plain_http);
     s.put("log_json", args.log_json, file.log_json);
+    s.put("no_console", args.no_console, file.no_console);
     s.put(
         "audit_token_issue",
         args.audit_token_issue,
