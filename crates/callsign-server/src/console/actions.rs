@@ -95,7 +95,10 @@ fn given_key(text: &str) -> Option<AccessKeyMac> {
 }
 
 /// The resource and slot whose key `given` is, among the resources the request's host reaches.
-fn find_key(req: &Req<'_>, given: &AccessKeyMac) -> Option<(callsign_core::ResourceId, KeySlot, AccessKeyMac)> {
+fn find_key(
+    req: &Req<'_>,
+    given: &AccessKeyMac,
+) -> Option<(callsign_core::ResourceId, KeySlot, AccessKeyMac)> {
     let routing = req.state.resources.get();
     routing.candidates(req.host()).iter().find_map(|r| {
         r.keys
@@ -106,7 +109,11 @@ fn find_key(req: &Req<'_>, given: &AccessKeyMac) -> Option<(callsign_core::Resou
 }
 
 /// `POST /console/logout`.
-pub(crate) async fn logout(req: &Req<'_>, signed: &Signed, body: Body) -> Result<Response, ApiError> {
+pub(crate) async fn logout(
+    req: &Req<'_>,
+    signed: &Signed,
+    body: Body,
+) -> Result<Response, ApiError> {
     signed_form(req, signed, body).await?;
     req.console.logouts.end(&signed.session, req.now);
     req.directory(signed)
@@ -162,14 +169,23 @@ fn slot_of(name: &str) -> Result<KeySlot, ApiError> {
 }
 
 /// `GET /console/keys/<slot>/regenerate`: the confirmation.
-pub(crate) async fn regenerate_page(req: &Req<'_>, signed: &Signed, slot: &str) -> Result<Response, ApiError> {
+pub(crate) async fn regenerate_page(
+    req: &Req<'_>,
+    signed: &Signed,
+    slot: &str,
+) -> Result<Response, ApiError> {
     let slot = slot_of(slot)?;
     Ok(pages::regenerate(req, signed, slot, None))
 }
 
 /// `POST /console/keys/<slot>/regenerate`: a new key in `slot`; the session goes on (re-signed
 /// with the new key when it was opened with the old one).
-pub(crate) async fn regenerate(req: &Req<'_>, mut signed: Signed, slot: &str, body: Body) -> Result<Response, ApiError> {
+pub(crate) async fn regenerate(
+    req: &Req<'_>,
+    mut signed: Signed,
+    slot: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
     let slot = slot_of(slot)?;
     let form = signed_form(req, &signed, body).await?;
     if !form.ticked("confirm") {
@@ -234,7 +250,10 @@ pub(crate) async fn identities(req: &Req<'_>, signed: &Signed) -> Result<Respons
         }
     };
     if q.as_ref().is_some_and(|q| q.len() > 256) {
-        return Err(ApiError::validation("The search is longer than 256 characters.", "q"));
+        return Err(ApiError::validation(
+            "The search is longer than 256 characters.",
+            "q",
+        ));
     }
     let dir = req.directory(signed);
     let after = param("after").map(|a| dir.resolve(&a)).transpose()?;
@@ -252,21 +271,38 @@ pub(crate) async fn identities(req: &Req<'_>, signed: &Signed) -> Result<Respons
 }
 
 /// `POST /console/identities`: a new identity, with an optional custom id.
-pub(crate) async fn create_identity(req: &Req<'_>, signed: &Signed, body: Body) -> Result<Response, ApiError> {
+pub(crate) async fn create_identity(
+    req: &Req<'_>,
+    signed: &Signed,
+    body: Body,
+) -> Result<Response, ApiError> {
     let form = signed_form(req, signed, body).await?;
-    let custom_id = match form.get("custom_id").map(str::trim).filter(|c| !c.is_empty()) {
+    let custom_id = match form
+        .get("custom_id")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
         None => None,
-        Some(c) => Some(CustomId::parse(c).map_err(|e| ApiError::validation(e.to_string(), "customId"))?),
+        Some(c) => {
+            Some(CustomId::parse(c).map_err(|e| ApiError::validation(e.to_string(), "customId"))?)
+        }
     };
     let dir = req.directory(signed);
     dir.throttle(crate::throttle::OperationClass::Create)?;
     let created = dir.create(custom_id).await?;
-    let to = format!("{}?notice=created", pages::identity_href(&created.identity.id));
+    let to = format!(
+        "{}?notice=created",
+        pages::identity_href(&created.identity.id)
+    );
     Ok(redirect(&to, None))
 }
 
 /// `GET /console/identities/<id>`.
-pub(crate) async fn identity(req: &Req<'_>, signed: &Signed, raw: &str) -> Result<Response, ApiError> {
+pub(crate) async fn identity(
+    req: &Req<'_>,
+    signed: &Signed,
+    raw: &str,
+) -> Result<Response, ApiError> {
     let dir = req.directory(signed);
     let id = dir.resolve(&decode(raw)?)?;
     let record = dir.get(&id).await?;
@@ -303,7 +339,10 @@ pub(crate) async fn identity_action(
         "revoke" => {
             dir.throttle(crate::throttle::OperationClass::Revoke)?;
             dir.revoke(&id).await?;
-            Ok(redirect(&format!("{}?notice=revoked", pages::identity_href(&id)), None))
+            Ok(redirect(
+                &format!("{}?notice=revoked", pages::identity_href(&id)),
+                None,
+            ))
         }
         _ => {
             if !form.ticked("confirm") {
@@ -320,19 +359,27 @@ pub(crate) async fn identity_action(
 }
 
 /// Issues a token with the form's scopes and lifetime and shows it once.
-async fn issue(req: &Req<'_>, signed: &Signed, id: &IdentityId, form: &Form) -> Result<Response, ApiError> {
+async fn issue(
+    req: &Req<'_>,
+    signed: &Signed,
+    id: &IdentityId,
+    form: &Form,
+) -> Result<Response, ApiError> {
     let names: Vec<&str> = form.all("scope").collect();
     if names.is_empty() {
         return Err(ApiError::validation("Choose at least one scope.", "scope"));
     }
-    let scopes = Scopes::parse(names, true).map_err(|e| ApiError::validation(e.to_string(), "scope"))?;
+    let scopes =
+        Scopes::parse(names, true).map_err(|e| ApiError::validation(e.to_string(), "scope"))?;
     let minutes = form
         .get("minutes")
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(|m| m.parse::<i64>())
         .transpose()
-        .map_err(|_| ApiError::validation("The lifetime must be a whole number of minutes.", "minutes"))?;
+        .map_err(|_| {
+            ApiError::validation("The lifetime must be a whole number of minutes.", "minutes")
+        })?;
     let expires = ExpiresIn::from_optional_minutes(minutes)
         .map_err(|e| ApiError::validation(e.to_string(), "minutes"))?;
     let dir = req.directory(signed);
@@ -356,11 +403,21 @@ pub(crate) async fn signing_keys(req: &Req<'_>, signed: &Signed) -> Result<Respo
     let keys = req.state.store.signing_keys().await?;
     let now = req.state.clock.now();
     let states = crate::keys::key_states(&keys, now);
-    Ok(pages::signing_keys(signed, &keys, &states, req.is_admin(signed), notice(req)))
+    Ok(pages::signing_keys(
+        signed,
+        &keys,
+        &states,
+        req.is_admin(signed),
+        notice(req),
+    ))
 }
 
 /// `POST /console/signing-keys/rotate` (sessions of the default resource only).
-pub(crate) async fn rotate(req: &Req<'_>, signed: &Signed, body: Body) -> Result<Response, ApiError> {
+pub(crate) async fn rotate(
+    req: &Req<'_>,
+    signed: &Signed,
+    body: Body,
+) -> Result<Response, ApiError> {
     let form = signed_form(req, signed, body).await?;
     if !req.is_admin(signed) {
         return Err(ApiError::Forbidden(
@@ -448,12 +505,13 @@ impl AuditFilter {
         } else {
             time("since")?
         };
-        let operation = match param("operation").filter(|v| !v.is_empty()) {
-            None => None,
-            Some(v) => Some(AuditOperation::parse(v).ok_or_else(|| {
-                ApiError::validation("There is no such operation.", "operation")
-            })?),
-        };
+        let operation =
+            match param("operation").filter(|v| !v.is_empty()) {
+                None => None,
+                Some(v) => Some(AuditOperation::parse(v).ok_or_else(|| {
+                    ApiError::validation("There is no such operation.", "operation")
+                })?),
+            };
         let admin = req.is_admin(signed);
         let resource = match param("resource").filter(|v| !v.is_empty()) {
             Some(r) if admin => Some(

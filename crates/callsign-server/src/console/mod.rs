@@ -57,7 +57,12 @@ pub(crate) fn owns(path: &str) -> bool {
 /// Answers a console request. Failures are pages with the status and message of the API's
 /// error (or, for `rates.json`, the API's error body); every answer carries the console's
 /// security headers.
-pub(crate) async fn handle(state: &AppState, console: &Console, parts: Parts, body: Body) -> Response {
+pub(crate) async fn handle(
+    state: &AppState,
+    console: &Console,
+    parts: Parts,
+    body: Body,
+) -> Response {
     let now = state.clock.now().unix_timestamp();
     let req = Req {
         state,
@@ -122,7 +127,11 @@ impl Req<'_> {
         Actor {
             credential: signed.session.slot.into(),
             client: self.client(),
-            request_id: self.parts.extensions.get::<RequestId>().map(|r| r.0.to_string()),
+            request_id: self
+                .parts
+                .extensions
+                .get::<RequestId>()
+                .map(|r| r.0.to_string()),
             subject: Some(signed.session.subject()),
         }
     }
@@ -141,7 +150,10 @@ impl Req<'_> {
             .candidates(self.host())
             .iter()
             .find(|r| r.id == resource)?;
-        r.keys.iter().find(|(s, _)| *s == slot).map(|(_, k)| k.clone())
+        r.keys
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, k)| k.clone())
     }
 
     /// The session of the request's cookie, checked; renewed when due.
@@ -206,8 +218,7 @@ impl Req<'_> {
 }
 
 const CROSS_ORIGIN: &str = "The form was sent from another site; nothing was changed.";
-const BAD_FORM_TOKEN: &str =
-    "The form has expired or did not come from this console; nothing was changed. Reload the page and try again.";
+const BAD_FORM_TOKEN: &str = "The form has expired or did not come from this console; nothing was changed. Reload the page and try again.";
 
 /// A posted form's fields.
 pub(crate) struct Form(Vec<(String, String)>);
@@ -240,12 +251,21 @@ async fn read_form(req: &Req<'_>, body: Body) -> Result<Form, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !is_form {
         return Err(ApiError::UnsupportedMediaType);
     }
     let limits = &req.state.limits;
-    let bytes = crate::http::read_body(body, &req.parts.headers, MAX_FORM_BYTES, limits.body_timeout).await?;
+    let bytes = crate::http::read_body(
+        body,
+        &req.parts.headers,
+        MAX_FORM_BYTES,
+        limits.body_timeout,
+    )
+    .await?;
     Ok(Form(form_urlencoded::parse(&bytes).into_owned().collect()))
 }
 
@@ -329,9 +349,7 @@ async fn signed_route(
         [""] if get => actions::overview(req, &signed).await,
         ["logout"] if post => actions::logout(req, &signed, body).await,
         ["keys", slot, "regenerate"] if get => actions::regenerate_page(req, &signed, slot).await,
-        ["keys", slot, "regenerate"] if post => {
-            actions::regenerate(req, signed, slot, body).await
-        }
+        ["keys", slot, "regenerate"] if post => actions::regenerate(req, signed, slot, body).await,
         ["identities"] if get => actions::identities(req, &signed).await,
         ["identities"] if post => actions::create_identity(req, &signed, body).await,
         ["identities", id] if get => actions::identity(req, &signed, id).await,
@@ -408,7 +426,11 @@ fn secure_headers(headers: &mut HeaderMap) {
     set(headers, "referrer-policy", "no-referrer");
     set(headers, "cross-origin-opener-policy", "same-origin");
     set(headers, "cross-origin-resource-policy", "same-origin");
-    set(headers, "permissions-policy", "camera=(), microphone=(), geolocation=()");
+    set(
+        headers,
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=()",
+    );
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, "cache-control", "no-store");
     }

@@ -4,7 +4,10 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use callsign_core::IdentityId;
-use callsign_store::{AuditOperation, AuditRecord, IdentityPage, IdentityRecord, KeySlot, ResourceRecord, StoredSigningKey};
+use callsign_store::{
+    AuditOperation, AuditRecord, IdentityPage, IdentityRecord, KeySlot, ResourceRecord,
+    StoredSigningKey,
+};
 use maud::{DOCTYPE, Markup, html};
 use time::OffsetDateTime;
 
@@ -313,11 +316,19 @@ pub(crate) fn overview(signed: &Signed, view: &Overview<'_>, notice: Option<Noti
             }
         }
     };
-    html_response(StatusCode::OK, layout("Overview", Some(signed), Nav::Overview, body))
+    html_response(
+        StatusCode::OK,
+        layout("Overview", Some(signed), Nav::Overview, body),
+    )
 }
 
 /// `GET /console/keys/<slot>/regenerate`: the confirmation (with `error`, the refused form).
-pub(crate) fn regenerate(req: &Req<'_>, signed: &Signed, slot: KeySlot, error: Option<&str>) -> Response {
+pub(crate) fn regenerate(
+    req: &Req<'_>,
+    signed: &Signed,
+    slot: KeySlot,
+    error: Option<&str>,
+) -> Response {
     let _ = req;
     let label = slot_label(slot);
     let body = html! {
@@ -337,12 +348,29 @@ pub(crate) fn regenerate(req: &Req<'_>, signed: &Signed, slot: KeySlot, error: O
             " " a href="/console/" { "Cancel" }
         }
     };
-    html_response(StatusCode::OK, layout(&format!("Regenerate the {}", label.to_lowercase()), Some(signed), Nav::Overview, body))
+    html_response(
+        StatusCode::OK,
+        layout(
+            &format!("Regenerate the {}", label.to_lowercase()),
+            Some(signed),
+            Nav::Overview,
+            body,
+        ),
+    )
 }
 
 /// The answer to a regeneration: the new key, shown once.
-pub(crate) fn regenerated(signed: &Signed, slot: KeySlot, shown: &str, revoked: Option<u64>) -> Response {
-    let what = if slot == KeySlot::VerifyOnly { "New verify-only key" } else { "New connection string" };
+pub(crate) fn regenerated(
+    signed: &Signed,
+    slot: KeySlot,
+    shown: &str,
+    revoked: Option<u64>,
+) -> Response {
+    let what = if slot == KeySlot::VerifyOnly {
+        "New verify-only key"
+    } else {
+        "New connection string"
+    };
     let body = html! {
         p #notice.notice role="status" {
             (slot_label(slot)) " regenerated; the old one is refused from now on."
@@ -355,7 +383,10 @@ pub(crate) fn regenerated(signed: &Signed, slot: KeySlot, shown: &str, revoked: 
         }
         p { a href="/console/" { "Back to the overview" } }
     };
-    html_response(StatusCode::OK, layout("Key regenerated", Some(signed), Nav::Overview, body))
+    html_response(
+        StatusCode::OK,
+        layout("Key regenerated", Some(signed), Nav::Overview, body),
+    )
 }
 
 /// What the identities page shows.
@@ -366,12 +397,22 @@ pub(crate) struct IdentitiesView<'a> {
 }
 
 fn last_token(r: &IdentityRecord) -> String {
-    r.last_token_issued_at.map_or_else(|| "never".to_owned(), show_time)
+    r.last_token_issued_at
+        .map_or_else(|| "never".to_owned(), show_time)
 }
 
 /// `GET /console/identities`.
-pub(crate) fn identities(signed: &Signed, view: &IdentitiesView<'_>, notice: Option<Notice>) -> Response {
-    let stale_options = [("", "Any"), ("7", "7 days"), ("30", "30 days"), ("90", "90 days")];
+pub(crate) fn identities(
+    signed: &Signed,
+    view: &IdentitiesView<'_>,
+    notice: Option<Notice>,
+) -> Response {
+    let stale_options = [
+        ("", "Any"),
+        ("7", "7 days"),
+        ("30", "30 days"),
+        ("90", "90 days"),
+    ];
     let chosen = view.stale.map(|d| d.to_string()).unwrap_or_default();
     let next = view.page.next_after.map(|after| {
         let mut q = form_urlencoded::Serializer::new(String::new());
@@ -428,7 +469,10 @@ pub(crate) fn identities(signed: &Signed, view: &IdentitiesView<'_>, notice: Opt
             }
         }
     };
-    html_response(StatusCode::OK, layout("Identities", Some(signed), Nav::Identities, body))
+    html_response(
+        StatusCode::OK,
+        layout("Identities", Some(signed), Nav::Identities, body),
+    )
 }
 
 /// What an identity's page shows; with a token just issued.
@@ -447,7 +491,11 @@ const SCOPES: [(&str, &str); 5] = [
 ];
 
 /// `GET /console/identities/<id>`.
-pub(crate) fn identity(signed: &Signed, view: &IdentityView<'_>, notice: Option<Notice>) -> Response {
+pub(crate) fn identity(
+    signed: &Signed,
+    view: &IdentityView<'_>,
+    notice: Option<Notice>,
+) -> Response {
     let r = view.record;
     let href = identity_href(&r.id);
     let body = html! {
@@ -507,7 +555,10 @@ pub(crate) fn identity(signed: &Signed, view: &IdentityView<'_>, notice: Option<
             }
         }
     };
-    html_response(StatusCode::OK, layout("Identity", Some(signed), Nav::Identities, body))
+    html_response(
+        StatusCode::OK,
+        layout("Identity", Some(signed), Nav::Identities, body),
+    )
 }
 
 /// `GET /console/signing-keys`.
@@ -553,11 +604,20 @@ pub(crate) fn signing_keys(
             p { "Only a session of the deployment's default resource rotates the signing keys." }
         }
     };
-    html_response(StatusCode::OK, layout("Signing keys", Some(signed), Nav::SigningKeys, body))
+    html_response(
+        StatusCode::OK,
+        layout("Signing keys", Some(signed), Nav::SigningKeys, body),
+    )
 }
 
 /// `GET /console/audit`.
-pub(crate) fn audit(req: &Req<'_>, signed: &Signed, filter: &AuditFilter, records: &[AuditRecord], next: Option<i64>) -> Response {
+pub(crate) fn audit(
+    req: &Req<'_>,
+    signed: &Signed,
+    filter: &AuditFilter,
+    records: &[AuditRecord],
+    next: Option<i64>,
+) -> Response {
     let chosen = filter.operation.map(AuditOperation::as_str).unwrap_or("");
     let next_href = next.map(|after| {
         let mut q = form_urlencoded::Serializer::new(String::new());
@@ -565,7 +625,10 @@ pub(crate) fn audit(req: &Req<'_>, signed: &Signed, filter: &AuditFilter, record
         q.append_pair("until", &filter.until.map(local_minute).unwrap_or_default());
         q.append_pair("operation", chosen);
         if filter.admin {
-            q.append_pair("resource", &filter.resource.map(|r| r.to_string()).unwrap_or_default());
+            q.append_pair(
+                "resource",
+                &filter.resource.map(|r| r.to_string()).unwrap_or_default(),
+            );
         }
         q.append_pair("after", &after.to_string());
         format!("/console/audit?{}", q.finish())
@@ -625,7 +688,10 @@ pub(crate) fn audit(req: &Req<'_>, signed: &Signed, filter: &AuditFilter, record
         }
         @if let Some(href) = next_href { p { a #next-page href=(href) { "Next page" } } }
     };
-    html_response(StatusCode::OK, layout("Audit log", Some(signed), Nav::Audit, body))
+    html_response(
+        StatusCode::OK,
+        layout("Audit log", Some(signed), Nav::Audit, body),
+    )
 }
 
 /// `GET /console/rates`: the charts, drawn and updated by the script from `rates.json`.
@@ -654,5 +720,8 @@ pub(crate) fn rates(req: &Req<'_>, signed: &Signed) -> Response {
             tbody {}
         }
     };
-    html_response(StatusCode::OK, layout("Live rates", Some(signed), Nav::Rates, body))
+    html_response(
+        StatusCode::OK,
+        layout("Live rates", Some(signed), Nav::Rates, body),
+    )
 }

@@ -136,7 +136,10 @@ callsign_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"revocations\"}
 ";
         let r = read(text);
         let issue = &r.routes["issue"];
-        assert_eq!((issue.requests, issue.client_errors, issue.server_errors), (9, 2, 0));
+        assert_eq!(
+            (issue.requests, issue.client_errors, issue.server_errors),
+            (9, 2, 0)
+        );
         assert_eq!(r.routes["create"].server_errors, 1);
         assert_eq!(r.latency, vec![(Some(0.001), 5), (None, 9)]);
     }

@@ -221,10 +221,7 @@ mod tests {
         let (back, sig) = Session::parse(&cookie).expect("parses");
         assert_eq!(back, s);
         assert_eq!(back.check(sig, &key(1), 1_001), Ok(()));
-        assert_eq!(
-            back.check(sig, &key(2), 1_001),
-            Err(Rejected::BadSignature)
-        );
+        assert_eq!(back.check(sig, &key(2), 1_001), Err(Rejected::BadSignature));
     }
 
     #[test]
@@ -242,7 +239,13 @@ mod tests {
     #[test]
     fn sessions_expire_idle_and_at_their_lifetime() {
         let mut s = Session::open(ResourceId::new_random(), KeySlot::Primary, 0);
-        let sig = |s: &Session| s.to_cookie(&key(1)).rsplit_once('.').expect("dot").1.to_owned();
+        let sig = |s: &Session| {
+            s.to_cookie(&key(1))
+                .rsplit_once('.')
+                .expect("dot")
+                .1
+                .to_owned()
+        };
         assert_eq!(s.check(&sig(&s), &key(1), IDLE - 1), Ok(()));
         assert_eq!(s.check(&sig(&s), &key(1), IDLE), Err(Rejected::Expired));
         s.seen = LIFETIME - 10;
@@ -260,7 +263,11 @@ mod tests {
             "v1.a1b2c3d4-0000-4000-8000-000000000001.verifyOnly.00000000000000000000000000000000.1.1.sig",
             "v1.a1b2c3d4-0000-4000-8000-000000000001.primary.short.1.1.sig",
         ] {
-            assert_eq!(Session::parse(bad).err(), Some(Rejected::Malformed), "{bad}");
+            assert_eq!(
+                Session::parse(bad).err(),
+                Some(Rejected::Malformed),
+                "{bad}"
+            );
         }
         assert!(Session::parse(&"x".repeat(300)).is_err());
     }

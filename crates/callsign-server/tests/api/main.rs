@@ -27,6 +27,7 @@ macro_rules! on_every_backend {
 mod audit;
 mod bad_input;
 mod clock;
+mod console;
 mod limits;
 mod listing;
 mod metrics;
