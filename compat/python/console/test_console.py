@@ -10,7 +10,7 @@ of every page, wide and 360 px narrow, are written to target/console-screenshots
 failed-<test>.png when a test fails).
 
 The tests run in file order and share the server of compat/python/conftest.py: the audit test runs
-before the pagination test creates a hundred identities, and the key regeneration test, which
+before the pagination test creates 120 identities, and the key regeneration test, which
 replaces the primary key (and so `server.connection_string`), runs last but for --no-console.
 """
 
@@ -26,12 +26,15 @@ import requests
 from azure.communication.identity import CommunicationIdentityClient, CommunicationUserIdentifier
 from azure.core.exceptions import HttpResponseError
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from callsign_testlib import jwt_payload, new_guid
@@ -74,6 +77,9 @@ def driver():
         pytest.fail("%s is missing: run `npm ci` in compat/console (compat/run.sh does)" % AXE)
     os.environ["SE_OFFLINE"] = "true"
     os.makedirs(SCREENSHOTS, exist_ok=True)
+    for name in os.listdir(SCREENSHOTS):  # the artifacts are this run's only
+        if name.endswith(".png"):
+            os.remove(os.path.join(SCREENSHOTS, name))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     options.add_argument("--headless=new")
@@ -138,14 +144,22 @@ def document_chain(entries):
 
 
 def navigate(driver, action):
-    """Runs `action` (a click, a key press, driver.get), waits for the next document to load and
-    returns its (url, status) chain; the last entry is the page now shown."""
+    """Runs `action` (a click, a key press, driver.get), waits until another document has
+    loaded and returns its (url, status) chain; the last entry is the page now shown."""
     driver.get_log("performance")  # drop what came before
-    old = driver.find_element(By.TAG_NAME, "html")
+    marker = new_guid()
+    driver.execute_script("window.__callsignTestPage = arguments[0];", marker)
+
+    def loaded(d):
+        try:
+            return d.execute_script(
+                "return window.__callsignTestPage !== arguments[0]"
+                " && document.readyState === 'complete';", marker)
+        except WebDriverException:  # between two documents
+            return False
+
     action()
-    WebDriverWait(driver, WAIT).until(EC.staleness_of(old))
-    WebDriverWait(driver, WAIT).until(
-        lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, WAIT).until(loaded)
     chain = document_chain(driver.get_log("performance"))
     assert chain, "no document response was logged"
     return chain
@@ -164,11 +178,13 @@ def status(chain):
     return chain[-1][1]
 
 
-def assert_redirected(chain, server, path):
+def assert_redirected(chain, driver, path):
     """A 302/303 redirect, then the page at `path` answered 200."""
-    assert any(code in (302, 303) for _, code in chain[:-1]), "no redirect: %r" % (chain,)
+    shown = driver.find_elements(By.CSS_SELECTOR, "#error")
+    why = " (#error: %s)" % shown[0].text.strip() if shown else ""
+    assert any(code in (302, 303) for _, code in chain[:-1]), "no redirect: %r%s" % (chain, why)
     last_url, last_status = chain[-1]
-    assert path_of(last_url) == path and last_status == 200, chain
+    assert path_of(last_url) == path and last_status == 200, (chain, why)
 
 
 def element(driver, selector):
@@ -235,7 +251,7 @@ def login(driver, server, secret=None, fresh=False):
     field.clear()
     field.send_keys(secret or server.connection_string)
     chain = submit(driver, "#login-submit")
-    assert_redirected(chain, server, "/console/")
+    assert_redirected(chain, driver, "/console/")
     return chain
 
 
@@ -255,8 +271,8 @@ def http(server, method, path_or_url, cookie=None, data=None, headers=None, mult
     if data is not None:
         if multipart:
             kwargs["files"] = [(k, (None, v)) for k, v in data]
-        else:
-            kwargs["data"] = data
+        else:  # encoded here so that an empty form is still a form
+            kwargs["data"] = urllib.parse.urlencode(data)
     return requests.request(method, target, headers=all_headers, verify=server.ca_path,
                             allow_redirects=False, timeout=10, **kwargs)
 
@@ -325,6 +341,8 @@ def forged_post(server, driver, form_selector, cookie, csrf="keep", origin="same
     elif csrf != "keep":
         pairs = [(k, csrf if k == "csrf" else v) for k, v in pairs]
     headers = {}
+    if enctype != "multipart/form-data":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
     if origin == "same":
         headers["Origin"] = base(server)
     elif origin:
@@ -496,6 +514,12 @@ def test_overview_shows_the_resource_and_copies_its_connection_strings(server, d
     assert len(buttons) >= 2, "one copy button per connection string"
     copied = set()
     for button in buttons:
+        if not button.is_displayed():  # folded away in a <details>: unfold it as a reader would
+            summary = driver.execute_script(
+                "const d = arguments[0].closest('details');"
+                "return d ? d.querySelector('summary') : null;", button)
+            assert summary is not None, "a hidden copy button outside any <details>"
+            summary.click()
         driver.execute_async_script(
             "navigator.clipboard.writeText('').then(arguments[0], arguments[0])")
         button.click()
@@ -579,7 +603,7 @@ def test_identity_lifecycle_create_issue_revoke_delete(server, driver, sdk):
     assert_csrf_field(driver, "#delete-form")
     checkbox(driver, "#delete-confirm")
     chain = submit(driver, "#delete-submit")
-    assert_redirected(chain, server, "/console/identities")
+    assert_redirected(chain, driver, "/console/identities")
     assert text_of(driver, "#notice")
     user = CommunicationUserIdentifier(raw_id)
     assert sdk_status(lambda: sdk.get_token(user, ["chat"])) == 404
@@ -794,6 +818,10 @@ def test_rates_page_polls_and_shows_the_issue_route(server, driver, sdk):
         raise AssertionError("no issue row in #route-rates after 12 s of polling (after a "
                              "reload: %s)" % ("present" if after_reload else "absent"))
     time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+    for chart in ("requests", "errors", "p99", "tokens"):
+        assert driver.execute_script(
+            "return document.querySelector(arguments[0]).childElementCount",
+            "svg#chart-" + chart), "svg#chart-%s is still empty after the polls" % chart
     polls = []
     for entry in driver.get_log("performance"):
         msg = json.loads(entry["message"])["message"]
@@ -840,7 +868,7 @@ def test_accessibility_narrow_layout_keyboard_login_and_screenshots(server, driv
     assert driver.switch_to.active_element.get_attribute("id") == "key", "Tab never reached #key"
     ActionChains(driver).send_keys(server.access_key).perform()
     chain = navigate(driver, lambda: ActionChains(driver).send_keys(Keys.ENTER).perform())
-    assert_redirected(chain, server, "/console/")
+    assert_redirected(chain, driver, "/console/")
 
     pages = [
         ("overview", "/console/"),
@@ -855,6 +883,12 @@ def test_accessibility_narrow_layout_keyboard_login_and_screenshots(server, driv
         chain = open_page(driver, server, path)
         assert path_of(driver.current_url) == path, (name, driver.current_url)
         assert_chrome(driver)
+        if name == "rates":  # let the first poll draw the charts before the screenshot
+            try:
+                WebDriverWait(driver, 5).until(lambda d: d.execute_script(
+                    "return document.querySelector('svg#chart-requests').childElementCount"))
+            except TimeoutException:
+                pass  # test_rates_page_polls_and_shows_the_issue_route reports it
         check(name, chain)
     assert not failures, "\n".join(failures)
 
