@@ -8,13 +8,16 @@
 # target/debug/callsign; a relative path is taken from the repo root). Needs python3 (3.11), node
 # (>= 20) and npm, and PyPI/npm for the first run only:
 #   * creates .venv/<name> from compat/python/requirements/<name>.txt (fully pinned, --no-deps)
-#     when missing or when the pins changed, and `npm ci` in compat/js and compat/oidc likewise;
+#     when missing or when the pins changed, and `npm ci` in compat/js, compat/oidc and
+#     compat/console (axe-core) likewise;
 #   * validates the OpenAPI document (crates/callsign-server/openapi.json) with
 #     openapi-spec-validator from .venv/openapi;
 #   * runs each pytest suite in its own venv, then the node tests; each starts its own server on
 #     127.0.0.1 (port 0, fresh temp data dir) and stops it with SIGTERM, requiring exit code 0
 #     (compat/python/openapi validates the served document and the server's responses against
-#     the OpenAPI document);
+#     the OpenAPI document; compat/python/console drives the admin console in headless Chromium,
+#     which needs /usr/bin/chromium and /usr/bin/chromedriver from the Debian packages chromium
+#     and chromium-driver, and writes screenshots to target/console-screenshots/);
 #   * prints every runner's summary and exits non-zero if anything failed (pytest's "no tests
 #     collected", exit code 5, counts as a failure).
 set -uo pipefail
@@ -38,6 +41,7 @@ suites=(
   "identity131:identity"
   "identity101:identity"
   "openapi:openapi"
+  "console:console"
 )
 
 logdir="$(mktemp -d "${TMPDIR:-/tmp}/callsign-compat-run.XXXXXX")"
@@ -73,9 +77,10 @@ ensure_node_modules_in() {
   echo "$want" > "$stamp"
 }
 
-# The SDK suites' packages, and the OIDC provider the Rust tests start (compat/oidc).
+# The SDK suites' packages, the OIDC provider the Rust tests start (compat/oidc), and axe-core
+# for the console suite's accessibility checks (compat/console).
 ensure_node_modules() {
-  ensure_node_modules_in js && ensure_node_modules_in oidc
+  ensure_node_modules_in js && ensure_node_modules_in oidc && ensure_node_modules_in console
 }
 
 node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"

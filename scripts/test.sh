@@ -4,11 +4,13 @@
 #   bash scripts/test.sh
 #
 # Steps: PostgreSQL available and running (installed from Debian packages if missing),
-# formatting and lint checks, the packaging lint (packaging/: Dockerfile, compose file, systemd
-# unit; linted, not built), licenses and banned crates (cargo deny, installed if missing),
-# the Rust test suites (unit, black-box, store conformance on SQLite
-# and PostgreSQL, CLI and crash tests, doc tests), then the compatibility suites that drive the
-# released ACS SDKs (pinned, in venvs and node_modules) against the real server.
+# Chromium and chromedriver for the console's browser suite (Debian packages chromium and
+# chromium-driver, installed if missing), formatting and lint checks, the packaging lint
+# (packaging/: Dockerfile, compose file, systemd unit; linted, not built), licenses and banned
+# crates (cargo deny, installed if missing), the Rust test suites (unit, black-box, store
+# conformance on SQLite and PostgreSQL, CLI and crash tests, doc tests), then the compatibility
+# suites that drive the released ACS SDKs (pinned, in venvs and node_modules) and the admin
+# console (headless Chromium, axe-core) against the real server.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -46,6 +48,19 @@ ensure_postgres() {
     pg_isready -h 127.0.0.1 -p 5432
 }
 
+# The browser the console suite (compat/python/console) drives: /usr/bin/chromium and
+# /usr/bin/chromedriver, from Debian packages so that Selenium never downloads a browser.
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        return 0
+    fi
+    echo "Chromium or chromedriver is not installed; installing them from Debian packages"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null || return 1
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]
+}
+
 ensure_nextest() {
     cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
@@ -59,6 +74,7 @@ cargo_deny() {
 }
 
 step "PostgreSQL" ensure_postgres
+step "Chromium (console browser suite)" ensure_chromium
 # The pinned SDKs first: the Rust client's signing cross-check runs the released Python SDK.
 step "SDK installs (venvs, node_modules)" bash compat/run.sh --install-only
 export CALLSIGN_SDK_PYTHON="$ROOT/.venv/identity15/bin/python"
