@@ -209,7 +209,13 @@ impl Req<'_> {
         if let Some(origin) = headers.get(header::ORIGIN) {
             let scheme = if self.console.tls { "https" } else { "http" };
             let expected = format!("{scheme}://{}", self.host());
-            if origin.as_bytes() != expected.as_bytes() {
+            // A browser that withholds the origin (`null`) still says where the form came
+            // from in `Sec-Fetch-Site`; without that, `null` could be any page.
+            let same_site_null = origin.as_bytes() == b"null"
+                && headers
+                    .get("sec-fetch-site")
+                    .is_some_and(|s| s.as_bytes() == b"same-origin");
+            if origin.as_bytes() != expected.as_bytes() && !same_site_null {
                 return Err(ApiError::Forbidden(CROSS_ORIGIN));
             }
         }
@@ -423,7 +429,8 @@ fn secure_headers(headers: &mut HeaderMap) {
     set(headers, "content-security-policy", CSP);
     set(headers, "x-frame-options", "DENY");
     set(headers, "x-content-type-options", "nosniff");
-    set(headers, "referrer-policy", "no-referrer");
+    // `same-origin`: the console's own forms carry their origin; other sites learn nothing.
+    set(headers, "referrer-policy", "same-origin");
     set(headers, "cross-origin-opener-policy", "same-origin");
     set(headers, "cross-origin-resource-policy", "same-origin");
     set(

@@ -326,6 +326,13 @@ async fn forms_need_the_session_token_and_this_origin(backend: Backend) {
         .post(&action, &[("csrf", "AAAA"), ("confirm", "yes")])
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    b.origin = "null".into();
+    let withheld = b.submit(&action, &[("confirm", "yes")]).await;
+    assert_eq!(
+        withheld.status,
+        StatusCode::FORBIDDEN,
+        "a null origin alone proves nothing"
+    );
     b.origin = "https://evil.example".into();
     let foreign = b.submit(&action, &[("confirm", "yes")]).await;
     assert_eq!(foreign.status, StatusCode::FORBIDDEN);
