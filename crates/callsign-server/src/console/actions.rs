@@ -169,13 +169,9 @@ fn slot_of(name: &str) -> Result<KeySlot, ApiError> {
 }
 
 /// `GET /console/keys/<slot>/regenerate`: the confirmation.
-pub(crate) async fn regenerate_page(
-    req: &Req<'_>,
-    signed: &Signed,
-    slot: &str,
-) -> Result<Response, ApiError> {
+pub(crate) fn regenerate_page(signed: &Signed, slot: &str) -> Result<Response, ApiError> {
     let slot = slot_of(slot)?;
-    Ok(pages::regenerate(req, signed, slot, None))
+    Ok(pages::regenerate(signed, slot, None))
 }
 
 /// `POST /console/keys/<slot>/regenerate`: a new key in `slot`; the session goes on (re-signed
@@ -190,7 +186,7 @@ pub(crate) async fn regenerate(
     let form = signed_form(req, &signed, body).await?;
     if !form.ticked("confirm") {
         let message = "Tick the confirmation to regenerate the key; nothing was changed.";
-        let mut page = pages::regenerate(req, &signed, slot, Some(message));
+        let mut page = pages::regenerate(&signed, slot, Some(message));
         *page.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(page);
     }
@@ -475,7 +471,7 @@ pub(crate) async fn audit(req: &Req<'_>, signed: &Signed) -> Result<Response, Ap
         }
         shown.push(record);
     }
-    Ok(pages::audit(req, signed, &filter, &shown, next))
+    Ok(pages::audit(signed, &filter, &shown, next))
 }
 
 /// The audit page's filter, read from its query.

@@ -354,7 +354,7 @@ async fn signed_route(
     match segments.as_slice() {
         [""] if get => actions::overview(req, &signed).await,
         ["logout"] if post => actions::logout(req, &signed, body).await,
-        ["keys", slot, "regenerate"] if get => actions::regenerate_page(req, &signed, slot).await,
+        ["keys", slot, "regenerate"] if get => actions::regenerate_page(&signed, slot),
         ["keys", slot, "regenerate"] if post => actions::regenerate(req, signed, slot, body).await,
         ["identities"] if get => actions::identities(req, &signed).await,
         ["identities"] if post => actions::create_identity(req, &signed, body).await,
@@ -365,7 +365,7 @@ async fn signed_route(
         ["signing-keys"] if get => actions::signing_keys(req, &signed).await,
         ["signing-keys", "rotate"] if post => actions::rotate(req, &signed, body).await,
         ["audit"] if get => actions::audit(req, &signed).await,
-        ["rates"] if get => Ok(pages::rates(req, &signed)),
+        ["rates"] if get => Ok(pages::rates(&signed)),
         ["rates.json"] if get => rates::snapshot(req.state),
         _ => Err(ApiError::NotFound),
     }

@@ -11,8 +11,8 @@ use callsign_store::{
 use maud::{DOCTYPE, Markup, html};
 use time::OffsetDateTime;
 
+use super::Signed;
 use super::actions::AuditFilter;
-use super::{Req, Signed};
 use crate::keys::KeyState;
 
 /// The stylesheet, compiled in.
@@ -138,29 +138,19 @@ fn error_block(message: Option<&str>) -> Markup {
 
 /// A time as the console shows it (UTC, to the second).
 pub(crate) fn show_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_default()
 }
 
 /// A time as a `datetime-local` input holds it (UTC, to the minute).
 fn local_minute(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute()
-    )
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_default()
 }
 
 /// Reads a `datetime-local` value (`YYYY-MM-DDTHH:MM`, seconds optional) as UTC.
@@ -323,13 +313,7 @@ pub(crate) fn overview(signed: &Signed, view: &Overview<'_>, notice: Option<Noti
 }
 
 /// `GET /console/keys/<slot>/regenerate`: the confirmation (with `error`, the refused form).
-pub(crate) fn regenerate(
-    req: &Req<'_>,
-    signed: &Signed,
-    slot: KeySlot,
-    error: Option<&str>,
-) -> Response {
-    let _ = req;
+pub(crate) fn regenerate(signed: &Signed, slot: KeySlot, error: Option<&str>) -> Response {
     let label = slot_label(slot);
     let body = html! {
         (error_block(error))
@@ -612,7 +596,6 @@ pub(crate) fn signing_keys(
 
 /// `GET /console/audit`.
 pub(crate) fn audit(
-    req: &Req<'_>,
     signed: &Signed,
     filter: &AuditFilter,
     records: &[AuditRecord],
@@ -633,7 +616,6 @@ pub(crate) fn audit(
         q.append_pair("after", &after.to_string());
         format!("/console/audit?{}", q.finish())
     });
-    let _ = req;
     let body = html! {
         form #audit-filter method="get" action="/console/audit" {
             div.field {
@@ -695,8 +677,7 @@ pub(crate) fn audit(
 }
 
 /// `GET /console/rates`: the charts, drawn and updated by the script from `rates.json`.
-pub(crate) fn rates(req: &Req<'_>, signed: &Signed) -> Response {
-    let _ = req;
+pub(crate) fn rates(signed: &Signed) -> Response {
     let chart = |id: &str, title: &str| {
         html! {
             figure.chart {
