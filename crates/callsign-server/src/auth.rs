@@ -36,12 +36,12 @@ impl Authenticated {
         self.credential
     }
 
-    /// A console request of a session opened with `resource`'s key in `slot` (checked by the
-    /// console's session cookie, which is signed with that key).
-    pub(crate) fn console(resource: ResourceId, slot: KeySlot) -> Self {
+    /// A console request of a session of `resource` opened with `credential` (checked by the
+    /// console's session cookie, which is signed with one of the resource's keys).
+    pub(crate) fn console(resource: ResourceId, credential: Credential) -> Self {
         Self {
             resource,
-            credential: slot.into(),
+            credential,
         }
     }
 

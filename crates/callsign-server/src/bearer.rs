@@ -31,7 +31,11 @@ fn token(headers: &HeaderMap) -> &str {
 }
 
 /// The resource a bearer request is for: the one of the host's resources the issuer serves.
-fn resource(state: &AppState, parts: &Parts, p: &Principal) -> Result<ResourceId, ApiError> {
+pub(crate) fn resource(
+    state: &AppState,
+    parts: &Parts,
+    p: &Principal,
+) -> Result<ResourceId, ApiError> {
     if state.resources.is_stale() {
         return Err(ApiError::Unavailable(anyhow::anyhow!(
             "resources changed in the store cannot be loaded"

@@ -93,6 +93,9 @@ pub struct TrustedIssuerConfig {
     pub resources: Option<Vec<String>>,
     /// A PEM file of CA certificates to trust for this issuer's HTTPS (besides the system's).
     pub ca_file: Option<PathBuf>,
+    /// The client id under which the admin console signs users in with this issuer
+    /// (authorization code with PKCE, a public client); no console sign-in without it.
+    pub console_client_id: Option<String>,
 }
 
 /// One audience or several.
@@ -156,6 +159,8 @@ pub struct TrustedIssuer {
     pub resources: Option<Vec<ResourceId>>,
     /// Extra CA certificates (PEM).
     pub ca_pem: Option<Vec<u8>>,
+    /// The console's client id at this issuer, when users sign in to the console with it.
+    pub console_client_id: Option<String>,
 }
 
 /// URLs an issuer's keys are fetched from: HTTPS, or plain HTTP to a loopback address only.
@@ -298,6 +303,9 @@ impl TrustedIssuer {
             teams: c.teams,
             resources,
             ca_pem,
+            console_client_id: c.console_client_id.filter(|id| {
+                !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
+            }),
         })
     }
 
@@ -452,12 +460,24 @@ struct Provider {
     jwks: OnceLock<JwksCache>,
     discovering: tokio::sync::Mutex<()>,
     last_discovery: Mutex<Option<Instant>>,
+    /// The console's sign-in endpoints, once discovered.
+    login: OnceLock<LoginEndpoints>,
+    last_login_discovery: Mutex<Option<Instant>>,
 }
 
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+}
+
+/// Where the console sends a user to sign in with an issuer, and redeems the code.
+#[derive(Debug, Clone)]
+pub(crate) struct LoginEndpoints {
+    pub(crate) authorization: Url,
+    pub(crate) token: Url,
 }
 
 impl Provider {
@@ -488,6 +508,8 @@ impl Provider {
             jwks,
             discovering: tokio::sync::Mutex::new(()),
             last_discovery: Mutex::new(None),
+            login: OnceLock::new(),
+            last_login_discovery: Mutex::new(None),
         })
     }
 
@@ -530,6 +552,12 @@ impl Provider {
     /// Reads the discovery document: its `issuer` must be the configured one, its `jwks_uri`
     /// fetchable.
     async fn discover(&self) -> anyhow::Result<Url> {
+        let doc = self.read_discovery().await?;
+        parse_url(&doc.jwks_uri, "jwks_uri")
+    }
+
+    /// The discovery document, read with a bound; its `issuer` must be the configured one.
+    async fn read_discovery(&self) -> anyhow::Result<Discovery> {
         let mut resp = self.http.get(self.config.discovery.clone()).send().await?;
         if !resp.status().is_success() {
             anyhow::bail!("status {}", resp.status());
@@ -545,7 +573,35 @@ impl Provider {
         if doc.issuer != self.config.issuer {
             anyhow::bail!("the document names another issuer");
         }
-        parse_url(&doc.jwks_uri, "jwks_uri")
+        Ok(doc)
+    }
+
+    /// The authorization and token endpoints, read once from the discovery document (at most
+    /// once per cooldown while it cannot be read).
+    async fn login_endpoints(&self) -> anyhow::Result<LoginEndpoints> {
+        if let Some(e) = self.login.get() {
+            return Ok(e.clone());
+        }
+        {
+            let mut last = self
+                .last_login_discovery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.config.jwks_cooldown) {
+                anyhow::bail!("the discovery document could not be read a moment ago");
+            }
+            *last = Some(Instant::now());
+        }
+        let doc = self.read_discovery().await?;
+        let endpoint = |raw: Option<String>, what: &str| -> anyhow::Result<Url> {
+            let raw = raw.ok_or_else(|| anyhow::anyhow!("the document names no {what}"))?;
+            parse_url(&raw, what)
+        };
+        let endpoints = LoginEndpoints {
+            authorization: endpoint(doc.authorization_endpoint, "authorization_endpoint")?,
+            token: endpoint(doc.token_endpoint, "token_endpoint")?,
+        };
+        Ok(self.login.get_or_init(|| endpoints).clone())
     }
 }
 
@@ -594,6 +650,30 @@ impl Issuers {
     /// Whether any issuer is configured.
     pub fn any(&self) -> bool {
         !self.providers.is_empty()
+    }
+
+    /// The issuers users may sign in to the console with: their position and configuration.
+    pub(crate) fn console_logins(&self) -> impl Iterator<Item = (usize, &TrustedIssuer)> {
+        self.providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.config.console_client_id.is_some())
+            .map(|(i, p)| (i, p.config.as_ref()))
+    }
+
+    /// The sign-in endpoints of the console issuer at `index`, its configuration and its HTTP
+    /// client (its own CA, no redirects, timeouts).
+    pub(crate) async fn console_login(
+        &self,
+        index: usize,
+    ) -> anyhow::Result<(LoginEndpoints, &TrustedIssuer, &reqwest::Client)> {
+        let provider = self
+            .providers
+            .get(index)
+            .filter(|p| p.config.console_client_id.is_some())
+            .ok_or_else(|| anyhow::anyhow!("no console sign-in with issuer {index}"))?;
+        let endpoints = provider.login_endpoints().await?;
+        Ok((endpoints, provider.config.as_ref(), &provider.http))
     }
 
     /// Whether an issuer vouches for Teams tokens.

@@ -13,7 +13,7 @@ use callsign_store::{
 use time::OffsetDateTime;
 
 use super::pages::{self, IdentityView, Notice};
-use super::session::{self, LOGIN_COOKIE, Session};
+use super::session::{self, LOGIN_COOKIE, Session, Signer};
 use super::{Form, Req, Signed, cookie, read_form, redirect, signed_form};
 use crate::error::ApiError;
 
@@ -22,7 +22,13 @@ pub(crate) fn login_page(req: &Req<'_>, error: Option<(StatusCode, &str)>) -> Re
     let existing = cookie(&req.parts.headers, LOGIN_COOKIE)
         .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()));
     let token = existing.map_or_else(session::random_hex, str::to_owned);
-    let mut response = pages::login(&token, error);
+    let issuers: Vec<(usize, String)> = req
+        .state
+        .issuers
+        .console_logins()
+        .map(|(i, c)| (i, c.issuer.clone()))
+        .collect();
+    let mut response = pages::login(&token, error, &issuers);
     if existing.is_none() {
         let c = req.cookie_header(LOGIN_COOKIE, &token, 3600);
         response.headers_mut().append(header::SET_COOKIE, c);
@@ -63,7 +69,7 @@ pub(crate) async fn login(req: &Req<'_>, body: Body) -> Result<Response, ApiErro
         return failed(VERIFY_ONLY);
     }
     let signed = Signed {
-        session: Session::open(resource, slot, req.now),
+        session: Session::open(resource, Signer::Key(slot), req.now),
         key,
         renewed: None,
     };
@@ -202,7 +208,7 @@ pub(crate) async fn regenerate(
     if let Err(e) = req.state.resources.refresh(store.as_ref()).await {
         tracing::warn!(error = %e.chain(), "resources could not be reloaded after a key change");
     }
-    if slot == signed.session.slot {
+    if slot == signed.session.mac_slot() {
         signed.key = AccessKeyMac::from_base64(key.expose())
             .map_err(|_| ApiError::internal(anyhow::anyhow!("a generated key is not base64")))?;
         signed.session.seen = req.now;

@@ -13,6 +13,7 @@
 //! recorded in the audit log with the key it signed in with and the subject `console#<session>`.
 
 mod actions;
+mod oidc;
 mod pages;
 mod rates;
 mod session;
@@ -125,7 +126,7 @@ impl Req<'_> {
     /// The audit actor of `signed`'s requests.
     fn actor(&self, signed: &Signed) -> Actor {
         Actor {
-            credential: signed.session.slot.into(),
+            credential: signed.session.credential(),
             client: self.client(),
             request_id: self
                 .parts
@@ -138,7 +139,7 @@ impl Req<'_> {
 
     /// The signed-in resource's identities, as `signed` acts on them.
     fn directory(&self, signed: &Signed) -> Directory<'_> {
-        let auth = Authenticated::console(signed.session.resource, signed.session.slot);
+        let auth = Authenticated::console(signed.session.resource, signed.session.credential());
         self.state.directory(&auth, self.actor(signed))
     }
 
@@ -160,7 +161,7 @@ impl Req<'_> {
     fn signed_in(&self) -> Option<Signed> {
         let value = cookie(&self.parts.headers, COOKIE)?;
         let (session, sig) = Session::parse(value).ok()?;
-        let key = self.key_of(session.resource, session.slot)?;
+        let key = self.key_of(session.resource, session.mac_slot())?;
         session.check(sig, &key, self.now).ok()?;
         if self.console.logouts.ended(&session) {
             return None;
@@ -317,6 +318,10 @@ async fn route(req: &Req<'_>, body: Body) -> Result<Response, ApiError> {
         }
         (&Method::GET, "/login") => Ok(actions::login_page(req, None)),
         (&Method::POST, "/login") => actions::login(req, body).await,
+        (&Method::GET, "/login/oidc/callback") => oidc::callback(req).await,
+        (&Method::GET, r) if r.starts_with("/login/oidc/") => {
+            oidc::start(req, &r["/login/oidc/".len()..]).await
+        }
         (_, "/assets/console.css" | "/assets/console.js" | "") => {
             Err(ApiError::MethodNotAllowed("GET"))
         }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::Signed;
 use super::actions::AuditFilter;
+use super::session::Signer;
 use crate::keys::KeyState;
 
 /// The stylesheet, compiled in.
@@ -183,7 +184,11 @@ pub(crate) fn error(signed: Option<&Signed>, status: StatusCode, message: &str) 
 }
 
 /// The sign-in page.
-pub(crate) fn login(token: &str, error: Option<(StatusCode, &str)>) -> Response {
+pub(crate) fn login(
+    token: &str,
+    error: Option<(StatusCode, &str)>,
+    issuers: &[(usize, String)],
+) -> Response {
     let status = error.map_or(StatusCode::OK, |(s, _)| s);
     let body = html! {
         (error_block(error.map(|(_, m)| m)))
@@ -197,6 +202,16 @@ pub(crate) fn login(token: &str, error: Option<(StatusCode, &str)>) -> Response 
                 "(" code { "callsign connection-string" } " prints one)."
             }
             button #login-submit type="submit" { "Sign in" }
+        }
+        @if !issuers.is_empty() {
+            section aria-labelledby="sso-heading" {
+                h2 #sso-heading { "Or with your identity provider" }
+                ul.sso {
+                    @for (i, issuer) in issuers {
+                        li { a.sso-link id=(format!("sso-{i}")) href=(format!("/console/login/oidc/{i}")) { "Sign in with " (issuer) } }
+                    }
+                }
+            }
         }
     };
     html_response(status, layout("Sign in", None, Nav::None, body))
@@ -215,6 +230,13 @@ fn slot_name(slot: KeySlot) -> &'static str {
         KeySlot::Primary => "primary",
         KeySlot::Secondary => "secondary",
         KeySlot::VerifyOnly => "verifyOnly",
+    }
+}
+
+fn signer_label(signer: &Signer) -> String {
+    match signer {
+        Signer::Key(slot) => slot_label(*slot).to_owned(),
+        Signer::Issuer { subject, .. } => format!("sign-in of {subject}"),
     }
 }
 
@@ -249,7 +271,7 @@ pub(crate) fn overview(signed: &Signed, view: &Overview<'_>, notice: Option<Noti
                 dt { "Id" } dd #resource-id { code { (r.id) } }
                 dt { "Host" } dd { (r.host.as_ref().map_or("the server's own address", |h| h.as_str())) }
                 dt { "Created" } dd { (show_time(r.created_at)) }
-                dt { "Signed in with" } dd { (slot_label(signed.session.slot)) }
+                dt { "Signed in with" } dd #signed-in-with { (signer_label(&signed.session.signer)) }
             }
         }
         section aria-labelledby="keys-heading" {

@@ -10,9 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use callsign_core::ResourceId;
 use callsign_hmac::AccessKeyMac;
-use callsign_store::KeySlot;
+use callsign_store::{Credential, KeySlot};
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "callsign_session";
@@ -29,13 +31,27 @@ const SESSION_CONTEXT: &str = "callsign console session v1\n";
 const CSRF_CONTEXT: &str = "callsign console form v1\n";
 const KEY_CHECK: &str = "callsign console sign-in v1";
 
+/// What opened a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Signer {
+    /// An access key (primary or secondary); the cookie is signed with it.
+    Key(KeySlot),
+    /// A trusted issuer's sign-in: `<issuer>#<subject>`, and when the issuer's token expires
+    /// (the session ends then at the latest). The cookie is signed with the resource's primary
+    /// key.
+    Issuer { subject: String, expires: i64 },
+}
+
+/// The longest `<issuer>#<subject>` a session carries.
+const MAX_SUBJECT: usize = 400;
+
 /// A console session: whose, since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Session {
     /// The resource signed in to.
     pub(crate) resource: ResourceId,
-    /// The access key it was opened with (primary or secondary).
-    pub(crate) slot: KeySlot,
+    /// What opened it.
+    pub(crate) signer: Signer,
     /// 32 random hex digits.
     pub(crate) id: String,
     /// Unix seconds it was opened.
@@ -54,25 +70,43 @@ pub(crate) enum Rejected {
 }
 
 impl Session {
-    /// A new session for `slot` of `resource`, at `now`.
-    pub(crate) fn open(resource: ResourceId, slot: KeySlot, now: i64) -> Self {
+    /// A new session of `signer` for `resource`, at `now`.
+    pub(crate) fn open(resource: ResourceId, signer: Signer, now: i64) -> Self {
         Self {
             resource,
-            slot,
+            signer,
             id: random_hex(),
             opened: now,
             seen: now,
         }
     }
 
+    /// The slot of the key the cookie is signed with.
+    pub(crate) fn mac_slot(&self) -> KeySlot {
+        match self.signer {
+            Signer::Key(slot) => slot,
+            Signer::Issuer { .. } => KeySlot::Primary,
+        }
+    }
+
+    /// The credential the audit log records.
+    pub(crate) fn credential(&self) -> Credential {
+        match self.signer {
+            Signer::Key(slot) => slot.into(),
+            Signer::Issuer { .. } => Credential::Bearer,
+        }
+    }
+
     fn payload(&self) -> String {
+        let signer = match &self.signer {
+            Signer::Key(slot) => slot.as_str().to_owned(),
+            Signer::Issuer { subject, expires } => {
+                format!("oidc~{}~{expires}", URL_SAFE_NO_PAD.encode(subject))
+            }
+        };
         format!(
-            "v1.{}.{}.{}.{}.{}",
-            self.resource,
-            self.slot.as_str(),
-            self.id,
-            self.opened,
-            self.seen
+            "v1.{}.{signer}.{}.{}.{}",
+            self.resource, self.id, self.opened, self.seen
         )
     }
 
@@ -86,22 +120,17 @@ impl Session {
     /// The session a cookie value names, unchecked: the caller finds the key, then calls
     /// [`Session::check`].
     pub(crate) fn parse(cookie: &str) -> Result<(Session, &str), Rejected> {
-        if cookie.len() > 256 {
+        if cookie.len() > 1024 {
             return Err(Rejected::Malformed);
         }
         let (payload, sig) = cookie.rsplit_once('.').ok_or(Rejected::Malformed)?;
         let parts: Vec<&str> = payload.split('.').collect();
-        let ["v1", resource, slot, id, opened, seen] = parts.as_slice() else {
+        let ["v1", resource, signer, id, opened, seen] = parts.as_slice() else {
             return Err(Rejected::Malformed);
-        };
-        let slot = match *slot {
-            "primary" => KeySlot::Primary,
-            "secondary" => KeySlot::Secondary,
-            _ => return Err(Rejected::Malformed),
         };
         let session = Session {
             resource: ResourceId::parse(resource).map_err(|_| Rejected::Malformed)?,
-            slot,
+            signer: parse_signer(signer).ok_or(Rejected::Malformed)?,
             id: (*id).to_owned(),
             opened: opened.parse().map_err(|_| Rejected::Malformed)?,
             seen: seen.parse().map_err(|_| Rejected::Malformed)?,
@@ -117,7 +146,7 @@ impl Session {
         if !key.after(&[SESSION_CONTEXT]).verify(&self.payload(), sig) {
             return Err(Rejected::BadSignature);
         }
-        if now >= self.opened + LIFETIME || now >= self.seen + IDLE || self.seen < self.opened {
+        if now >= self.ends() || self.seen < self.opened {
             return Err(Rejected::Expired);
         }
         Ok(())
@@ -125,7 +154,11 @@ impl Session {
 
     /// Unix seconds at which the session ends unless renewed.
     pub(crate) fn ends(&self) -> i64 {
-        (self.opened + LIFETIME).min(self.seen + IDLE)
+        let ends = (self.opened + LIFETIME).min(self.seen + IDLE);
+        match self.signer {
+            Signer::Key(_) => ends,
+            Signer::Issuer { expires, .. } => ends.min(expires),
+        }
     }
 
     /// The form token of this session: every form it posts must carry it.
@@ -138,10 +171,35 @@ impl Session {
         key.after(&[CSRF_CONTEXT]).verify(&self.id, token)
     }
 
-    /// What the audit log records as the session's subject.
+    /// What the audit log records as the session's subject: `console#<session>`, followed by
+    /// `<issuer>#<subject>` for an issuer's sign-in.
     pub(crate) fn subject(&self) -> String {
-        format!("console#{}", &self.id[..12])
+        match &self.signer {
+            Signer::Key(_) => format!("console#{}", &self.id[..12]),
+            Signer::Issuer { subject, .. } => format!("console#{} {subject}", &self.id[..12]),
+        }
     }
+}
+
+fn parse_signer(text: &str) -> Option<Signer> {
+    match text {
+        "primary" => return Some(Signer::Key(KeySlot::Primary)),
+        "secondary" => return Some(Signer::Key(KeySlot::Secondary)),
+        _ => {}
+    }
+    let mut parts = text.strip_prefix("oidc~")?.split('~');
+    let (subject, expires) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let subject = String::from_utf8(URL_SAFE_NO_PAD.decode(subject).ok()?).ok()?;
+    if subject.is_empty() || subject.len() > MAX_SUBJECT {
+        return None;
+    }
+    Some(Signer::Issuer {
+        subject,
+        expires: expires.parse().ok()?,
+    })
 }
 
 /// Whether `given` is the key behind `stored`, without comparing key bytes directly: both MAC a
@@ -216,7 +274,11 @@ mod tests {
 
     #[test]
     fn a_cookie_round_trips_and_is_bound_to_its_key() {
-        let s = Session::open(ResourceId::new_random(), KeySlot::Secondary, 1_000);
+        let s = Session::open(
+            ResourceId::new_random(),
+            Signer::Key(KeySlot::Secondary),
+            1_000,
+        );
         let cookie = s.to_cookie(&key(1));
         let (back, sig) = Session::parse(&cookie).expect("parses");
         assert_eq!(back, s);
@@ -226,7 +288,11 @@ mod tests {
 
     #[test]
     fn a_changed_field_breaks_the_signature() {
-        let s = Session::open(ResourceId::new_random(), KeySlot::Primary, 1_000);
+        let s = Session::open(
+            ResourceId::new_random(),
+            Signer::Key(KeySlot::Primary),
+            1_000,
+        );
         let cookie = s.to_cookie(&key(1));
         let forged = cookie.replacen(".1000.1000.", ".1000.9000.", 1);
         let (back, sig) = Session::parse(&forged).expect("parses");
@@ -238,7 +304,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_idle_and_at_their_lifetime() {
-        let mut s = Session::open(ResourceId::new_random(), KeySlot::Primary, 0);
+        let mut s = Session::open(ResourceId::new_random(), Signer::Key(KeySlot::Primary), 0);
         let sig = |s: &Session| {
             s.to_cookie(&key(1))
                 .rsplit_once('.')
@@ -269,13 +335,36 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(Session::parse(&"x".repeat(300)).is_err());
+        assert!(Session::parse(&"x".repeat(2000)).is_err());
+    }
+
+    #[test]
+    fn an_issuer_session_carries_its_subject_and_ends_with_the_token() {
+        let signer = Signer::Issuer {
+            subject: "https://sso.example/realms/a#alice.b@x".into(),
+            expires: 600,
+        };
+        let s = Session::open(ResourceId::new_random(), signer.clone(), 0);
+        let cookie = s.to_cookie(&key(1));
+        let (back, sig) = Session::parse(&cookie).expect("parses");
+        assert_eq!(back.signer, signer);
+        assert_eq!(back.mac_slot(), KeySlot::Primary);
+        assert_eq!(back.credential(), Credential::Bearer);
+        assert!(
+            back.subject()
+                .ends_with(" https://sso.example/realms/a#alice.b@x")
+        );
+        assert_eq!(back.check(sig, &key(1), 599), Ok(()));
+        assert_eq!(back.check(sig, &key(1), 600), Err(Rejected::Expired));
+        let longer = cookie.replacen("~600.", "~99999.", 1);
+        let (forged, sig) = Session::parse(&longer).expect("parses");
+        assert_eq!(forged.check(sig, &key(1), 700), Err(Rejected::BadSignature));
     }
 
     #[test]
     fn form_tokens_belong_to_one_session_and_key() {
-        let a = Session::open(ResourceId::new_random(), KeySlot::Primary, 0);
-        let b = Session::open(a.resource, KeySlot::Primary, 0);
+        let a = Session::open(ResourceId::new_random(), Signer::Key(KeySlot::Primary), 0);
+        let b = Session::open(a.resource, Signer::Key(KeySlot::Primary), 0);
         let token = a.csrf(&key(1));
         assert!(a.csrf_matches(&key(1), &token));
         assert!(!b.csrf_matches(&key(1), &token));
@@ -295,8 +384,8 @@ mod tests {
     #[test]
     fn a_logout_ends_that_session_only() {
         let logouts = Logouts::default();
-        let a = Session::open(ResourceId::new_random(), KeySlot::Primary, 0);
-        let b = Session::open(a.resource, KeySlot::Primary, 0);
+        let a = Session::open(ResourceId::new_random(), Signer::Key(KeySlot::Primary), 0);
+        let b = Session::open(a.resource, Signer::Key(KeySlot::Primary), 0);
         logouts.end(&a, 1);
         assert!(logouts.ended(&a));
         assert!(!logouts.ended(&b));

@@ -1,0 +1,310 @@
+//! Signing in to the console with a trusted issuer: the authorization code flow with PKCE
+//! (RFC 7636, S256), the console a public client (`console_client_id` of the issuer).
+//!
+//! The flow's state, PKCE verifier and start time live in a short cookie (`callsign_oidc`,
+//! HttpOnly, `SameSite=Lax` because the issuer sends the browser back with a cross-site
+//! navigation, ten minutes); any node finishes what another started. The code is redeemed at
+//! the issuer's token endpoint (found by discovery, with the issuer's own CA and timeouts) only
+//! when the callback's state matches the cookie's; the access token is then verified exactly as
+//! a bearer token of the API is (issuer, audience, expiry, signature), and the user needs the
+//! issuer's admin role. A failed callback counts against the client's address like a wrong key.
+
+use aws_lc_rs::digest;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use callsign_store::{AuditEvent, AuditOperation, AuditOutcome, KeySlot};
+use serde::Deserialize;
+
+use super::actions::login_page;
+use super::session::{self, Session, Signer};
+use super::{Req, Signed, cookie, redirect};
+use crate::error::ApiError;
+
+/// The flow cookie.
+const FLOW_COOKIE: &str = "callsign_oidc";
+/// Where the flow cookie is sent.
+const FLOW_PATH: &str = "/console/login/oidc";
+/// How long a sign-in may take at the issuer.
+const FLOW_SECONDS: i64 = 600;
+/// The largest token response read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+fn redirect_uri(req: &Req<'_>) -> String {
+    format!("{}console/login/oidc/callback", req.endpoint())
+}
+
+fn flow_cookie(req: &Req<'_>, value: &str, max_age: i64) -> axum::http::HeaderValue {
+    let secure = if req.console.tls { "; Secure" } else { "" };
+    let text = format!(
+        "{FLOW_COOKIE}={value}; Path={FLOW_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+    );
+    axum::http::HeaderValue::from_str(&text)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static(""))
+}
+
+/// `GET /console/login/oidc/<n>`: off to the issuer's authorization endpoint.
+pub(crate) async fn start(req: &Req<'_>, index: &str) -> Result<Response, ApiError> {
+    let index: usize = index.parse().map_err(|_| ApiError::NotFound)?;
+    if req.state.issuers.console_logins().all(|(i, _)| i != index) {
+        return Err(ApiError::NotFound);
+    }
+    let (endpoints, issuer, _) = req.state.issuers.console_login(index).await.map_err(|e| {
+        tracing::warn!(error = %e, "console sign-in: the issuer's endpoints are unknown");
+        ApiError::Unavailable(e)
+    })?;
+    let client_id = issuer.console_client_id.as_deref().unwrap_or_default();
+    let state = session::random_hex();
+    let verifier = format!("{}{}", session::random_hex(), session::random_hex());
+    let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()));
+    let mut url = endpoints.authorization;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", &redirect_uri(req))
+        .append_pair("scope", "openid")
+        .append_pair("state", &state)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let flow = format!("{index}.{state}.{verifier}.{}", req.now);
+    Ok(redirect(
+        url.as_str(),
+        Some(flow_cookie(req, &flow, FLOW_SECONDS)),
+    ))
+}
+
+/// A started flow, as its cookie holds it.
+struct Flow<'a> {
+    index: usize,
+    state: &'a str,
+    verifier: &'a str,
+    started: i64,
+}
+
+fn parse_flow(value: &str) -> Option<Flow<'_>> {
+    let mut parts = value.split('.');
+    let flow = Flow {
+        index: parts.next()?.parse().ok()?,
+        state: parts.next()?,
+        verifier: parts.next()?,
+        started: parts.next()?.parse().ok()?,
+    };
+    let hex = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.next().is_none() && hex(flow.state, 32) && hex(flow.verifier, 64)).then_some(flow)
+}
+
+/// What the issuer sent the browser back with.
+#[derive(Default)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+}
+
+/// `GET /console/login/oidc/callback`: checks the state, redeems the code, verifies the token,
+/// opens the session.
+pub(crate) async fn callback(req: &Req<'_>) -> Result<Response, ApiError> {
+    let client = req.client();
+    if let Some(ip) = client {
+        req.state.auth_failures.check(ip)?;
+    }
+    let clear = flow_cookie(req, "", 0);
+    let failed = |status: StatusCode, message: &str, counts: bool| {
+        if let (true, Some(ip)) = (counts, client) {
+            req.state.auth_failures.record(ip);
+        }
+        let mut page = login_page(req, Some((status, message)));
+        page.headers_mut().append(header::SET_COOKIE, clear.clone());
+        Ok(page)
+    };
+    let query = req.parts.uri.query().unwrap_or("");
+    let back: Callback = callback_params(query);
+    let Some(flow) = cookie(&req.parts.headers, FLOW_COOKIE).and_then(parse_flow) else {
+        return failed(StatusCode::BAD_REQUEST, EXPIRED, false);
+    };
+    if req.now - flow.started > FLOW_SECONDS || req.now < flow.started {
+        return failed(StatusCode::BAD_REQUEST, EXPIRED, false);
+    }
+    let state_ok = back
+        .state
+        .as_deref()
+        .is_some_and(|s| session::fixed_time_eq(s, flow.state));
+    if !state_ok {
+        return failed(StatusCode::BAD_REQUEST, EXPIRED, true);
+    }
+    if let Some(error) = back.error {
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() || *c == '_')
+            .take(40)
+            .collect();
+        let message = format!("The identity provider did not sign you in ({code}).");
+        return failed(StatusCode::UNAUTHORIZED, &message, false);
+    }
+    let Some(code) = back.code.filter(|c| !c.is_empty() && c.len() <= 4096) else {
+        return failed(
+            StatusCode::BAD_REQUEST,
+            "The identity provider sent no code.",
+            true,
+        );
+    };
+    match sign_in(req, &flow, &code).await {
+        Ok(mut response) => {
+            response.headers_mut().append(header::SET_COOKIE, clear);
+            Ok(response)
+        }
+        Err(Refused::Unavailable(e)) => Err(e),
+        Err(Refused::Denied(status, message)) => failed(status, &message, true),
+    }
+}
+
+const EXPIRED: &str =
+    "The sign-in expired or was started in another browser; nothing was changed. Start again.";
+
+enum Refused {
+    Unavailable(ApiError),
+    Denied(StatusCode, String),
+}
+
+/// Redeems the code, verifies the token, checks the role and opens the session.
+async fn sign_in(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<Response, Refused> {
+    let state = req.state;
+    let token = redeem(req, flow, code).await?;
+    let now = state.clock.now();
+    let principal = state.issuers.verify(&token, now).await.map_err(|r| {
+        Refused::Denied(
+            StatusCode::UNAUTHORIZED,
+            format!("The identity provider's token was not accepted: {r}."),
+        )
+    })?;
+    let expected = state
+        .issuers
+        .console_logins()
+        .find(|(i, _)| *i == flow.index)
+        .map(|(_, c)| c.issuer.clone());
+    if expected.as_deref() != Some(principal.issuer.issuer.as_str()) {
+        return Err(Refused::Denied(
+            StatusCode::UNAUTHORIZED,
+            "The token comes from another issuer.".into(),
+        ));
+    }
+    let admin = &principal.issuer.admin_role;
+    if !principal.has_role(admin) {
+        return Err(Refused::Denied(
+            StatusCode::FORBIDDEN,
+            format!("Your account lacks the role {admin}, which the console needs."),
+        ));
+    }
+    let resource = crate::bearer::resource(state, req.parts, &principal)
+        .map_err(|e| Refused::Denied(e.status(), e.body().error.message))?;
+    let key = req.key_of(resource, KeySlot::Primary).ok_or_else(|| {
+        Refused::Unavailable(ApiError::internal(anyhow::anyhow!(
+            "the resource's primary key is not served"
+        )))
+    })?;
+    let mut subject = principal.audit_subject();
+    let mut end = subject.len().min(350);
+    while !subject.is_char_boundary(end) {
+        end -= 1;
+    }
+    subject.truncate(end);
+    let signer = Signer::Issuer {
+        subject,
+        expires: principal.expires_at.unix_timestamp(),
+    };
+    let signed = Signed {
+        session: Session::open(resource, signer, req.now),
+        key,
+        renewed: None,
+    };
+    req.directory(&signed)
+        .record(AuditEvent::resource(
+            AuditOperation::ConsoleLogin,
+            resource,
+            AuditOutcome::Success,
+        ))
+        .await
+        .map_err(Refused::Unavailable)?;
+    Ok(redirect("/console/", Some(req.session_cookie(&signed))))
+}
+
+/// The access token for `code`, from the issuer's token endpoint.
+async fn redeem(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<String, Refused> {
+    let unavailable = |e: anyhow::Error| {
+        tracing::warn!(error = %e, "console sign-in: the code could not be redeemed");
+        Refused::Unavailable(ApiError::Unavailable(e))
+    };
+    let (endpoints, issuer, http) = req
+        .state
+        .issuers
+        .console_login(flow.index)
+        .await
+        .map_err(unavailable)?;
+    let client_id = issuer.console_client_id.as_deref().unwrap_or_default();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", &redirect_uri(req)),
+        ("client_id", client_id),
+        ("code_verifier", flow.verifier),
+    ];
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let mut resp = http
+        .post(endpoints.token)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    let status = resp.status();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(e.into()))? {
+        if bytes.len() + chunk.len() > MAX_TOKEN_RESPONSE {
+            return Err(unavailable(anyhow::anyhow!(
+                "the token response is too large"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if status.is_server_error() {
+        return Err(unavailable(anyhow::anyhow!(
+            "the token endpoint answered {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(Refused::Denied(
+            StatusCode::UNAUTHORIZED,
+            "The identity provider refused the code.".into(),
+        ));
+    }
+    let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
+        unavailable(anyhow::anyhow!(
+            "the token response is not JSON with an access_token"
+        ))
+    })?;
+    Ok(parsed.access_token)
+}
+
+/// The callback's parameters (unknown ones ignored, the last of a repeated one kept).
+fn callback_params(query: &str) -> Callback {
+    let mut back = Callback::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let v = Some(v.into_owned());
+        match k.as_ref() {
+            "code" => back.code = v,
+            "state" => back.state = v,
+            "error" => back.error = v,
+            _ => {}
+        }
+    }
+    back
+}
