@@ -202,7 +202,8 @@ fn spawn_key_refresher(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Reloads the resources and their keys when the store's configuration generation moves.
+/// Reloads the resources and their keys when the store's configuration generation moves, and
+/// reads the console's logouts.
 fn spawn_resource_poller(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -214,6 +215,15 @@ fn spawn_resource_poller(state: Arc<AppState>, every: Duration) -> tokio::task::
             // requests); one to reach the store shows in the requests that need it.
             if let Err(e) = state.resources.refresh(state.store.as_ref()).await {
                 tracing::debug!(error = %e.chain(), "could not reload the resources");
+            }
+            // Console logouts made on other nodes (or before a restart) end their sessions here.
+            if let Some(console) = &state.console
+                && let Err(e) = console
+                    .logouts
+                    .sync(state.store.as_ref(), state.clock.now())
+                    .await
+            {
+                tracing::debug!(error = %e.chain(), "could not read the console's logouts");
             }
         }
     })

@@ -341,7 +341,8 @@ pub struct AuditRecord {
 }
 
 /// Which audit records [`AuditLog::audit_records`] returns: those after `after` (by sequence
-/// number), at or after `since`, of `resource`, at most `limit`, in sequence order.
+/// number), at or after `since`, of `resource` and `operation`, at most `limit`, in sequence
+/// order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
     /// Only records with a greater sequence number.
@@ -350,6 +351,8 @@ pub struct AuditQuery {
     pub since: Option<OffsetDateTime>,
     /// Only records of this resource.
     pub resource: Option<ResourceId>,
+    /// Only records of this operation.
+    pub operation: Option<AuditOperation>,
     /// At most this many.
     pub limit: usize,
 }

@@ -795,6 +795,7 @@ impl AuditLog for PostgresStore {
         let after = query.after.unwrap_or(0);
         let since = query.since.map(ms);
         let resource = query.resource.map(|r| r.to_string());
+        let operation = query.operation.map(AuditOperation::as_str);
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let rows = client
             .query(
@@ -802,9 +803,10 @@ impl AuditLog for PostgresStore {
                     "SELECT {AUDIT_COLUMNS} FROM callsign_audit_log
                      WHERE seq > $1 AND ($2::BIGINT IS NULL OR at_ms >= $2)
                        AND ($3::TEXT IS NULL OR resource_id = $3)
+                       AND ($5::TEXT IS NULL OR operation = $5)
                      ORDER BY seq LIMIT $4"
                 ),
-                &[&after, &since, &resource, &limit],
+                &[&after, &since, &resource, &limit, &operation],
             )
             .await
             .map_err(pg)?;

@@ -2524,16 +2524,21 @@ impl AuditLog for SqliteStore {
         let after = query.after.unwrap_or(0);
         let since = query.since.map(ms);
         let resource = query.resource.map(|r| r.to_string());
+        let operation = query.operation.map(AuditOperation::as_str);
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let rows = self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {AUDIT_COLUMNS} FROM audit_log
                  WHERE seq > ?1 AND (?2 IS NULL OR at_ms >= ?2) AND (?3 IS NULL OR resource_id = ?3)
+                   AND (?5 IS NULL OR operation = ?5)
                  ORDER BY seq LIMIT ?4"
             ))
             .and_then(|mut s| {
-                s.query_map(params![after, since, resource, limit], audit_from_row)?
-                    .collect::<Result<Vec<_>, _>>()
+                s.query_map(
+                    params![after, since, resource, limit, operation],
+                    audit_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()
             })
             .map_err(backend)
         })?;

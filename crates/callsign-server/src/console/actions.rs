@@ -28,7 +28,12 @@ pub(crate) fn login_page(req: &Req<'_>, error: Option<(StatusCode, &str)>) -> Re
         .console_logins()
         .map(|(i, c)| (i, c.issuer.clone()))
         .collect();
-    let mut response = pages::login(&token, error, &issuers);
+    let signed_out = error.is_none()
+        && req
+            .query()
+            .iter()
+            .any(|(k, v)| k == "notice" && v == "signed-out");
+    let mut response = pages::login(&token, error, &issuers, signed_out);
     if existing.is_none() {
         let c = req.cookie_header(LOGIN_COOKIE, &token, 3600);
         response.headers_mut().append(header::SET_COOKIE, c);
@@ -47,8 +52,19 @@ pub(crate) async fn login(req: &Req<'_>, body: Body) -> Result<Response, ApiErro
         req.state.auth_failures.check(ip)?;
     }
     req.same_origin()?;
-    let form = read_form(req, body).await?;
-    let expected = cookie(&req.parts.headers, LOGIN_COOKIE).unwrap_or("");
+    let form = read_form(req, body).await.inspect_err(|e| {
+        // A body that never arrives is counted like a wrong key (as the API counts it).
+        if let (ApiError::RequestTimeout, Some(ip)) = (e, client) {
+            req.state.auth_failures.record(ip);
+        }
+    })?;
+    // Again now that the body is in: many sign-ins may have waited for their bodies at once.
+    if let Some(ip) = client {
+        req.state.auth_failures.check(ip)?;
+    }
+    let expected = cookie(&req.parts.headers, LOGIN_COOKIE)
+        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or("");
     let sent = form.get("csrf").unwrap_or("");
     if expected.is_empty() || !session::fixed_time_eq(expected, sent) {
         return Err(ApiError::Forbidden(super::BAD_FORM_TOKEN));
@@ -130,7 +146,7 @@ pub(crate) async fn logout(
         ))
         .await?;
     Ok(redirect(
-        "/console/login",
+        "/console/login?notice=signed-out",
         Some(req.cookie_header(super::COOKIE, "", 0)),
     ))
 }
@@ -251,9 +267,11 @@ pub(crate) async fn identities(req: &Req<'_>, signed: &Signed) -> Result<Respons
             return Err(ApiError::validation("Choose 7, 30 or 90 days.", "stale"));
         }
     };
-    if q.as_ref().is_some_and(|q| q.len() > 256) {
+    if q.as_ref()
+        .is_some_and(|q| q.len() > 256 || q.chars().any(char::is_control))
+    {
         return Err(ApiError::validation(
-            "The search is longer than 256 characters.",
+            "The search must be at most 256 bytes, without control characters.",
             "q",
         ));
     }
@@ -292,8 +310,13 @@ pub(crate) async fn create_identity(
     let dir = req.directory(signed);
     dir.throttle(crate::throttle::OperationClass::Create)?;
     let created = dir.create(custom_id).await?;
+    let notice = if created.created {
+        "created"
+    } else {
+        "existing"
+    };
     let to = format!(
-        "{}?notice=created",
+        "{}?notice={notice}",
         pages::identity_href(&created.identity.id)
     );
     Ok(redirect(&to, None))
@@ -444,8 +467,6 @@ pub(crate) async fn rotate(
     Ok(redirect("/console/signing-keys?notice=rotated", None))
 }
 
-/// Audit records read per page (then filtered by operation and end time).
-const AUDIT_SCAN: usize = 500;
 /// Audit records shown per page.
 const AUDIT_PAGE: usize = 100;
 
@@ -457,27 +478,19 @@ pub(crate) async fn audit(req: &Req<'_>, signed: &Signed) -> Result<Response, Ap
         after: filter.after,
         since: filter.since,
         resource: filter.resource,
-        limit: AUDIT_SCAN,
+        operation: filter.operation,
+        limit: AUDIT_PAGE + 1,
     };
-    let scanned = req.state.store.audit_records(&query).await?;
-    let full = scanned.len() == AUDIT_SCAN;
-    let mut next = full.then(|| scanned.last().map(|r| r.seq)).flatten();
-    let mut shown = Vec::new();
-    for record in scanned {
-        if filter.until.is_some_and(|u| record.at > u) {
-            next = None;
-            break;
-        }
-        if filter.operation.is_some_and(|op| op != record.operation) {
-            continue;
-        }
-        if shown.len() == AUDIT_PAGE {
-            next = shown.last().map(|r: &callsign_store::AuditRecord| r.seq);
-            break;
-        }
-        shown.push(record);
+    let mut records = req.state.store.audit_records(&query).await?;
+    let mut next = (records.len() > AUDIT_PAGE).then(|| records[AUDIT_PAGE - 1].seq);
+    records.truncate(AUDIT_PAGE);
+    if let Some(until) = filter.until
+        && let Some(cut) = records.iter().position(|r| r.at > until)
+    {
+        records.truncate(cut);
+        next = None;
     }
-    Ok(pages::audit(signed, &filter, &shown, next))
+    Ok(pages::audit(signed, &filter, &records, next))
 }
 
 /// The audit page's filter, read from its query.

@@ -72,13 +72,40 @@ pub(crate) async fn handle(
         now,
     };
     let json = parts.uri.path() == "/console/rates.json";
-    let mut response = match route(&req, body).await {
+    let result = if plausible_host(req.host()) {
+        route(&req, body).await
+    } else {
+        Err(ApiError::validation(
+            "The Host header is not a host name and port.",
+            "Host",
+        ))
+    };
+    let mut response = match result {
         Ok(r) => r,
-        Err(e) if json => e.into_response(),
-        Err(e) => error_page(&req, e),
+        Err(e) if json => console_error(e).into_response(),
+        Err(e) => error_page(&req, console_error(e)),
     };
     secure_headers(response.headers_mut());
     response
+}
+
+/// A host name, IPv4 address or bracketed IPv6 address, with an optional port: what may go
+/// into a connection string and an origin.
+fn plausible_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 270
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// The console's wording of an API error: an identity of another resource is simply not
+/// found here (the API answers 401 as ACS does; a signed-in user is not unauthenticated).
+fn console_error(e: ApiError) -> ApiError {
+    match e {
+        ApiError::IdentityNotOwned => ApiError::IdentityNotFound,
+        e => e,
+    }
 }
 
 /// One console request.
@@ -117,10 +144,26 @@ impl Req<'_> {
         form_urlencoded::parse(q.as_bytes()).into_owned().collect()
     }
 
+    /// The scheme the browser reached the console with: `https` when this node serves TLS, or
+    /// when a TLS-terminating proxy in front of a `--plain-http` node says so
+    /// (`X-Forwarded-Proto: https`; a client that sends it itself only gets `Secure` cookies
+    /// it cannot send back over plain HTTP).
+    fn scheme(&self) -> &'static str {
+        let forwarded = self
+            .parts
+            .headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        if self.console.tls || forwarded {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The endpoint the browser reached this node at.
     fn endpoint(&self) -> String {
-        let scheme = if self.console.tls { "https" } else { "http" };
-        format!("{scheme}://{}/", self.host())
+        format!("{}://{}/", self.scheme(), self.host())
     }
 
     /// The audit actor of `signed`'s requests.
@@ -157,8 +200,9 @@ impl Req<'_> {
             .map(|(_, k)| k.clone())
     }
 
-    /// The session of the request's cookie, checked; renewed when due.
-    fn signed_in(&self) -> Option<Signed> {
+    /// The session of the request's cookie, checked; renewed when due and `renew` (a
+    /// background poll is no sign of a user at the keyboard).
+    fn signed_in(&self, renew: bool) -> Option<Signed> {
         let value = cookie(&self.parts.headers, COOKIE)?;
         let (session, sig) = Session::parse(value).ok()?;
         let key = self.key_of(session.resource, session.mac_slot())?;
@@ -171,7 +215,7 @@ impl Req<'_> {
             key,
             renewed: None,
         };
-        if self.now - signed.session.seen >= session::RENEW_AFTER {
+        if renew && self.now - signed.session.seen >= session::RENEW_AFTER {
             signed.session.seen = self.now;
             signed.renewed = Some(self.session_cookie(&signed));
         }
@@ -190,7 +234,11 @@ impl Req<'_> {
     }
 
     fn cookie_header(&self, name: &str, value: &str, max_age: i64) -> HeaderValue {
-        let secure = if self.console.tls { "; Secure" } else { "" };
+        let secure = if self.scheme() == "https" {
+            "; Secure"
+        } else {
+            ""
+        };
         let text = format!(
             "{name}={value}; Path=/console; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
             max_age.max(0)
@@ -208,8 +256,7 @@ impl Req<'_> {
             return Err(ApiError::Forbidden(CROSS_ORIGIN));
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
-            let scheme = if self.console.tls { "https" } else { "http" };
-            let expected = format!("{scheme}://{}", self.host());
+            let expected = format!("{}://{}", self.scheme(), self.host());
             // A browser that withholds the origin (`null`) still says where the form came
             // from in `Sec-Fetch-Site`; without that, `null` could be any page.
             let same_site_null = origin.as_bytes() == b"null"
@@ -250,19 +297,25 @@ impl Form {
     }
 }
 
-/// Reads a form body: at most [`MAX_FORM_BYTES`], within the body timeout, declared as a form.
+/// Reads a form body: at most [`MAX_FORM_BYTES`], within the body timeout, declared as a form
+/// in UTF-8 (the only encoding a browser sends for a UTF-8 page); every name and value must
+/// decode to UTF-8 (400 otherwise: nothing is stored altered).
 async fn read_form(req: &Req<'_>, body: Body) -> Result<Form, ApiError> {
-    let is_form = req
+    let content_type = req
         .parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !is_form {
+        .unwrap_or("");
+    let mut params = content_type.split(';').map(str::trim);
+    let is_form = params
+        .next()
+        .is_some_and(|m| m.eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    let utf8 = params.all(|p| {
+        !p.to_ascii_lowercase().starts_with("charset=")
+            || p[8..].trim_matches('"').eq_ignore_ascii_case("utf-8")
+    });
+    if !is_form || !utf8 {
         return Err(ApiError::UnsupportedMediaType);
     }
     let limits = &req.state.limits;
@@ -273,7 +326,32 @@ async fn read_form(req: &Req<'_>, body: Body) -> Result<Form, ApiError> {
         limits.body_timeout,
     )
     .await?;
-    Ok(Form(form_urlencoded::parse(&bytes).into_owned().collect()))
+    parse_form(&bytes).map(Form)
+}
+
+/// The pairs of a form body, each decoded strictly as UTF-8.
+fn parse_form(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |raw: &[u8]| -> Result<String, ApiError> {
+        let spaced: Vec<u8> = raw
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
+        percent_encoding::percent_decode(&spaced)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| ApiError::validation("The form is not valid UTF-8.", "body"))
+    };
+    bytes
+        .split(|b| *b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|b| *b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
 }
 
 /// Reads the form of a signed-in session and checks its origin and form token.
@@ -309,12 +387,19 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 async fn route(req: &Req<'_>, body: Body) -> Result<Response, ApiError> {
     let path = req.parts.uri.path();
     let rest = path.strip_prefix("/console").unwrap_or(path);
-    let method = req.parts.method.clone();
+    // HEAD is answered as GET (hyper sends no body).
+    let method = match req.parts.method.clone() {
+        Method::HEAD => Method::GET,
+        m => m,
+    };
     match (&method, rest) {
         (&Method::GET, "") => Ok(redirect("/console/", None)),
         (&Method::GET, "/assets/console.css") => Ok(asset(pages::CSS, "text/css; charset=utf-8")),
         (&Method::GET, "/assets/console.js") => {
             Ok(asset(pages::JS, "text/javascript; charset=utf-8"))
+        }
+        (&Method::GET, "/login") if req.signed_in(false).is_some() => {
+            Ok(redirect("/console/", None))
         }
         (&Method::GET, "/login") => Ok(actions::login_page(req, None)),
         (&Method::POST, "/login") => actions::login(req, body).await,
@@ -327,7 +412,7 @@ async fn route(req: &Req<'_>, body: Body) -> Result<Response, ApiError> {
         }
         (_, "/login") => Err(ApiError::MethodNotAllowed("GET, POST")),
         _ => {
-            let Some(signed) = req.signed_in() else {
+            let Some(signed) = req.signed_in(rest != "/rates.json") else {
                 if rest == "/rates.json" {
                     return Err(ApiError::Denied("no console session"));
                 }
@@ -372,6 +457,13 @@ async fn signed_route(
         ["audit"] if get => actions::audit(req, &signed).await,
         ["rates"] if get => Ok(pages::rates(&signed)),
         ["rates.json"] if get => rates::snapshot(req.state),
+        [""] | ["identities", _] | ["signing-keys"] | ["audit"] | ["rates"] | ["rates.json"] => {
+            Err(ApiError::MethodNotAllowed("GET"))
+        }
+        ["logout"] | ["identities", _, _] | ["signing-keys", "rotate"] => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
+        ["identities"] | ["keys", _, "regenerate"] => Err(ApiError::MethodNotAllowed("GET, POST")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -412,7 +504,7 @@ fn error_page(req: &Req<'_>, e: ApiError) -> Response {
     let status = e.status();
     let message = e.body().error.message;
     let api = e.into_response();
-    let signed = req.signed_in();
+    let signed = req.signed_in(false);
     let mut response = pages::error(signed.as_ref(), status, &message);
     for name in [header::RETRY_AFTER, header::ALLOW] {
         if let Some(v) = api.headers().get(&name) {
@@ -445,5 +537,41 @@ fn secure_headers(headers: &mut HeaderMap) {
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, "cache-control", "no-store");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_decode_strictly() {
+        let pairs = parse_form(b"a=1&b=x+y%21&c&&scope=chat&scope=voip").expect("a form");
+        let want = [
+            ("a", "1"),
+            ("b", "x y!"),
+            ("c", ""),
+            ("scope", "chat"),
+            ("scope", "voip"),
+        ];
+        assert_eq!(pairs.len(), want.len());
+        for ((k, v), (wk, wv)) in pairs.iter().zip(want) {
+            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
+        }
+        assert!(parse_form(b"custom_id=%FF%FEab").is_err());
+        assert!(parse_form(b"%C3=x").is_err());
+    }
+
+    #[test]
+    fn only_the_cookie_named_once_is_read() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        assert_eq!(cookie(&headers, "b"), Some("2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=3"));
+        assert_eq!(
+            cookie(&headers, "b"),
+            None,
+            "two values: neither is trusted"
+        );
     }
 }

@@ -36,7 +36,11 @@ fn redirect_uri(req: &Req<'_>) -> String {
 }
 
 fn flow_cookie(req: &Req<'_>, value: &str, max_age: i64) -> axum::http::HeaderValue {
-    let secure = if req.console.tls { "; Secure" } else { "" };
+    let secure = if req.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
     let text = format!(
         "{FLOW_COOKIE}={value}; Path={FLOW_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
     );

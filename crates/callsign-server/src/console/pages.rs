@@ -25,6 +25,7 @@ pub(crate) const JS: &str = include_str!("assets/console.js");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Notice {
     Created,
+    Existing,
     Revoked,
     Deleted,
     Issued,
@@ -35,6 +36,7 @@ impl Notice {
     pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "created" => Notice::Created,
+            "existing" => Notice::Existing,
             "revoked" => Notice::Revoked,
             "deleted" => Notice::Deleted,
             "rotated" => Notice::Rotated,
@@ -45,6 +47,7 @@ impl Notice {
     fn text(self) -> &'static str {
         match self {
             Notice::Created => "Identity created.",
+            Notice::Existing => "An identity with this custom id exists already: here it is.",
             Notice::Revoked => "Every token issued to this identity so far is revoked, at once.",
             Notice::Deleted => "Identity deleted. Its id will never be used again.",
             Notice::Issued => "Token issued. Copy it now: it is not shown again.",
@@ -188,10 +191,12 @@ pub(crate) fn login(
     token: &str,
     error: Option<(StatusCode, &str)>,
     issuers: &[(usize, String)],
+    signed_out: bool,
 ) -> Response {
     let status = error.map_or(StatusCode::OK, |(s, _)| s);
     let body = html! {
         (error_block(error.map(|(_, m)| m)))
+        @if signed_out { p #notice.notice role="status" { "Signed out." } }
         form #login-form method="post" action="/console/login" {
             input type="hidden" name="csrf" value=(token);
             label for="key" { "Access key or connection string" }
@@ -671,12 +676,13 @@ pub(crate) fn audit(
             div.scroll {
                 table #audit {
                     caption.visually-hidden { "Audit records, oldest first" }
-                    thead { tr { th scope="col" { "Time" } th scope="col" { "Operation" } th scope="col" { "Outcome" } th scope="col" { "Identity" }
+                    thead { tr { th scope="col" { "Time" } @if filter.admin { th scope="col" { "Resource" } } th scope="col" { "Operation" } th scope="col" { "Outcome" } th scope="col" { "Identity" }
                                  th scope="col" { "Credential" } th scope="col" { "Subject" } th scope="col" { "Client" } th scope="col" { "Detail" } } }
                     tbody {
                         @for r in records {
                             tr.audit-record {
                                 td { (show_time(r.at)) }
+                                @if filter.admin { td.resource { (r.resource.map(|r| r.to_string()).unwrap_or_default()) } }
                                 td.operation { (r.operation.as_str()) }
                                 td { (r.outcome.as_str()) }
                                 td.identity { @if let Some(id) = &r.identity { (id) } }

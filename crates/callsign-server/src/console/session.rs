@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use callsign_core::ResourceId;
 use callsign_hmac::AccessKeyMac;
-use callsign_store::{Credential, KeySlot};
+use callsign_store::{AuditLog, AuditOperation, AuditQuery, Credential, KeySlot, StoreError};
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "callsign_session";
@@ -229,21 +229,34 @@ pub(crate) fn fixed_time_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Sessions ended by a logout on this node, until they would have expired anyway.
+/// Sessions ended by a logout: on this node at once, on every node once it has read the
+/// logout's audit record (the store is shared; each node reads new logouts every second), and
+/// after a restart (the last [`LIFETIME`] of logouts are read at start). Sessions are known by
+/// the first 12 hex digits of their id, as the audit log records them.
 #[derive(Debug, Default)]
 pub(crate) struct Logouts {
     ended: Mutex<HashMap<String, i64>>,
+    /// The sequence number of the last logout record read; `None` before the first read.
+    read_up_to: Mutex<Option<i64>>,
 }
 
-/// The most logouts remembered; past it the oldest-ending are forgotten first (they expire
-/// soonest anyway).
+/// The most logouts remembered; past it the soonest-ending are forgotten first.
 const MAX_LOGOUTS: usize = 100_000;
 
+/// The audit records read per query when catching up.
+const SYNC_BATCH: usize = 1000;
+
 impl Logouts {
-    /// Ends `session` on this node.
+    /// Ends `session` on this node at once.
     pub(crate) fn end(&self, session: &Session, now: i64) {
+        self.remember(session.id[..12].to_owned(), session.opened + LIFETIME, now);
+    }
+
+    fn remember(&self, short_id: String, until: i64, now: i64) {
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        ended.retain(|_, ends| *ends > now);
+        if ended.len() >= MAX_LOGOUTS {
+            ended.retain(|_, ends| *ends > now);
+        }
         if ended.len() >= MAX_LOGOUTS
             && let Some(first) = ended
                 .iter()
@@ -252,15 +265,55 @@ impl Logouts {
         {
             ended.remove(&first);
         }
-        ended.insert(session.id.clone(), session.opened + LIFETIME);
+        ended.insert(short_id, until);
     }
 
-    /// Whether `session` was logged out here.
+    /// Whether `session` was logged out.
     pub(crate) fn ended(&self, session: &Session) -> bool {
         self.ended
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&session.id)
+            .contains_key(&session.id[..12])
+    }
+
+    /// Reads the logouts recorded since the last read (at the first, those of the last
+    /// [`LIFETIME`]).
+    pub(crate) async fn sync(
+        &self,
+        log: &dyn AuditLog,
+        now: time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let after = *self.read_up_to.lock().unwrap_or_else(|e| e.into_inner());
+        let mut query = AuditQuery {
+            after,
+            since: after
+                .is_none()
+                .then(|| now - time::Duration::seconds(LIFETIME)),
+            operation: Some(AuditOperation::ConsoleLogout),
+            limit: SYNC_BATCH,
+            ..AuditQuery::default()
+        };
+        loop {
+            let records = log.audit_records(&query).await?;
+            for r in &records {
+                let short = r
+                    .subject
+                    .as_deref()
+                    .and_then(|s| s.strip_prefix("console#"))
+                    .and_then(|s| s.get(..12));
+                if let Some(short) = short {
+                    let until = r.at.unix_timestamp() + LIFETIME;
+                    self.remember(short.to_owned(), until, now.unix_timestamp());
+                }
+            }
+            let last = records.last().map(|r| r.seq).or(query.after);
+            *self.read_up_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(last.unwrap_or(0));
+            if records.len() < SYNC_BATCH {
+                return Ok(());
+            }
+            query.after = last;
+            query.since = None;
+        }
     }
 }
 

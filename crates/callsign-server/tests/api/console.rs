@@ -55,11 +55,12 @@ impl Page {
 
 impl Browser {
     fn new(app: &TestApp) -> Self {
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&app.ca_pem()).expect("pem")])
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
+        let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if app.endpoint.starts_with("https://") {
+            client = client
+                .tls_certs_only([reqwest::Certificate::from_pem(&app.ca_pem()).expect("pem")]);
+        }
+        let client = client.build().expect("client");
         let endpoint = app.endpoint.trim_end_matches('/').to_owned();
         Self {
             client,
@@ -522,7 +523,7 @@ async fn logging_out_ends_the_session_for_good() {
     let cookie = b.session.clone();
     let out = b.submit("/console/logout", &[]).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
-    assert_eq!(out.location(), "/console/login");
+    assert_eq!(out.location(), "/console/login?notice=signed-out");
     assert!(b.session.is_none(), "the cookie is cleared");
     b.session = cookie;
     let replay = b.get("/console/identities").await;
@@ -580,7 +581,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .await;
     assert_eq!(
         r.status,
-        StatusCode::UNAUTHORIZED,
+        StatusCode::NOT_FOUND,
         "another resource's identity"
     );
     assert_eq!(
@@ -710,5 +711,204 @@ async fn only_the_default_resource_sees_every_resource_and_rotates_signing_keys(
         audit.text
     );
     assert!(audit.text.contains("consoleLogin</td>"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_logout_outlives_a_restart_of_the_node() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.primary_key).await;
+    let cookie = b.session.clone();
+    assert_eq!(
+        b.submit("/console/logout", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let app = app.stop_keeping_data().await.spawn().await;
+    let mut again = Browser::new(&app);
+    again.session = cookie;
+    // The restarted node reads the logouts of the last hours from the audit log.
+    let mut replay = again.get("/console/").await;
+    for _ in 0..20 {
+        if replay.status == StatusCode::SEE_OTHER {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        replay = again.get("/console/").await;
+    }
+    assert_eq!(
+        replay.status,
+        StatusCode::SEE_OTHER,
+        "a logged-out session stays out"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_logout_on_one_node_ends_the_session_on_another() {
+    let app = spawn_app(Backend::Postgres).await;
+    let other = app.another_node().spawn().await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.primary_key).await;
+    let mut there = Browser::new(&other);
+    there.session = b.session.clone();
+    assert_eq!(
+        there.get("/console/").await.status,
+        StatusCode::OK,
+        "any node checks it"
+    );
+    assert_eq!(
+        b.submit("/console/logout", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = there.get("/console/").await.status;
+        if status == StatusCode::SEE_OTHER {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still signed in on the other node"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    other.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn background_polls_do_not_keep_an_idle_session_alive() {
+    let clock = std::sync::Arc::new(callsign_core::FixedClock::new(
+        time::OffsetDateTime::now_utc(),
+    ));
+    let app = TestApp::builder().clock(clock.clone()).spawn().await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.primary_key).await;
+    clock.advance(time::Duration::minutes(20));
+    let poll = b.get("/console/rates.json").await;
+    assert_eq!(poll.status, StatusCode::OK);
+    assert!(
+        poll.set_cookie("callsign_session").is_none(),
+        "a poll renews nothing"
+    );
+    clock.advance(time::Duration::minutes(11));
+    assert_eq!(
+        b.get("/console/rates.json").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        b.get("/console/").await.status,
+        StatusCode::SEE_OTHER,
+        "idle for 31 minutes"
+    );
+
+    b.sign_in(&app.primary_key).await;
+    clock.advance(time::Duration::minutes(20));
+    let page = b.get("/console/").await;
+    assert!(
+        page.set_cookie("callsign_session").is_some(),
+        "a page renews the session"
+    );
+    clock.advance(time::Duration::minutes(20));
+    assert_eq!(
+        b.get("/console/").await.status,
+        StatusCode::OK,
+        "40 minutes, never idle 30"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn odd_requests_get_a_clear_answer() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut b = Browser::new(&app);
+    b.sign_in(&app.primary_key).await;
+    let before = app.identity_count().await;
+    let token = b.get("/console/").await.csrf();
+    let (client, endpoint, origin) = (b.client.clone(), b.endpoint.clone(), b.origin.clone());
+    let raw = |body: &'static str, content_type: &'static str| {
+        client
+            .post(format!("{endpoint}/console/identities"))
+            .header("content-type", content_type)
+            .header("origin", origin.clone())
+            .body(format!("csrf={}&{body}", enc(&token)))
+    };
+    let latin1 = raw("custom_id=%FF%FEab", "application/x-www-form-urlencoded");
+    assert_eq!(b.send(latin1).await.status, StatusCode::BAD_REQUEST);
+    let utf16 = raw(
+        "custom_id=ab",
+        "application/x-www-form-urlencoded; charset=utf-16",
+    );
+    assert_eq!(
+        b.send(utf16).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(app.identity_count().await, before, "nothing stored altered");
+
+    assert_eq!(
+        b.get("/console/identities?q=a%00b").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let put = b.client.put(format!("{}/console/identities", b.endpoint));
+    let put = b.send(put).await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(put.headers["allow"], "GET, POST");
+    let head = b.client.head(format!("{}/console/", b.endpoint));
+    assert_eq!(b.send(head).await.status, StatusCode::OK);
+    let odd_host = b
+        .client
+        .get(format!("{}/console/", b.endpoint))
+        .header("host", "evil.example;accesskey=AAAA");
+    assert_eq!(b.send(odd_host).await.status, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_tls_terminating_proxy_the_console_speaks_https() {
+    let app = TestApp::builder()
+        .settings(|s| s.tls = callsign_server::TlsMode::Plain)
+        .spawn()
+        .await;
+    let mut b = Browser::new(&app);
+    assert!(b.endpoint.starts_with("http://"), "{}", b.endpoint);
+    // Straight to the node: plain http, no Secure cookie.
+    let direct = b.sign_in(&app.primary_key).await;
+    assert_eq!(direct.status, StatusCode::SEE_OTHER, "{}", direct.text);
+    assert!(
+        !direct
+            .set_cookie("callsign_session")
+            .expect("cookie")
+            .contains("Secure")
+    );
+    // Through a proxy: the browser's origin is https, and the proxy says so.
+    let mut proxied = Browser::new(&app);
+    proxied.origin = b.endpoint.replacen("http://", "https://", 1);
+    let form = proxied
+        .send(
+            proxied
+                .client
+                .get(format!("{}/console/login", proxied.endpoint))
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("csrf", form.csrf()), ("key", app.primary_key.clone())])
+        .finish();
+    let request = proxied
+        .client
+        .post(format!("{}/console/login", proxied.endpoint))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", proxied.origin.clone())
+        .header("x-forwarded-proto", "https")
+        .body(body);
+    let signed = proxied.send(request).await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.text);
+    assert!(
+        signed
+            .set_cookie("callsign_session")
+            .expect("cookie")
+            .contains("Secure")
+    );
     app.stop().await;
 }
