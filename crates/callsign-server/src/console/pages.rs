@@ -584,6 +584,7 @@ pub(crate) fn signing_keys(
         (notice_block(notice))
         p { "Tokens are signed with the active key; every published key is in the "
             a #jwks-link href="/.well-known/jwks.json" { "JWKS" } "." }
+        div.scroll {
         table #signing-keys {
             caption.visually-hidden { "Signing keys" }
             thead { tr { th scope="col" { "Key id" } th scope="col" { "Algorithm" } th scope="col" { "State" }
@@ -597,6 +598,7 @@ pub(crate) fn signing_keys(
                     }
                 }
             }
+        }
         }
         @if admin {
             section aria-labelledby="rotate-heading" {
