@@ -612,6 +612,8 @@ let stopping = false;
 function shutdown(code) {
   if (stopping) return;
   stopping = true;
+  // The process may end on its own once the listeners close, before the timer below fires.
+  process.exitCode = code;
   releaseHeld();
   for (const server of [publicServer, internalServer, controlServer]) {
     server.close();
