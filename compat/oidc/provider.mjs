@@ -128,8 +128,16 @@ function thumbprint(jwk) {
 
 function newKey(alg) {
   const spec = KEY_SPECS[alg];
-  const { privateKey } = crypto.generateKeyPairSync(spec.type, spec.options);
-  const jwk = privateKey.export({ format: 'jwk' });
+  // The key comes out of the generation as PKCS #8 and is exported as a JWK from a key object of
+  // its own. Exporting the generated key object itself can deadlock the process (Node 20): a
+  // garbage collection during the export, which holds the key's lock, may finalize the
+  // generation job, which takes the same lock.
+  const { privateKey: pkcs8 } = crypto.generateKeyPairSync(spec.type, {
+    ...spec.options,
+    publicKeyEncoding: { type: 'spki', format: 'der' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'der' },
+  });
+  const jwk = crypto.createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ format: 'jwk' });
   jwk.kid = thumbprint(jwk);
   jwk.use = 'sig';
   jwk.alg = alg;
