@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // A real OpenID Connect provider (oidc-provider) on loopback for the OIDC tests: it issues user
-// access tokens as provider-signed JWTs without a browser, and a control port lets a test mint
-// tokens, rotate the signing keys and take the provider down and up. See README.md.
+// access tokens as provider-signed JWTs without a browser, completes interactive logins
+// (authorization code + PKCE) without a login page for a subject set beforehand, and a control
+// port lets a test mint tokens, choose who logs in next, rotate the signing keys and take the
+// provider down and up. See README.md.
 //
 //   node provider.mjs [--port N] [--control-port N] [--issuer-path /realms/test]
 //                     [--algs RS256,ES256] [--audience AUD] [--omit-jwk-alg]
-//                     [--max-lifetime SECONDS] [--watch-stdin]
+//                     [--console-redirect-uri URI]... [--max-lifetime SECONDS] [--watch-stdin]
 //
 // stdout carries exactly one line, a JSON object, once both ports listen; everything else
 // (including oidc-provider's own notices) goes to stderr.
@@ -18,12 +20,20 @@ import { parseArgs } from 'node:util';
 console.info = console.error;
 console.log = console.error;
 
-const { default: Provider, errors: oidcErrors } = await import('oidc-provider');
+const { default: Provider, errors: oidcErrors, interactionPolicy } = await import('oidc-provider');
 
 const HOST = '127.0.0.1';
 const CLIENT_ID = 'callsign-test';
 const CLIENT_SECRET = 'callsign-test-secret';
 const GRANT_TYPE = 'urn:callsign:params:oauth:grant-type:test-user';
+// The public client of the interactive login (authorization code + PKCE S256, no secret).
+const CONSOLE_CLIENT_ID = 'callsign-console';
+// oidc-provider's OpenID Connect scopes (its defaults). The interactive login grants these for
+// the ID token, and every scope asked for (these included, as Keycloak does) for the access token.
+const OIDC_SCOPES = new Set(['openid', 'offline_access', 'profile', 'email', 'address', 'phone']);
+// Algorithms the provider can sign ID tokens with by default, in order of preference.
+const ID_TOKEN_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
+const DEFAULT_TTL = 600;
 
 // Signing algorithms this harness can make keys for, and the key each needs.
 const KEY_SPECS = {
@@ -47,6 +57,7 @@ const { values: args } = parseArgs({
     algs: { type: 'string', default: 'RS256,ES256' },
     audience: { type: 'string', default: 'api://callsign' },
     'omit-jwk-alg': { type: 'boolean', default: false },
+    'console-redirect-uri': { type: 'string', multiple: true, default: [] },
     'max-lifetime': { type: 'string', default: '900' },
     'watch-stdin': { type: 'boolean', default: false },
   },
@@ -71,6 +82,34 @@ for (const alg of initialAlgs) if (!KEY_SPECS[alg]) fail(`unsupported alg ${alg}
 if (!initialAlgs.length) fail('--algs names no algorithm');
 const defaultAudience = args.audience;
 const omitJwkAlg = args['omit-jwk-alg'];
+// The resource indicator (RFC 8707) an authorization request without `resource` is for: the
+// audience itself when it is an absolute URI without fragment, as oidc-provider requires of
+// resource indicators; else (`account`, a GUID) this URN, which stands for it.
+const DEFAULT_RESOURCE = URL.parse(defaultAudience) && !defaultAudience.includes('#')
+  ? defaultAudience
+  : 'urn:callsign:params:oauth:resource:default-audience';
+
+// The redirect URIs of the console client: absolute http(s) URIs without a fragment.
+function checkRedirectUris(value) {
+  if (!Array.isArray(value) || value.some((uri) => typeof uri !== 'string')) {
+    return 'redirect_uris must be an array of strings';
+  }
+  for (const uri of value) {
+    const url = URL.parse(uri);
+    if (!url || !['http:', 'https:'].includes(url.protocol)) return `redirect URI ${uri} is not an absolute http(s) URI`;
+    if (url.hash || uri.includes('#')) return `redirect URI ${uri} has a fragment`;
+  }
+  return null;
+}
+
+let consoleRedirectUris = args['console-redirect-uri']
+  .flatMap((arg) => arg.split(','))
+  .map((s) => s.trim())
+  .filter(Boolean);
+{
+  const problem = checkRedirectUris(consoleRedirectUris);
+  if (problem) fail(`--console-redirect-uri: ${problem}`);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Keys. Each key is a private JWK with a kid (its RFC 7638 thumbprint) and, unless
@@ -89,8 +128,16 @@ function thumbprint(jwk) {
 
 function newKey(alg) {
   const spec = KEY_SPECS[alg];
-  const { privateKey } = crypto.generateKeyPairSync(spec.type, spec.options);
-  const jwk = privateKey.export({ format: 'jwk' });
+  // The key comes out of the generation as PKCS #8 and is exported as a JWK from a key object of
+  // its own. Exporting the generated key object itself can deadlock the process (Node 20): a
+  // garbage collection during the export, which holds the key's lock, may finalize the
+  // generation job, which takes the same lock.
+  const { privateKey: pkcs8 } = crypto.generateKeyPairSync(spec.type, {
+    ...spec.options,
+    publicKeyEncoding: { type: 'spki', format: 'der' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'der' },
+  });
+  const jwk = crypto.createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ format: 'jwk' });
   jwk.kid = thumbprint(jwk);
   jwk.use = 'sig';
   jwk.alg = alg;
@@ -114,6 +161,22 @@ function signingKids() {
   return out;
 }
 
+function hasAlg(alg) {
+  return keys.some((k) => k.alg === alg);
+}
+
+// The alg of the interactive login's access tokens unless the login names one: RS256 when there
+// is such a key, else the alg of the first key.
+function defaultAccessTokenAlg() {
+  return hasAlg('RS256') ? 'RS256' : keys[0].alg;
+}
+
+// The console client's ID token alg (oidc-provider signs ID tokens with RS256, PS256, ES256 or
+// EdDSA by default).
+function idTokenAlg() {
+  return ID_TOKEN_ALGS.find(hasAlg) ?? 'RS256';
+}
+
 // ---------------------------------------------------------------------------------------------
 // The provider. It reads its keys at construction, so a key change builds a new instance in
 // this process and swaps it in behind the same listeners.
@@ -129,6 +192,51 @@ function useProvider(p) {
 
 // Per-token material for the token being minted, found by the provider's hooks.
 const pending = new WeakMap();
+
+// Interactive logins. `loginAs` is who the next one will be (set on the control port, consumed
+// when the browser reaches the interaction URL); `loginsByGrant` keeps, per grant made for a
+// completed login, the extra claims and token settings its access token gets.
+let loginAs = null;
+const loginsByGrant = new Map();
+const loginCounts = { completed: 0, login_required: 0, access_denied: 0 };
+
+// Cookie keys (the provider signs its cookies) are kept across the instances a key or client
+// change builds, so an interactive login under way survives such a change.
+const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
+
+// Every authorization request is an interactive login, whatever provider session the browser
+// already has: this check of the login prompt asks for one unless the request is resuming with
+// a login result. (With prompt=none the request thus ends with login_required.)
+function interactionPolicyOf() {
+  const policy = interactionPolicy.base();
+  policy.get('login').checks.add(new interactionPolicy.Check(
+    'harness_login',
+    'every login is interactive at this test provider',
+    'login_required',
+    (ctx) => !ctx.oidc.result?.login,
+  ), 0);
+  return policy;
+}
+
+// The resource (audience) of the interactive login's access token. Its scopes: at the
+// authorization endpoint, every scope asked for; at the token endpoint, those the login granted.
+// Its token settings: at the token endpoint, those of the login that made the grant (alg, ttl,
+// aud), else the defaults.
+function resourceServerInfo(ctx, resource) {
+  const grant = ctx.oidc.entities.Grant;
+  const login = grant ? loginsByGrant.get(grant.jti) : undefined;
+  const scopes = grant ? grant.getResourceScope(resource) : (ctx.oidc.params.scope ?? '');
+  const alg = login?.alg ?? defaultAccessTokenAlg();
+  if (!hasAlg(alg)) throw new oidcErrors.InvalidRequest(`no signing key for alg ${alg}`);
+  return {
+    scope: scopes,
+    audience: login?.aud ?? (resource === DEFAULT_RESOURCE ? defaultAudience : resource),
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: login?.ttl ?? DEFAULT_TTL,
+    // Named explicitly: with --omit-jwk-alg the provider alone could pick any RSA key.
+    jwt: { sign: { alg, kid: signingKid(alg) } },
+  };
+}
 
 // The provider's storage, shared by the instances a key change builds. JWT access tokens are not
 // stored at all; this only keeps oidc-provider from using (and warning about) its own default.
@@ -195,15 +303,45 @@ function buildProvider() {
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_basic',
+    }, {
+      // Public: no secret, PKCE (S256) required, as oidc-provider requires it of public clients.
+      client_id: CONSOLE_CLIENT_ID,
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: consoleRedirectUris,
+      id_token_signed_response_alg: idTokenAlg(),
     }],
     jwks,
-    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    cookies: { keys: cookieKeys },
     features: {
       devInteractions: { enabled: false },
+      resourceIndicators: {
+        enabled: true,
+        // Without a `resource` parameter the authorization request is for --audience.
+        defaultResource: (ctx, client, oneOf) => oneOf ?? DEFAULT_RESOURCE,
+        // The token request needs no `resource` either: the code's resource is used.
+        useGrantedResource: () => true,
+        getResourceServerInfo: (ctx, resource) => resourceServerInfo(ctx, resource),
+      },
     },
-    // The extra claims of a minted token (tid, oid, groups, roles, ...).
+    interactions: {
+      policy: interactionPolicyOf(),
+      // Absolute, under the issuer (and so under --issuer-path): answered by this harness.
+      url: (ctx, interaction) => `${ISSUER}/interaction/${interaction.uid}`,
+    },
+    findAccount: (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    // An error the authorization endpoint cannot redirect to the client with (unknown client,
+    // unregistered redirect_uri, interaction cookies missing at /auth/<uid>): JSON rather than
+    // oidc-provider's HTML page, so that a test without a browser can read it.
+    renderError(ctx, out) {
+      ctx.type = 'json';
+      ctx.body = out;
+    },
+    // The extra claims of a minted token (tid, oid, groups, roles, ...) or of the access token
+    // of an interactive login.
     extraTokenClaims(ctx, token) {
-      return pending.get(token)?.claims;
+      return pending.get(token)?.claims ?? (token.grantId ? loginsByGrant.get(token.grantId)?.claims : undefined);
     },
     formats: {
       customizers: {
@@ -226,7 +364,14 @@ function buildProvider() {
       },
     },
     ttl: {
-      AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
+      AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? DEFAULT_TTL,
+      // The interactive login's other artifacts (set to keep oidc-provider from noting that
+      // its defaults are used).
+      AuthorizationCode: 60,
+      IdToken: 3600,
+      Interaction: 600,
+      Grant: 3600,
+      Session: 3600,
     },
   });
   p.registerGrantType(
@@ -324,6 +469,71 @@ async function userTokenGrant(ctx) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The interaction URL (GET <issuer>/interaction/<uid>), where a provider with a login page would
+// show it. Here the login ends at once: as the pending login-as says (login and consent
+// together), or with login_required when none is pending, or access_denied when it says deny.
+// Either way the answer is oidc-provider's redirect (303) back to its authorization endpoint
+// (<issuer>/auth/<uid>), which redirects to the client.
+
+function answerError(res, status, error, description) {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(JSON.stringify({ error, error_description: description }));
+}
+
+async function interaction(req, res, uid) {
+  if (req.method !== 'GET') {
+    res.setHeader('allow', 'GET');
+    answerError(res, 405, 'invalid_request', 'the interaction URL takes GET');
+    return;
+  }
+  const p = provider;
+  let details;
+  try {
+    details = await p.interactionDetails(req, res);
+  } catch (err) {
+    // No (valid) _interaction cookie, or the interaction expired or was already finished.
+    answerError(res, 400, 'invalid_request', `${err.error_description ?? err.message} (the _interaction cookie set by the authorization endpoint must come with this request)`);
+    return;
+  }
+  if (details.uid !== uid) {
+    answerError(res, 400, 'invalid_request', 'the _interaction cookie names another interaction');
+    return;
+  }
+
+  const login = loginAs;
+  loginAs = null;
+  let result;
+  if (!login) {
+    loginCounts.login_required += 1;
+    result = { error: 'login_required', error_description: 'no login is pending at the test provider (POST /login-as on its control port)' };
+  } else if (login.deny) {
+    loginCounts.access_denied += 1;
+    result = { error: 'access_denied', error_description: 'the login was denied (test control)' };
+  } else {
+    // A fresh provider session for each login: a session the browser already has (perhaps of
+    // another subject) is ended, so no logout confirmation page is involved.
+    if (details.session?.uid) {
+      const session = await p.Session.findByUid(details.session.uid);
+      if (session) await session.destroy();
+      details.session = undefined;
+      await details.persist();
+    }
+    const { params } = details;
+    const requested = (params.scope ?? '').split(' ').filter(Boolean);
+    const grant = new p.Grant({ accountId: login.sub, clientId: params.client_id });
+    const oidcScopes = requested.filter((s) => OIDC_SCOPES.has(s));
+    if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
+    const resources = params.resource === undefined ? [] : [params.resource].flat();
+    for (const resource of resources) grant.addResourceScope(resource, requested.join(' '));
+    const grantId = await grant.save();
+    loginsByGrant.set(grantId, login);
+    loginCounts.completed += 1;
+    result = { login: { accountId: login.sub }, consent: { grantId } };
+  }
+  await p.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Listeners: the public one (the issuer's origin; can be taken down), an internal one that the
 // control port mints through (never down, never advertised) and the control one.
 
@@ -338,6 +548,15 @@ function dispatch(req, res) {
     }
     req.originalUrl = url;
     req.url = url.slice(issuerPath.length) || '/';
+  }
+  const match = /^\/interaction\/([A-Za-z0-9_-]+)(?:\?.*)?$/.exec(req.url ?? '/');
+  if (match) {
+    interaction(req, res, match[1]).catch((err) => {
+      console.error('oidc harness interaction error:', err);
+      if (!res.headersSent) answerError(res, 500, 'server_error', err.message);
+      else res.destroy();
+    });
+    return;
   }
   handle(req, res);
 }
@@ -548,6 +767,91 @@ function drop(body) {
   return { dropped: body.kid, keys: publicKeys() };
 }
 
+// Sets the console client's redirect URIs. Static client metadata is read when a provider is
+// constructed, so this builds a new instance as a key change does (keys, storage, cookie keys
+// and listeners stay; a login under way goes on).
+async function setConsoleClient(body) {
+  const uris = body.redirect_uris;
+  const problem = checkRedirectUris(uris);
+  if (problem) throw new ControlError(400, problem);
+  const previous = consoleRedirectUris;
+  consoleRedirectUris = [...uris];
+  const next = buildProvider();
+  try {
+    // oidc-provider validates a static client's metadata when it first looks it up.
+    await next.Client.find(CONSOLE_CLIENT_ID);
+  } catch (err) {
+    consoleRedirectUris = previous;
+    throw new ControlError(400, `client metadata refused: ${err.error_description ?? err.message}`);
+  }
+  useProvider(next);
+  return consoleClient();
+}
+
+function consoleClient() {
+  return { client_id: CONSOLE_CLIENT_ID, redirect_uris: [...consoleRedirectUris] };
+}
+
+function describeLogin(login) {
+  if (!login) return null;
+  if (login.deny) return { deny: true };
+  return {
+    sub: login.sub,
+    ...(login.claims ? { claims: login.claims } : undefined),
+    ...(login.aud !== undefined ? { aud: login.aud } : undefined),
+    ...(login.alg !== undefined ? { alg: login.alg } : undefined),
+    ...(login.ttl !== undefined ? { ttl: login.ttl } : undefined),
+  };
+}
+
+// Who the next interactive login will be: {sub, claims?, aud?, alg?, ttl?}, or {deny: true},
+// or {clear: true} for none (the next login then ends with login_required).
+function setLoginAs(body) {
+  if (body.clear === true) {
+    loginAs = null;
+    return { pending: null };
+  }
+  if (body.deny !== undefined) {
+    if (body.deny !== true) throw new ControlError(400, 'deny must be true when given');
+    if (Object.keys(body).length !== 1) throw new ControlError(400, 'deny takes no other field');
+    loginAs = { deny: true };
+    return { pending: describeLogin(loginAs) };
+  }
+  const known = new Set(['sub', 'claims', 'aud', 'alg', 'ttl']);
+  for (const name of Object.keys(body)) {
+    if (!known.has(name)) throw new ControlError(400, `unknown field ${name} (one of ${[...known].join(', ')}, or deny, or clear)`);
+  }
+  if (typeof body.sub !== 'string' || !body.sub) throw new ControlError(400, 'sub must be a non-empty string');
+  const login = { sub: body.sub };
+  if (body.claims !== undefined) {
+    if (body.claims === null || typeof body.claims !== 'object' || Array.isArray(body.claims)) {
+      throw new ControlError(400, 'claims must be an object');
+    }
+    for (const name of Object.keys(body.claims)) {
+      if (REGISTERED.has(name)) throw new ControlError(400, `claims may not set ${name}`);
+    }
+    if (Object.keys(body.claims).length) login.claims = body.claims;
+  }
+  if (body.aud !== undefined) {
+    if (typeof body.aud !== 'string' || !body.aud) throw new ControlError(400, 'aud must be a non-empty string');
+    login.aud = body.aud;
+  }
+  if (body.alg !== undefined) {
+    if (typeof body.alg !== 'string' || !hasAlg(body.alg)) {
+      throw new ControlError(400, `no signing key for alg ${body.alg}; keys: ${[...new Set(keys.map((k) => k.alg))].join(', ')}`);
+    }
+    login.alg = body.alg;
+  }
+  if (body.ttl !== undefined) {
+    if (!Number.isInteger(body.ttl) || body.ttl < 1 || body.ttl > 7 * 24 * 3600) {
+      throw new ControlError(400, 'ttl must be an integer within 1..604800');
+    }
+    login.ttl = body.ttl;
+  }
+  loginAs = login;
+  return { pending: describeLogin(loginAs) };
+}
+
 function status() {
   return {
     issuer: ISSUER,
@@ -557,6 +861,9 @@ function status() {
     keys: publicKeys(),
     signing: signingKids(),
     requests: { ...counts },
+    console_client: consoleClient(),
+    login_as: describeLogin(loginAs),
+    logins: { ...loginCounts },
   };
 }
 
@@ -565,6 +872,9 @@ const routes = {
   'POST /token': async (req) => mint(await readJson(req)),
   'POST /rotate': async (req) => rotate(await readJson(req)),
   'POST /keys/drop': async (req) => drop(await readJson(req)),
+  'POST /console-client': async (req) => setConsoleClient(await readJson(req)),
+  'GET /console-client': async () => consoleClient(),
+  'POST /login-as': async (req) => setLoginAs(await readJson(req)),
   'POST /down': async (req) => {
     const body = await readJson(req);
     const mode = body.mode ?? 'refuse';
@@ -612,6 +922,8 @@ let stopping = false;
 function shutdown(code) {
   if (stopping) return;
   stopping = true;
+  // The process may end on its own once the listeners close, before the timer below fires.
+  process.exitCode = code;
   releaseHeld();
   for (const server of [publicServer, internalServer, controlServer]) {
     server.close();
@@ -627,6 +939,13 @@ try {
   publicPort = await listen(publicServer, publicPortArg);
   ISSUER = `http://${HOST}:${publicPort}${issuerPath}`;
   useProvider(buildProvider());
+  if (consoleRedirectUris.length) {
+    try {
+      await provider.Client.find(CONSOLE_CLIENT_ID);
+    } catch (err) {
+      fail(`--console-redirect-uri: client metadata refused: ${err.error_description ?? err.message}`);
+    }
+  }
   internalPort = await listen(internalServer, 0);
   const controlPort = await listen(controlServer, controlPortArg);
 
@@ -648,11 +967,14 @@ try {
     discovery: `${ISSUER}/.well-known/openid-configuration`,
     jwks_uri: `${ISSUER}/jwks`,
     token_endpoint: `${ISSUER}/token`,
+    authorization_endpoint: `${ISSUER}/auth`,
     control: `http://${HOST}:${controlPort}`,
     control_port: controlPort,
     client_id: CLIENT_ID,
     client_secret: CLIENT_SECRET,
     grant_type: GRANT_TYPE,
+    console_client_id: CONSOLE_CLIENT_ID,
+    console_redirect_uris: consoleRedirectUris,
     audience: defaultAudience,
     keys: publicKeys(),
     pid: process.pid,
