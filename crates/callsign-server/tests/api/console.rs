@@ -16,6 +16,7 @@ struct Browser {
     origin: String,
     session: Option<String>,
     login: Option<String>,
+    oidc: Option<String>,
 }
 
 /// An answer: status, headers, body text.
@@ -68,6 +69,7 @@ impl Browser {
             endpoint,
             session: None,
             login: None,
+            oidc: None,
         }
     }
 
@@ -75,6 +77,7 @@ impl Browser {
         [
             ("callsign_session", &self.session),
             ("callsign_login", &self.login),
+            ("callsign_oidc", &self.oidc),
         ]
         .iter()
         .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n}={v}")))
@@ -100,6 +103,7 @@ impl Browser {
         for (name, slot) in [
             ("callsign_session", &mut self.session),
             ("callsign_login", &mut self.login),
+            ("callsign_oidc", &mut self.oidc),
         ] {
             if let Some(c) = page.set_cookie(name) {
                 let value = c[name.len() + 1..].split(';').next().unwrap_or("");
@@ -909,6 +913,150 @@ async fn behind_a_tls_terminating_proxy_the_console_speaks_https() {
             .set_cookie("callsign_session")
             .expect("cookie")
             .contains("Secure")
+    );
+    app.stop().await;
+}
+
+/// A node trusting `provider`, whose users may sign in to the console.
+async fn app_with_console_issuer(provider: &callsign_testkit::OidcProvider) -> TestApp {
+    let config = callsign_server::oidc::TrustedIssuerConfig {
+        issuer: provider.issuer.clone(),
+        audience: callsign_server::oidc::Audience::One("api://callsign".into()),
+        jwks_cooldown_secs: Some(1),
+        console_client_id: Some("callsign-console".into()),
+        ..Default::default()
+    };
+    let issuer = callsign_server::oidc::TrustedIssuer::from_config(config).expect("an issuer");
+    TestApp::builder()
+        .settings(move |s| s.oidc_issuers = vec![issuer])
+        .spawn()
+        .await
+}
+
+/// Follows the sign-in through the provider (its cookies kept apart, as a browser keeps them)
+/// back to the console's callback; returns the callback's answer.
+async fn through_the_issuer(b: &mut Browser) -> Page {
+    let start = b.get("/console/login/oidc/0").await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.text);
+    assert!(b.oidc.is_some(), "the flow cookie");
+    let provider = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut jar = std::collections::BTreeMap::new();
+    let mut url = start.location().to_owned();
+    for _ in 0..6 {
+        if url.starts_with(&b.endpoint) {
+            break;
+        }
+        let cookies: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let r = provider
+            .get(&url)
+            .header("cookie", cookies.join("; "))
+            .send()
+            .await
+            .expect("the provider answers");
+        for c in r.headers().get_all(SET_COOKIE) {
+            let pair = c.to_str().expect("ascii").split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                jar.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{url}");
+        url = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+    }
+    let path = url
+        .strip_prefix(&b.endpoint)
+        .expect("back at the console")
+        .to_owned();
+    b.get(&path).await
+}
+
+#[tokio::test]
+async fn a_trusted_issuers_admin_signs_in_with_the_code_flow_and_is_audited() {
+    let provider = callsign_testkit::OidcProvider::start(&[]).await;
+    let app = app_with_console_issuer(&provider).await;
+    let endpoint = app.endpoint.trim_end_matches('/').to_owned();
+    let callback = format!("{endpoint}/console/login/oidc/callback");
+    provider
+        .control("/console-client", json!({ "redirect_uris": [callback] }))
+        .await;
+    let mut b = Browser::new(&app);
+    let login = b.get("/console/login").await;
+    assert!(
+        login.text.contains("href=\"/console/login/oidc/0\""),
+        "{}",
+        login.text
+    );
+
+    // A user without the admin role is told so and gets no session.
+    provider
+        .control(
+            "/login-as",
+            json!({ "sub": "bob", "claims": { "roles": ["callsign.tokens"] } }),
+        )
+        .await;
+    let bob = through_the_issuer(&mut b).await;
+    assert_eq!(bob.status, StatusCode::FORBIDDEN, "{}", bob.text);
+    assert!(bob.text.contains("callsign.admin"), "{}", bob.text);
+    assert!(b.session.is_none());
+
+    // The provider refuses: a clear page, no session.
+    provider.control("/login-as", json!({ "deny": true })).await;
+    let denied = through_the_issuer(&mut b).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{}", denied.text);
+    assert!(denied.text.contains("access_denied"), "{}", denied.text);
+    assert!(b.session.is_none());
+
+    // An admin signs in; what the session does is audited as the issuer's user.
+    provider
+        .control(
+            "/login-as",
+            json!({ "sub": "alice", "claims": { "roles": ["callsign.admin"] } }),
+        )
+        .await;
+    let alice = through_the_issuer(&mut b).await;
+    assert_eq!(alice.status, StatusCode::SEE_OTHER, "{}", alice.text);
+    assert_eq!(alice.location(), "/console/");
+    let cookie = alice.set_cookie("callsign_session").expect("a session");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let overview = b.get("/console/").await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(overview.text.contains("#alice"), "{}", overview.text);
+    let created = b
+        .submit("/console/identities", &[("custom_id", "by-alice")])
+        .await;
+    assert_eq!(created.status, StatusCode::SEE_OTHER, "{}", created.text);
+    let records = app.audit_records().await;
+    let record = records
+        .iter()
+        .find(|r| r.operation == AuditOperation::CreateIdentity)
+        .expect("the create is recorded");
+    assert_eq!(record.credential, Credential::Bearer);
+    let subject = record.subject.as_deref().unwrap_or_default();
+    assert!(subject.starts_with("console#"), "{subject}");
+    assert!(
+        subject.ends_with(&format!("{}#alice", provider.issuer)),
+        "{subject}"
+    );
+
+    // The callback cannot be replayed: its state went with the flow cookie.
+    let replay = b
+        .get(&format!(
+            "/console/login/oidc/callback?code=x&state={}",
+            "0".repeat(32)
+        ))
+        .await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        b.get("/console/login/oidc/7").await.status,
+        StatusCode::NOT_FOUND
     );
     app.stop().await;
 }
