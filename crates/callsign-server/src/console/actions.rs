@@ -13,7 +13,7 @@ use callsign_store::{
 use time::OffsetDateTime;
 
 use super::pages::{self, IdentityView, Notice};
-use super::session::{self, LOGIN_COOKIE, Session, Signer};
+use super::session::{self, LOGIN_COOKIE, Signer};
 use super::{Form, Req, Signed, cookie, read_form, redirect, signed_form};
 use crate::error::ApiError;
 
@@ -84,19 +84,7 @@ pub(crate) async fn login(req: &Req<'_>, body: Body) -> Result<Response, ApiErro
     if slot == KeySlot::VerifyOnly {
         return failed(VERIFY_ONLY);
     }
-    let signed = Signed {
-        session: Session::open(resource, Signer::Key(slot), req.now),
-        key,
-        renewed: None,
-    };
-    req.directory(&signed)
-        .record(AuditEvent::resource(
-            AuditOperation::ConsoleLogin,
-            resource,
-            AuditOutcome::Success,
-        ))
-        .await?;
-    let mut response = redirect("/console/", Some(req.session_cookie(&signed)));
+    let mut response = req.open_session(resource, Signer::Key(slot), key).await?;
     let clear = req.cookie_header(LOGIN_COOKIE, "", 0);
     response.headers_mut().append(header::SET_COOKIE, clear);
     Ok(response)

@@ -222,6 +222,28 @@ impl Req<'_> {
         Some(signed)
     }
 
+    /// Opens a session of `signer` for `resource` (its cookie signed with `key`), records the
+    /// sign-in, and sends the browser to the overview.
+    async fn open_session(
+        &self,
+        resource: ResourceId,
+        signer: session::Signer,
+        key: AccessKeyMac,
+    ) -> Result<Response, ApiError> {
+        let signed = Signed {
+            session: Session::open(resource, signer, self.now),
+            key,
+            renewed: None,
+        };
+        let event = callsign_store::AuditEvent::resource(
+            callsign_store::AuditOperation::ConsoleLogin,
+            resource,
+            callsign_store::AuditOutcome::Success,
+        );
+        self.directory(&signed).record(event).await?;
+        Ok(redirect("/console/", Some(self.session_cookie(&signed))))
+    }
+
     /// Whether `signed` is a session of the deployment's default resource.
     fn is_admin(&self, signed: &Signed) -> bool {
         signed.session.resource == self.console.default_resource

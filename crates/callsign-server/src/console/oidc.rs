@@ -14,12 +14,12 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use callsign_store::{AuditEvent, AuditOperation, AuditOutcome, KeySlot};
+use callsign_store::KeySlot;
 use serde::Deserialize;
 
 use super::actions::login_page;
-use super::session::{self, Session, Signer};
-use super::{Req, Signed, cookie, redirect};
+use super::session::{self, Signer};
+use super::{Req, cookie, redirect};
 use crate::error::ApiError;
 
 /// The flow cookie.
@@ -222,20 +222,9 @@ async fn sign_in(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<Response,
         subject,
         expires: principal.expires_at.unix_timestamp(),
     };
-    let signed = Signed {
-        session: Session::open(resource, signer, req.now),
-        key,
-        renewed: None,
-    };
-    req.directory(&signed)
-        .record(AuditEvent::resource(
-            AuditOperation::ConsoleLogin,
-            resource,
-            AuditOutcome::Success,
-        ))
+    req.open_session(resource, signer, key)
         .await
-        .map_err(Refused::Unavailable)?;
-    Ok(redirect("/console/", Some(req.session_cookie(&signed))))
+        .map_err(Refused::Unavailable)
 }
 
 /// The access token for `code`, from the issuer's token endpoint.

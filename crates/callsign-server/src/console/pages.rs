@@ -468,6 +468,17 @@ pub(crate) fn identities(
             }
         }
         @if let Some(href) = next { p { a #next-page href=(href) { "Next page" } } }
+        (create_form(signed))
+    };
+    html_response(
+        StatusCode::OK,
+        layout("Identities", Some(signed), Nav::Identities, body),
+    )
+}
+
+/// The form that creates an identity.
+fn create_form(signed: &Signed) -> Markup {
+    html! {
         section aria-labelledby="create-heading" {
             h2 #create-heading { "New identity" }
             form #create-form method="post" action="/console/identities" {
@@ -479,11 +490,7 @@ pub(crate) fn identities(
                 button #create-submit type="submit" { "Create identity" }
             }
         }
-    };
-    html_response(
-        StatusCode::OK,
-        layout("Identities", Some(signed), Nav::Identities, body),
-    )
+    }
 }
 
 /// What an identity's page shows; with a token just issued.
@@ -623,29 +630,9 @@ pub(crate) fn signing_keys(
     )
 }
 
-/// `GET /console/audit`.
-pub(crate) fn audit(
-    signed: &Signed,
-    filter: &AuditFilter,
-    records: &[AuditRecord],
-    next: Option<i64>,
-) -> Response {
-    let chosen = filter.operation.map(AuditOperation::as_str).unwrap_or("");
-    let next_href = next.map(|after| {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        q.append_pair("since", &filter.since.map(local_minute).unwrap_or_default());
-        q.append_pair("until", &filter.until.map(local_minute).unwrap_or_default());
-        q.append_pair("operation", chosen);
-        if filter.admin {
-            q.append_pair(
-                "resource",
-                &filter.resource.map(|r| r.to_string()).unwrap_or_default(),
-            );
-        }
-        q.append_pair("after", &after.to_string());
-        format!("/console/audit?{}", q.finish())
-    });
-    let body = html! {
+/// The audit page's filter form.
+fn audit_filter(filter: &AuditFilter, chosen: &str) -> Markup {
+    html! {
         form #audit-filter method="get" action="/console/audit" {
             div.field {
                 label for="since" { "From (UTC)" }
@@ -672,6 +659,33 @@ pub(crate) fn audit(
             }
             button #audit-submit type="submit" { "Filter" }
         }
+    }
+}
+
+/// `GET /console/audit`.
+pub(crate) fn audit(
+    signed: &Signed,
+    filter: &AuditFilter,
+    records: &[AuditRecord],
+    next: Option<i64>,
+) -> Response {
+    let chosen = filter.operation.map(AuditOperation::as_str).unwrap_or("");
+    let next_href = next.map(|after| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("since", &filter.since.map(local_minute).unwrap_or_default());
+        q.append_pair("until", &filter.until.map(local_minute).unwrap_or_default());
+        q.append_pair("operation", chosen);
+        if filter.admin {
+            q.append_pair(
+                "resource",
+                &filter.resource.map(|r| r.to_string()).unwrap_or_default(),
+            );
+        }
+        q.append_pair("after", &after.to_string());
+        format!("/console/audit?{}", q.finish())
+    });
+    let body = html! {
+        (audit_filter(filter, chosen))
         @if records.is_empty() {
             p #no-records { "No record matches." }
         } @else {
