@@ -96,6 +96,13 @@ pub struct TrustedIssuerConfig {
     /// The client id under which the admin console signs users in with this issuer
     /// (authorization code with PKCE, a public client); no console sign-in without it.
     pub console_client_id: Option<String>,
+    /// The scopes the console asks for (default `openid`); name the API's scope where the
+    /// provider needs it to issue an access token for `audience` (Entra:
+    /// `api://<app>/.default`).
+    pub console_scopes: Option<Vec<String>>,
+    /// A `resource` (RFC 8707) the console names in its requests, for providers that pick the
+    /// token's audience by it.
+    pub console_resource: Option<String>,
 }
 
 /// One audience or several.
@@ -161,6 +168,10 @@ pub struct TrustedIssuer {
     pub ca_pem: Option<Vec<u8>>,
     /// The console's client id at this issuer, when users sign in to the console with it.
     pub console_client_id: Option<String>,
+    /// The scopes the console asks for, space-separated.
+    pub console_scope: String,
+    /// The `resource` the console names, if any.
+    pub console_resource: Option<String>,
 }
 
 /// URLs an issuer's keys are fetched from: HTTPS, or plain HTTP to a loopback address only.
@@ -203,6 +214,19 @@ fn audiences(audience: Audience, issuer: &str) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(audiences)
+}
+
+/// The console's scopes, space-separated: `openid` unless given; each a printable word.
+fn console_scope(scopes: Option<Vec<String>>) -> anyhow::Result<String> {
+    let scopes = scopes.unwrap_or_else(|| vec!["openid".into()]);
+    if scopes.is_empty()
+        || scopes
+            .iter()
+            .any(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        anyhow::bail!("console_scopes must be non-empty scope names without spaces");
+    }
+    Ok(scopes.join(" "))
 }
 
 /// The resource ids of an issuer's `resources`.
@@ -303,6 +327,8 @@ impl TrustedIssuer {
             teams: c.teams,
             resources,
             ca_pem,
+            console_scope: console_scope(c.console_scopes)?,
+            console_resource: c.console_resource.filter(|r| !r.is_empty()),
             console_client_id: c.console_client_id.filter(|id| {
                 !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
             }),
@@ -471,6 +497,8 @@ struct Discovery {
     jwks_uri: String,
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 /// Where the console sends a user to sign in with an issuer, and redeems the code.
@@ -478,6 +506,8 @@ struct Discovery {
 pub(crate) struct LoginEndpoints {
     pub(crate) authorization: Url,
     pub(crate) token: Url,
+    /// Whether the issuer names itself (`iss`) in its authorization responses (RFC 9207).
+    pub(crate) names_itself: bool,
 }
 
 impl Provider {
@@ -600,6 +630,7 @@ impl Provider {
         let endpoints = LoginEndpoints {
             authorization: endpoint(doc.authorization_endpoint, "authorization_endpoint")?,
             token: endpoint(doc.token_endpoint, "token_endpoint")?,
+            names_itself: doc.authorization_response_iss_parameter_supported,
         };
         Ok(self.login.get_or_init(|| endpoints).clone())
     }

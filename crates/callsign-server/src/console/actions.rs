@@ -212,7 +212,7 @@ pub(crate) async fn regenerate(
     if let Err(e) = req.state.resources.refresh(store.as_ref()).await {
         tracing::warn!(error = %e.chain(), "resources could not be reloaded after a key change");
     }
-    if slot == signed.session.mac_slot() {
+    if Some(slot) == signed.session.key_slot() {
         signed.key = AccessKeyMac::from_base64(key.expose())
             .map_err(|_| ApiError::internal(anyhow::anyhow!("a generated key is not base64")))?;
         signed.session.seen = req.now;

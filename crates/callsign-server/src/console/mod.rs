@@ -200,12 +200,37 @@ impl Req<'_> {
             .map(|(_, k)| k.clone())
     }
 
+    /// The key `session`'s cookie is signed with: the access key it was opened with, or for an
+    /// issuer's sign-in the server's own secret; `None` when its resource is not reachable here.
+    fn session_key(&self, session: &Session) -> Option<AccessKeyMac> {
+        match session.key_slot() {
+            Some(slot) => self.key_of(session.resource, slot),
+            None => {
+                self.key_of(session.resource, KeySlot::Primary)?;
+                Some(self.server_secret())
+            }
+        }
+    }
+
+    /// A secret no client holds: derived from the active token signing key (every node has it;
+    /// a rotation ends the sessions signed with the old one).
+    pub(crate) fn server_secret(&self) -> AccessKeyMac {
+        self.state.keys.with_issuer(|issuer| {
+            let context = b"callsign console issuer sessions v1\n";
+            let mut input = Vec::with_capacity(context.len() + 256);
+            input.extend_from_slice(context);
+            input.extend_from_slice(issuer.key().pkcs8_der());
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+            AccessKeyMac::from_bytes(digest.as_ref())
+        })
+    }
+
     /// The session of the request's cookie, checked; renewed when due and `renew` (a
     /// background poll is no sign of a user at the keyboard).
     fn signed_in(&self, renew: bool) -> Option<Signed> {
         let value = cookie(&self.parts.headers, COOKIE)?;
         let (session, sig) = Session::parse(value).ok()?;
-        let key = self.key_of(session.resource, session.mac_slot())?;
+        let key = self.session_key(&session)?;
         session.check(sig, &key, self.now).ok()?;
         if self.console.logouts.ended(&session) {
             return None;
@@ -425,9 +450,12 @@ async fn route(req: &Req<'_>, body: Body) -> Result<Response, ApiError> {
         }
         (&Method::GET, "/login") => Ok(actions::login_page(req, None)),
         (&Method::POST, "/login") => actions::login(req, body).await,
-        (&Method::GET, "/login/oidc/callback") => oidc::callback(req).await,
         (&Method::GET, r) if r.starts_with("/login/oidc/") => {
-            oidc::start(req, &r["/login/oidc/".len()..]).await
+            match r["/login/oidc/".len()..].split_once('/') {
+                Some((index, "callback")) => oidc::callback(req, index).await,
+                Some(_) => Err(ApiError::NotFound),
+                None => oidc::start(req, &r["/login/oidc/".len()..]).await,
+            }
         }
         (_, "/assets/console.css" | "/assets/console.js" | "") => {
             Err(ApiError::MethodNotAllowed("GET"))

@@ -14,7 +14,6 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use callsign_store::KeySlot;
 use serde::Deserialize;
 
 use super::actions::login_page;
@@ -31,8 +30,10 @@ const FLOW_SECONDS: i64 = 600;
 /// The largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
-fn redirect_uri(req: &Req<'_>) -> String {
-    format!("{}console/login/oidc/callback", req.endpoint())
+/// Each issuer has a callback of its own, so that a response is only ever taken as the one
+/// issuer's it was sent to (a mix-up defence besides the `iss` check).
+fn redirect_uri(req: &Req<'_>, index: usize) -> String {
+    format!("{}console/login/oidc/{index}/callback", req.endpoint())
 }
 
 fn flow_cookie(req: &Req<'_>, value: &str, max_age: i64) -> axum::http::HeaderValue {
@@ -66,11 +67,14 @@ pub(crate) async fn start(req: &Req<'_>, index: &str) -> Result<Response, ApiErr
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", client_id)
-        .append_pair("redirect_uri", &redirect_uri(req))
-        .append_pair("scope", "openid")
+        .append_pair("redirect_uri", &redirect_uri(req, index))
+        .append_pair("scope", &issuer.console_scope)
         .append_pair("state", &state)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
+    if let Some(resource) = &issuer.console_resource {
+        url.query_pairs_mut().append_pair("resource", resource);
+    }
     let flow = format!("{index}.{state}.{verifier}.{}", req.now);
     Ok(redirect(
         url.as_str(),
@@ -104,6 +108,7 @@ struct Callback {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    iss: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,9 +116,12 @@ struct TokenResponse {
     access_token: String,
 }
 
-/// `GET /console/login/oidc/callback`: checks the state, redeems the code, verifies the token,
-/// opens the session.
-pub(crate) async fn callback(req: &Req<'_>) -> Result<Response, ApiError> {
+/// `GET /console/login/oidc/<n>/callback`: checks the flow (its issuer, state, age, and the
+/// issuer the response names), redeems the code, verifies the token, opens the session.
+///
+/// A missing or mismatched state is not counted against the address (any page can send a
+/// browser here); a response with the right state that fails later is.
+pub(crate) async fn callback(req: &Req<'_>, index: &str) -> Result<Response, ApiError> {
     let client = req.client();
     if let Some(ip) = client {
         req.state.auth_failures.check(ip)?;
@@ -132,7 +140,8 @@ pub(crate) async fn callback(req: &Req<'_>) -> Result<Response, ApiError> {
     let Some(flow) = cookie(&req.parts.headers, FLOW_COOKIE).and_then(parse_flow) else {
         return failed(StatusCode::BAD_REQUEST, EXPIRED, false);
     };
-    if req.now - flow.started > FLOW_SECONDS || req.now < flow.started {
+    let this_issuer = index.parse::<usize>().ok() == Some(flow.index);
+    if !this_issuer || req.now - flow.started > FLOW_SECONDS || req.now < flow.started {
         return failed(StatusCode::BAD_REQUEST, EXPIRED, false);
     }
     let state_ok = back
@@ -140,7 +149,20 @@ pub(crate) async fn callback(req: &Req<'_>) -> Result<Response, ApiError> {
         .as_deref()
         .is_some_and(|s| session::fixed_time_eq(s, flow.state));
     if !state_ok {
+        return failed(StatusCode::BAD_REQUEST, EXPIRED, false);
+    }
+    let Some(issuer) = req
+        .state
+        .issuers
+        .console_logins()
+        .find(|(i, _)| *i == flow.index)
+        .map(|(_, c)| c.issuer.clone())
+    else {
         return failed(StatusCode::BAD_REQUEST, EXPIRED, true);
+    };
+    // RFC 9207: a response naming another issuer was not this issuer's.
+    if back.iss.as_deref().is_some_and(|iss| iss != issuer) {
+        return failed(StatusCode::BAD_REQUEST, OTHER_ISSUER, true);
     }
     if let Some(error) = back.error {
         let code: String = error
@@ -158,16 +180,23 @@ pub(crate) async fn callback(req: &Req<'_>) -> Result<Response, ApiError> {
             true,
         );
     };
-    match sign_in(req, &flow, &code).await {
+    match sign_in(req, &flow, &code, back.iss.is_some()).await {
         Ok(mut response) => {
             response.headers_mut().append(header::SET_COOKIE, clear);
             Ok(response)
         }
-        Err(Refused::Unavailable(e)) => Err(e),
+        Err(Refused::Unavailable(e)) => {
+            // Counted too: a client must not make this node call a failing issuer for free.
+            if let Some(ip) = client {
+                req.state.auth_failures.record(ip);
+            }
+            Err(e)
+        }
         Err(Refused::Denied(status, message)) => failed(status, &message, true),
     }
 }
 
+const OTHER_ISSUER: &str = "The answer came from another identity provider than the one the sign-in went to; nothing was changed.";
 const EXPIRED: &str =
     "The sign-in expired or was started in another browser; nothing was changed. Start again.";
 
@@ -177,9 +206,14 @@ enum Refused {
 }
 
 /// Redeems the code, verifies the token, checks the role and opens the session.
-async fn sign_in(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<Response, Refused> {
+async fn sign_in(
+    req: &Req<'_>,
+    flow: &Flow<'_>,
+    code: &str,
+    named_itself: bool,
+) -> Result<Response, Refused> {
     let state = req.state;
-    let token = redeem(req, flow, code).await?;
+    let token = redeem(req, flow, code, named_itself).await?;
     let now = state.clock.now();
     let principal = state.issuers.verify(&token, now).await.map_err(|r| {
         Refused::Denied(
@@ -198,8 +232,15 @@ async fn sign_in(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<Response,
             "The token comes from another issuer.".into(),
         ));
     }
+    if principal.expires_at.unix_timestamp() <= req.now {
+        return Err(Refused::Denied(
+            StatusCode::UNAUTHORIZED,
+            "The identity provider's token has expired already.".into(),
+        ));
+    }
     let admin = &principal.issuer.admin_role;
     if !principal.has_role(admin) {
+        tracing::info!(subject = %principal.audit_subject(), role = %admin, "console sign-in refused: the user lacks the role");
         return Err(Refused::Denied(
             StatusCode::FORBIDDEN,
             format!("Your account lacks the role {admin}, which the console needs."),
@@ -207,11 +248,7 @@ async fn sign_in(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<Response,
     }
     let resource = crate::bearer::resource(state, req.parts, &principal)
         .map_err(|e| Refused::Denied(e.status(), e.body().error.message))?;
-    let key = req.key_of(resource, KeySlot::Primary).ok_or_else(|| {
-        Refused::Unavailable(ApiError::internal(anyhow::anyhow!(
-            "the resource's primary key is not served"
-        )))
-    })?;
+    let key = req.server_secret();
     let mut subject = principal.audit_subject();
     let mut end = subject.len().min(350);
     while !subject.is_char_boundary(end) {
@@ -227,8 +264,14 @@ async fn sign_in(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<Response,
         .map_err(Refused::Unavailable)
 }
 
-/// The access token for `code`, from the issuer's token endpoint.
-async fn redeem(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<String, Refused> {
+/// The access token for `code`, from the issuer's token endpoint. `named_itself`: the
+/// authorization response carried `iss`; an issuer that promises it must have sent it.
+async fn redeem(
+    req: &Req<'_>,
+    flow: &Flow<'_>,
+    code: &str,
+    named_itself: bool,
+) -> Result<String, Refused> {
     let unavailable = |e: anyhow::Error| {
         tracing::warn!(error = %e, "console sign-in: the code could not be redeemed");
         Refused::Unavailable(ApiError::Unavailable(e))
@@ -239,17 +282,28 @@ async fn redeem(req: &Req<'_>, flow: &Flow<'_>, code: &str) -> Result<String, Re
         .console_login(flow.index)
         .await
         .map_err(unavailable)?;
+    if endpoints.names_itself && !named_itself {
+        return Err(Refused::Denied(
+            StatusCode::BAD_REQUEST,
+            OTHER_ISSUER.into(),
+        ));
+    }
     let client_id = issuer.console_client_id.as_deref().unwrap_or_default();
     let form = [
         ("grant_type", "authorization_code"),
         ("code", code),
-        ("redirect_uri", &redirect_uri(req)),
+        ("redirect_uri", &redirect_uri(req, flow.index)),
         ("client_id", client_id),
         ("code_verifier", flow.verifier),
     ];
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish();
+    let body = {
+        let mut body = form_urlencoded::Serializer::new(String::new());
+        body.extend_pairs(form);
+        if let Some(resource) = &issuer.console_resource {
+            body.append_pair("resource", resource);
+        }
+        body.finish()
+    };
     let mut resp = http
         .post(endpoints.token)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -296,6 +350,7 @@ fn callback_params(query: &str) -> Callback {
             "code" => back.code = v,
             "state" => back.state = v,
             "error" => back.error = v,
+            "iss" => back.iss = v,
             _ => {}
         }
     }

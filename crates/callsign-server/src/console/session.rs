@@ -37,8 +37,8 @@ pub(crate) enum Signer {
     /// An access key (primary or secondary); the cookie is signed with it.
     Key(KeySlot),
     /// A trusted issuer's sign-in: `<issuer>#<subject>`, and when the issuer's token expires
-    /// (the session ends then at the latest). The cookie is signed with the resource's primary
-    /// key.
+    /// (the session ends then at the latest). The cookie is signed with a secret only the
+    /// server holds (derived from the active token signing key), so no key holder can make one.
     Issuer { subject: String, expires: i64 },
 }
 
@@ -81,11 +81,11 @@ impl Session {
         }
     }
 
-    /// The slot of the key the cookie is signed with.
-    pub(crate) fn mac_slot(&self) -> KeySlot {
+    /// The slot of the access key the cookie is signed with (`None`: the server's own secret).
+    pub(crate) fn key_slot(&self) -> Option<KeySlot> {
         match self.signer {
-            Signer::Key(slot) => slot,
-            Signer::Issuer { .. } => KeySlot::Primary,
+            Signer::Key(slot) => Some(slot),
+            Signer::Issuer { .. } => None,
         }
     }
 
@@ -401,7 +401,7 @@ mod tests {
         let cookie = s.to_cookie(&key(1));
         let (back, sig) = Session::parse(&cookie).expect("parses");
         assert_eq!(back.signer, signer);
-        assert_eq!(back.mac_slot(), KeySlot::Primary);
+        assert_eq!(back.key_slot(), None);
         assert_eq!(back.credential(), Credential::Bearer);
         assert!(
             back.subject()

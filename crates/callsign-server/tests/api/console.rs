@@ -980,7 +980,7 @@ async fn a_trusted_issuers_admin_signs_in_with_the_code_flow_and_is_audited() {
     let provider = callsign_testkit::OidcProvider::start(&[]).await;
     let app = app_with_console_issuer(&provider).await;
     let endpoint = app.endpoint.trim_end_matches('/').to_owned();
-    let callback = format!("{endpoint}/console/login/oidc/callback");
+    let callback = format!("{endpoint}/console/login/oidc/0/callback");
     provider
         .control("/console-client", json!({ "redirect_uris": [callback] }))
         .await;
@@ -1049,7 +1049,7 @@ async fn a_trusted_issuers_admin_signs_in_with_the_code_flow_and_is_audited() {
     // The callback cannot be replayed: its state went with the flow cookie.
     let replay = b
         .get(&format!(
-            "/console/login/oidc/callback?code=x&state={}",
+            "/console/login/oidc/0/callback?code=x&state={}",
             "0".repeat(32)
         ))
         .await;
@@ -1058,5 +1058,71 @@ async fn a_trusted_issuers_admin_signs_in_with_the_code_flow_and_is_audited() {
         b.get("/console/login/oidc/7").await.status,
         StatusCode::NOT_FOUND
     );
+
+    // The session is the server's own: regenerating the primary key keeps it, and a holder of
+    // that key cannot make one up.
+    let regenerated = b
+        .submit("/console/keys/primary/regenerate", &[("confirm", "yes")])
+        .await;
+    assert_eq!(regenerated.status, StatusCode::OK);
+    assert_eq!(b.get("/console/").await.status, StatusCode::OK);
+    let at = regenerated.text.find("accesskey=").expect("new key") + 10;
+    let new_key = regenerated.text[at..]
+        .split('<')
+        .next()
+        .expect("key")
+        .to_owned();
+    let cookie = b.session.clone().expect("a session");
+    let payload = cookie.rsplit_once('.').expect("signed").0.to_owned();
+    let forged_sig = callsign_hmac::AccessKeyMac::from_base64(&new_key)
+        .expect("key")
+        .after(&["callsign console session v1\n"])
+        .sign(&payload);
+    let mut forger = Browser::new(&app);
+    forger.session = Some(format!("{payload}.{forged_sig}"));
+    assert_eq!(
+        forger.get("/console/").await.status,
+        StatusCode::SEE_OTHER,
+        "forged"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_callback_naming_another_issuer_is_refused() {
+    let provider = callsign_testkit::OidcProvider::start(&[]).await;
+    let app = app_with_console_issuer(&provider).await;
+    let mut b = Browser::new(&app);
+    let start = b.get("/console/login/oidc/0").await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER);
+    assert!(
+        start.location().contains("code_challenge_method=S256"),
+        "{}",
+        start.location()
+    );
+    let flow = b.oidc.clone().expect("flow cookie");
+    let state = flow.split('.').nth(1).expect("state").to_owned();
+    // An answer of another issuer (a mix-up): refused before any code is redeemed.
+    let mixed = b
+        .get(&format!(
+            "/console/login/oidc/0/callback?code=x&state={state}&iss={}",
+            enc("https://evil.example")
+        ))
+        .await;
+    assert_eq!(mixed.status, StatusCode::BAD_REQUEST, "{}", mixed.text);
+    assert!(
+        mixed.text.contains("another identity provider"),
+        "{}",
+        mixed.text
+    );
+    // Another issuer's callback path with this flow: refused as well.
+    b.oidc = Some(flow);
+    let elsewhere = b
+        .get(&format!(
+            "/console/login/oidc/1/callback?code=x&state={state}"
+        ))
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST);
+    assert!(b.session.is_none());
     app.stop().await;
 }
