@@ -165,7 +165,7 @@ async function followToClient(url, redirectUri, jar, { beforeStep } = {}) {
   throw new Error('more than 10 redirects');
 }
 
-const REDIRECT_URI = 'https://127.0.0.1:1234/console/login/oidc/callback';
+const REDIRECT_URI = 'https://127.0.0.1:1234/console/login/oidc/0/callback';
 
 // The console's login: authorization request (PKCE S256, state, nonce) followed to the redirect
 // back to the client.
