@@ -179,9 +179,23 @@ fn slot_of(name: &str) -> Result<KeySlot, ApiError> {
 }
 
 /// `GET /console/keys/<slot>/regenerate`: the confirmation.
-pub(crate) fn regenerate_page(signed: &Signed, slot: &str) -> Result<Response, ApiError> {
+pub(crate) fn regenerate_page(
+    req: &Req<'_>,
+    signed: &Signed,
+    slot: &str,
+) -> Result<Response, ApiError> {
     let slot = slot_of(slot)?;
-    Ok(pages::regenerate(signed, slot, None))
+    let current = fingerprint(req, signed, slot);
+    Ok(pages::regenerate(signed, slot, &current, None))
+}
+
+/// A short, one-way mark of the key now in `slot` (`none` when there is none): the
+/// confirmation form carries it, so that sending the form again (a reload) cannot replace the
+/// key a second time.
+fn fingerprint(req: &Req<'_>, signed: &Signed, slot: KeySlot) -> String {
+    req.key_of(signed.session.resource, slot)
+        .map(|k| k.sign("callsign console key fingerprint v1")[..16].to_owned())
+        .unwrap_or_else(|| "none".to_owned())
 }
 
 /// `POST /console/keys/<slot>/regenerate`: a new key in `slot`; the session goes on (re-signed
@@ -194,9 +208,16 @@ pub(crate) async fn regenerate(
 ) -> Result<Response, ApiError> {
     let slot = slot_of(slot)?;
     let form = signed_form(req, &signed, body).await?;
+    let current = fingerprint(req, &signed, slot);
+    if !session::fixed_time_eq(form.get("current").unwrap_or(""), &current) {
+        return Err(ApiError::validation(
+            "The key changed since this page was shown (was the form sent twice?); nothing was changed.",
+            "current",
+        ));
+    }
     if !form.ticked("confirm") {
         let message = "Tick the confirmation to regenerate the key; nothing was changed.";
-        let mut page = pages::regenerate(&signed, slot, Some(message));
+        let mut page = pages::regenerate(&signed, slot, &current, Some(message));
         *page.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(page);
     }

@@ -494,7 +494,7 @@ async fn signed_route(
     match segments.as_slice() {
         [""] if get => actions::overview(req, &signed).await,
         ["logout"] if post => actions::logout(req, &signed, body).await,
-        ["keys", slot, "regenerate"] if get => actions::regenerate_page(&signed, slot),
+        ["keys", slot, "regenerate"] if get => actions::regenerate_page(req, &signed, slot),
         ["keys", slot, "regenerate"] if post => actions::regenerate(req, signed, slot, body).await,
         ["identities"] if get => actions::identities(req, &signed).await,
         ["identities"] if post => actions::create_identity(req, &signed, body).await,

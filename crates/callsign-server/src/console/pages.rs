@@ -340,12 +340,18 @@ pub(crate) fn overview(signed: &Signed, view: &Overview<'_>, notice: Option<Noti
 }
 
 /// `GET /console/keys/<slot>/regenerate`: the confirmation (with `error`, the refused form).
-pub(crate) fn regenerate(signed: &Signed, slot: KeySlot, error: Option<&str>) -> Response {
+pub(crate) fn regenerate(
+    signed: &Signed,
+    slot: KeySlot,
+    current: &str,
+    error: Option<&str>,
+) -> Response {
     let label = slot_label(slot);
     let body = html! {
         (error_block(error))
         form #regenerate-form method="post" action=(format!("/console/keys/{}/regenerate", slot_name(slot))) {
             (csrf(signed))
+            input type="hidden" name="current" value=(current);
             p { "A new " (label.to_lowercase()) " replaces the current one. Every client using the current one is refused from now on." }
             div.check {
                 input #confirm type="checkbox" name="confirm" value="yes" required;

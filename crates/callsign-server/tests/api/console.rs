@@ -139,6 +139,23 @@ impl Browser {
         self.post(path, &all).await
     }
 
+    /// Sends the regeneration form of `slot` as the confirmation page shows it, with `fields`.
+    async fn regenerate(&mut self, slot: &str, fields: &[(&str, &str)]) -> Page {
+        let path = format!("/console/keys/{slot}/regenerate");
+        let page = self.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let at = page
+            .text
+            .find("name=\"current\" value=\"")
+            .expect("the key's mark")
+            + 22;
+        let current = page.text[at..].split('"').next().expect("value").to_owned();
+        let mut all: Vec<(&str, String)> = vec![("csrf", page.csrf()), ("current", current)];
+        all.extend(fields.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let borrowed: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.post(&path, &borrowed).await
+    }
+
     async fn sign_in(&mut self, key: &str) -> Page {
         let form = self.get("/console/login").await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.text);
@@ -463,17 +480,27 @@ async fn a_regenerated_key_is_refused_at_once_and_the_session_goes_on(backend: B
     b.sign_in(&app.primary_key).await;
     let old_session = b.session.clone();
 
-    let unconfirmed = b.submit("/console/keys/primary/regenerate", &[]).await;
+    let unconfirmed = b.regenerate("primary", &[]).await;
     assert_eq!(unconfirmed.status, StatusCode::BAD_REQUEST);
     let still = app
         .send(Method::POST, "/identities?api-version=2023-10-01", None)
         .await;
     assert_eq!(still.status, StatusCode::CREATED, "the key is unchanged");
 
-    let done = b
-        .submit("/console/keys/primary/regenerate", &[("confirm", "yes")])
-        .await;
+    let form = b.get("/console/keys/primary/regenerate").await;
+    let done = b.regenerate("primary", &[("confirm", "yes")]).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    // The same form sent again (a reload) replaces nothing.
+    let at = form.text.find("name=\"current\" value=\"").expect("mark") + 22;
+    let stale = form.text[at..].split('"').next().expect("value").to_owned();
+    let token = b.get("/console/").await.csrf();
+    let again = b
+        .post(
+            "/console/keys/primary/regenerate",
+            &[("csrf", &token), ("current", &stale), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.text);
     let at = done.text.find("accesskey=").expect("new connection string") + 10;
     let new_key = done.text[at..].split('<').next().expect("key").to_owned();
     assert_ne!(new_key, app.primary_key);
@@ -1061,9 +1088,7 @@ async fn a_trusted_issuers_admin_signs_in_with_the_code_flow_and_is_audited() {
 
     // The session is the server's own: regenerating the primary key keeps it, and a holder of
     // that key cannot make one up.
-    let regenerated = b
-        .submit("/console/keys/primary/regenerate", &[("confirm", "yes")])
-        .await;
+    let regenerated = b.regenerate("primary", &[("confirm", "yes")]).await;
     assert_eq!(regenerated.status, StatusCode::OK);
     assert_eq!(b.get("/console/").await.status, StatusCode::OK);
     let at = regenerated.text.find("accesskey=").expect("new key") + 10;
