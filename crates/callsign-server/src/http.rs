@@ -576,6 +576,12 @@ async fn handle(state: &AppState, req: Request) -> (RequestKind, Result<Response
     let unmatched = RequestKind::unversioned("unmatched");
     let (parts, body) = req.into_parts();
     if let Err(e) = check_head(&parts, state) {
+        if state.console.is_some() && crate::console::owns(parts.uri.path()) {
+            return (
+                RequestKind::unversioned("console"),
+                Ok(crate::console::refused(e)),
+            );
+        }
         return (unmatched, Err(e));
     }
     if let Some(console) = &state.console

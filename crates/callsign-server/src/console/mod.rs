@@ -108,6 +108,15 @@ fn console_error(e: ApiError) -> ApiError {
     }
 }
 
+/// A console request refused before it was read (a request line or head over the limits): the
+/// same page and headers as every console answer.
+pub(crate) fn refused(e: ApiError) -> Response {
+    let status = e.status();
+    let mut response = pages::error(None, status, &e.body().error.message);
+    secure_headers(response.headers_mut());
+    response
+}
+
 /// One console request.
 pub(crate) struct Req<'a> {
     state: &'a AppState,

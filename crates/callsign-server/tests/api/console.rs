@@ -887,6 +887,11 @@ async fn odd_requests_get_a_clear_answer() {
     assert_eq!(put.headers["allow"], "GET, POST");
     let head = b.client.head(format!("{}/console/", b.endpoint));
     assert_eq!(b.send(head).await.status, StatusCode::OK);
+    let long = format!("/console/identities?q={}", "x".repeat(3000));
+    let too_long = b.get(&long).await;
+    assert_eq!(too_long.status, StatusCode::URI_TOO_LONG);
+    assert!(too_long.text.contains("id=\"error\""), "an HTML page");
+    assert!(too_long.headers.contains_key("content-security-policy"));
     let odd_host = b
         .client
         .get(format!("{}/console/", b.endpoint))
