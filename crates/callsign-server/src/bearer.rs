@@ -41,12 +41,7 @@ pub(crate) fn resource(
             "resources changed in the store cannot be loaded"
         )));
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
+    let host = crate::http::request_host(parts);
     let routing = state.resources.get();
     let mut served = routing
         .candidates(host)

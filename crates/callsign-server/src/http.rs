@@ -429,6 +429,17 @@ pub(crate) const SAMPLE_TENANT: &str = "c1b2c3d4-0000-4000-8000-000000000003";
 #[cfg(test)]
 pub(crate) const SAMPLE_OBJECT: &str = "d1b2c3d4-0000-4000-8000-000000000004";
 
+/// The host a request names: its `Host` header, else the authority of an absolute target;
+/// empty when it names none (it then reaches the resources of the server's own address).
+pub(crate) fn request_host(parts: &axum::http::request::Parts) -> &str {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
 /// `route` when `method` is the one it takes, else 405 naming `allow`.
 fn only(
     method: &Method,
@@ -447,7 +458,7 @@ fn decode_segment(raw: &str) -> Result<String, ApiError> {
     decode_named(raw, "id")
 }
 
-fn decode_named(raw: &str, target: &'static str) -> Result<String, ApiError> {
+pub(crate) fn decode_named(raw: &str, target: &'static str) -> Result<String, ApiError> {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())

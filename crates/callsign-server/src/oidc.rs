@@ -588,17 +588,15 @@ impl Provider {
 
     /// The discovery document, read with a bound; its `issuer` must be the configured one.
     async fn read_discovery(&self) -> anyhow::Result<Discovery> {
-        let mut resp = self.http.get(self.config.discovery.clone()).send().await?;
+        let resp = self.http.get(self.config.discovery.clone()).send().await?;
         if !resp.status().is_success() {
             anyhow::bail!("status {}", resp.status());
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await? {
-            if body.len() + chunk.len() > MAX_DISCOVERY_BYTES {
-                anyhow::bail!("the document is larger than {MAX_DISCOVERY_BYTES} bytes");
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = callsign_verify::read_bounded(resp, MAX_DISCOVERY_BYTES)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!("the document is larger than {MAX_DISCOVERY_BYTES} bytes")
+            })?;
         let doc: Discovery = serde_json::from_slice(&body)?;
         if doc.issuer != self.config.issuer {
             anyhow::bail!("the document names another issuer");

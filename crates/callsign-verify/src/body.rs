@@ -1,7 +1,11 @@
 //! Answers read with a bound: a broken or hostile endpoint cannot fill the verifier's memory.
 
 /// The body of `resp`, or `None` when it is longer than `max` bytes (read no further).
-pub(crate) async fn read_bounded(
+///
+/// # Errors
+///
+/// The transport's error when the body cannot be read.
+pub async fn read_bounded(
     mut resp: reqwest::Response,
     max: usize,
 ) -> Result<Option<Vec<u8>>, reqwest::Error> {

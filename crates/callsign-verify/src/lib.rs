@@ -39,6 +39,7 @@ pub mod jws;
 pub mod middleware;
 mod verifier;
 
+pub use body::read_bounded;
 pub use callsign_api::Scope;
 pub use callsign_core;
 pub use callsign_core::token::VerifiedToken;

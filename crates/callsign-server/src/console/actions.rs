@@ -338,20 +338,13 @@ pub(crate) async fn identity(
     raw: &str,
 ) -> Result<Response, ApiError> {
     let dir = req.directory(signed);
-    let id = dir.resolve(&decode(raw)?)?;
+    let id = dir.resolve(&crate::http::decode_named(raw, "id")?)?;
     let record = dir.get(&id).await?;
     let view = IdentityView {
         record: &record,
         token: None,
     };
     Ok(pages::identity(signed, &view, notice(req)))
-}
-
-fn decode(raw: &str) -> Result<String, ApiError> {
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ApiError::validation("The id is not valid UTF-8.", "id"))
 }
 
 /// `POST /console/identities/<id>/<issue|revoke|delete>`.
@@ -367,7 +360,7 @@ pub(crate) async fn identity_action(
     }
     let form = signed_form(req, signed, body).await?;
     let dir = req.directory(signed);
-    let id = dir.resolve(&decode(raw)?)?;
+    let id = dir.resolve(&crate::http::decode_named(raw, "id")?)?;
     match verb {
         "issue" => issue(req, signed, &id, &form).await,
         "revoke" => {

@@ -140,12 +140,7 @@ impl Req<'_> {
     }
 
     fn host(&self) -> &str {
-        self.parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| self.parts.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("")
+        crate::http::request_host(self.parts)
     }
 
     fn query(&self) -> Vec<(String, String)> {
@@ -289,14 +284,27 @@ impl Req<'_> {
         self.cookie_header(COOKIE, &value, max_age)
     }
 
+    /// A console cookie (`Path=/console`, `SameSite=Strict`).
     fn cookie_header(&self, name: &str, value: &str, max_age: i64) -> HeaderValue {
+        self.cookie_at(name, value, "/console", "Strict", max_age)
+    }
+
+    /// An HttpOnly cookie for `path`, `Secure` when the browser came over https.
+    fn cookie_at(
+        &self,
+        name: &str,
+        value: &str,
+        path: &str,
+        same_site: &str,
+        max_age: i64,
+    ) -> HeaderValue {
         let secure = if self.scheme() == "https" {
             "; Secure"
         } else {
             ""
         };
         let text = format!(
-            "{name}={value}; Path=/console; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+            "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite={same_site}{secure}",
             max_age.max(0)
         );
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))

@@ -36,17 +36,9 @@ fn redirect_uri(req: &Req<'_>, index: usize) -> String {
     format!("{}console/login/oidc/{index}/callback", req.endpoint())
 }
 
+/// The flow cookie: `SameSite=Lax`, as the issuer sends the browser back cross-site.
 fn flow_cookie(req: &Req<'_>, value: &str, max_age: i64) -> axum::http::HeaderValue {
-    let secure = if req.scheme() == "https" {
-        "; Secure"
-    } else {
-        ""
-    };
-    let text = format!(
-        "{FLOW_COOKIE}={value}; Path={FLOW_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
-    );
-    axum::http::HeaderValue::from_str(&text)
-        .unwrap_or_else(|_| axum::http::HeaderValue::from_static(""))
+    req.cookie_at(FLOW_COOKIE, value, FLOW_PATH, "Lax", max_age)
 }
 
 /// `GET /console/login/oidc/<n>`: off to the issuer's authorization endpoint.
@@ -304,7 +296,7 @@ async fn redeem(
         }
         body.finish()
     };
-    let mut resp = http
+    let resp = http
         .post(endpoints.token)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json")
@@ -313,15 +305,10 @@ async fn redeem(
         .await
         .map_err(|e| unavailable(e.into()))?;
     let status = resp.status();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(e.into()))? {
-        if bytes.len() + chunk.len() > MAX_TOKEN_RESPONSE {
-            return Err(unavailable(anyhow::anyhow!(
-                "the token response is too large"
-            )));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = callsign_verify::read_bounded(resp, MAX_TOKEN_RESPONSE)
+        .await
+        .map_err(|e| unavailable(e.into()))?
+        .ok_or_else(|| unavailable(anyhow::anyhow!("the token response is too large")))?;
     if status.is_server_error() {
         return Err(unavailable(anyhow::anyhow!(
             "the token endpoint answered {status}"

@@ -220,13 +220,9 @@ pub(crate) fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compares two texts in time independent of where they differ.
+/// Compares two texts in time independent of where they differ (aws-lc's `CRYPTO_memcmp`).
 pub(crate) fn fixed_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
 /// Sessions ended by a logout: on this node at once, on every node once it has read the
