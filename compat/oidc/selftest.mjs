@@ -214,14 +214,17 @@ async function redeem(ready, { code, verifier, redirectUri = REDIRECT_URI, extra
   return { status: res.status, body: await res.json() };
 }
 
+// Stops a provider a describe block started (if it started), requiring exit code 0.
+async function stopChecked(p) {
+  if (!p) return;
+  const code = await p.stop();
+  assert.equal(code, 0, `provider exit code; stderr:\n${p.stderr()}`);
+}
+
 describe('oidc harness', () => {
   let p;
   before(async () => { p = await startProvider(); });
-  after(async () => {
-    if (!p) return;
-    const code = await p.stop();
-    assert.equal(code, 0, `provider exit code; stderr:\n${p.stderr()}`);
-  });
+  after(() => stopChecked(p));
 
   test('ready line and discovery document', T, async () => {
     const { ready } = p;
@@ -467,11 +470,7 @@ describe('oidc harness', () => {
 describe('interactive login: authorization code with PKCE, no login page', () => {
   let p;
   before(async () => { p = await startProvider(); });
-  after(async () => {
-    if (!p) return;
-    const code = await p.stop();
-    assert.equal(code, 0, `provider exit code; stderr:\n${p.stderr()}`);
-  });
+  after(() => stopChecked(p));
 
   test('ready line, discovery and the console client\'s redirect URIs', T, async () => {
     const { ready } = p;
@@ -735,11 +734,7 @@ describe('Keycloak-style issuer path, more algorithms, JWKS without alg', () => 
       '--console-redirect-uri', `${REDIRECT_URI},http://127.0.0.1:1/a`, '--console-redirect-uri', 'http://127.0.0.1:1/b',
     ]);
   });
-  after(async () => {
-    if (!p) return;
-    const code = await p.stop();
-    assert.equal(code, 0, `provider exit code; stderr:\n${p.stderr()}`);
-  });
+  after(() => stopChecked(p));
 
   test('issuer, discovery and tokens under /realms/test', T, async () => {
     const { ready } = p;
