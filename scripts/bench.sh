@@ -18,6 +18,9 @@
 #   BENCH_SCALE        directory sizes for the scale runs       ("10000 10000000")
 #   BENCH_SCALE_PG     directory sizes for PostgreSQL scale     ("10000 10000000")
 #   BENCH_ATTRIBUTION  1 to also run issue without request logs and without TLS (1)
+#   BENCH_FLOOR        rounds of the floor comparison under wrk: nginx's fixed 200, callsign's
+#                      issue, node-oidc-provider's token endpoint (3; 0 skips it)
+#   BENCH_STARTUP      1 to measure start to ready (1)
 # (an empty BENCH_BACKENDS / BENCH_SCALE / BENCH_SCALE_PG skips that part)
 #   BENCH_PG           PostgreSQL server URL without database   (postgres://postgres@127.0.0.1:5432)
 #   BENCH_OUT          where results go                         (target/bench/<UTC time>)
@@ -35,6 +38,8 @@ BACKENDS=${BENCH_BACKENDS-sqlite postgres}
 SCALE=${BENCH_SCALE-10000 10000000}
 SCALE_PG=${BENCH_SCALE_PG-10000 10000000}
 ATTRIBUTION=${BENCH_ATTRIBUTION:-1}
+FLOOR_ROUNDS=${BENCH_FLOOR:-3}
+STARTUP=${BENCH_STARTUP:-1}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
@@ -43,7 +48,12 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/callsign-bench.XXXXXX")
 
 SERVER_PID=""
 PG_DBS=()
+OTHER_PIDS=()
 cleanup() {
+    for pid in "${OTHER_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [ -n "$SERVER_PID" ]; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
@@ -173,6 +183,7 @@ new_pg_db() {
 
 # Start to ready: spawn the server and poll GET /health until it answers 200 (first start on an
 # empty data dir, then restarts on the same data).
+if [ "$STARTUP" = 1 ]; then
 echo "==> start to ready"
 wait_quiet
 python3 - "$BIN" "$WORK/startup" >"$OUT/startup.json" <<'PY'
@@ -225,6 +236,91 @@ print(json.dumps({
 }))
 PY
 cat "$OUT/startup.json"
+fi
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_listening PORT PID: until something accepts on the port (10 s), or the process died.
+wait_listening() {
+    for _ in $(seq 1 100); do
+        python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $1), timeout=0.2)" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || { echo "process $2 exited"; exit 1; }
+        sleep 0.1
+    done
+    echo "nothing listens on $1"; exit 1
+}
+
+# wrk_run LABEL URL SCRIPT PID: one measured wrk run (scripts/wrk-run.py), repeated (up to
+# twice) when other processes took more than a quarter of a core.
+wrk_run() {
+    local label=$1 url=$2 script=$3 pid=$4 attempt
+    for attempt in 1 2 3; do
+        wait_quiet
+        python3 scripts/wrk-run.py --url "$url" --script "$script" --pid "$pid" \
+            --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" >"$OUT/$label.json"
+        if python3 - "$OUT/$label.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"--> {sys.argv[1].rsplit('/', 1)[-1][:-5]}: {r['ops_per_s']:>9.0f} ops/s  p99 {r['wrk']['latency_us']['p99']} µs"
+      f"  errors {r['errors']}  server {r['cpu_us_per_op']:.1f} µs/op  client {r['client_cpu_us_per_op']:.1f} µs/op"
+      f"  other {r['other_cores_busy']:.2f} cores")
+sys.exit(0 if r["other_cores_busy"] < 0.25 else 1)
+PY
+        then
+            return 0
+        fi
+        echo "    other processes competed for the CPU; again"
+    done
+}
+
+# The floor: the same load generator (wrk, one thread, the same connections) against nginx
+# answering a fixed 200 (one worker, no log), callsign issuing tokens (default configuration,
+# pre-signed requests), and node-oidc-provider issuing ES256 JWT access tokens by
+# client_credentials (two cluster workers); interleaved rounds, the bare ES256 signature measured
+# before each callsign run.
+if [ "$FLOOR_ROUNDS" -gt 0 ]; then
+    echo "==> floor: nginx / callsign issue / node-oidc-provider under wrk ($FLOOR_ROUNDS rounds)"
+    if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+        echo "--> installing wrk and nginx-light"
+        ${SUDO:-} apt-get install -y -qq wrk nginx-light >/dev/null
+    fi
+    [ -d bench/oidc-provider/node_modules ] || (cd bench/oidc-provider && npm ci --silent --no-audit --no-fund)
+    nginx -v 2>&1 | sed 's/^/    /'
+    echo "    wrk: $(wrk -v 2>&1 | head -1)"
+    mkdir -p "$WORK/nginx"
+    NGINX_PORT=$(free_port)
+    sed -e "s#@DIR@#$WORK/nginx#g" -e "s#@PORT@#$NGINX_PORT#g" scripts/wrk/nginx.conf >"$WORK/nginx/nginx.conf"
+    nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$OUT/nginx.log" &
+    NGINX_PID=$!
+    OTHER_PIDS+=("$NGINX_PID")
+    wait_listening "$NGINX_PORT" "$NGINX_PID"
+    OIDC_PORT=$(free_port)
+    (cd bench/oidc-provider && PORT=$OIDC_PORT exec node server.mjs) >"$OUT/oidc.stdout" 2>"$OUT/oidc.log" &
+    OIDC_PID=$!
+    OTHER_PIDS+=("$OIDC_PID")
+    wait_listening "$OIDC_PORT" "$OIDC_PID"
+    cat scripts/wrk/report.lua >"$WORK/nginx.lua"
+    cat scripts/wrk/oidc-token.lua scripts/wrk/report.lua >"$WORK/oidc.lua"
+    start_server floor-callsign "$WORK/floor-callsign"
+    for round in $(seq 1 "$FLOOR_ROUNDS"); do
+        wrk_run "floor-nginx-$round" "http://127.0.0.1:$NGINX_PORT/" "$WORK/nginx.lua" "$NGINX_PID"
+        # Signed just before the run: the requests are valid for 15 minutes.
+        COMMUNICATION_SERVICES_CONNECTION_STRING="$CS" "$BIN" bench --data-dir "$WORK/floor-callsign" \
+            --wrk-script "$WORK/issue.lua" --quiet >"$OUT/floor-signature-$round.json"
+        cat scripts/wrk/report.lua >>"$WORK/issue.lua"
+        wrk_run "floor-callsign-$round" "$ENDPOINT" "$WORK/issue.lua" "$SERVER_PID"
+        wrk_run "floor-oidc-$round" "http://127.0.0.1:$OIDC_PORT/" "$WORK/oidc.lua" "$OIDC_PID"
+    done
+    stop_server
+    for pid in "$NGINX_PID" "$OIDC_PID"; do
+        kill -TERM "$pid"
+        wait "$pid" || true
+    done
+    OTHER_PIDS=()
+fi
 
 for backend in $BACKENDS; do
     echo "==> standard workloads on $backend"
@@ -355,6 +451,26 @@ if attr:
         print(f"| {names[v]} | {statistics.median(r['ops_per_s'] for r in runs):,.0f} | "
               f"{', '.join(f'{c:.1f}' for c in cpu)} | {statistics.median(cpu):.1f} | {ratio:.2f} |")
     print()
+rounds = sorted(int(f[len("floor-nginx-"):-5]) for f in os.listdir(out) if f.startswith("floor-nginx-") and f.endswith(".json"))
+if rounds:
+    import statistics
+    print("| round | nginx fixed 200 µs/req (req/s) | bare ES256 µs | floor µs | callsign issue µs/token (tokens/s, p99 ms) | × floor | node-oidc-provider µs/token (tokens/s) | × floor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios, oidc_ratios = [], []
+    for i in rounds:
+        n, c, o, sig = (load(f"floor-{k}-{i}.json") for k in ("nginx", "callsign", "oidc", "signature"))
+        if not (n and c and o and sig):
+            continue
+        floor = n["cpu_us_per_op"] + sig["es256_sign_us"]
+        ratios.append(c["cpu_us_per_op"] / floor)
+        oidc_ratios.append(o["cpu_us_per_op"] / floor)
+        print(f"| {i} | {n['cpu_us_per_op']:.1f} ({n['ops_per_s']:,.0f}) | {sig['es256_sign_us']:.1f} | {floor:.1f} "
+              f"| {c['cpu_us_per_op']:.1f} ({c['ops_per_s']:,.0f}, {c['wrk']['latency_us']['p99'] / 1000:.1f}) | {ratios[-1]:.2f} "
+              f"| {o['cpu_us_per_op']:.1f} ({o['ops_per_s']:,.0f}) | {oidc_ratios[-1]:.2f} |")
+    if ratios:
+        print()
+        print(f"Median ratio to the floor: callsign {statistics.median(ratios):.2f}, node-oidc-provider {statistics.median(oidc_ratios):.2f}.")
+        print()
 st = load("startup.json")
 if st:
     firsts = ", ".join(f"{v:.0f}" for v in st["first_start_ms"])

@@ -21,12 +21,14 @@ pub mod progress;
 mod report;
 mod seed;
 mod target;
+mod wrk;
 
 use std::path::PathBuf;
 
 pub use load::{bench, es256_sign_cost};
 pub use report::{DatabaseUsage, Latency, OpReport, Report, ServerUsage};
 pub use seed::{SeedReport, seed, seeded_identity};
+pub use wrk::{WrkScript, write_wrk_script};
 
 /// What the load generator does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,6 +123,11 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Instead of running the load, write a script for the `wrk` load generator that replays
+    /// pre-signed requests of the workload (issue only; valid for the server's 15-minute date
+    /// window), measure the bare ES256 signature, print both as JSON and exit.
+    #[arg(long, value_name = "FILE")]
+    pub wrk_script: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -144,6 +151,7 @@ impl BenchArgs {
             api_version: callsign_api::ApiVersion::CLIENT_DEFAULT,
             json: false,
             quiet: false,
+            wrk_script: None,
         }
     }
 }
@@ -177,6 +185,11 @@ pub struct SeedArgs {
 /// Runs `callsign bench` and prints the report (text, or JSON with `--json`).
 pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let json = args.json;
+    if args.wrk_script.is_some() {
+        let written = write_wrk_script(args).await?;
+        println!("{}", serde_json::to_string_pretty(&written)?);
+        return Ok(());
+    }
     let report = bench(args).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

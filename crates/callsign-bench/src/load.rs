@@ -33,7 +33,7 @@ const COUNT_RUN_CAP: f64 = 600.0;
 const CREATE_BODY: &[u8] = b"{}";
 const CREATE_TOKEN_BODY: &[u8] =
     br#"{"createTokenWithScopes":["chat","voip"],"expiresInMinutes":60}"#;
-const ISSUE_BODY: &[u8] = br#"{"scopes":["chat","voip"],"expiresInMinutes":60}"#;
+pub(crate) const ISSUE_BODY: &[u8] = br#"{"scopes":["chat","voip"],"expiresInMinutes":60}"#;
 
 /// One kind of request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,7 +66,7 @@ impl Op {
 }
 
 /// Where issue and revoke find identities.
-enum Identities {
+pub(crate) enum Identities {
     None,
     /// Created over HTTP before the run: path segments with `:` encoded.
     Pool(Vec<String>),
@@ -86,7 +86,7 @@ impl Identities {
         }
     }
 
-    fn pick(&self, rng: &mut Rng) -> Option<String> {
+    pub(crate) fn pick(&self, rng: &mut Rng) -> Option<String> {
         match self {
             Identities::None => None,
             Identities::Pool(p) if p.is_empty() => None,
@@ -104,10 +104,10 @@ fn encode_id(id: &IdentityId) -> String {
 }
 
 /// xorshift64*: a fast, good-enough generator for picking ops and identities.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
@@ -366,7 +366,7 @@ impl Shared {
 }
 
 /// Creates `count` identities over `connections` connections, returning their encoded ids.
-async fn create_identities(
+pub(crate) async fn create_identities(
     target: &Target,
     api_version: ApiVersion,
     count: u64,
@@ -425,7 +425,10 @@ async fn create_identities(
 }
 
 /// The resource of the server's identities, learned from one create.
-async fn learn_resource(target: &Target, api_version: ApiVersion) -> anyhow::Result<ResourceId> {
+pub(crate) async fn learn_resource(
+    target: &Target,
+    api_version: ApiVersion,
+) -> anyhow::Result<ResourceId> {
     let ids = create_identities(target, api_version, 1, 1, true).await?;
     let raw = ids
         .first()

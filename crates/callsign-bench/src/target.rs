@@ -92,6 +92,19 @@ impl Target {
         builder.build().context("cannot build the HTTP client")
     }
 
+    /// The `Host` value and the signed headers of a request dated `now`.
+    pub(crate) fn signed_headers(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> anyhow::Result<(String, callsign_client::signing::SignedRequestHeaders)> {
+        let url = self.url(path_and_query)?;
+        let signed = sign(&self.credentials, method, &url, body, now);
+        Ok((signing_host(&url), signed))
+    }
+
     /// Sends one freshly signed request and reads the whole response.
     pub(crate) async fn send(
         &self,

@@ -53,6 +53,9 @@ use crate::{
 };
 
 mod access;
+mod cache;
+
+use cache::{Changed, IdentityCache};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
 /// Never edit a released entry: append a new one.
@@ -213,6 +216,8 @@ pub struct SqliteStore {
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     touched: Arc<PendingTokenTimes>,
+    /// The identities recently read, for the issue path; see [`cache`].
+    cache: Arc<IdentityCache>,
     keys: KeyProtection,
     health: Arc<WriteHealth>,
     /// Moved after every commit with feed events, by this process or (seen by the watcher
@@ -261,6 +266,38 @@ enum Job {
 }
 
 impl Job {
+    /// Notes the identities the job may change, for the cache.
+    /// Every job is named here (no catch-all), so that a new one must say what it changes.
+    fn changes(&self, changed: &mut Changed) {
+        match self {
+            Job::Revoke(id, ..) | Job::Delete(id, ..) => changed.one(*id),
+            // A key replaced with --revoke-tokens moves every epoch of its resource.
+            Job::DeleteResource(..)
+            | Job::ReplaceKey(..)
+            | Job::Import(..)
+            | Job::ImportTombstones(..) => *changed = Changed::Any,
+            #[cfg(test)]
+            Job::Exec(..) => *changed = Changed::Any,
+            // A new identity was in no one's cache (a miss is never kept).
+            Job::Create(..)
+            | Job::Bootstrap(..)
+            | Job::CreateResource(..)
+            | Job::RewriteKeys(..)
+            | Job::AddKey(..)
+            | Job::BootstrapKey(..)
+            | Job::RotateKey(..)
+            | Job::RetireKeys(..)
+            | Job::PutAssignment(..)
+            | Job::DeleteAssignment(..)
+            | Job::Access(..)
+            | Job::ImportAudit(..)
+            | Job::RecordAudit(..)
+            | Job::PruneAudit(..)
+            | Job::PruneFeed(..)
+            | Job::Flush(..) => {}
+        }
+    }
+
     /// The resource whose revocation feed the job may write events to.
     fn feed_resource(&self) -> Option<ResourceId> {
         match self {
@@ -281,6 +318,7 @@ const FEED_WATCH: Duration = Duration::from_millis(250);
 fn spawn_feed_watcher(
     path: &Path,
     signal: Arc<FeedSignal>,
+    cache: Arc<IdentityCache>,
     watching: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
     let conn = open_reader(path)?;
@@ -298,6 +336,9 @@ fn spawn_feed_watcher(
                     continue;
                 }
                 version = now;
+                // Another connection committed (perhaps another process): what this one
+                // remembers of identities may be out of date.
+                cache.invalidate(&Changed::Any);
                 let Some(current) = feed_heads(&conn) else {
                     continue;
                 };
@@ -626,16 +667,27 @@ impl SqliteStore {
             Outcome::Wrote | Outcome::Idle => {}
         }
         let touched = Arc::new(PendingTokenTimes::default());
+        let cache = Arc::new(IdentityCache::default());
         let (tx, rx) = std_mpsc::channel();
         let thread_touched = Arc::clone(&touched);
+        let thread_cache = Arc::clone(&cache);
         let thread_health = Arc::clone(&health);
         let signal = Arc::new(FeedSignal::default());
         let thread_signal = Arc::clone(&signal);
         let watching = Arc::new(AtomicBool::new(true));
-        spawn_feed_watcher(&path, Arc::clone(&signal), Arc::clone(&watching))?;
+        spawn_feed_watcher(
+            &path,
+            Arc::clone(&signal),
+            Arc::clone(&cache),
+            Arc::clone(&watching),
+        )?;
+        let memory = Memory {
+            touched: thread_touched,
+            cache: thread_cache,
+        };
         let thread = std::thread::Builder::new()
             .name("callsign-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, thread_touched, thread_health, thread_signal))
+            .spawn(move || writer_loop(conn, rx, memory, thread_health, thread_signal))
             .map_err(|e| StoreError::backend("cannot start the writer thread").caused_by(e))?;
         Ok(Self {
             path,
@@ -643,6 +695,7 @@ impl SqliteStore {
             thread: Mutex::new(Some(thread)),
             readers: Mutex::new(readers),
             touched,
+            cache,
             keys,
             health,
             signal,
@@ -807,10 +860,16 @@ fn identity_record(row: IdentityRow) -> Result<IdentityRecord, StoreError> {
     })
 }
 
+/// What the writer keeps up to date in memory besides the database.
+struct Memory {
+    touched: Arc<PendingTokenTimes>,
+    cache: Arc<IdentityCache>,
+}
+
 fn writer_loop(
     mut conn: Connection,
     rx: std_mpsc::Receiver<Job>,
-    touched: Arc<PendingTokenTimes>,
+    memory: Memory,
     health: Arc<WriteHealth>,
     signal: Arc<FeedSignal>,
 ) {
@@ -822,7 +881,7 @@ fn writer_loop(
             Ok(job) => Some(job),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                health.note(flush_touched(&mut conn, &touched));
+                health.note(flush_touched(&mut conn, &memory));
                 return;
             }
         };
@@ -837,7 +896,7 @@ fn writer_loop(
             }
         }
         let feeds: Vec<ResourceId> = batch.iter().filter_map(Job::feed_resource).collect();
-        if run_batch(&mut conn, batch, &touched, &health) {
+        if run_batch(&mut conn, batch, &memory, &health) {
             last_check = Instant::now();
         }
         // Committed or not, those resources' waiters read again: a spurious wake costs a read.
@@ -846,7 +905,7 @@ fn writer_loop(
         }
         // Token times are written at most once a second, whatever the write load.
         if last_flush.elapsed() >= TOUCH_FLUSH {
-            if health.note(flush_touched(&mut conn, &touched)) {
+            if health.note(flush_touched(&mut conn, &memory)) {
                 last_check = Instant::now();
             }
             last_flush = Instant::now();
@@ -889,7 +948,8 @@ fn ensure_full_sync(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome {
+fn flush_touched(conn: &mut Connection, memory: &Memory) -> Outcome {
+    let touched = &memory.touched;
     let pending = touched.take();
     let counts = touched.take_counts();
     if pending.is_empty() && counts.is_empty() {
@@ -923,7 +983,10 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
         tracing::error!(error = %e, "could not restore synchronous=FULL");
     }
     match result {
-        Ok(()) => Outcome::Wrote,
+        Ok(()) => {
+            memory.cache.note_token_times(&pending);
+            Outcome::Wrote
+        }
         Err(e) => {
             let e = backend(e);
             match Outcome::of(&e) {
@@ -952,7 +1015,7 @@ fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome 
 fn run_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
-    touched: &PendingTokenTimes,
+    memory: &Memory,
     health: &WriteHealth,
 ) -> bool {
     if batch.is_empty() {
@@ -990,8 +1053,10 @@ fn run_batch(
     let mut done: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut failure = None;
     let mut succeeded = false;
+    let mut changed = Changed::Nothing;
     for job in batch {
-        let (answer, outcome) = run_job(&tx, job, touched);
+        job.changes(&mut changed);
+        let (answer, outcome) = run_job(&tx, job, &memory.touched);
         done.push(answer);
         match outcome {
             Ok(()) => succeeded = true,
@@ -999,7 +1064,10 @@ fn run_batch(
             Err(None) => {}
         }
     }
-    match tx.commit() {
+    let committed = tx.commit();
+    // Committed or not, before anyone is answered (see `cache`).
+    memory.cache.invalidate(&changed);
+    match committed {
         Ok(()) => {
             let failed = health.note(match failure {
                 Some(cause) => Outcome::CannotWrite(cause),
@@ -2131,6 +2199,11 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
+        if let Some(mut r) = self.cache.get(id) {
+            self.touched.overlay(&mut r);
+            return Ok(Some(r));
+        }
+        let generation = self.cache.generation();
         let key = id.to_string();
         let record = self.read(|c| {
             c.prepare_cached(&format!(
@@ -2141,6 +2214,9 @@ impl IdentityStore for SqliteStore {
             .map(identity_record)
             .transpose()
         })?;
+        if let Some(r) = &record {
+            self.cache.keep(generation, r);
+        }
         Ok(record.map(|mut r| {
             self.touched.overlay(&mut r);
             r

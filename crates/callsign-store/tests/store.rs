@@ -14,8 +14,8 @@ use callsign_store::{
     Actor, AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId,
     IdentityFilter, IdentityRecord, IdentityStore, ImportReport, KeyProtection, KeyRotation,
     KeySlot, MAX_RESOURCES_PER_HOST, MasterKey, NewIdentity, PostgresOptions, PostgresStore,
-    ResourceCreated, ResourceDeleted, ResourceRecord, Rotation, Sealer, SqliteStore, Store,
-    StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    ResourceCreated, ResourceDeleted, ResourceRecord, ResourceStore, Rotation, Sealer, SqliteStore,
+    Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
 };
 use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
@@ -2534,3 +2534,130 @@ mod access;
 mod audit;
 #[path = "store/feed.rs"]
 mod feed;
+
+/// The SQLite store answers repeated lookups from memory: every change made through it shows
+/// at once (revoke, a key replaced with revoke-all, delete, a resource deleted), and a change
+/// made by another process on the same file within the feed watcher's period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lookups_see_every_change_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("callsign.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let op = Actor::operator();
+    let resource = ResourceRecord {
+        id: ResourceId::new_random(),
+        name: ResourceName::default_name(),
+        host: None,
+        verify_key: None,
+        primary_key: AccessKey::generate(),
+        secondary_key: AccessKey::generate(),
+        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+    };
+    store
+        .bootstrap_default_resource(resource.clone())
+        .await
+        .expect("bootstrap");
+    let created = store
+        .create_identity(new_identity(resource.id, None), &op)
+        .await
+        .expect("create");
+    let id = created.identity.id;
+    async fn epoch_of(store: &SqliteStore, id: &IdentityId) -> Option<u64> {
+        let found = store.get_identity(id).await.expect("get");
+        found.map(|r| r.revocation_epoch)
+    }
+    let epoch = |store| epoch_of(store, &id);
+    for _ in 0..3 {
+        assert_eq!(epoch(&store).await, Some(0));
+    }
+    assert_eq!(
+        store.revoke_tokens(&id, &op).await.expect("revoke"),
+        Some(1)
+    );
+    assert_eq!(epoch(&store).await, Some(1));
+    store
+        .replace_access_key(
+            resource.id,
+            KeySlot::Primary,
+            AccessKey::generate(),
+            true,
+            &op,
+        )
+        .await
+        .expect("replace with revoke");
+    assert_eq!(epoch(&store).await, Some(2));
+
+    // Another process (here another store on the same file) revokes: seen within the watcher's
+    // period, 250 ms.
+    let other = SqliteStore::open(&path).expect("open again");
+    other
+        .revoke_tokens(&id, &op)
+        .await
+        .expect("revoke elsewhere");
+    let started = std::time::Instant::now();
+    while epoch(&store).await != Some(3) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "another process's revoke not seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    other.close().await;
+
+    assert!(store.delete_identity(&id, &op).await.expect("delete"));
+    assert_eq!(epoch(&store).await, None);
+    store.close().await;
+}
+
+/// Lookups racing revokes: once a revoke is acknowledged, no lookup returns an older epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_lookups_racing_revokes_never_go_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("callsign.db")).expect("open"));
+    let op = Actor::operator();
+    let id = store
+        .create_identity(new_identity(ResourceId::new_random(), None), &op)
+        .await
+        .expect("create")
+        .identity
+        .id;
+    let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, acknowledged, stop) = (store.clone(), acknowledged.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let floor = acknowledged.load(std::sync::atomic::Ordering::Acquire);
+                    let got = store
+                        .get_identity(&id)
+                        .await
+                        .expect("get")
+                        .expect("present");
+                    assert!(
+                        got.revocation_epoch >= floor,
+                        "epoch {} after revoke {floor} was acknowledged",
+                        got.revocation_epoch
+                    );
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for _ in 0..200 {
+        let now = store
+            .revoke_tokens(&id, &op)
+            .await
+            .expect("revoke")
+            .expect("exists");
+        acknowledged.store(now, std::sync::atomic::Ordering::Release);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for r in readers {
+        assert!(r.await.expect("reader") > 0);
+    }
+    store.close().await;
+}

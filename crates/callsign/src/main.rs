@@ -32,6 +32,10 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use config::{Cli, Command, ConnectionStringArgs, MigrateArgs, MigrateStoreArgs, ServeArgs};
 
+/// See the dependency's note in Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Whatever this process creates (data dir, database, keys) is private to its user.
     callsign_store::restrict_umask();
