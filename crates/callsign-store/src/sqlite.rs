@@ -318,7 +318,6 @@ const FEED_WATCH: Duration = Duration::from_millis(250);
 fn spawn_feed_watcher(
     path: &Path,
     signal: Arc<FeedSignal>,
-    cache: Arc<IdentityCache>,
     watching: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
     let conn = open_reader(path)?;
@@ -336,9 +335,6 @@ fn spawn_feed_watcher(
                     continue;
                 }
                 version = now;
-                // Another connection committed (perhaps another process): what this one
-                // remembers of identities may be out of date.
-                cache.invalidate(&Changed::Any);
                 let Some(current) = feed_heads(&conn) else {
                     continue;
                 };
@@ -675,12 +671,7 @@ impl SqliteStore {
         let signal = Arc::new(FeedSignal::default());
         let thread_signal = Arc::clone(&signal);
         let watching = Arc::new(AtomicBool::new(true));
-        spawn_feed_watcher(
-            &path,
-            Arc::clone(&signal),
-            Arc::clone(&cache),
-            Arc::clone(&watching),
-        )?;
+        spawn_feed_watcher(&path, Arc::clone(&signal), Arc::clone(&watching))?;
         let memory = Memory {
             touched: thread_touched,
             cache: thread_cache,
@@ -876,8 +867,9 @@ fn writer_loop(
     let mut last_flush = Instant::now();
     // When a write last failed or the store last checked whether it can write.
     let mut last_check = Instant::now();
+    let mut others = OtherWriters::new(&conn);
     loop {
-        let first = match rx.recv_timeout(TOUCH_FLUSH) {
+        let first = match rx.recv_timeout(FEED_WATCH) {
             Ok(job) => Some(job),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
@@ -910,12 +902,49 @@ fn writer_loop(
             }
             last_flush = Instant::now();
         }
+        others.check(&conn, &memory.cache);
         // A store that cannot write checks by itself, once a second, unless a write has just
         // failed (then that write was the check).
         if health.is_failing() && last_check.elapsed() >= WRITE_CHECK {
             health.note(check_writable(&mut conn));
             last_check = Instant::now();
         }
+    }
+}
+
+/// Commits by other connections to the file, seen from the writer's own connection: its
+/// `PRAGMA data_version` moves only for those (in this process only the writer writes, so they
+/// are another process's, a `callsign` command on the data dir, say), which may have changed
+/// identities the cache holds.
+struct OtherWriters {
+    version: Option<i64>,
+    checked: Instant,
+}
+
+impl OtherWriters {
+    fn new(conn: &Connection) -> Self {
+        Self {
+            version: Self::read(conn),
+            checked: Instant::now(),
+        }
+    }
+
+    fn read(conn: &Connection) -> Option<i64> {
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
+    }
+
+    /// Empties the cache when another connection committed since the last check (at most
+    /// every [`FEED_WATCH`]; a version that cannot be read counts as moved).
+    fn check(&mut self, conn: &Connection, cache: &IdentityCache) {
+        if self.checked.elapsed() < FEED_WATCH {
+            return;
+        }
+        self.checked = Instant::now();
+        let now = Self::read(conn);
+        if now.is_none() || now != self.version {
+            cache.invalidate(&Changed::Any);
+        }
+        self.version = now;
     }
 }
 

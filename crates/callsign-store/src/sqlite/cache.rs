@@ -4,9 +4,9 @@
 //! identity (revoke, delete, a resource's deletion, imports) and before it answers, and a reader
 //! that missed stores what it read only if no invalidation happened since it started reading
 //! (the generation below), so a record read before a commit can never outlive that commit's
-//! answer. Another process sharing the file (a `callsign` command on the data dir) is seen by
-//! the feed watcher, which empties the cache when the file's data version moves: within its
-//! polling period, as for every other change made by another process.
+//! answer. A commit by another process sharing the file (a `callsign` command on the data dir)
+//! is seen by the writer, which empties the cache when its connection's data version moves:
+//! within 250 ms, as every other change made by another process is.
 
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
