@@ -21,8 +21,15 @@
 #   BENCH_FLOOR        rounds of the floor comparison under wrk: nginx's fixed 200, callsign's
 #                      issue, node-oidc-provider's token endpoint (3; 0 skips it)
 #   BENCH_STARTUP      1 to measure start to ready (1)
+#   BENCH_VERIFY       1 to measure callsign-verify: verifications/s per algorithm (criterion)
+#                      and revocation propagation to a following verifier under 10,000
+#                      verifications/s (1)
 # (an empty BENCH_BACKENDS / BENCH_SCALE / BENCH_SCALE_PG skips that part)
 #   BENCH_PG           PostgreSQL server URL without database   (postgres://postgres@127.0.0.1:5432)
+#   BENCH_BIN          a callsign binary to measure instead of building release (the test
+#                      suite's brief run of the tools uses its debug build)
+#   BENCH_QUIET        0: neither wait for a quiet machine nor repeat runs (1)
+#   BENCH_CHECK        1: exit non-zero when a floor run had an error or issued nothing (0)
 #   BENCH_OUT          where results go                         (target/bench/<UTC time>)
 #
 # Every load goes to 127.0.0.1 only, every run is bounded in time and count, and every server
@@ -40,6 +47,7 @@ SCALE_PG=${BENCH_SCALE_PG-10000 10000000}
 ATTRIBUTION=${BENCH_ATTRIBUTION:-1}
 FLOOR_ROUNDS=${BENCH_FLOOR:-3}
 STARTUP=${BENCH_STARTUP:-1}
+VERIFY=${BENCH_VERIFY:-1}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
@@ -65,11 +73,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> cargo build --release -p callsign"
-cargo build --release -p callsign
 # A private copy, so that a concurrent build cannot swap the binary mid-run.
 BIN="$OUT/callsign"
-cp "${CARGO_TARGET_DIR:-target}/release/callsign" "$BIN"
+if [ -n "${BENCH_BIN:-}" ]; then
+    cp "$BENCH_BIN" "$BIN"
+else
+    echo "==> cargo build --release -p callsign"
+    cargo build --release -p callsign
+    cp "${CARGO_TARGET_DIR:-target}/release/callsign" "$BIN"
+fi
+QUIET=${BENCH_QUIET:-1}
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -126,6 +139,7 @@ machine_busy() {
 
 # Waits (up to two minutes) until other work on the machine has calmed down.
 wait_quiet() {
+    [ "$QUIET" = 1 ] || return 0
     local busy
     for _ in $(seq 1 120); do
         busy=$(machine_busy)
@@ -261,13 +275,13 @@ wrk_run() {
         wait_quiet
         python3 scripts/wrk-run.py --url "$url" --script "$script" --pid "$pid" \
             --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" >"$OUT/$label.json"
-        if python3 - "$OUT/$label.json" <<'PY'
+        if python3 - "$OUT/$label.json" "$QUIET" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"--> {sys.argv[1].rsplit('/', 1)[-1][:-5]}: {r['ops_per_s']:>9.0f} ops/s  p99 {r['wrk']['latency_us']['p99']} µs"
       f"  errors {r['errors']}  server {r['cpu_us_per_op']:.1f} µs/op  client {r['client_cpu_us_per_op']:.1f} µs/op"
       f"  other {r['other_cores_busy']:.2f} cores")
-sys.exit(0 if r["other_cores_busy"] < 0.25 else 1)
+sys.exit(0 if r["other_cores_busy"] < 0.25 or sys.argv[2] != "1" else 1)
 PY
         then
             return 0
@@ -314,6 +328,17 @@ if [ "$FLOOR_ROUNDS" -gt 0 ]; then
         wrk_run "floor-callsign-$round" "$ENDPOINT" "$WORK/issue.lua" "$SERVER_PID"
         wrk_run "floor-oidc-$round" "http://127.0.0.1:$OIDC_PORT/" "$WORK/oidc.lua" "$OIDC_PID"
     done
+    if [ "${BENCH_CHECK:-0}" = 1 ]; then
+        python3 - "$OUT" <<'PY'
+import glob, json, sys
+runs = sorted(glob.glob(f"{sys.argv[1]}/floor-*-*.json"))
+bad = [p for p in runs if "signature" not in p and (json.load(open(p))["errors"] or json.load(open(p))["ok"] == 0)]
+sigs = [json.load(open(p)).get("es256_sign_us") for p in runs if "signature" in p]
+if bad or not runs or not all(sigs):
+    sys.exit(f"floor runs with errors or no answers: {bad or 'no runs'}")
+print(f"    {len(runs)} floor runs, every one answered without an error")
+PY
+    fi
     stop_server
     for pid in "$NGINX_PID" "$OIDC_PID"; do
         kill -TERM "$pid"
@@ -369,6 +394,24 @@ if [ "$ATTRIBUTION" = 1 ]; then
     done
 fi
 
+if [ "$VERIFY" = 1 ]; then
+    echo "==> callsign-verify: verifications per second, one thread, cached key"
+    wait_quiet
+    cargo bench -p callsign-verify --bench verify -- --warm-up-time 1 --measurement-time 3 \
+        >"$OUT/verify.txt" 2>"$OUT/verify.log"
+    grep -E '^verify/|time:' "$OUT/verify.txt" | sed 's/^/    /'
+    echo "==> revocation propagation to a following verifier (ES256, 10,000 verifications/s)"
+    cargo build --release -q -p callsign-verify --example propagation
+    start_server propagation "$WORK/propagation"
+    resource=$(grep -m1 -o 'resource [0-9a-f-]*' "$OUT/propagation.stdout" | cut -d' ' -f2)
+    wait_quiet
+    CALLSIGN_CONNECTION_STRING="$CS" CALLSIGN_RESOURCE_ID="$resource" CALLSIGN_CA="$WORK/propagation/tls/ca.pem" \
+        "${CARGO_TARGET_DIR:-target}/release/examples/propagation" --server-pid "$SERVER_PID" \
+        >"$OUT/propagation.txt" 2>"$OUT/propagation.log" || echo "    (propagation reported a failure; see $OUT/propagation.txt)"
+    sed 's/^/    /' "$OUT/propagation.txt"
+    stop_server
+fi
+
 scale_run() {
     local backend=$1 n=$2
     echo "==> issue with $n identities on $backend"
@@ -417,7 +460,7 @@ for backend, w in rows:
     print(f"| {backend} | {w} | {r['connections']} | {r['ops_per_s']:,.0f} | {l['p50']:,} | {l['p90']:,} | {l['p99']:,} | {l['p999']:,} | {l['max']:,} | {errs} "
           f"| {s.get('cpu_us_per_op', 0):.1f} | {(r.get('server_cpu_over_es256') or 0):.2f} | {db} | {r['client_cpu_us_per_op']:.1f} | {r['other_cores_busy']:.2f} | {s.get('rss_kib', 0)/1024:.1f} |")
 print()
-sign = [r["es256_sign_us"] for r in (load(f) for f in sorted(os.listdir(out)) if f.endswith(".json")) if isinstance(r, dict) and r.get("es256_sign_us")]
+sign = [r["es256_sign_us"] for r in (load(f) for f in sorted(os.listdir(out)) if f.endswith(".json") and not f.startswith("floor-")) if isinstance(r, dict) and r.get("es256_sign_us")]
 if sign:
     print(f"Bare ES256 signature, measured at the start of every run above: {min(sign):.1f} to {max(sign):.1f} µs.")
     print()
@@ -470,6 +513,18 @@ if rounds:
     if ratios:
         print()
         print(f"Median ratio to the floor: callsign {statistics.median(ratios):.2f}, node-oidc-provider {statistics.median(oidc_ratios):.2f}.")
+        print()
+for name, title in (("verify.txt", "callsign-verify (criterion, one thread, cached key)"), ("propagation.txt", "Revocation propagation to a following verifier")):
+    p = os.path.join(out, name)
+    if os.path.exists(p):
+        lines = [l for l in open(p).read().splitlines() if l.strip()]
+        if name == "verify.txt":
+            lines = [l for l in lines if l.startswith("verify/") or "time:" in l or "thrpt:" in l]
+        print(f"{title}:")
+        print()
+        print("```")
+        print("\n".join(lines))
+        print("```")
         print()
 st = load("startup.json")
 if st:

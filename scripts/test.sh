@@ -10,7 +10,8 @@
 # crates (cargo deny, installed if missing), the Rust test suites (unit, black-box, store
 # conformance on SQLite and PostgreSQL, CLI and crash tests, doc tests), then the compatibility
 # suites that drive the released ACS SDKs (pinned, in venvs and node_modules) and the admin
-# console (headless Chromium, axe-core) against the real server.
+# console (headless Chromium, axe-core) against the real server, and a one-second run of the
+# benchmark's floor comparison (wrk, nginx, node-oidc-provider; no speed asserted).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -61,6 +62,22 @@ ensure_chromium() {
     [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]
 }
 
+# The benchmark's tools, run for a second each to prove they work (no speed is asserted):
+# wrk, nginx (Debian packages wrk and nginx-light, installed if missing), node-oidc-provider
+# (bench/oidc-provider, npm ci), and callsign's pre-signed wrk requests.
+bench_tools() {
+    if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
+        echo "wrk or nginx is not installed; installing them from Debian packages"
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk nginx-light >/dev/null || return 1
+    fi
+    BENCH_BIN="$ROOT/target/debug/callsign" BENCH_OUT="$ROOT/target/bench-tools" BENCH_QUIET=0 \
+        BENCH_CHECK=1 BENCH_FLOOR=1 BENCH_DURATION=1 BENCH_WARMUP=1 BENCH_STARTUP=0 \
+        BENCH_BACKENDS= BENCH_SCALE= BENCH_SCALE_PG= BENCH_ATTRIBUTION=0 BENCH_VERIFY=0 \
+        bash scripts/bench.sh
+}
+
 ensure_nextest() {
     cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
@@ -93,6 +110,7 @@ step "Rust doc tests" cargo test --workspace --doc --locked
 if [ -f compat/run.sh ]; then
     step "SDK compatibility suites" env CALLSIGN_BIN="$ROOT/target/debug/callsign" bash compat/run.sh
 fi
+step "Benchmark tools (1 s runs, no speed asserted)" bench_tools
 # The README's Quick start, block by block, as a newcomer runs it (port 8443, dev mode).
 step "README quick start" env CALLSIGN_BIN="$ROOT/target/debug/callsign" python3 scripts/readme-quickstart.py
 
