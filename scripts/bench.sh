@@ -30,6 +30,7 @@
 #                      suite's brief run of the tools uses its debug build)
 #   BENCH_QUIET        0: neither wait for a quiet machine nor repeat runs (1)
 #   BENCH_CHECK        1: exit non-zero when a floor run had an error or issued nothing (0)
+#   BENCH_INSTALL      1: install wrk and nginx-light with apt-get when missing (0)
 #   BENCH_OUT          where results go                         (target/bench/<UTC time>)
 #
 # Every load goes to 127.0.0.1 only, every run is bounded in time and count, and every server
@@ -257,14 +258,15 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# wait_listening PORT PID: until something accepts on the port (10 s), or the process died.
+# wait_listening PORT PID LOG: until something accepts on the port (10 s), or the process died
+# (then the end of its log is shown).
 wait_listening() {
     for _ in $(seq 1 100); do
         python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $1), timeout=0.2)" 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || { echo "process $2 exited"; exit 1; }
+        kill -0 "$2" 2>/dev/null || { echo "process $2 exited; the end of $3:"; tail -5 "$3"; exit 1; }
         sleep 0.1
     done
-    echo "nothing listens on $1"; exit 1
+    echo "nothing listens on $1; the end of $3:"; tail -5 "$3"; exit 1
 }
 
 # wrk_run LABEL URL SCRIPT PID: one measured wrk run (scripts/wrk-run.py), repeated (up to
@@ -298,9 +300,15 @@ PY
 if [ "$FLOOR_ROUNDS" -gt 0 ]; then
     echo "==> floor: nginx / callsign issue / node-oidc-provider under wrk ($FLOOR_ROUNDS rounds)"
     if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+        if [ "${BENCH_INSTALL:-0}" != 1 ]; then
+            echo "the floor comparison needs wrk and nginx (Debian: apt-get install wrk nginx-light);"
+            echo "install them, run with BENCH_INSTALL=1 to have this script install them, or BENCH_FLOOR=0"
+            exit 1
+        fi
         echo "--> installing wrk and nginx-light"
         ${SUDO:-} apt-get install -y -qq wrk nginx-light >/dev/null
     fi
+    command -v node >/dev/null || { echo "the floor comparison needs Node.js (node-oidc-provider), or BENCH_FLOOR=0"; exit 1; }
     [ -d bench/oidc-provider/node_modules ] || (cd bench/oidc-provider && npm ci --silent --no-audit --no-fund)
     nginx -v 2>&1 | sed 's/^/    /'
     echo "    wrk: $(wrk -v 2>&1 | head -1)"
@@ -310,12 +318,12 @@ if [ "$FLOOR_ROUNDS" -gt 0 ]; then
     nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$OUT/nginx.log" &
     NGINX_PID=$!
     OTHER_PIDS+=("$NGINX_PID")
-    wait_listening "$NGINX_PORT" "$NGINX_PID"
+    wait_listening "$NGINX_PORT" "$NGINX_PID" "$OUT/nginx.log"
     OIDC_PORT=$(free_port)
     (cd bench/oidc-provider && PORT=$OIDC_PORT exec node server.mjs) >"$OUT/oidc.stdout" 2>"$OUT/oidc.log" &
     OIDC_PID=$!
     OTHER_PIDS+=("$OIDC_PID")
-    wait_listening "$OIDC_PORT" "$OIDC_PID"
+    wait_listening "$OIDC_PORT" "$OIDC_PID" "$OUT/oidc.log"
     cat scripts/wrk/report.lua >"$WORK/nginx.lua"
     cat scripts/wrk/oidc-token.lua scripts/wrk/report.lua >"$WORK/oidc.lua"
     start_server floor-callsign "$WORK/floor-callsign"
@@ -447,9 +455,10 @@ def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None
 
-print("| backend | workload | conns | ops/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | server CPU µs/op | x ES256 | PostgreSQL CPU µs/op | client CPU µs/op | other load (cores) | server RSS MiB |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 rows = [(b, w) for b in ("sqlite", "postgres") for w in ("create", "create-c64", "create-token", "issue", "revoke", "delete", "mix")]
+if any(load(f"{b}-{w}.json") for b, w in rows):
+  print("| backend | workload | conns | ops/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | server CPU µs/op | x ES256 | PostgreSQL CPU µs/op | client CPU µs/op | other load (cores) | server RSS MiB |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for backend, w in rows:
     r = load(f"{backend}-{w}.json")
     if not r:
@@ -464,8 +473,10 @@ sign = [r["es256_sign_us"] for r in (load(f) for f in sorted(os.listdir(out)) if
 if sign:
     print(f"Bare ES256 signature, measured at the start of every run above: {min(sign):.1f} to {max(sign):.1f} µs.")
     print()
-print("| backend | identities | seed time s | seed /s | issue ops/s | p50 µs | p99 µs | server CPU µs/op | PostgreSQL CPU µs/op | idle RSS MiB | RSS after run MiB | peak RSS MiB |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+scale = glob.glob(os.path.join(out, "*-scale-*-issue.json"))
+if scale:
+  print("| backend | identities | seed time s | seed /s | issue ops/s | p50 µs | p99 µs | server CPU µs/op | PostgreSQL CPU µs/op | idle RSS MiB | RSS after run MiB | peak RSS MiB |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for f in sorted(glob.glob(os.path.join(out, "*-scale-*-issue.json")), key=lambda p: (p.split("/")[-1].split("-")[0], int(p.split("-scale-")[1].split("-")[0]))):
     name = os.path.basename(f)
     backend, n = name.split("-scale-")[0], int(name.split("-scale-")[1].split("-")[0])
@@ -474,7 +485,8 @@ for f in sorted(glob.glob(os.path.join(out, "*-scale-*-issue.json")), key=lambda
     db = f"{d['cpu_us_per_op']:.1f}" if d else "–"
     print(f"| {backend} | {n:,} | {seed.get('elapsed_s', 0):.1f} | {seed.get('per_s', 0):,.0f} | {r['ops_per_s']:,.0f} | {r['latency_us']['p50']:,} | {r['latency_us']['p99']:,} "
           f"| {s.get('cpu_us_per_op', 0):.1f} | {db} | {idle.get('idle_rss_kib', 0)/1024:.1f} | {s.get('rss_kib', 0)/1024:.1f} | {s.get('rss_peak_kib', 0)/1024:.1f} |")
-print()
+if scale:
+    print()
 attr = {}
 for v in ("default", "nolog", "plain-nolog"):
     runs = [load(f"attr-{v}-{i}.json") for i in (1, 2, 3)]
@@ -497,8 +509,11 @@ if attr:
 rounds = sorted(int(f[len("floor-nginx-"):-5]) for f in os.listdir(out) if f.startswith("floor-nginx-") and f.endswith(".json"))
 if rounds:
     import statistics
-    print("| round | nginx fixed 200 µs/req (req/s) | bare ES256 µs | floor µs | callsign issue µs/token (tokens/s, p99 ms) | × floor | node-oidc-provider µs/token (tokens/s) | × floor |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("Server CPU per request under wrk (one thread, the same connections); nginx and node-oidc-provider over plain HTTP,")
+    print("callsign over HTTPS (its default), issuing to a pool of 1,000 identities; other load: cores used by other processes.")
+    print()
+    print("| round | nginx fixed 200 µs/req (req/s) | bare ES256 µs | floor µs | callsign issue µs/token (tokens/s, p99 ms) | × floor | node-oidc-provider µs/token (tokens/s) | × floor | other load (cores) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios, oidc_ratios = [], []
     for i in rounds:
         n, c, o, sig = (load(f"floor-{k}-{i}.json") for k in ("nginx", "callsign", "oidc", "signature"))
@@ -509,7 +524,8 @@ if rounds:
         oidc_ratios.append(o["cpu_us_per_op"] / floor)
         print(f"| {i} | {n['cpu_us_per_op']:.1f} ({n['ops_per_s']:,.0f}) | {sig['es256_sign_us']:.1f} | {floor:.1f} "
               f"| {c['cpu_us_per_op']:.1f} ({c['ops_per_s']:,.0f}, {c['wrk']['latency_us']['p99'] / 1000:.1f}) | {ratios[-1]:.2f} "
-              f"| {o['cpu_us_per_op']:.1f} ({o['ops_per_s']:,.0f}) | {oidc_ratios[-1]:.2f} |")
+              f"| {o['cpu_us_per_op']:.1f} ({o['ops_per_s']:,.0f}) | {oidc_ratios[-1]:.2f} "
+              f"| {max(n['other_cores_busy'], c['other_cores_busy'], o['other_cores_busy']):.2f} |")
     if ratios:
         print()
         print(f"Median ratio to the floor: callsign {statistics.median(ratios):.2f}, node-oidc-provider {statistics.median(oidc_ratios):.2f}.")

@@ -314,7 +314,9 @@ pub(crate) async fn issue_for(
     if expires_at <= now {
         return Err(ApiError::TokenRefused(crate::oidc::Refusal::Expired));
     }
-    let token = dir.issue_until(&identity, scopes, expires_at).await?;
+    let token = dir
+        .issue_until(&(&identity).into(), scopes, expires_at)
+        .await?;
     Ok((
         identity.id.to_string(),
         AccessToken {

@@ -545,15 +545,20 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
     let micros = took.as_micros() as u64;
     // One event per request, no span: a span per request costs more than the rest of the log.
-    // Answered requests are counted in the metrics and logged at debug (formatting and writing
-    // a line costs as much as the rest of the HTTP path); a refusal with a reason stays at info.
-    if reason.is_empty() {
-        tracing::debug!(id = %request_id, %method, path, route, status, micros, "request handled");
+    // Under their own target: successes at debug (formatting and writing a line costs as much
+    // as the rest of a token's HTTP path; they are counted in the metrics), answers of 400 and
+    // above at info, a refusal with its reason.
+    if status >= 400 {
+        tracing::info!(target: ACCESS_LOG, id = %request_id, %method, path, route, status, micros, reason, "request handled");
     } else {
-        tracing::info!(id = %request_id, %method, path, route, status, micros, reason, "request handled");
+        tracing::debug!(target: ACCESS_LOG, id = %request_id, %method, path, route, status, micros, "request handled");
     }
     response
 }
+
+/// The log target of the one line per request: `RUST_LOG=info,callsign_server::access=debug`
+/// logs successful requests too.
+pub(crate) const ACCESS_LOG: &str = "callsign_server::access";
 
 /// Longest request-target (path and query) served; ACS paths are a few hundred bytes at most.
 pub(crate) const MAX_TARGET_BYTES: usize = 2048;

@@ -116,7 +116,8 @@ pub(crate) async fn create(
     let created = dir.create(custom_id).await?;
     let access_token = match scopes {
         Some(s) => Some(wire_token(
-            dir.issue(&created.identity, &s, expires_in).await?,
+            dir.issue(&(&created.identity).into(), &s, expires_in)
+                .await?,
         )),
         None => None,
     };
@@ -197,8 +198,8 @@ pub(crate) async fn issue(
     let req: IssueTokenRequest = parse_json(body)?;
     let scopes = scopes(req.scopes, version)?;
     let expires_in = expiry(req.expires_in_minutes, version)?;
-    let identity = dir.get(&id).await?;
-    let token = dir.issue(&identity, &scopes, expires_in).await?;
+    let subject = dir.subject(&id).await?;
+    let token = dir.issue(&subject, &scopes, expires_in).await?;
     Ok(json(StatusCode::OK, &wire_token(token)))
 }
 
@@ -211,8 +212,8 @@ pub(crate) async fn legacy_issue(
     let id = dir.resolve(raw_id)?;
     let req: IssueTokenRequest = parse_json(body)?;
     let scopes = scopes(req.scopes, ApiVersion::V2020_07_20Preview2)?;
-    let identity = dir.get(&id).await?;
-    let token = dir.issue(&identity, &scopes, ExpiresIn::DEFAULT).await?;
+    let subject = dir.subject(&id).await?;
+    let token = dir.issue(&subject, &scopes, ExpiresIn::DEFAULT).await?;
     Ok(json(
         StatusCode::OK,
         &LegacyAccessToken {

@@ -146,6 +146,19 @@ impl Directory<'_> {
         Ok(self.timed(StoreOp::CreateIdentity, created).await?)
     }
 
+    /// What a token for `id` needs: the identity's current revocation epoch (the issue path's
+    /// only read, which the store may answer from memory).
+    pub(crate) async fn subject(&self, id: &IdentityId) -> Result<TokenSubject, ApiError> {
+        let epoch = self
+            .timed(StoreOp::GetIdentity, self.state.store.token_epoch(id))
+            .await?
+            .ok_or(ApiError::IdentityNotFound)?;
+        Ok(TokenSubject {
+            id: *id,
+            revocation_epoch: epoch,
+        })
+    }
+
     pub(crate) async fn get(&self, id: &IdentityId) -> Result<IdentityRecord, ApiError> {
         self.timed(StoreOp::GetIdentity, self.state.store.get_identity(id))
             .await?
@@ -336,7 +349,7 @@ impl Directory<'_> {
     /// token, which never outlives the token it was exchanged for).
     pub(crate) async fn issue_until(
         &self,
-        identity: &IdentityRecord,
+        identity: &TokenSubject,
         scopes: &Scopes,
         expires_at: time::OffsetDateTime,
     ) -> Result<IssuedToken, ApiError> {
@@ -364,7 +377,7 @@ impl Directory<'_> {
     /// `--audit-token-issue`, the issue is recorded durably before the token is handed out.
     pub(crate) async fn issue(
         &self,
-        identity: &IdentityRecord,
+        identity: &TokenSubject,
         scopes: &Scopes,
         expires_in: ExpiresIn,
     ) -> Result<IssuedToken, ApiError> {
@@ -392,7 +405,7 @@ impl Directory<'_> {
     /// written durably before the token is handed out.
     async fn after_issue(
         &self,
-        identity: &IdentityRecord,
+        identity: &TokenSubject,
         scopes: &Scopes,
         now: time::OffsetDateTime,
     ) -> Result<(), ApiError> {
@@ -411,5 +424,22 @@ impl Directory<'_> {
             metrics.token_issued(scopes);
         }
         Ok(())
+    }
+}
+
+/// The identity a token is issued for, as the token needs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenSubject {
+    pub(crate) id: IdentityId,
+    /// Carried in the token; see `callsign_core::token::token_in_force`.
+    pub(crate) revocation_epoch: u64,
+}
+
+impl From<&IdentityRecord> for TokenSubject {
+    fn from(record: &IdentityRecord) -> Self {
+        Self {
+            id: record.id,
+            revocation_epoch: record.revocation_epoch,
+        }
     }
 }

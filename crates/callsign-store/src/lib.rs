@@ -754,6 +754,14 @@ pub trait IdentityStore: Send + Sync {
     /// Looks an identity up.
     async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError>;
 
+    /// The revocation epoch a token issued now carries; `None` when there is no such identity.
+    /// The issue path's only read: a store may answer it from memory it keeps exact for its
+    /// own writes (SQLite does; a change made by another process on the same file is seen
+    /// within 250 ms, and a token issued in between is out of force from the start).
+    async fn token_epoch(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {
+        Ok(self.get_identity(id).await?.map(|r| r.revocation_epoch))
+    }
+
     /// One page of `resource`'s identities that pass `filter`, in id order, starting after
     /// `after` (exclusive; `None`: from the first): at most `limit` of them, read with one range
     /// scan of the resource's id index that stops at the `limit + 1`st match or after `limit + 1`

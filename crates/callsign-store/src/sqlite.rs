@@ -216,7 +216,7 @@ pub struct SqliteStore {
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     touched: Arc<PendingTokenTimes>,
-    /// The identities recently read, for the issue path; see [`cache`].
+    /// The revocation epochs recently read, for the issue path; see [`cache`].
     cache: Arc<IdentityCache>,
     keys: KeyProtection,
     health: Arc<WriteHealth>,
@@ -873,7 +873,7 @@ fn writer_loop(
             Ok(job) => Some(job),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                health.note(flush_touched(&mut conn, &memory));
+                health.note(flush_touched(&mut conn, &memory.touched));
                 return;
             }
         };
@@ -897,7 +897,7 @@ fn writer_loop(
         }
         // Token times are written at most once a second, whatever the write load.
         if last_flush.elapsed() >= TOUCH_FLUSH {
-            if health.note(flush_touched(&mut conn, &memory)) {
+            if health.note(flush_touched(&mut conn, &memory.touched)) {
                 last_check = Instant::now();
             }
             last_flush = Instant::now();
@@ -977,8 +977,7 @@ fn ensure_full_sync(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn flush_touched(conn: &mut Connection, memory: &Memory) -> Outcome {
-    let touched = &memory.touched;
+fn flush_touched(conn: &mut Connection, touched: &PendingTokenTimes) -> Outcome {
     let pending = touched.take();
     let counts = touched.take_counts();
     if pending.is_empty() && counts.is_empty() {
@@ -1012,10 +1011,7 @@ fn flush_touched(conn: &mut Connection, memory: &Memory) -> Outcome {
         tracing::error!(error = %e, "could not restore synchronous=FULL");
     }
     match result {
-        Ok(()) => {
-            memory.cache.note_token_times(&pending);
-            Outcome::Wrote
-        }
+        Ok(()) => Outcome::Wrote,
         Err(e) => {
             let e = backend(e);
             match Outcome::of(&e) {
@@ -2227,12 +2223,30 @@ impl IdentityStore for SqliteStore {
         self.submit(|r| Job::Create(new, actor, r)).await
     }
 
-    async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
-        if let Some(mut r) = self.cache.get(id) {
-            self.touched.overlay(&mut r);
-            return Ok(Some(r));
+    async fn token_epoch(&self, id: &IdentityId) -> Result<Option<u64>, StoreError> {
+        if let Some(epoch) = self.cache.get(id) {
+            return Ok(Some(epoch));
         }
         let generation = self.cache.generation();
+        let key = id.to_string();
+        let epoch = self.read(|c| {
+            c.prepare_cached("SELECT revocation_epoch FROM identities WHERE id = ?1")
+                .and_then(|mut s| s.query_row([&key], |r| r.get::<_, i64>(0)).optional())
+                .map_err(backend)
+        })?;
+        let epoch = epoch
+            .map(|e| {
+                u64::try_from(e)
+                    .map_err(|_| StoreError::corrupt(format!("negative revocation epoch for {id}")))
+            })
+            .transpose()?;
+        if let Some(epoch) = epoch {
+            self.cache.keep(generation, *id, epoch);
+        }
+        Ok(epoch)
+    }
+
+    async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
         let key = id.to_string();
         let record = self.read(|c| {
             c.prepare_cached(&format!(
@@ -2243,9 +2257,6 @@ impl IdentityStore for SqliteStore {
             .map(identity_record)
             .transpose()
         })?;
-        if let Some(r) = &record {
-            self.cache.keep(generation, r);
-        }
         Ok(record.map(|mut r| {
             self.touched.overlay(&mut r);
             r

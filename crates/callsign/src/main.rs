@@ -211,8 +211,10 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    // rustls warns about protocol oddities of peers (an IP address sent as SNI, on every
+    // connection of some clients): any client could fill the log with them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     // The PostgreSQL driver logs statements with their parameters (access keys, signing keys)
     // at debug level: never emitted, whatever RUST_LOG says.
     let no_driver_parameters = tracing_subscriber::filter::filter_fn(|meta| {

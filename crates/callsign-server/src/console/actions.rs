@@ -412,7 +412,7 @@ async fn issue(
     let dir = req.directory(signed);
     dir.throttle(crate::throttle::OperationClass::Issue)?;
     let record = dir.get(id).await?;
-    let token = dir.issue(&record, &scopes, expires).await?;
+    let token = dir.issue(&(&record).into(), &scopes, expires).await?;
     if !dir.audits_every_issue() {
         let event = AuditEvent::identity(AuditOperation::IssueToken, *id, AuditOutcome::Success)
             .with_detail(format!("scopes {}", scopes.to_claim()));

@@ -1,23 +1,25 @@
-//! The identities the issue path reads, kept in memory so that a token costs no database read.
+//! The revocation epochs the issue path reads, kept in memory so that a token costs no
+//! database read (`IdentityStore::token_epoch`; every other read goes to the database).
 //!
 //! Exact for this process: the single writer invalidates after every commit that changes an
-//! identity (revoke, delete, a resource's deletion, imports) and before it answers, and a reader
-//! that missed stores what it read only if no invalidation happened since it started reading
-//! (the generation below), so a record read before a commit can never outlive that commit's
-//! answer. A commit by another process sharing the file (a `callsign` command on the data dir)
-//! is seen by the writer, which empties the cache when its connection's data version moves:
-//! within 250 ms, as every other change made by another process is.
+//! identity (revoke, delete, a resource's deletion, a key replaced with revoke-all, imports) and
+//! before it answers, and a reader that missed keeps what it read only if no invalidation
+//! happened since it started reading (the generation below), so an epoch read before a commit
+//! can never outlive that commit's answer. A commit by another process sharing the file (a
+//! `callsign` command on the data dir) is seen by the writer, which empties the cache when its
+//! connection's data version moves: within 250 ms. Until then a token may be issued under the
+//! epoch before that change; such a token is out of force from the start (introspection and
+//! verifiers compare it with the current epoch, or find no identity), so the window fails
+//! closed.
 
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use callsign_core::IdentityId;
 
-use crate::{IdentityRecord, from_unix_ms};
-
-/// Most identities kept; past it the cache starts over (memory stays bounded whatever the
-/// directory's size; about 100 bytes an entry).
-const CAPACITY: usize = 262_144;
+/// Most epochs kept: a hash table of 2^18 slots of 40 bytes (about 10 MiB). Past it the cache
+/// starts over with a new, empty table (memory stays bounded whatever the directory's size).
+const CAPACITY: usize = 229_376;
 
 #[derive(Debug, Default)]
 pub(super) struct IdentityCache(RwLock<Inner>);
@@ -26,7 +28,7 @@ pub(super) struct IdentityCache(RwLock<Inner>);
 struct Inner {
     /// Moved by every invalidation.
     generation: u64,
-    records: HashMap<IdentityId, IdentityRecord>,
+    epochs: HashMap<IdentityId, u64>,
 }
 
 /// What a batch of writes changed among the identities.
@@ -57,8 +59,8 @@ impl IdentityCache {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn get(&self, id: &IdentityId) -> Option<IdentityRecord> {
-        self.read().records.get(id).cloned()
+    pub(super) fn get(&self, id: &IdentityId) -> Option<u64> {
+        self.read().epochs.get(id).copied()
     }
 
     /// Taken before a read of the database whose result may be kept.
@@ -66,17 +68,17 @@ impl IdentityCache {
         self.read().generation
     }
 
-    /// Keeps `record`, read after [`generation`](Self::generation) returned `generation`,
+    /// Keeps `epoch`, read after [`generation`](Self::generation) returned `generation`,
     /// unless an invalidation happened since.
-    pub(super) fn keep(&self, generation: u64, record: &IdentityRecord) {
+    pub(super) fn keep(&self, generation: u64, id: IdentityId, epoch: u64) {
         let mut inner = self.write();
         if inner.generation != generation {
             return;
         }
-        if inner.records.len() >= CAPACITY {
-            inner.records.clear();
+        if inner.epochs.len() >= CAPACITY {
+            inner.epochs = HashMap::new();
         }
-        inner.records.insert(record.id, record.clone());
+        inner.epochs.insert(id, epoch);
     }
 
     /// Called by the writer after a commit (or a failed one) and before answering.
@@ -88,26 +90,18 @@ impl IdentityCache {
         inner.generation += 1;
         match changed {
             Changed::Nothing => {}
-            Changed::These(ids) => ids.iter().for_each(|id| drop(inner.records.remove(id))),
-            Changed::Any => inner.records.clear(),
-        }
-    }
-
-    /// Last-token times just written back to the database (milliseconds since the epoch).
-    pub(super) fn note_token_times(&self, times: &[(IdentityId, i64)]) {
-        let mut inner = self.write();
-        for (id, at) in times {
-            if let (Some(record), Ok(at)) = (inner.records.get_mut(id), from_unix_ms(*at))
-                && record.last_token_issued_at < Some(at)
-            {
-                record.last_token_issued_at = Some(at);
+            Changed::These(ids) => {
+                for id in ids {
+                    inner.epochs.remove(id);
+                }
             }
+            Changed::Any => inner.epochs = HashMap::new(),
         }
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.read().records.len()
+        self.read().epochs.len()
     }
 }
 
@@ -115,54 +109,45 @@ impl IdentityCache {
 mod tests {
     use super::*;
     use callsign_core::ResourceId;
-    use time::OffsetDateTime;
 
-    fn record(epoch: u64) -> IdentityRecord {
-        IdentityRecord {
-            id: IdentityId::new_random(ResourceId::new_random()),
-            custom_id: None,
-            created_at: OffsetDateTime::UNIX_EPOCH,
-            revocation_epoch: epoch,
-            last_token_issued_at: None,
-        }
+    fn id() -> IdentityId {
+        IdentityId::new_random(ResourceId::new_random())
     }
 
     #[test]
     fn a_read_that_raced_an_invalidation_is_not_kept() {
         let cache = IdentityCache::default();
-        let stale = record(0);
+        let stale = id();
         let generation = cache.generation();
-        cache.invalidate(&Changed::These(vec![stale.id]));
-        cache.keep(generation, &stale);
-        assert!(cache.get(&stale.id).is_none());
-        let generation = cache.generation();
-        cache.keep(generation, &stale);
-        assert_eq!(cache.get(&stale.id).map(|r| r.revocation_epoch), Some(0));
+        cache.invalidate(&Changed::These(vec![stale]));
+        cache.keep(generation, stale, 0);
+        assert_eq!(cache.get(&stale), None);
+        cache.keep(cache.generation(), stale, 1);
+        assert_eq!(cache.get(&stale), Some(1));
     }
 
     #[test]
     fn invalidation_removes_what_it_names_or_everything() {
         let cache = IdentityCache::default();
-        let (a, b) = (record(1), record(2));
-        for r in [&a, &b] {
-            cache.keep(cache.generation(), r);
-        }
+        let (a, b) = (id(), id());
+        cache.keep(cache.generation(), a, 1);
+        cache.keep(cache.generation(), b, 2);
         cache.invalidate(&Changed::Nothing);
         assert_eq!(cache.len(), 2);
-        cache.invalidate(&Changed::These(vec![a.id]));
-        assert!(cache.get(&a.id).is_none() && cache.get(&b.id).is_some());
+        cache.invalidate(&Changed::These(vec![a]));
+        assert_eq!((cache.get(&a), cache.get(&b)), (None, Some(2)));
         cache.invalidate(&Changed::Any);
         assert_eq!(cache.len(), 0);
     }
 
     #[test]
-    fn token_times_only_move_forward() {
+    fn a_full_cache_starts_over() {
         let cache = IdentityCache::default();
-        let r = record(0);
-        cache.keep(cache.generation(), &r);
-        cache.note_token_times(&[(r.id, 2_000)]);
-        cache.note_token_times(&[(r.id, 1_000)]);
-        let at = cache.get(&r.id).and_then(|r| r.last_token_issued_at);
-        assert_eq!(at, from_unix_ms(2_000).ok());
+        for _ in 0..CAPACITY {
+            cache.keep(cache.generation(), id(), 0);
+        }
+        assert_eq!(cache.len(), CAPACITY);
+        cache.keep(cache.generation(), id(), 0);
+        assert_eq!(cache.len(), 1);
     }
 }
