@@ -15,6 +15,8 @@
 #   BENCH_WARMUP       warm-up seconds per workload             (2)
 #   BENCH_CONNECTIONS  concurrent connections                   (16)
 #   BENCH_BACKENDS     "sqlite postgres"
+#   BENCH_WORKLOADS    the standard workloads per backend ("create create-c64 create-token issue
+#                      revoke delete mix")
 #   BENCH_SCALE        directory sizes for the scale runs       ("10000 10000000")
 #   BENCH_SCALE_PG     directory sizes for PostgreSQL scale     ("10000 10000000")
 #   BENCH_ATTRIBUTION  1 to also run issue without request logs and without TLS (1)
@@ -49,6 +51,7 @@ ATTRIBUTION=${BENCH_ATTRIBUTION:-1}
 FLOOR_ROUNDS=${BENCH_FLOOR:-3}
 STARTUP=${BENCH_STARTUP:-1}
 VERIFY=${BENCH_VERIFY:-1}
+WORKLOADS=${BENCH_WORKLOADS:-create create-c64 create-token issue revoke delete mix}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${BENCH_OUT:-$ROOT/target/bench/$STAMP}
@@ -367,13 +370,13 @@ for backend in $BACKENDS; do
     fi
     start_server "$backend" "$dir" "${flags[@]}"
     echo "{\"idle_rss_kib\": $(idle_rss)}" >"$OUT/$backend-idle.json"
-    run "$backend-create" "$dir" --workload create
-    run "$backend-create-c64" "$dir" --workload create --connections 64
-    run "$backend-create-token" "$dir" --workload create-token
-    run "$backend-issue" "$dir" --workload issue
-    run "$backend-revoke" "$dir" --workload revoke
-    run "$backend-delete" "$dir" --workload delete --warmup 1 --requests 60000 --pool 90000
-    run "$backend-mix" "$dir" --workload mix
+    for w in $WORKLOADS; do
+        case $w in
+            create-c64) run "$backend-$w" "$dir" --workload create --connections 64 ;;
+            delete) run "$backend-$w" "$dir" --workload delete --warmup 1 --requests 60000 --pool 90000 ;;
+            *) run "$backend-$w" "$dir" --workload "$w" ;;
+        esac
+    done
     stop_server
 done
 DB_PROCESS=""
