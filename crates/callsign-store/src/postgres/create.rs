@@ -1,78 +1,102 @@
 //! Identity creation on PostgreSQL, grouped: concurrent creates wait in a bounded queue, and a
-//! few batch tasks each take what is waiting (at most [`MAX_BATCH`]) and write it in one
-//! transaction: one multi-row insert of the identities, one look-up of the existing identities
-//! of repeated custom ids, one multi-row insert of their audit records, one commit. A create is
-//! answered only after its batch committed.
+//! few batch tasks each take what is waiting (at most [`MAX_BATCH`]) and write it with one
+//! statement, one transaction: a multi-row insert of the identities with the audit records of
+//! those it created. Creates whose custom id is held already take a second statement that reads
+//! those identities and records each create as `Existing`. A create is answered only after the
+//! statement that wrote it committed (the server acknowledges an implicit transaction's commit
+//! only once it is durable).
 //!
 //! Each create gets exactly what it would get alone:
 //! * creates in one batch that share an id or a custom id are written in queue order, in
-//!   successive rounds of the transaction (the second of two creates with one custom id gets the
-//!   identity the first created, `created: false`, and an `Existing` audit record);
+//!   successive rounds (the second of two creates with one custom id gets the identity the
+//!   first created, `created: false`, and an `Existing` audit record);
 //! * a create that fails on its own (an id in use or tombstoned) writes nothing, not even its
 //!   audit record, and does not stop the others;
-//! * a batch the server refuses (a row it rejects, a deadlock, a serialization failure, a
-//!   deferred constraint at the commit) is rolled back and each of its creates is run alone, in
-//!   a transaction of its own; connection trouble fails every create of the batch with that
-//!   [`StoreError::Unavailable`], a commit left unanswered included (its outcome unknown).
+//! * a statement the server refuses (a row it rejects, a deadlock, a serialization failure)
+//!   writes nothing, and each create it held is run alone, in a transaction of its own;
+//!   connection trouble fails every create not yet written with that
+//!   [`StoreError::Unavailable`], a statement left unanswered included (its outcome unknown).
 //!
-//! Audit records are written in queue order, a create's after those of the creates queued before
-//! it in the same batch. A create whose caller gave up before its batch started is not written.
+//! Audit records of one round are written in queue order: first those of the identities it
+//! created, then those of the creates that found an existing identity. A create whose caller
+//! gave up before its batch started is not written.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callsign_core::{CustomId, IdentityId};
-use deadpool_postgres::{Object, Pool, Transaction};
+use deadpool_postgres::{Object, Pool};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
 
 use super::{IDENTITY_COLUMNS, identity, pg, pool_error, transient, write_audit};
 use crate::audit::{Actor, AuditEvent, AuditOperation, AuditOutcome, AuditValues};
-use crate::{Created, IdentityRecord, NewIdentity, StoreError, unix_ms as ms};
+use crate::{Created, NewIdentity, StoreError, unix_ms as ms};
 
-/// Most creates written in one transaction.
+/// Most creates written together.
 const MAX_BATCH: usize = 256;
 
 /// Most creates waiting for a batch; a create that finds the queue full waits for room.
 const QUEUE: usize = 4 * MAX_BATCH;
 
-/// Batch tasks per store: while one waits for its commit, another writes the next batch.
+/// Batch tasks per store: while one waits for its statement, another writes the next batch.
 const WORKERS: usize = 2;
 
 /// How long closing the store waits for the batches under way and the creates queued.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Inserts the identities of one round (none of which shares an id or a custom id with
-/// another). A tombstoned id is never used again (random ids make this a formality).
+/// Inserts the identities of one round (`$1`-`$4`; none shares an id or a custom id with
+/// another) and the audit records (`$5`-`$14`, in the order to write them) of those inserted.
+/// A tombstoned id is never used again (random ids make this a formality).
 const INSERT_ROUND: &str = "
-INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
-SELECT t.id, t.resource_id, t.custom_id, t.created_at_ms
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-    AS t(id, resource_id, custom_id, created_at_ms)
-WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones AS d WHERE d.id = t.id)
-ON CONFLICT DO NOTHING RETURNING id, custom_id, created_at_ms, revocation_epoch,
-    last_token_issued_at_ms";
+WITH inserted AS (
+    INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
+    SELECT t.id, t.resource_id, t.custom_id, t.created_at_ms
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+        AS t(id, resource_id, custom_id, created_at_ms)
+    WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones AS d WHERE d.id = t.id)
+    ON CONFLICT DO NOTHING
+    RETURNING id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms
+), audited AS (
+    INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome,
+                                    credential, client, request_id, detail, subject)
+    SELECT a.at_ms, a.resource_id, a.operation, a.identity_id, a.outcome, a.credential,
+           a.client, a.request_id, a.detail, a.subject
+    FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                $11::text[], $12::text[], $13::text[], $14::text[])
+        WITH ORDINALITY AS a(at_ms, resource_id, operation, identity_id, outcome, credential,
+                             client, request_id, detail, subject, n)
+    WHERE a.identity_id IN (SELECT id FROM inserted)
+    ORDER BY a.n
+)
+SELECT id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms FROM inserted";
 
-/// The identities that hold the given (resource, custom id) pairs.
+/// Reads the identities holding the (resource `$1`, custom id `$2`) pairs and writes, in the
+/// pairs' order, the audit records (`$3`-`$12`) of those found, naming the identity found.
+/// The row of each pair found comes with its position (from 1).
 const EXISTING: &str = "
-SELECT i.id, i.custom_id, i.created_at_ms, i.revocation_epoch, i.last_token_issued_at_ms,
-       i.resource_id, t.custom_id
-FROM unnest($1::text[], $2::text[]) AS t(resource_id, custom_id)
-JOIN callsign_identities AS i ON i.resource_id = t.resource_id AND i.custom_id = t.custom_id
-WHERE i.custom_id IS NOT NULL";
-
-/// Inserts audit records in the order given.
-const INSERT_AUDIT: &str = "
-INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome, credential,
-                                client, request_id, detail, subject)
-SELECT at_ms, resource_id, operation, identity_id, outcome, credential, client, request_id,
-       detail, subject
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::text[])
-    WITH ORDINALITY AS t(at_ms, resource_id, operation, identity_id, outcome, credential, client,
-                         request_id, detail, subject, n)
-ORDER BY n";
+WITH found AS (
+    SELECT t.n, i.id, i.custom_id, i.created_at_ms, i.revocation_epoch,
+           i.last_token_issued_at_ms
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(resource_id, custom_id, n)
+    JOIN callsign_identities AS i
+        ON i.resource_id = t.resource_id AND i.custom_id = t.custom_id
+    WHERE i.custom_id IS NOT NULL
+), audited AS (
+    INSERT INTO callsign_audit_log (at_ms, resource_id, operation, identity_id, outcome,
+                                    credential, client, request_id, detail, subject)
+    SELECT a.at_ms, a.resource_id, a.operation, found.id, a.outcome, a.credential, a.client,
+           a.request_id, a.detail, a.subject
+    FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::text[], $11::text[], $12::text[])
+        WITH ORDINALITY AS a(at_ms, resource_id, operation, identity_id, outcome, credential,
+                             client, request_id, detail, subject, n)
+    JOIN found ON found.n = a.n
+    ORDER BY a.n
+)
+SELECT id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms, n FROM found";
 
 /// One create waiting for its batch.
 struct Job {
@@ -80,6 +104,9 @@ struct Job {
     actor: Actor,
     reply: oneshot::Sender<Result<Created, StoreError>>,
 }
+
+/// A create's result.
+type Answer = Result<Created, StoreError>;
 
 /// The queue of creates and the tasks that write them.
 pub(super) struct Creates {
@@ -187,7 +214,12 @@ async fn work(pool: Pool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
         }
         let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
         match pool.get().await {
-            Ok(mut client) => run_batch(&mut client, batch).await,
+            Ok(mut client) => {
+                // A connection that met trouble is not handed to the next batch.
+                if run_batch(&mut client, batch).await {
+                    drop(Object::take(client));
+                }
+            }
             Err(e) => {
                 let e = pool_error(e);
                 for job in batch {
@@ -198,42 +230,65 @@ async fn work(pool: Pool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-/// Writes `batch` through `client` and answers each of its creates.
-async fn run_batch(client: &mut Object, batch: Vec<Job>) {
-    match write_batch(client, &batch).await {
-        Ok(results) => {
-            for (job, result) in batch.into_iter().zip(results) {
-                let _ = job.reply.send(result);
-            }
+/// Writes `batch` through `client` and answers each of its creates; true when it met connection
+/// trouble.
+async fn run_batch(client: &mut Object, batch: Vec<Job>) -> bool {
+    let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+    // Creates run alone, in queue order, once a statement was refused.
+    let mut alone: Vec<usize> = Vec::new();
+    let mut trouble: Option<StoreError> = None;
+    for round in rounds(&batch) {
+        if let Some(e) = &trouble {
+            round
+                .iter()
+                .for_each(|&i| answers[i] = Some(Err(e.clone())));
+            continue;
         }
-        Err(Failure::Everyone(e)) => {
-            for job in batch {
-                let _ = job.reply.send(Err(e.clone()));
-            }
+        if !alone.is_empty() {
+            alone.extend(round);
+            continue;
         }
-        Err(Failure::Alone(e)) => {
-            tracing::debug!(error = %e.chain(), creates = batch.len(),
-                "a batch of creates was refused; each is tried alone");
-            for job in batch.into_iter().filter(|j| !j.reply.is_closed()) {
-                let result = create_alone(client, &job.new, &job.actor).await;
-                let _ = job.reply.send(result);
+        let refused = match write_round(client, &batch, &round, &mut answers).await {
+            Ok(()) => continue,
+            Err(Failure::Alone(e)) => e,
+            Err(Failure::Everyone(e)) => {
+                for &i in &round {
+                    answers[i].get_or_insert_with(|| Err(e.clone()));
+                }
+                trouble = Some(e);
+                continue;
             }
+        };
+        tracing::debug!(error = %refused.chain(), "batched creates refused; each is tried alone");
+        alone.extend(round.into_iter().filter(|&i| answers[i].is_none()));
+    }
+    alone.sort_unstable();
+    for i in alone {
+        if !batch[i].reply.is_closed() {
+            answers[i] = Some(create_alone(client, &batch[i].new, &batch[i].actor).await);
         }
     }
+    for (job, answer) in batch.into_iter().zip(answers) {
+        if let Some(answer) = answer {
+            let _ = job.reply.send(answer);
+        }
+    }
+    trouble.is_some()
 }
 
-/// Why a batch committed nothing (or may not have).
+/// Why a statement wrote nothing (or may have written what it was asked).
 enum Failure {
-    /// Rolled back before its commit: each create is tried alone.
+    /// The server refused it, and it wrote nothing: each of its creates is tried alone.
     Alone(StoreError),
-    /// Connection trouble (a commit left unanswered included): every create gets this error.
+    /// Connection trouble (a statement left unanswered included): every create not yet
+    /// written gets this error.
     Everyone(StoreError),
 }
 
-/// A failure of a statement before the commit: connection trouble fails everyone (a create
-/// alone would fail alike); anything else the server refused (deadlocks and serialization
-/// failures included) is tried create by create.
-fn before_commit(e: tokio_postgres::Error) -> Failure {
+/// A failed statement: connection trouble fails everyone (a create alone would fail alike);
+/// anything else the server refused (deadlocks and serialization failures included) is tried
+/// create by create.
+fn failure(e: tokio_postgres::Error) -> Failure {
     let retry_alone = e.as_db_error().is_some_and(|db| {
         let code = db.code().code();
         code == "40001" || code == "40P01" || !transient(code)
@@ -245,54 +300,11 @@ fn before_commit(e: tokio_postgres::Error) -> Failure {
     }
 }
 
-/// What one create of a batch came to before the commit.
-enum Outcome {
-    Created(IdentityRecord),
-    Existing(IdentityRecord),
-    Failed(StoreError),
-}
-
-/// Writes `batch` in one transaction; each create's result, once committed.
-async fn write_batch(
-    client: &mut Object,
-    batch: &[Job],
-) -> Result<Vec<Result<Created, StoreError>>, Failure> {
-    let tx = client.transaction().await.map_err(before_commit)?;
-    let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
-    for round in rounds(batch) {
-        for (i, outcome) in write_round(&tx, batch, round).await? {
-            outcomes[i] = Some(outcome);
-        }
-    }
-    let outcomes: Vec<Outcome> = outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Failed(StoreError::backend("create not written"))))
-        .collect();
-    write_audits(&tx, batch, &outcomes).await?;
-    // A commit the server answered with an error rolled back; one it did not answer may have
-    // committed, and is connection trouble: everyone gets the error.
-    tx.commit().await.map_err(before_commit)?;
-    Ok(outcomes
-        .into_iter()
-        .map(|o| match o {
-            Outcome::Created(identity) => Ok(Created {
-                identity,
-                created: true,
-            }),
-            Outcome::Existing(identity) => Ok(Created {
-                identity,
-                created: false,
-            }),
-            Outcome::Failed(e) => Err(e),
-        })
-        .collect())
-}
-
 /// The batch in rounds, as indexes: a create goes in the round after the last one holding a
 /// create queued before it with its id or its custom id, so that creates that touch each other
 /// are written in queue order and no round holds two of them. Within a round, creates with a
 /// custom id come first, in (resource, custom id) order, then the others in id order: two
-/// transactions that insert some of the same keys wait for each other in one order, never in
+/// statements that insert some of the same keys wait for each other in one order, never in
 /// a cycle.
 fn rounds(batch: &[Job]) -> Vec<Vec<usize>> {
     let mut last: HashMap<Key<'_>, usize> = HashMap::new();
@@ -343,12 +355,14 @@ fn keys(new: &NewIdentity) -> [Option<Key<'_>>; 2] {
     ]
 }
 
-/// Inserts one round; the outcome of each of its creates, by index in the batch.
+/// Writes one round: its identities with their records, then the records of those whose custom
+/// id was held already. Sets the answer of each create written or failed on its own.
 async fn write_round(
-    tx: &Transaction<'_>,
+    client: &Object,
     batch: &[Job],
-    round: Vec<usize>,
-) -> Result<Vec<(usize, Outcome)>, Failure> {
+    round: &[usize],
+    answers: &mut [Option<Answer>],
+) -> Result<(), Failure> {
     let news: Vec<&NewIdentity> = round.iter().map(|&i| &batch[i].new).collect();
     let ids: Vec<String> = news.iter().map(|n| n.id.to_string()).collect();
     let resources: Vec<String> = news.iter().map(|n| n.id.resource().to_string()).collect();
@@ -357,122 +371,132 @@ async fn write_round(
         .map(|n| n.custom_id.as_ref().map(CustomId::as_str))
         .collect();
     let created: Vec<i64> = news.iter().map(|n| ms(n.created_at)).collect();
-    let stmt = tx
-        .prepare_cached(INSERT_ROUND)
-        .await
-        .map_err(before_commit)?;
-    let rows = tx
-        .query(&stmt, &[&ids, &resources, &customs, &created])
-        .await
-        .map_err(before_commit)?;
+    // The records, in queue order, as they are if the create inserts its identity.
+    let mut queued = round.to_vec();
+    queued.sort_unstable();
+    let records = audit_values(batch, &queued, AuditOutcome::Success);
+    let columns = AuditColumns::of(&records);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &resources, &customs, &created];
+    params.extend(columns.params());
+    let stmt = client.prepare_cached(INSERT_ROUND).await.map_err(failure)?;
+    let rows = client.query(&stmt, &params).await.map_err(failure)?;
+    // Written already: a row that does not read is its create's failure.
     let mut inserted = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let record = identity(row).map_err(Failure::Alone)?;
-        inserted.insert(record.id, record);
+        let id: String = row
+            .try_get(0)
+            .map_err(|e| Failure::Everyone(StoreError::corrupt("identity id").caused_by(e)))?;
+        inserted.insert(id, identity(row));
     }
-    // The insert yielded to an existing row; with a custom id that is the identity asked for.
-    let mut outcomes = Vec::with_capacity(round.len());
     let mut yielded = Vec::new();
-    for (&i, new) in round.iter().zip(&news) {
-        match (inserted.remove(&new.id), &new.custom_id) {
-            (Some(record), _) => outcomes.push((i, Outcome::Created(record))),
-            (None, Some(custom)) => yielded.push((i, new.id.resource().to_string(), custom)),
-            (None, None) => outcomes.push((
-                i,
-                Outcome::Failed(StoreError::backend(format!(
-                    "identity id {} already exists",
-                    new.id
-                ))),
-            )),
-        }
+    for (&i, id) in round.iter().zip(&ids) {
+        answers[i] = match (inserted.remove(id), &batch[i].new.custom_id) {
+            (Some(record), _) => Some(record.map(|identity| Created {
+                identity,
+                created: true,
+            })),
+            // The insert yielded to an existing row; with a custom id that is the identity
+            // asked for.
+            (None, Some(_)) => {
+                yielded.push(i);
+                None
+            }
+            (None, None) => Some(Err(StoreError::backend(format!(
+                "identity id {id} already exists"
+            )))),
+        };
     }
     if !yielded.is_empty() {
-        outcomes.extend(existing(tx, yielded).await?);
+        yielded.sort_unstable();
+        existing(client, batch, &yielded, answers).await?;
     }
-    Ok(outcomes)
-}
-
-/// The existing identities of the given (index, resource, custom id) creates.
-async fn existing(
-    tx: &Transaction<'_>,
-    yielded: Vec<(usize, String, &CustomId)>,
-) -> Result<Vec<(usize, Outcome)>, Failure> {
-    let resources: Vec<&str> = yielded.iter().map(|(_, r, _)| r.as_str()).collect();
-    let customs: Vec<&str> = yielded.iter().map(|(_, _, c)| c.as_str()).collect();
-    let stmt = tx.prepare_cached(EXISTING).await.map_err(before_commit)?;
-    let rows = tx
-        .query(&stmt, &[&resources, &customs])
-        .await
-        .map_err(before_commit)?;
-    let mut found = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let resource: String = row.try_get(5).map_err(|e| Failure::Alone(pg(e)))?;
-        let custom: String = row.try_get(6).map_err(|e| Failure::Alone(pg(e)))?;
-        let record = identity(row).map_err(Failure::Alone)?;
-        found.insert((resource, custom), record);
-    }
-    Ok(yielded
-        .into_iter()
-        .map(|(i, resource, custom)| {
-            let outcome = match found.get(&(resource, custom.as_str().to_owned())) {
-                Some(record) => Outcome::Existing(record.clone()),
-                None => Outcome::Failed(StoreError::unavailable(
-                    "the identity with this custom id was deleted concurrently",
-                )),
-            };
-            (i, outcome)
-        })
-        .collect())
-}
-
-/// The audit records of the creates that succeeded, in queue order, in one insert.
-async fn write_audits(
-    tx: &Transaction<'_>,
-    batch: &[Job],
-    outcomes: &[Outcome],
-) -> Result<(), Failure> {
-    let values: Vec<AuditValues> = batch
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(job, outcome)| {
-            let (record, result) = match outcome {
-                Outcome::Created(r) => (r, AuditOutcome::Success),
-                Outcome::Existing(r) => (r, AuditOutcome::Existing),
-                Outcome::Failed(_) => return None,
-            };
-            let event = AuditEvent::identity(AuditOperation::CreateIdentity, record.id, result);
-            Some(AuditValues::of(&job.actor, &event))
-        })
-        .collect();
-    if values.is_empty() {
-        return Ok(());
-    }
-    let text = |f: fn(&AuditValues) -> Option<&str>| -> Vec<Option<&str>> {
-        values.iter().map(f).collect()
-    };
-    let at: Vec<i64> = values.iter().map(|v| v.at_ms).collect();
-    let stmt = tx
-        .prepare_cached(INSERT_AUDIT)
-        .await
-        .map_err(before_commit)?;
-    tx.execute(
-        &stmt,
-        &[
-            &at,
-            &text(|v| v.resource.as_deref()),
-            &text(|v| Some(v.operation)),
-            &text(|v| v.identity.as_deref()),
-            &text(|v| Some(v.outcome)),
-            &text(|v| Some(v.credential)),
-            &text(|v| v.client.as_deref()),
-            &text(|v| v.request_id.as_deref()),
-            &text(|v| v.detail.as_deref()),
-            &text(|v| v.subject.as_deref()),
-        ],
-    )
-    .await
-    .map_err(before_commit)?;
     Ok(())
+}
+
+/// Reads the identities holding the custom ids of the `yielded` creates (in queue order) and
+/// records each of those found as `Existing`; sets their answers.
+async fn existing(
+    client: &Object,
+    batch: &[Job],
+    yielded: &[usize],
+    answers: &mut [Option<Answer>],
+) -> Result<(), Failure> {
+    let resources: Vec<String> = yielded
+        .iter()
+        .map(|&i| batch[i].new.id.resource().to_string())
+        .collect();
+    let customs: Vec<Option<&str>> = yielded
+        .iter()
+        .map(|&i| batch[i].new.custom_id.as_ref().map(CustomId::as_str))
+        .collect();
+    let records = audit_values(batch, yielded, AuditOutcome::Existing);
+    let columns = AuditColumns::of(&records);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&resources, &customs];
+    params.extend(columns.params());
+    let stmt = client.prepare_cached(EXISTING).await.map_err(failure)?;
+    let rows = client.query(&stmt, &params).await.map_err(failure)?;
+    for &i in yielded {
+        answers[i] = Some(Err(StoreError::unavailable(
+            "the identity with this custom id was deleted concurrently",
+        )));
+    }
+    for row in &rows {
+        let n: i64 = row
+            .try_get(5)
+            .map_err(|e| Failure::Everyone(StoreError::corrupt("position").caused_by(e)))?;
+        let Some(&i) = usize::try_from(n - 1).ok().and_then(|k| yielded.get(k)) else {
+            continue;
+        };
+        answers[i] = Some(identity(row).map(|identity| Created {
+            identity,
+            created: false,
+        }));
+    }
+    Ok(())
+}
+
+/// The audit records of the creates at `indexes`, as written when each ends with `outcome`
+/// (an `Existing` record's identity is set by the statement to the identity found).
+fn audit_values(batch: &[Job], indexes: &[usize], outcome: AuditOutcome) -> Vec<AuditValues> {
+    indexes
+        .iter()
+        .map(|&i| {
+            let event =
+                AuditEvent::identity(AuditOperation::CreateIdentity, batch[i].new.id, outcome);
+            AuditValues::of(&batch[i].actor, &event)
+        })
+        .collect()
+}
+
+/// Audit records as the ten array parameters of a multi-row insert.
+struct AuditColumns<'a> {
+    at: Vec<i64>,
+    text: [Vec<Option<&'a str>>; 9],
+}
+
+impl<'a> AuditColumns<'a> {
+    fn of(values: &'a [AuditValues]) -> Self {
+        let text = |f: fn(&'a AuditValues) -> Option<&'a str>| values.iter().map(f).collect();
+        Self {
+            at: values.iter().map(|v| v.at_ms).collect(),
+            text: [
+                text(|v| v.resource.as_deref()),
+                text(|v| Some(v.operation)),
+                text(|v| v.identity.as_deref()),
+                text(|v| Some(v.outcome)),
+                text(|v| Some(v.credential)),
+                text(|v| v.client.as_deref()),
+                text(|v| v.request_id.as_deref()),
+                text(|v| v.detail.as_deref()),
+                text(|v| v.subject.as_deref()),
+            ],
+        }
+    }
+
+    fn params(&self) -> impl Iterator<Item = &(dyn ToSql + Sync)> {
+        std::iter::once(&self.at as &(dyn ToSql + Sync))
+            .chain(self.text.iter().map(|c| c as &(dyn ToSql + Sync)))
+    }
 }
 
 /// One create in a transaction of its own.
@@ -556,7 +580,7 @@ mod tests {
     use crate::audit::{AuditLog, AuditQuery, AuditRecord};
     use crate::{IdentityStore, PostgresOptions, PostgresStore, Store};
 
-    type Answer = oneshot::Receiver<Result<Created, StoreError>>;
+    type Pending = oneshot::Receiver<Answer>;
 
     async fn store() -> (PostgresStore, TestDatabase) {
         let db = TestDatabase::create().await;
@@ -587,14 +611,14 @@ mod tests {
         creates: Vec<(NewIdentity, Actor)>,
     ) -> Vec<Result<Created, StoreError>> {
         let mut client = store.pool().get().await.expect("connection");
-        let (jobs, answers): (Vec<Job>, Vec<Answer>) = creates
+        let (jobs, answers): (Vec<Job>, Vec<Pending>) = creates
             .into_iter()
             .map(|(new, actor)| {
                 let (reply, answer) = oneshot::channel();
                 (Job { new, actor, reply }, answer)
             })
             .unzip();
-        run_batch(&mut client, jobs).await;
+        assert!(!run_batch(&mut client, jobs).await, "no connection trouble");
         let mut results = Vec::new();
         for a in answers {
             results.push(a.await.expect("answered"));
@@ -697,16 +721,17 @@ mod tests {
         assert!(a7_created && a7 != a && a7.resource() == elsewhere);
         assert_eq!(created(&results[8]), (a, false));
         assert_eq!(store.get_identity(&gone).await.expect("get"), None);
-        // The records of those that succeeded, in queue order, none of those that failed.
+        // The records of those that succeeded, none of those that failed: round by round, in
+        // queue order those that created, then those that found an identity.
         let req = |s: &str| Some(s.to_owned());
         assert_eq!(
             audit_after(&store, after).await,
             vec![
                 (req("j0"), Some(a), AuditOutcome::Success),
-                (req("j1"), Some(a), AuditOutcome::Existing),
                 (req("j2"), Some(plain), AuditOutcome::Success),
-                (req("j3"), Some(old.identity.id), AuditOutcome::Existing),
                 (req("j7"), Some(a7), AuditOutcome::Success),
+                (req("j3"), Some(old.identity.id), AuditOutcome::Existing),
+                (req("j1"), Some(a), AuditOutcome::Existing),
                 (req("j8"), Some(a), AuditOutcome::Existing),
             ]
         );
@@ -795,12 +820,12 @@ mod tests {
             .get(0);
         connect_postgres(&db.url())
             .await
-            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
             .await
             .expect("terminate");
         let r = ResourceId::new_random();
         let ids: Vec<IdentityId> = (0..3).map(|_| IdentityId::new_random(r)).collect();
-        let (jobs, answers): (Vec<Job>, Vec<Answer>) = ids
+        let (jobs, answers): (Vec<Job>, Vec<Pending>) = ids
             .iter()
             .map(|&id| {
                 let (reply, answer) = oneshot::channel();
@@ -812,12 +837,13 @@ mod tests {
                 (job, answer)
             })
             .unzip();
-        run_batch(&mut client, jobs).await;
+        assert!(run_batch(&mut client, jobs).await, "connection trouble");
         for a in answers {
             let result = a.await.expect("answered");
             assert!(result.is_err_and(|e| e.is_unavailable()));
         }
-        drop(client);
+        // Out of the pool: a later request must not meet the closed connection.
+        drop(Object::take(client));
         for id in &ids {
             assert_eq!(store.get_identity(id).await.expect("get"), None);
         }
