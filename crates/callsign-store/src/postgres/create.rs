@@ -41,8 +41,14 @@ const MAX_BATCH: usize = 256;
 /// Most creates waiting for a batch; a create that finds the queue full waits for room.
 const QUEUE: usize = 4 * MAX_BATCH;
 
-/// Batch tasks per store: while one waits for its statement, another writes the next batch.
+/// Batch tasks per store. They take turns: creates that arrive while a batch is written wait
+/// for it and go together in the next, fewer statements for the same creates. A batch that
+/// takes longer than [`STALL`] (waiting for a lock another transaction holds) lets the next
+/// start alongside it.
 const WORKERS: usize = 2;
+
+/// How long a batch task waits for the batch in flight before it starts the next one anyway.
+const STALL: Duration = Duration::from_millis(20);
 
 /// How long closing the store waits for the batches under way and the creates queued.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -120,8 +126,12 @@ impl Creates {
     pub(super) fn start(pool: &Pool, wait: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
         let workers = (0..WORKERS)
-            .map(|_| tokio::spawn(work(pool.clone(), Arc::clone(&rx))))
+            .map(|_| {
+                let (rx, turn) = (Arc::clone(&rx), Arc::clone(&turn));
+                tokio::spawn(work(pool.clone(), rx, turn))
+            })
             .collect();
         Self {
             queue: Mutex::new(Some(tx)),
@@ -199,11 +209,16 @@ fn closed() -> StoreError {
     StoreError::unavailable("the store is closed")
 }
 
-/// One batch task: takes what is queued, at most [`MAX_BATCH`] creates, and writes it; ends
-/// when the queue is closed and empty.
-async fn work(pool: Pool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+/// One batch task: waits for its turn (at most [`STALL`]), takes what is queued, at most
+/// [`MAX_BATCH`] creates, and writes it; ends when the queue is closed and empty.
+async fn work(
+    pool: Pool,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
+        let _turn = tokio::time::timeout(STALL, turn.lock()).await.ok();
         if queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
@@ -847,6 +862,46 @@ mod tests {
         for id in &ids {
             assert_eq!(store.get_identity(id).await.expect("get"), None);
         }
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_waiting_for_a_lock_does_not_hold_up_the_next() {
+        let (store, db) = store().await;
+        let store = Arc::new(store);
+        let r = ResourceId::new_random();
+        // Another node's transaction inserts custom id "held" and keeps it open.
+        let mut other = connect_postgres(&db.url()).await;
+        let tx = other.transaction().await.expect("begin");
+        let theirs = IdentityId::new_random(r);
+        tx.execute(
+            "INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
+             VALUES ($1, $2, 'held', 0)",
+            &[&theirs.to_string(), &r.to_string()],
+        )
+        .await
+        .expect("insert");
+        let waiting = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .create_identity(new(IdentityId::new_random(r), Some("held")), &actor("w"))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the insert waits for the other transaction"
+        );
+        let o = actor("o");
+        let other_create = store.create_identity(new(IdentityId::new_random(r), None), &o);
+        let done = tokio::time::timeout(Duration::from_secs(2), other_create).await;
+        assert!(done.expect("not held up").expect("create").created);
+        assert!(!waiting.is_finished());
+        tx.commit().await.expect("commit");
+        let found = waiting.await.expect("task").expect("create");
+        assert_eq!((found.identity.id, found.created), (theirs, false));
         store.close().await;
     }
 
