@@ -10,6 +10,9 @@
 //! * Connection trouble (refused, reset, shutting down, statement timeout, pool exhausted) is
 //!   [`StoreError::Unavailable`], which the server answers with 503 and `Retry-After`.
 //! * `last_token_issued_at` is buffered in memory and written once a second.
+//! * Identity creates are grouped: concurrent creates of one process are written by a few batch
+//!   tasks, many in one transaction, each answered once its batch committed, with the result it
+//!   would have had alone (see `create.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,6 +50,7 @@ use crate::{RevocationKind, pg_tls};
 use deadpool_postgres::GenericClient;
 
 mod access;
+mod create;
 
 /// Embedded migrations: (version, name, SQL). Append only; never edit a released entry.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -277,6 +281,7 @@ pub struct PostgresStore {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     signal: Arc<FeedSignal>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    creates: create::Creates,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -307,18 +312,11 @@ impl std::error::Error for ServerAnswer {}
 pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
-        let transient = code.starts_with("08") // connection exception
-            || code.starts_with("57") // operator intervention: shutdown, query canceled (timeout)
-            || code.starts_with("53") // insufficient resources (53100: disk full)
-            || code == "25006" // read-only transaction (a standby, default_transaction_read_only)
-            || code == "58030" // I/O error
-            || code == "40001" // serialization failure
-            || code == "40P01"; // deadlock
         let answer = ServerAnswer {
             code: code.to_owned(),
             message: db.message().to_owned(),
         };
-        return if transient {
+        return if transient(code) {
             StoreError::unavailable("PostgreSQL").caused_by(answer)
         } else {
             StoreError::backend("PostgreSQL").caused_by(answer)
@@ -326,6 +324,17 @@ pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     }
     // No server error: the connection itself failed or was closed.
     StoreError::unavailable("PostgreSQL connection").caused_by(e)
+}
+
+/// Whether a SQLSTATE is trouble of the connection or the server, worth a retry.
+fn transient(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("57") // operator intervention: shutdown, query canceled (timeout)
+        || code.starts_with("53") // insufficient resources (53100: disk full)
+        || code == "25006" // read-only transaction (a standby, default_transaction_read_only)
+        || code == "58030" // I/O error
+        || code == "40001" // serialization failure
+        || code == "40P01" // deadlock
 }
 
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -532,6 +541,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| tls.connect_error(&e).unwrap_or_else(|| pool_error(e)))?,
         );
+        let creates = create::Creates::start(&pool, options.wait_timeout);
         let store = Self {
             pool,
             keys: options.keys.clone(),
@@ -539,6 +549,7 @@ impl PostgresStore {
             flusher: Mutex::new(None),
             signal: Arc::default(),
             listener: Mutex::new(None),
+            creates,
         };
         store.migrate().await?;
         let listener = spawn_listener(target, store.pool.clone(), Arc::clone(&store.signal));
@@ -866,70 +877,7 @@ impl IdentityStore for PostgresStore {
         new: NewIdentity,
         actor: &Actor,
     ) -> Result<Created, StoreError> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let client = client.transaction().await.map_err(pg)?;
-        let id = new.id.to_string();
-        let resource = new.id.resource().to_string();
-        let custom = new.custom_id.as_ref().map(|c| c.as_str().to_owned());
-        let created_at = ms(new.created_at);
-        // A tombstoned id is never used again (random ids make this a formality).
-        let stmt = client
-            .prepare_cached(&format!(
-                "INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
-                 SELECT $1::text, $2::text, $3::text, $4::bigint
-                 WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones WHERE id = $1::text)
-                 ON CONFLICT DO NOTHING RETURNING {IDENTITY_COLUMNS}"
-            ))
-            .await
-            .map_err(pg)?;
-        if let Some(row) = client
-            .query_opt(&stmt, &[&id, &resource, &custom, &created_at])
-            .await
-            .map_err(pg)?
-        {
-            let identity = identity(&row)?;
-            let event = AuditEvent::identity(
-                AuditOperation::CreateIdentity,
-                identity.id,
-                AuditOutcome::Success,
-            );
-            write_audit(&client, actor, &event).await?;
-            client.commit().await.map_err(pg)?;
-            return Ok(Created {
-                identity,
-                created: true,
-            });
-        }
-        // The insert yielded to an existing row; with a custom id that is the identity asked for.
-        let Some(custom) = custom else {
-            return Err(StoreError::backend(format!(
-                "identity id {id} already exists"
-            )));
-        };
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE resource_id = $1 AND custom_id = $2"
-                ),
-                &[&resource, &custom],
-            )
-            .await
-            .map_err(pg)?
-            .ok_or_else(|| {
-                StoreError::unavailable("the identity with this custom id was deleted concurrently")
-            })?;
-        let existing = identity(&row)?;
-        let event = AuditEvent::identity(
-            AuditOperation::CreateIdentity,
-            existing.id,
-            AuditOutcome::Existing,
-        );
-        write_audit(&client, actor, &event).await?;
-        client.commit().await.map_err(pg)?;
-        Ok(Created {
-            identity: existing,
-            created: false,
-        })
+        self.creates.create(new, actor).await
     }
 
     async fn get_identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
@@ -2039,6 +1987,7 @@ impl Store for PostgresStore {
             let _ = f.await;
         }
         self.stop_listener();
+        self.creates.close().await;
         flush_touched(&self.pool, &self.touched).await;
         self.pool.close();
     }
@@ -2047,6 +1996,7 @@ impl Store for PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.stop_listener();
+        self.creates.abort();
         if let Some(f) = self
             .flusher
             .lock()

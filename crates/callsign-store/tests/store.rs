@@ -11,11 +11,12 @@ use callsign_core::{
     TeamsAssignment,
 };
 use callsign_store::{
-    Actor, AssignmentStore, BulkIdentities, BulkStore, CopyError, CopyOptions, DivergedId,
-    IdentityFilter, IdentityRecord, IdentityStore, ImportReport, KeyProtection, KeyRotation,
-    KeySlot, MAX_RESOURCES_PER_HOST, MasterKey, NewIdentity, PostgresOptions, PostgresStore,
-    ResourceCreated, ResourceDeleted, ResourceRecord, ResourceStore, Rotation, Sealer, SqliteStore,
-    Store, StoreError, StoredSigningKey, Tombstone, TombstoneReport,
+    Actor, AssignmentStore, AuditOperation, AuditOutcome, AuditQuery, BulkIdentities, BulkStore,
+    CopyError, CopyOptions, DivergedId, IdentityFilter, IdentityRecord, IdentityStore,
+    ImportReport, KeyProtection, KeyRotation, KeySlot, MAX_RESOURCES_PER_HOST, MasterKey,
+    NewIdentity, PostgresOptions, PostgresStore, ResourceCreated, ResourceDeleted, ResourceRecord,
+    ResourceStore, Rotation, Sealer, SqliteStore, Store, StoreError, StoredSigningKey, Tombstone,
+    TombstoneReport,
 };
 use callsign_testkit::{TestDatabase, connect_postgres};
 use time::OffsetDateTime;
@@ -105,6 +106,139 @@ async fn concurrent_creates_with_one_custom_id_yield_one_identity(store: Arc<dyn
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(created, 1);
+}
+
+/// An actor whose records carry `request`.
+fn requester(request: String) -> Actor {
+    Actor {
+        request_id: Some(request),
+        ..Actor::operator()
+    }
+}
+
+/// The create records of `resource`: request id to (identity, outcome), each request once.
+async fn create_records(
+    store: &dyn BulkStore,
+    resource: ResourceId,
+) -> std::collections::HashMap<String, (IdentityId, AuditOutcome)> {
+    let records = store
+        .audit_records(&AuditQuery {
+            resource: Some(resource),
+            operation: Some(AuditOperation::CreateIdentity),
+            limit: 100_000,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit records");
+    let mut by_request = std::collections::HashMap::new();
+    for r in records {
+        let request = r.request_id.expect("a request id");
+        let identity = r.identity.expect("an identity");
+        assert!(
+            by_request
+                .insert(request.clone(), (identity, r.outcome))
+                .is_none(),
+            "{request} recorded twice"
+        );
+    }
+    by_request
+}
+
+async fn concurrent_creates_are_each_stored_and_recorded_once(store: Arc<dyn BulkStore>) {
+    let r = ResourceId::new_random();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in (t..500).step_by(32) {
+                let new = new_identity(r, None);
+                let c = store
+                    .create_identity(new.clone(), &requester(format!("c{i}")))
+                    .await
+                    .expect("create");
+                assert!(c.created);
+                assert_eq!(c.identity.id, new.id);
+                mine.push((format!("c{i}"), c.identity));
+            }
+            mine
+        }));
+    }
+    let mut created = Vec::new();
+    for t in tasks {
+        created.extend(t.await.expect("task"));
+    }
+    assert_eq!(created.len(), 500);
+    let ids: std::collections::HashSet<IdentityId> = created.iter().map(|(_, c)| c.id).collect();
+    assert_eq!(ids.len(), 500);
+    let records = create_records(store.as_ref(), r).await;
+    assert_eq!(records.len(), 500);
+    for (request, identity) in &created {
+        assert_eq!(
+            records.get(request),
+            Some(&(identity.id, AuditOutcome::Success)),
+            "{request}"
+        );
+        let got = store.get_identity(&identity.id).await.expect("get");
+        assert_eq!(got.as_ref(), Some(identity));
+    }
+}
+
+async fn a_custom_id_racing_with_other_creates_is_created_once(store: Arc<dyn BulkStore>) {
+    let r = ResourceId::new_random();
+    let mut tasks = Vec::new();
+    // Every fourth create asks for one custom id, the others for none or one of their own.
+    for i in 0..256 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let custom = match i % 4 {
+                0 => Some("shared".to_owned()),
+                1 => Some(format!("own-{i}")),
+                _ => None,
+            };
+            let c = store
+                .create_identity(
+                    new_identity(r, custom.as_deref()),
+                    &requester(format!("c{i}")),
+                )
+                .await
+                .expect("create");
+            (i, custom, c)
+        }));
+    }
+    let mut shared = std::collections::HashSet::new();
+    let mut shared_created = 0;
+    let mut answers = Vec::new();
+    for t in tasks {
+        let (i, custom, c) = t.await.expect("task");
+        assert_eq!(
+            c.identity.custom_id.as_ref().map(CustomId::as_str),
+            custom.as_deref()
+        );
+        if custom.as_deref() == Some("shared") {
+            shared.insert(c.identity.id);
+            shared_created += usize::from(c.created);
+        } else {
+            assert!(c.created, "c{i}");
+        }
+        answers.push((format!("c{i}"), c));
+    }
+    assert_eq!(shared.len(), 1);
+    assert_eq!(shared_created, 1);
+    let records = create_records(store.as_ref(), r).await;
+    assert_eq!(records.len(), 256);
+    for (request, c) in &answers {
+        let outcome = if c.created {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::Existing
+        };
+        assert_eq!(
+            records.get(request),
+            Some(&(c.identity.id, outcome)),
+            "{request}"
+        );
+    }
 }
 
 async fn revoke_increments_the_epoch(store: Arc<dyn BulkStore>) {
@@ -1693,6 +1827,8 @@ macro_rules! conformance_suite {
                 create_then_get_returns_the_identity,
                 custom_id_is_idempotent_per_resource,
                 concurrent_creates_with_one_custom_id_yield_one_identity,
+                concurrent_creates_are_each_stored_and_recorded_once,
+                a_custom_id_racing_with_other_creates_is_created_once,
                 revoke_increments_the_epoch,
                 concurrent_revokes_are_all_counted,
                 delete_removes_everything,
