@@ -85,7 +85,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<SeedReport> {
     };
     // A benchmark tool: it reads the resource id, so it works on stores without a master key.
     let store = location
-        .open(&PostgresOptions::default(), KeyProtection::plain())
+        .open(&seeding_options(), KeyProtection::plain())
         .await?;
     let result = seed_into(&store, &args).await;
     store.close().await;
@@ -241,5 +241,14 @@ mod tests {
         let s = seeded_identity(r, 0).to_string();
         assert!(s.starts_with("8:acs:00000000-1111-2222-3333-444444444444_"));
         assert_eq!(s.matches('_').count(), 1);
+    }
+}
+
+/// One import statement writes a whole batch (50,000 identities by default), which can take
+/// longer than the request path's statement timeout on a slow disk.
+fn seeding_options() -> PostgresOptions {
+    PostgresOptions {
+        statement_timeout: std::time::Duration::from_secs(300),
+        ..PostgresOptions::default()
     }
 }

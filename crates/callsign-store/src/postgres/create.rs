@@ -1,7 +1,8 @@
 //! Identity creation on PostgreSQL, grouped: concurrent creates wait in a bounded queue, and a
-//! few batch tasks each take what is waiting (at most [`MAX_BATCH`]) and write it with one
-//! statement, one transaction: a multi-row insert of the identities with the audit records of
-//! those it created. Creates whose custom id is held already take a second statement that reads
+//! few batch tasks each take what is waiting (at most [`MAX_BATCH`]) and write it in rounds,
+//! usually one: each round is one statement in its own transaction, a multi-row insert of the
+//! identities (in the order given, so that batches of two nodes lock rows in the same order)
+//! with the audit records of those it created. Creates whose custom id is held already take a second statement that reads
 //! those identities and records each create as `Existing`. A create is answered only after the
 //! statement that wrote it committed (the server acknowledges an implicit transaction's commit
 //! only once it is durable).
@@ -19,7 +20,10 @@
 //!
 //! Audit records of one round are written in queue order: first those of the identities it
 //! created, then those of the creates that found an existing identity. A create whose caller
-//! gave up before its batch started is not written.
+//! gave up before its batch started is not written; one whose caller gives up later may be
+//! written without being acknowledged (as a create whose answer is lost on the network). All of
+//! a batch's callers are answered when its last round is done: a batch with many creates of one
+//! custom id (one round each) or run one by one after a refused statement answers late.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,8 +65,9 @@ WITH inserted AS (
     INSERT INTO callsign_identities (id, resource_id, custom_id, created_at_ms)
     SELECT t.id, t.resource_id, t.custom_id, t.created_at_ms
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-        AS t(id, resource_id, custom_id, created_at_ms)
+        WITH ORDINALITY AS t(id, resource_id, custom_id, created_at_ms, n)
     WHERE NOT EXISTS (SELECT 1 FROM callsign_identity_tombstones AS d WHERE d.id = t.id)
+    ORDER BY t.n
     ON CONFLICT DO NOTHING
     RETURNING id, custom_id, created_at_ms, revocation_epoch, last_token_issued_at_ms
 ), audited AS (
