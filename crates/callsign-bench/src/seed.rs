@@ -227,6 +227,15 @@ impl Progress {
     }
 }
 
+/// One import statement writes a whole batch (50,000 identities by default), which can take
+/// longer than the request path's statement timeout on a slow disk.
+fn seeding_options() -> PostgresOptions {
+    PostgresOptions {
+        statement_timeout: std::time::Duration::from_secs(300),
+        ..PostgresOptions::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,14 +250,5 @@ mod tests {
         let s = seeded_identity(r, 0).to_string();
         assert!(s.starts_with("8:acs:00000000-1111-2222-3333-444444444444_"));
         assert_eq!(s.matches('_').count(), 1);
-    }
-}
-
-/// One import statement writes a whole batch (50,000 identities by default), which can take
-/// longer than the request path's statement timeout on a slow disk.
-fn seeding_options() -> PostgresOptions {
-    PostgresOptions {
-        statement_timeout: std::time::Duration::from_secs(300),
-        ..PostgresOptions::default()
     }
 }
