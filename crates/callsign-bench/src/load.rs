@@ -479,19 +479,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if let Some(pid) = &probe.server_pid {
         procfs::cpu_seconds(pid).context("--server-pid must be a process on this machine")?;
     }
-    let target = Target::new(
-        &args.connection_string,
-        args.ca_cert.as_deref(),
-        args.data_dir.as_deref(),
-        args.allow_remote,
-    )?;
-
-    // The baseline first, while the server is idle.
-    let es256_sign_us = if args.no_baseline {
-        None
-    } else {
-        Some(es256_sign_cost(Duration::from_secs(1))?)
-    };
+    let (target, es256_sign_us) = target_and_baseline(&args)?;
 
     let shared = Arc::new(prepare(&args, target).await?);
     let barrier = Arc::new(Barrier::new(args.connections + 1));
@@ -510,6 +498,23 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         after,
     };
     assemble(&args, &shared, &window, merged, es256_sign_us)
+}
+
+/// The server under test, and the bare ES256 signature's cost measured first, while the
+/// server is idle (unless `--no-baseline`).
+pub(crate) fn target_and_baseline(args: &BenchArgs) -> anyhow::Result<(Target, Option<f64>)> {
+    let target = Target::new(
+        &args.connection_string,
+        args.ca_cert.as_deref(),
+        args.data_dir.as_deref(),
+        args.allow_remote,
+    )?;
+    let es256_sign_us = if args.no_baseline {
+        None
+    } else {
+        Some(es256_sign_cost(Duration::from_secs(1))?)
+    };
+    Ok((target, es256_sign_us))
 }
 
 /// Checks the arguments; returns the measured window in seconds.

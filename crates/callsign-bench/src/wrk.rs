@@ -10,13 +10,13 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::load::{
-    ISSUE_BODY, Identities, Rng, create_identities, es256_sign_cost, learn_resource,
+    ISSUE_BODY, Identities, Rng, create_identities, learn_resource, target_and_baseline,
 };
 use crate::target::Target;
 use crate::{BenchArgs, Workload};
@@ -51,17 +51,7 @@ pub async fn write_wrk_script(args: BenchArgs) -> anyhow::Result<WrkScript> {
     if count == 0 || count > MAX_REQUESTS {
         bail!("--requests must be between 1 and {MAX_REQUESTS} with --wrk-script");
     }
-    let target = Target::new(
-        &args.connection_string,
-        args.ca_cert.as_deref(),
-        args.data_dir.as_deref(),
-        args.allow_remote,
-    )?;
-    let es256_sign_us = if args.no_baseline {
-        None
-    } else {
-        Some(es256_sign_cost(Duration::from_secs(1))?)
-    };
+    let (target, es256_sign_us) = target_and_baseline(&args)?;
     let identities = match args.seeded {
         Some(0) => bail!("--seeded must be at least 1"),
         Some(count) => Identities::Seeded {

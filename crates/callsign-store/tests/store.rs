@@ -2680,24 +2680,8 @@ async fn sqlite_lookups_see_every_change_at_once() {
     let path = dir.path().join("callsign.db");
     let store = SqliteStore::open(&path).expect("open");
     let op = Actor::operator();
-    let resource = ResourceRecord {
-        id: ResourceId::new_random(),
-        name: ResourceName::default_name(),
-        host: None,
-        verify_key: None,
-        primary_key: AccessKey::generate(),
-        secondary_key: AccessKey::generate(),
-        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
-    };
-    store
-        .bootstrap_default_resource(resource.clone())
-        .await
-        .expect("bootstrap");
-    let created = store
-        .create_identity(new_identity(resource.id, None), &op)
-        .await
-        .expect("create");
-    let id = created.identity.id;
+    let (resource, ids) = started_deployment(&store, 1).await;
+    let id = ids[0];
     async fn epoch_of(store: &SqliteStore, id: &IdentityId) -> Option<u64> {
         let epoch = store.token_epoch(id).await.expect("token epoch");
         let stored = store.get_identity(id).await.expect("get");
