@@ -98,6 +98,15 @@ impl Identities {
     }
 }
 
+/// The request-target of `/identities` (no id) or of the identity `id` (a path segment) with
+/// `verb` (`""` or `/:issueAccessToken`, say) at `api_version`.
+pub(crate) fn identity_path(api_version: ApiVersion, id: Option<&str>, verb: &str) -> String {
+    match id {
+        Some(id) => format!("/identities/{id}{verb}?api-version={api_version}"),
+        None => format!("/identities?api-version={api_version}"),
+    }
+}
+
 /// The id as a path segment, `:` percent-encoded as the SDKs send it.
 fn encode_id(id: &IdentityId) -> String {
     id.to_string().replace(':', "%3A")
@@ -163,10 +172,7 @@ enum Outcome {
 
 impl Shared {
     fn path(&self, id: Option<&str>, verb: &str) -> String {
-        match id {
-            Some(id) => format!("/identities/{id}{verb}?api-version={}", self.api_version),
-            None => format!("/identities?api-version={}", self.api_version),
-        }
+        identity_path(self.api_version, id, verb)
     }
 
     async fn run_op(&self, client: &reqwest::Client, op: Op, rng: &mut Rng) -> Outcome {

@@ -16,7 +16,8 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::load::{
-    ISSUE_BODY, Identities, Rng, create_identities, learn_resource, target_and_baseline,
+    ISSUE_BODY, Identities, Rng, create_identities, identity_path, learn_resource,
+    target_and_baseline,
 };
 use crate::target::Target;
 use crate::{BenchArgs, Workload};
@@ -79,6 +80,27 @@ pub async fn write_wrk_script(args: BenchArgs) -> anyhow::Result<WrkScript> {
     })
 }
 
+/// The rest of the script: each wrk thread formats the signed requests once and sends them in
+/// turn, starting at a random one.
+const REPLAY: &str = r#"local raw, next_request = {}, 0
+function init(args)
+  for i, s in ipairs(signed) do
+    raw[i] = wrk.format("POST", s[1], {
+      ["Host"] = s[2],
+      ["x-ms-date"] = s[3],
+      ["x-ms-content-sha256"] = s[4],
+      ["Authorization"] = s[5],
+      ["Content-Type"] = "application/json",
+    }, body)
+  end
+  next_request = math.random(#raw) - 1
+end
+function request()
+  next_request = next_request % #raw + 1
+  return raw[next_request]
+end
+"#;
+
 /// The Lua text: a table of signed requests, formatted once per wrk thread and cycled through.
 fn issue_script(
     target: &Target,
@@ -96,10 +118,7 @@ fn issue_script(
         let id = identities
             .pick(&mut rng)
             .context("no identity to issue to")?;
-        let path = format!(
-            "/identities/{id}/:issueAccessToken?api-version={}",
-            args.api_version
-        );
+        let path = identity_path(args.api_version, Some(&id), "/:issueAccessToken");
         let (host, h) = target.signed_headers("POST", &path, ISSUE_BODY, now)?;
         writeln!(
             lua,
@@ -116,26 +135,7 @@ fn issue_script(
         "}}\nlocal body = {}",
         lua_string(std::str::from_utf8(ISSUE_BODY)?)?
     )?;
-    lua.push_str(
-        r#"local raw, next_request = {}, 0
-function init(args)
-  for i, s in ipairs(signed) do
-    raw[i] = wrk.format("POST", s[1], {
-      ["Host"] = s[2],
-      ["x-ms-date"] = s[3],
-      ["x-ms-content-sha256"] = s[4],
-      ["Authorization"] = s[5],
-      ["Content-Type"] = "application/json",
-    }, body)
-  end
-  next_request = math.random(#raw) - 1
-end
-function request()
-  next_request = next_request % #raw + 1
-  return raw[next_request]
-end
-"#,
-    );
+    lua.push_str(REPLAY);
     Ok(lua)
 }
 
