@@ -1940,6 +1940,76 @@ async fn postgres_migrations_are_applied_once_by_nodes_starting_together() {
     drop(client);
 }
 
+/// The heap page (block number) of each identity's current row version.
+async fn identity_blocks(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT id, (ctid::text::point)[0]::bigint::text FROM callsign_identities ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("blocks")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn postgres_token_times_are_written_on_the_identity_s_own_page() {
+    let (store, db) = postgres_store().await;
+    let client = connect_postgres(&db.url()).await;
+    let options: Option<Vec<String>> = client
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE relname = 'callsign_identities'",
+            &[],
+        )
+        .await
+        .expect("reloptions")
+        .get(0);
+    assert_eq!(options, Some(vec!["fillfactor=80".to_owned()]));
+    // Enough identities to fill several pages, created one after another.
+    let resource = ResourceId::new_random();
+    let mut ids = Vec::new();
+    for _ in 0..400 {
+        let c = store
+            .create_identity(new_identity(resource, None), &Actor::operator())
+            .await
+            .expect("create");
+        ids.push(c.identity.id);
+    }
+    let before = identity_blocks(&client).await;
+    assert!(
+        before
+            .iter()
+            .map(|(_, b)| b)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 4,
+        "the identities span several pages"
+    );
+    // Tokens for every eighth identity (as a large directory sees them: a few rows per page).
+    let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+    for id in ids.iter().step_by(8) {
+        store.record_token_issued(id, at);
+    }
+    // Closing flushes the pending token times.
+    store.close().await;
+    let written: i64 = client
+        .query_one(
+            "SELECT count(*) FROM callsign_identities WHERE last_token_issued_at_ms = 1700000000000",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(written, 50);
+    // Every new row version stayed on its page: a heap-only update, no index entry written.
+    let after = identity_blocks(&client).await;
+    assert_eq!(after.len(), before.len());
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert_eq!(moved, 0, "rows moved to another page");
+}
+
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {
     let dir = tempfile::tempdir().expect("temp dir");
