@@ -33,7 +33,7 @@ use crate::audit::{
     AuditRecord, AuditRow, AuditValues, TokenCount,
 };
 use crate::feed::FeedSignal;
-use crate::pg_feed::{ListenTarget, change_with_events, spawn_listener, write_event};
+use crate::pg_feed::{FeedGate, ListenTarget, change_with_events, spawn_listener, write_event};
 use crate::{
     AssignmentStore, BulkIdentities, Created, IdentityFilter, IdentityPage, IdentityRecord,
     IdentityStore, ImportReport, KeyRotation, NewIdentity, PendingTokenTimes, PoolStatus,
@@ -292,6 +292,8 @@ pub struct PostgresStore {
     touched: Arc<PendingTokenTimes>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     signal: Arc<FeedSignal>,
+    /// Single-identity revokes and deletes run a few per resource at a time.
+    feed_gate: FeedGate,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     creates: create::Creates,
 }
@@ -560,6 +562,7 @@ impl PostgresStore {
             touched: Arc::default(),
             flusher: Mutex::new(None),
             signal: Arc::default(),
+            feed_gate: FeedGate::default(),
             listener: Mutex::new(None),
             creates,
         };
@@ -973,6 +976,7 @@ impl IdentityStore for PostgresStore {
         id: &IdentityId,
         actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
+        let _gate = self.feed_gate.enter(id.resource()).await;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let client = client.transaction().await.map_err(pg)?;
         let stmt = client
@@ -999,6 +1003,7 @@ impl IdentityStore for PostgresStore {
             None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
         };
         write_audit(&client, actor, &event).await?;
+        // Last: the feed's position stays locked from here to the commit.
         if let Some(e) = epoch {
             let e = i64::try_from(e).unwrap_or(i64::MAX);
             write_event(&client, id, RevocationKind::Revoked, e).await?;
@@ -1012,6 +1017,7 @@ impl IdentityStore for PostgresStore {
 
     async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
         self.touched.forget(id);
+        let _gate = self.feed_gate.enter(id.resource()).await;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let client = client.transaction().await.map_err(pg)?;
         // One statement: the identity goes and its tombstone comes in one transaction.
@@ -1035,10 +1041,6 @@ impl IdentityStore for PostgresStore {
             .await
             .map_err(pg)?;
         let n = u64::from(gone.is_some());
-        if let Some(row) = gone {
-            let epoch: i64 = row.try_get(0).map_err(pg)?;
-            write_event(&client, id, RevocationKind::Deleted, epoch).await?;
-        }
         let outcome = if n > 0 {
             AuditOutcome::Success
         } else {
@@ -1046,6 +1048,11 @@ impl IdentityStore for PostgresStore {
         };
         let event = AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome);
         write_audit(&client, actor, &event).await?;
+        // Last: the feed's position stays locked from here to the commit.
+        if let Some(row) = gone {
+            let epoch: i64 = row.try_get(0).map_err(pg)?;
+            write_event(&client, id, RevocationKind::Deleted, epoch).await?;
+        }
         client.commit().await.map_err(pg)?;
         if n > 0 {
             self.signal.bump_resource(id.resource());

@@ -302,6 +302,69 @@ async fn concurrent_revokes_are_all_counted(store: Arc<dyn BulkStore>) {
     assert_eq!(epochs, (1..=50).collect::<Vec<u64>>());
 }
 
+/// Many revokes and deletes of one resource at once: the feed numbers them 1..=n in commit order
+/// with no gap or repeat, one event per change with the epoch the change left.
+async fn concurrent_revokes_and_deletes_number_the_feed_without_gaps(store: Arc<dyn BulkStore>) {
+    use callsign_store::{FeedRead, RevocationKind};
+
+    let resource = ResourceId::new_random();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let c = store
+            .create_identity(new_identity(resource, None), &Actor::operator())
+            .await
+            .expect("create");
+        ids.push(c.identity.id);
+    }
+    let (revoked, deleted) = ids.split_at(20);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Each of the first 20 revoked twice, the other 10 deleted, all 50 at once.
+    for id in revoked.iter().chain(revoked).copied() {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let epoch = store.revoke_tokens(&id, &Actor::operator()).await;
+            (
+                id,
+                RevocationKind::Revoked,
+                epoch.expect("revoke").expect("exists"),
+            )
+        });
+    }
+    for id in deleted.iter().copied() {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let gone = store.delete_identity(&id, &Actor::operator()).await;
+            assert!(gone.expect("delete"));
+            // A deleted identity's event carries the epoch it had: it was never revoked.
+            (id, RevocationKind::Deleted, 0)
+        });
+    }
+    let mut expected: Vec<(IdentityId, RevocationKind, u64)> = tasks.join_all().await;
+    expected.sort_unstable_by_key(|(id, kind, epoch)| (id.to_string(), kind.as_str(), *epoch));
+    let head = store.feed_position(resource).await.expect("position");
+    assert_eq!(head, 50);
+    let FeedRead::Events(events) = store.feed_after(resource, 0, 1000).await.expect("read") else {
+        panic!("expired");
+    };
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
+    let mut got: Vec<(IdentityId, RevocationKind, u64)> = events
+        .iter()
+        .map(|e| (e.revocation.id, e.revocation.kind, e.revocation.epoch))
+        .collect();
+    got.sort_unstable_by_key(|(id, kind, epoch)| (id.to_string(), kind.as_str(), *epoch));
+    assert_eq!(got, expected);
+    // Each revoked identity's events are in epoch order along the feed.
+    for id in revoked {
+        let epochs: Vec<u64> = events
+            .iter()
+            .filter(|e| e.revocation.id == *id)
+            .map(|e| e.revocation.epoch)
+            .collect();
+        assert_eq!(epochs, vec![1, 2], "{id}");
+    }
+}
+
 async fn delete_removes_everything(store: Arc<dyn BulkStore>) {
     let r = ResourceId::new_random();
     let c = store
@@ -1831,6 +1894,7 @@ macro_rules! conformance_suite {
                 a_custom_id_racing_with_other_creates_is_created_once,
                 revoke_increments_the_epoch,
                 concurrent_revokes_are_all_counted,
+                concurrent_revokes_and_deletes_number_the_feed_without_gaps,
                 delete_removes_everything,
                 last_token_time_is_visible,
                 listing_pages_through_a_resource_in_id_order_without_others,
