@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,24 +52,69 @@ const FEED_WRITERS: usize = 4;
 /// many waiters those wake-ups cost more than the changes themselves (16 concurrent revokes of
 /// one resource ran at 60 % of the rate of 4, at twice the database CPU each). The others wait
 /// here, before they take a connection or lock a row, where waiting costs nothing.
-#[derive(Debug, Default)]
-pub(crate) struct FeedGate(std::sync::Mutex<HashMap<ResourceId, Arc<Semaphore>>>);
+/// Waiting at the gate is bounded as waiting for a pooled connection is: past the pool's wait
+/// timeout the change is refused as unavailable (503 and `Retry-After`), changing nothing.
+#[derive(Debug)]
+pub(crate) struct FeedGate {
+    gates: std::sync::Mutex<HashMap<ResourceId, Arc<Semaphore>>>,
+    wait: Duration,
+    waiting: AtomicUsize,
+}
 
 impl FeedGate {
-    /// A place among `resource`'s writers, held for the whole change.
-    pub(crate) async fn enter(&self, resource: ResourceId) -> OwnedSemaphorePermit {
+    pub(crate) fn new(wait: Duration) -> Self {
+        Self {
+            gates: std::sync::Mutex::default(),
+            wait,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place among `resource`'s writers, to hold for the whole change; an unavailable error
+    /// when none comes within the wait timeout.
+    pub(crate) async fn enter(
+        &self,
+        resource: ResourceId,
+    ) -> Result<OwnedSemaphorePermit, StoreError> {
         let gate = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(
                 map.entry(resource)
                     .or_insert_with(|| Arc::new(Semaphore::new(FEED_WRITERS))),
             )
         };
-        // Never closed, so acquiring cannot fail.
-        match gate.acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => unreachable!("the feed gate is never closed"),
+        if let Ok(permit) = Arc::clone(&gate).try_acquire_owned() {
+            return Ok(permit);
         }
+        let _waiting = Waiting::new(&self.waiting);
+        match tokio::time::timeout(self.wait, gate.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed.
+            Ok(Err(_)) | Err(_) => Err(StoreError::unavailable(
+                "too many changes of this resource's identities at once",
+            )),
+        }
+    }
+
+    /// Changes waiting for their place now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one waiter for as long as it lives (a waiter whose caller gives up is counted out).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -434,19 +480,43 @@ mod tests {
 
     #[tokio::test]
     async fn the_feed_gate_admits_a_few_per_resource() {
-        let gate = FeedGate::default();
+        let gate = FeedGate::new(Duration::from_secs(30));
         let (a, b) = (ResourceId::new_random(), ResourceId::new_random());
         let mut held = Vec::new();
         for _ in 0..FEED_WRITERS {
-            held.push(gate.enter(a).await);
+            held.push(gate.enter(a).await.expect("a place"));
         }
-        // One more for `a` waits; another resource does not.
+        // One more for `a` waits (and is counted); another resource does not.
         let waiting = gate.enter(a);
         tokio::pin!(waiting);
         assert!(poll_once(&mut waiting).is_none());
-        let _other = gate.enter(b).await;
+        assert_eq!(gate.waiting(), 1);
+        let _other = gate.enter(b).await.expect("another resource's place");
         held.pop();
-        assert!(poll_once(&mut waiting).is_some());
+        let admitted = poll_once(&mut waiting).expect("admitted once a place is free");
+        assert!(admitted.is_ok());
+        assert_eq!(gate.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_feed_gate_refuses_after_the_wait_timeout() {
+        let gate = FeedGate::new(Duration::from_millis(100));
+        let a = ResourceId::new_random();
+        let mut held = Vec::new();
+        for _ in 0..FEED_WRITERS {
+            held.push(gate.enter(a).await.expect("a place"));
+        }
+        let started = tokio::time::Instant::now();
+        let refused = gate
+            .enter(a)
+            .await
+            .expect_err("no place within the timeout");
+        assert!(refused.is_unavailable(), "{refused}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(gate.waiting(), 0);
+        // A caller that gives up is counted out too.
+        drop(tokio::time::timeout(Duration::from_millis(10), gate.enter(a)).await);
+        assert_eq!(gate.waiting(), 0);
     }
 
     /// Polls a future once.

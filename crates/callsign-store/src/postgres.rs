@@ -15,6 +15,7 @@
 //!   would have had alone (see `create.rs`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -247,8 +248,10 @@ ALTER TABLE callsign_audit_log ADD COLUMN subject TEXT;
         // Every token updates its identity's `last_token_issued_at_ms` (in bulk, once a
         // second). With full pages each such update writes a new row version on another page
         // and an entry in every index of the table; with a fifth of each page free it stays on
-        // its page and touches no index (a heap-only update). Pages written from now on keep
-        // the room; `VACUUM FULL callsign_identities` gives it to an existing table at once.
+        // its page and touches no index (a heap-only update) while the page has room: for every
+        // update when a few rows of a page change per flush (large directories), for about a
+        // third when all of them do. Existing full pages gain the room as rows move and vacuum
+        // frees their old versions.
         r#"
 ALTER TABLE callsign_identities SET (fillfactor = 80);
 "#,
@@ -556,13 +559,14 @@ impl PostgresStore {
                 .map_err(|e| tls.connect_error(&e).unwrap_or_else(|| pool_error(e)))?,
         );
         let creates = create::Creates::start(&pool, options.wait_timeout);
+        let feed_gate = FeedGate::new(options.wait_timeout);
         let store = Self {
             pool,
             keys: options.keys.clone(),
             touched: Arc::default(),
             flusher: Mutex::new(None),
             signal: Arc::default(),
-            feed_gate: FeedGate::default(),
+            feed_gate,
             listener: Mutex::new(None),
             creates,
         };
@@ -681,6 +685,97 @@ async fn apply_migrations(client: &mut deadpool_postgres::Object) -> Result<(), 
         tracing::info!(version, name, "applied PostgreSQL migration");
     }
     Ok(())
+}
+
+/// One revoke in its own transaction (see [`IdentityStore::revoke_tokens`]).
+async fn revoke_one(
+    pool: &Pool,
+    id: &IdentityId,
+    actor: &Actor,
+) -> Result<Option<u64>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let client = client.transaction().await.map_err(pg)?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1 WHERE id = $1 RETURNING revocation_epoch",
+        )
+        .await
+        .map_err(pg)?;
+    let row = client
+        .query_opt(&stmt, &[&id.to_string()])
+        .await
+        .map_err(pg)?;
+    let epoch = row
+        .map(|r| {
+            let epoch: i64 = r.try_get(0).map_err(pg)?;
+            u64::try_from(epoch).map_err(|_| StoreError::corrupt("negative epoch"))
+        })
+        .transpose()?;
+    let event = match epoch {
+        Some(e) => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::Success)
+            .with_detail(format!("epoch {e}")),
+        None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
+    };
+    write_audit(&client, actor, &event).await?;
+    // Last: the feed's position stays locked from here to the commit.
+    if let Some(e) = epoch {
+        let e = i64::try_from(e).unwrap_or(i64::MAX);
+        write_event(&client, id, RevocationKind::Revoked, e).await?;
+    }
+    client.commit().await.map_err(pg)?;
+    Ok(epoch)
+}
+
+/// One delete in its own transaction (see [`IdentityStore::delete_identity`]).
+async fn delete_one(pool: &Pool, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let client = client.transaction().await.map_err(pg)?;
+    // One statement: the identity goes and its tombstone comes in one transaction.
+    let stmt = client
+        .prepare_cached(
+            "WITH gone AS (
+               DELETE FROM callsign_identities WHERE id = $1
+               RETURNING id, resource_id, revocation_epoch
+             )
+             INSERT INTO callsign_identity_tombstones
+               (id, resource_id, deleted_at_ms, revocation_epoch)
+             SELECT id, resource_id, $2, revocation_epoch FROM gone
+             ON CONFLICT (id) DO UPDATE SET deleted_at_ms = EXCLUDED.deleted_at_ms,
+               revocation_epoch = EXCLUDED.revocation_epoch
+             RETURNING revocation_epoch",
+        )
+        .await
+        .map_err(pg)?;
+    let gone = client
+        .query_opt(&stmt, &[&id.to_string(), &ms(OffsetDateTime::now_utc())])
+        .await
+        .map_err(pg)?;
+    let n = u64::from(gone.is_some());
+    let outcome = if n > 0 {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::NotFound
+    };
+    let event = AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome);
+    write_audit(&client, actor, &event).await?;
+    // Last: the feed's position stays locked from here to the commit.
+    if let Some(row) = gone {
+        let epoch: i64 = row.try_get(0).map_err(pg)?;
+        write_event(&client, id, RevocationKind::Deleted, epoch).await?;
+    }
+    client.commit().await.map_err(pg)?;
+    Ok(n > 0)
+}
+
+/// Runs a change admitted by the [`FeedGate`] to its commit or rollback in a task of its own, so
+/// that a caller going away (a client hanging up) does not leave its statement running in the
+/// database after its place at the gate was given to the next: the place goes with the task.
+async fn run_to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| StoreError::backend("a store task failed").caused_by(e))?
 }
 
 async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
@@ -976,88 +1071,42 @@ impl IdentityStore for PostgresStore {
         id: &IdentityId,
         actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
-        let _gate = self.feed_gate.enter(id.resource()).await;
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let client = client.transaction().await.map_err(pg)?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE callsign_identities SET revocation_epoch = revocation_epoch + 1 WHERE id = $1 RETURNING revocation_epoch",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&id.to_string()])
-            .await
-            .map_err(pg)?;
-        let epoch = row
-            .map(|r| {
-                let epoch: i64 = r.try_get(0).map_err(pg)?;
-                u64::try_from(epoch).map_err(|_| StoreError::corrupt("negative epoch"))
-            })
-            .transpose()?;
-        let event = match epoch {
-            Some(e) => {
-                AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::Success)
-                    .with_detail(format!("epoch {e}"))
+        let admitted = self.feed_gate.enter(id.resource()).await?;
+        let (pool, signal, id, actor) = (
+            self.pool.clone(),
+            Arc::clone(&self.signal),
+            *id,
+            actor.clone(),
+        );
+        run_to_the_end(async move {
+            let _admitted = admitted;
+            let epoch = revoke_one(&pool, &id, &actor).await?;
+            if epoch.is_some() {
+                signal.bump_resource(id.resource());
             }
-            None => AuditEvent::identity(AuditOperation::RevokeTokens, *id, AuditOutcome::NotFound),
-        };
-        write_audit(&client, actor, &event).await?;
-        // Last: the feed's position stays locked from here to the commit.
-        if let Some(e) = epoch {
-            let e = i64::try_from(e).unwrap_or(i64::MAX);
-            write_event(&client, id, RevocationKind::Revoked, e).await?;
-        }
-        client.commit().await.map_err(pg)?;
-        if epoch.is_some() {
-            self.signal.bump_resource(id.resource());
-        }
-        Ok(epoch)
+            Ok(epoch)
+        })
+        .await
     }
 
     async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
         self.touched.forget(id);
-        let _gate = self.feed_gate.enter(id.resource()).await;
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let client = client.transaction().await.map_err(pg)?;
-        // One statement: the identity goes and its tombstone comes in one transaction.
-        let stmt = client
-            .prepare_cached(
-                "WITH gone AS (
-                   DELETE FROM callsign_identities WHERE id = $1
-                   RETURNING id, resource_id, revocation_epoch
-                 )
-                 INSERT INTO callsign_identity_tombstones
-                   (id, resource_id, deleted_at_ms, revocation_epoch)
-                 SELECT id, resource_id, $2, revocation_epoch FROM gone
-                 ON CONFLICT (id) DO UPDATE SET deleted_at_ms = EXCLUDED.deleted_at_ms,
-                   revocation_epoch = EXCLUDED.revocation_epoch
-                 RETURNING revocation_epoch",
-            )
-            .await
-            .map_err(pg)?;
-        let gone = client
-            .query_opt(&stmt, &[&id.to_string(), &ms(OffsetDateTime::now_utc())])
-            .await
-            .map_err(pg)?;
-        let n = u64::from(gone.is_some());
-        let outcome = if n > 0 {
-            AuditOutcome::Success
-        } else {
-            AuditOutcome::NotFound
-        };
-        let event = AuditEvent::identity(AuditOperation::DeleteIdentity, *id, outcome);
-        write_audit(&client, actor, &event).await?;
-        // Last: the feed's position stays locked from here to the commit.
-        if let Some(row) = gone {
-            let epoch: i64 = row.try_get(0).map_err(pg)?;
-            write_event(&client, id, RevocationKind::Deleted, epoch).await?;
-        }
-        client.commit().await.map_err(pg)?;
-        if n > 0 {
-            self.signal.bump_resource(id.resource());
-        }
-        Ok(n > 0)
+        let admitted = self.feed_gate.enter(id.resource()).await?;
+        let (pool, signal, id, actor) = (
+            self.pool.clone(),
+            Arc::clone(&self.signal),
+            *id,
+            actor.clone(),
+        );
+        run_to_the_end(async move {
+            let _admitted = admitted;
+            let deleted = delete_one(&pool, &id, &actor).await?;
+            if deleted {
+                signal.bump_resource(id.resource());
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {
@@ -1988,7 +2037,7 @@ impl StoreHealth for PostgresStore {
             max: status.max_size,
             open: status.size,
             idle: status.available,
-            waiting: status.waiting,
+            waiting: status.waiting + self.feed_gate.waiting(),
         })
     }
 }

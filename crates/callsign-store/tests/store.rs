@@ -2004,6 +2004,107 @@ async fn postgres_migrations_are_applied_once_by_nodes_starting_together() {
     drop(client);
 }
 
+/// Backends of `db` waiting for a lock now.
+async fn lock_waiters(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[tokio::test]
+async fn postgres_revokes_whose_callers_give_up_still_wait_their_turn() {
+    let (store, db) = postgres_store().await;
+    let store = Arc::new(store);
+    let c = store
+        .create_identity(
+            new_identity(ResourceId::new_random(), None),
+            &Actor::operator(),
+        )
+        .await
+        .expect("create");
+    let id = c.identity.id;
+    store
+        .revoke_tokens(&id, &Actor::operator())
+        .await
+        .expect("first revoke");
+    // Another session holds the resource's feed position.
+    let mut holder = connect_postgres(&db.url()).await;
+    let tx = holder.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT seq FROM callsign_revocation_heads WHERE resource_id = $1 FOR UPDATE",
+        &[&id.resource().to_string()],
+    )
+    .await
+    .expect("lock the feed row");
+    // Twelve revokes whose callers hang up after 200 ms, in two waves.
+    for _ in 0..2 {
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let store = Arc::clone(&store);
+            callers.spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    store.revoke_tokens(&id, &Actor::operator()),
+                )
+                .await
+                .is_err()
+            });
+        }
+        assert!(callers.join_all().await.into_iter().all(|gave_up| gave_up));
+    }
+    let observer = connect_postgres(&db.url()).await;
+    // The admitted ones reach the row lock; the given-up ones must not be replaced by more.
+    let mut waiting = 0;
+    for _ in 0..50 {
+        waiting = lock_waiters(&observer).await;
+        if waiting >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waiting_later = lock_waiters(&observer).await;
+    assert!(
+        waiting <= 4 && waiting_later <= 4,
+        "{waiting} then {waiting_later} waiting on the lock"
+    );
+    tx.rollback().await.expect("release");
+    // The four admitted in the first wave run to their commit although their callers gave up
+    // (their places were held meanwhile, so the rest, all given up while waiting, never ran).
+    let mut settled = 0;
+    for _ in 0..100 {
+        settled = store
+            .get_identity(&id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .revocation_epoch;
+        if settled >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(settled, 5, "the first revoke and the four admitted ones");
+    let epoch = store
+        .revoke_tokens(&id, &Actor::operator())
+        .await
+        .expect("revoke after the release")
+        .expect("exists");
+    assert_eq!(epoch, 6);
+    assert_eq!(
+        callsign_store::RevocationFeed::feed_position(store.as_ref(), id.resource())
+            .await
+            .expect("position"),
+        epoch
+    );
+}
+
 /// The heap page (block number) of each identity's current row version.
 async fn identity_blocks(client: &tokio_postgres::Client) -> Vec<(String, String)> {
     client
