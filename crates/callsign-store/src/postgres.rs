@@ -1090,8 +1090,8 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
-        self.touched.forget(id);
         let admitted = self.feed_gate.enter(id.resource()).await?;
+        let touched = Arc::clone(&self.touched);
         let (pool, signal, id, actor) = (
             self.pool.clone(),
             Arc::clone(&self.signal),
@@ -1102,6 +1102,8 @@ impl IdentityStore for PostgresStore {
             let _admitted = admitted;
             let deleted = delete_one(&pool, &id, &actor).await?;
             if deleted {
+                // Its buffered last-token time has no row to go to any more.
+                touched.forget(&id);
                 signal.bump_resource(id.resource());
             }
             Ok(deleted)
