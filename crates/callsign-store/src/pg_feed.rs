@@ -3,6 +3,7 @@
 //! into [`FeedSignal`] moves, and while it is down the node polls the feed heads instead.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -52,6 +53,7 @@ const FEED_WRITERS: usize = 4;
 /// many waiters those wake-ups cost more than the changes themselves (16 concurrent revokes of
 /// one resource ran at 60 % of the rate of 4, at twice the database CPU each). The others wait
 /// here, before they take a connection or lock a row, where waiting costs nothing.
+///
 /// Waiting at the gate is bounded as waiting for a pooled connection is: past the pool's wait
 /// timeout the change is refused as unavailable (503 and `Retry-After`), changing nothing.
 #[derive(Debug)]
@@ -70,12 +72,27 @@ impl FeedGate {
         }
     }
 
-    /// A place among `resource`'s writers, to hold for the whole change; an unavailable error
-    /// when none comes within the wait timeout.
-    pub(crate) async fn enter(
+    /// Runs `change` once it has a place among `resource`'s writers (an unavailable error,
+    /// nothing run, when none comes within the wait timeout), in a task of its own that holds
+    /// the place until the change ends: a caller going away (a client hanging up) cannot hand
+    /// its place on while its statement still runs in the database.
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         resource: ResourceId,
-    ) -> Result<OwnedSemaphorePermit, StoreError> {
+        change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let place = self.enter(resource).await?;
+        tokio::spawn(async move {
+            let _place = place;
+            change.await
+        })
+        .await
+        .map_err(|e| StoreError::backend("a store task failed").caused_by(e))?
+    }
+
+    /// A place among `resource`'s writers, to hold for the whole change; an unavailable error
+    /// when none comes within the wait timeout.
+    async fn enter(&self, resource: ResourceId) -> Result<OwnedSemaphorePermit, StoreError> {
         let gate = {
             let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(

@@ -15,7 +15,6 @@
 //!   would have had alone (see `create.rs`).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -767,17 +766,6 @@ async fn delete_one(pool: &Pool, id: &IdentityId, actor: &Actor) -> Result<bool,
     Ok(n > 0)
 }
 
-/// Runs a change admitted by the [`FeedGate`] to its commit or rollback in a task of its own, so
-/// that a caller going away (a client hanging up) does not leave its statement running in the
-/// database after its place at the gate was given to the next: the place goes with the task.
-async fn run_to_the_end<T: Send + 'static>(
-    change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::spawn(change)
-        .await
-        .map_err(|e| StoreError::backend("a store task failed").caused_by(e))?
-}
-
 async fn flush_touched(pool: &Pool, touched: &PendingTokenTimes) {
     flush_counts(pool, touched).await;
     let pending = touched.take();
@@ -1071,26 +1059,24 @@ impl IdentityStore for PostgresStore {
         id: &IdentityId,
         actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
-        let admitted = self.feed_gate.enter(id.resource()).await?;
         let (pool, signal, id, actor) = (
             self.pool.clone(),
             Arc::clone(&self.signal),
             *id,
             actor.clone(),
         );
-        run_to_the_end(async move {
-            let _admitted = admitted;
-            let epoch = revoke_one(&pool, &id, &actor).await?;
-            if epoch.is_some() {
-                signal.bump_resource(id.resource());
-            }
-            Ok(epoch)
-        })
-        .await
+        self.feed_gate
+            .run(id.resource(), async move {
+                let epoch = revoke_one(&pool, &id, &actor).await?;
+                if epoch.is_some() {
+                    signal.bump_resource(id.resource());
+                }
+                Ok(epoch)
+            })
+            .await
     }
 
     async fn delete_identity(&self, id: &IdentityId, actor: &Actor) -> Result<bool, StoreError> {
-        let admitted = self.feed_gate.enter(id.resource()).await?;
         let touched = Arc::clone(&self.touched);
         let (pool, signal, id, actor) = (
             self.pool.clone(),
@@ -1098,17 +1084,17 @@ impl IdentityStore for PostgresStore {
             *id,
             actor.clone(),
         );
-        run_to_the_end(async move {
-            let _admitted = admitted;
-            let deleted = delete_one(&pool, &id, &actor).await?;
-            if deleted {
-                // Its buffered last-token time has no row to go to any more.
-                touched.forget(&id);
-                signal.bump_resource(id.resource());
-            }
-            Ok(deleted)
-        })
-        .await
+        self.feed_gate
+            .run(id.resource(), async move {
+                let deleted = delete_one(&pool, &id, &actor).await?;
+                if deleted {
+                    // Its buffered last-token time has no row to go to any more.
+                    touched.forget(&id);
+                    signal.bump_resource(id.resource());
+                }
+                Ok(deleted)
+            })
+            .await
     }
 
     fn record_token_issued(&self, id: &IdentityId, at: OffsetDateTime) {

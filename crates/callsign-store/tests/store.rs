@@ -2004,7 +2004,7 @@ async fn postgres_migrations_are_applied_once_by_nodes_starting_together() {
     drop(client);
 }
 
-/// Backends of `db` waiting for a lock now.
+/// Sessions of the client's database waiting for a lock now.
 async fn lock_waiters(client: &tokio_postgres::Client) -> i64 {
     client
         .query_one(
