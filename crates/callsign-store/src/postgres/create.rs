@@ -456,9 +456,7 @@ async fn existing(
     let stmt = client.prepare_cached(EXISTING).await.map_err(failure)?;
     let rows = client.query(&stmt, &params).await.map_err(failure)?;
     for &i in yielded {
-        answers[i] = Some(Err(StoreError::unavailable(
-            "the identity with this custom id was deleted concurrently",
-        )));
+        answers[i] = Some(Err(deleted_concurrently()));
     }
     for row in &rows {
         let n: i64 = row
@@ -540,54 +538,48 @@ pub(super) async fn create_alone(
         ))
         .await
         .map_err(pg)?;
-    if let Some(row) = client
+    let inserted = client
         .query_opt(&stmt, &[&id, &resource, &custom, &created_at])
         .await
-        .map_err(pg)?
-    {
-        let identity = identity(&row)?;
-        let event = AuditEvent::identity(
-            AuditOperation::CreateIdentity,
-            identity.id,
-            AuditOutcome::Success,
-        );
-        write_audit(&client, actor, &event).await?;
-        client.commit().await.map_err(pg)?;
-        return Ok(Created {
-            identity,
-            created: true,
-        });
-    }
-    // The insert yielded to an existing row; with a custom id that is the identity asked for.
-    let Some(custom) = custom else {
-        return Err(StoreError::backend(format!(
-            "identity id {id} already exists"
-        )));
+        .map_err(pg)?;
+    let (row, created) = match (inserted, custom) {
+        (Some(row), _) => (row, true),
+        // The insert yielded to an existing row; with a custom id that is the identity asked
+        // for.
+        (None, Some(custom)) => {
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE resource_id = $1 AND custom_id = $2"
+                    ),
+                    &[&resource, &custom],
+                )
+                .await
+                .map_err(pg)?
+                .ok_or_else(deleted_concurrently)?;
+            (row, false)
+        }
+        (None, None) => {
+            return Err(StoreError::backend(format!(
+                "identity id {id} already exists"
+            )));
+        }
     };
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {IDENTITY_COLUMNS} FROM callsign_identities WHERE resource_id = $1 AND custom_id = $2"
-            ),
-            &[&resource, &custom],
-        )
-        .await
-        .map_err(pg)?
-        .ok_or_else(|| {
-            StoreError::unavailable("the identity with this custom id was deleted concurrently")
-        })?;
-    let existing = identity(&row)?;
-    let event = AuditEvent::identity(
-        AuditOperation::CreateIdentity,
-        existing.id,
-        AuditOutcome::Existing,
-    );
+    let identity = identity(&row)?;
+    let outcome = if created {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::Existing
+    };
+    let event = AuditEvent::identity(AuditOperation::CreateIdentity, identity.id, outcome);
     write_audit(&client, actor, &event).await?;
     client.commit().await.map_err(pg)?;
-    Ok(Created {
-        identity: existing,
-        created: false,
-    })
+    Ok(Created { identity, created })
+}
+
+/// A create that yielded to an identity with its custom id, which was gone when read.
+fn deleted_concurrently() -> StoreError {
+    StoreError::unavailable("the identity with this custom id was deleted concurrently")
 }
 
 #[cfg(test)]
